@@ -1,0 +1,78 @@
+"""The one settings object. Every field reads from a ``TT_``-prefixed environment variable.
+
+With nothing set the server runs on the embedded defaults: SQLite and a blob folder under ``TT_DATA_DIR``,
+an in-process broker and worker. Set ``TT_DATABASE_URL``, ``TT_S3_BUCKET`` (+ ``TT_S3_ENDPOINT_URL``) and
+``TT_AMQP_URL`` for production backends.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MiB = 1 << 20
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TT_", extra="ignore")
+
+    # --- network -------------------------------------------------------------------------------------------
+    grpc_address: str = Field("127.0.0.1:50051", description="host:port the gRPC server listens on.")
+    max_message_bytes: int = Field(64 * MiB, description="Largest gRPC message accepted or sent.")
+    max_concurrent_rpcs: int | None = Field(
+        None, description="Calls in progress at once; more get RESOURCE_EXHAUSTED. None = unbounded."
+    )
+    shutdown_grace_seconds: float = Field(
+        20.0, description="On SIGTERM: how long in-flight calls may run after health goes NOT_SERVING."
+    )
+    drain_delay_seconds: float = Field(
+        0.0,
+        description="On SIGTERM: keep accepting new calls this long after NOT_SERVING, so a mesh can drain.",
+    )
+
+    # --- storage ---------------------------------------------------------------------------------------
+    data_dir: Path = Field(Path("./var"), description="Embedded SQLite file, blob folder and scratch space.")
+    database_url: str = Field(
+        "", description="postgresql://user@host/db for PostgreSQL; empty = SQLite file in data_dir."
+    )
+    database_pool_size: int = Field(10, description="PostgreSQL connection pool size.")
+    s3_bucket: str = Field("", description="S3 bucket for blobs; empty = local folder in data_dir.")
+    s3_endpoint_url: str = Field("", description="S3 endpoint (MinIO, moto, ...); empty = AWS.")
+    s3_region: str = Field("us-east-1", description="S3 region.")
+    s3_prefix: str = Field("", description="Key prefix inside the bucket, for sharing one bucket.")
+    s3_part_size_bytes: int = Field(8 * MiB, description="Multipart upload part size (S3 minimum is 5 MiB).")
+    amqp_url: str = Field("", description="amqp://... for RabbitMQ; empty = in-process broker and worker.")
+
+    # --- uploads and model safety -----------------------------------------------------------------------
+    max_upload_bytes: int = Field(2048 * MiB, description="Largest model artifact accepted.")
+    max_archive_members: int = Field(10_000, description="Most files a SavedModel archive may hold.")
+    max_unpacked_bytes: int = Field(8192 * MiB, description="Largest total unpacked size of an archive.")
+    max_compression_ratio: float = Field(
+        200.0, description="Largest unpacked/packed size ratio of an archive (zip-bomb guard)."
+    )
+    allowed_custom_objects: list[str] = Field(
+        default_factory=list,
+        description="Fully qualified Keras classes (module.Class) allowed besides Keras's own layers.",
+    )
+
+    # --- logging -----------------------------------------------------------------------------------------
+    log_level: str = Field("INFO", description="Root log level.")
+    log_json: bool = Field(True, description="One JSON object per log line (else plain text).")
+
+    @property
+    def embedded_database(self) -> bool:
+        return not self.database_url
+
+    @property
+    def sqlite_path(self) -> Path:
+        return self.data_dir / "tensortrigger.db"
+
+    @property
+    def blob_dir(self) -> Path:
+        return self.data_dir / "blobs"
+
+    @property
+    def scratch_dir(self) -> Path:
+        return self.data_dir / "tmp"

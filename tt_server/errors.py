@@ -1,0 +1,70 @@
+"""Domain errors. They know nothing of gRPC; ``tt_server.api.errors`` maps each one to a status code.
+
+Hierarchy::
+
+    TensorTriggerError
+    ├── InvalidArgument        the request itself is wrong (carries field violations)
+    ├── NotFound               a named model, version, label or job does not exist
+    ├── AlreadyExists          the thing being created exists already
+    ├── FailedPrecondition     the request is well formed but the system is not in a state to do it
+    ├── ResourceExhausted      a size, queue or rate limit was hit
+    ├── Unavailable            a dependency is down or the server is draining; retrying later may work
+    └── DeadlineExceeded       the caller's deadline passed before the work could be done
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class FieldViolation:
+    """One offending request field: ``field`` is a dotted path (``inputs["x"].shape[1]``)."""
+
+    field: str
+    description: str
+
+
+class TensorTriggerError(Exception):
+    """Base of every error the domain raises on purpose; its message is safe to show to clients."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidArgument(TensorTriggerError):
+    """Raised when a request field is malformed; ``violations`` names each offending field."""
+
+    def __init__(self, message: str, violations: list[FieldViolation] | None = None) -> None:
+        super().__init__(message)
+        self.violations = violations or []
+
+    @classmethod
+    def field(cls, field: str, description: str) -> InvalidArgument:
+        """An error about a single field, message and violation alike."""
+        return cls(f"{field}: {description}", [FieldViolation(field, description)])
+
+
+class NotFound(TensorTriggerError):
+    """Raised when a model, version, label or job does not exist."""
+
+
+class AlreadyExists(TensorTriggerError):
+    """Raised when creating something that exists already."""
+
+
+class FailedPrecondition(TensorTriggerError):
+    """Raised when the request is valid but the current state forbids it (e.g. an unsafe artifact)."""
+
+
+class ResourceExhausted(TensorTriggerError):
+    """Raised when a size cap, queue bound or rate limit is hit."""
+
+
+class Unavailable(TensorTriggerError):
+    """Raised when a dependency (database, blob store, broker) is down or the server is draining."""
+
+
+class DeadlineExceeded(TensorTriggerError):
+    """Raised when the caller's deadline passed before the work was done."""

@@ -1,0 +1,73 @@
+"""MetadataStore: models, versions, labels (and later jobs) in a SQL database.
+
+Two implementations share the SQL in ``sql.py``: ``PostgresMetadataStore`` (asyncpg, production) and
+``SqliteMetadataStore`` (aiosqlite, the embedded default). Both apply their schema migrations in ``open()``.
+Errors: unknown things raise ``NotFound``; a lost database connection raises ``Unavailable``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from tt_server.types import Model, ModelVersion, Page
+
+
+@dataclass(frozen=True, slots=True)
+class NewVersion:
+    """What the registry hands the store to publish a version; the store assigns the number."""
+
+    version: ModelVersion  # ``version.version`` is ignored; the store allocates the next number
+    set_labels: tuple[str, ...] = ()
+    model_description: str = ""
+
+
+class MetadataStore(Protocol):
+    async def open(self) -> None:
+        """Connect and apply pending migrations."""
+
+    async def close(self) -> None: ...
+
+    async def ping(self) -> None:
+        """Raise ``Unavailable`` when the database cannot be reached."""
+
+    # --- models -------------------------------------------------------------------------------------------
+    async def list_models(self, page_size: int, page_token: str) -> Page[Model]: ...
+
+    async def get_model(self, name: str) -> Model: ...
+
+    async def delete_model(self, name: str) -> list[str]:
+        """Delete the model and all its versions; returns their blob keys, queued in the blob GC table
+        in the same transaction."""
+
+    # --- versions ------------------------------------------------------------------------------------------
+    async def create_version(self, new: NewVersion) -> ModelVersion:
+        """Create the model if new, allocate the next version number (never reused, safe under races),
+        insert the version, move ``set_labels`` to it and remove its blob from the GC table, atomically."""
+
+    async def get_version(self, name: str, version: int) -> ModelVersion: ...
+
+    async def get_latest_version(self, name: str) -> ModelVersion: ...
+
+    async def get_labelled_version(self, name: str, label: str) -> ModelVersion: ...
+
+    async def list_versions(self, name: str, page_size: int, page_token: str) -> Page[ModelVersion]: ...
+
+    async def delete_version(self, name: str, version: int, force: bool) -> str:
+        """Delete one version; returns its blob key, queued in the blob GC table in the same transaction.
+        Raises ``FailedPrecondition`` when labels point at it and ``force`` is false (with force they go too)."""
+
+    # --- labels ----------------------------------------------------------------------------------------------
+    async def set_label(self, name: str, label: str, version: int) -> int | None:
+        """Point ``label`` at ``version`` (which must exist); returns the version it pointed at before."""
+
+    async def delete_label(self, name: str, label: str) -> int:
+        """Remove a label; returns the version it pointed at."""
+
+    # --- blob garbage collection (outbox) ----------------------------------------------------------------
+    async def add_blob_gc(self, blob_key: str, not_before_us: int) -> None:
+        """Record that ``blob_key`` must be deleted after ``not_before_us`` unless a version claims it."""
+
+    async def due_blob_gc(self, now_us: int, limit: int) -> list[str]: ...
+
+    async def remove_blob_gc(self, blob_key: str) -> None: ...

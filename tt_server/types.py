@@ -1,0 +1,153 @@
+"""Domain value types shared by the registry, runtime, storage and API layers (no gRPC, no TensorFlow)."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+
+class DType(enum.StrEnum):
+    """Tensor element types; values are numpy/TensorFlow dtype names."""
+
+    FLOAT16 = "float16"
+    FLOAT32 = "float32"
+    FLOAT64 = "float64"
+    INT8 = "int8"
+    INT16 = "int16"
+    INT32 = "int32"
+    INT64 = "int64"
+    UINT8 = "uint8"
+    BOOL = "bool"
+    STRING = "string"
+
+
+@dataclass(frozen=True, slots=True)
+class TensorSpec:
+    """A named tensor's dtype and shape; ``-1`` in ``shape`` means any size (the batch dim usually)."""
+
+    name: str
+    dtype: DType
+    shape: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Signature:
+    """A servable's named inputs and outputs, read from the model at upload."""
+
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+
+    def to_json(self) -> dict:
+        def specs(items: tuple[TensorSpec, ...]) -> list[dict]:
+            return [{"name": s.name, "dtype": s.dtype.value, "shape": list(s.shape)} for s in items]
+
+        return {"inputs": specs(self.inputs), "outputs": specs(self.outputs)}
+
+    @classmethod
+    def from_json(cls, data: dict) -> Signature:
+        def specs(items: list[dict]) -> tuple[TensorSpec, ...]:
+            return tuple(TensorSpec(i["name"], DType(i["dtype"]), tuple(i["shape"])) for i in items)
+
+        return cls(inputs=specs(data["inputs"]), outputs=specs(data["outputs"]))
+
+
+class ModelFormat(enum.StrEnum):
+    """How a version's artifact is stored; the blob holds the bytes exactly as uploaded."""
+
+    KERAS = "keras"  # Keras 3 native .keras zip
+    H5 = "h5"  # legacy Keras HDF5
+    SAVED_MODEL_TAR_GZ = "saved_model_tar_gz"  # a SavedModel directory packed as .tar.gz
+    SAVED_MODEL_ZIP = "saved_model_zip"  # a SavedModel directory packed as .zip
+
+
+class VersionSource(enum.StrEnum):
+    """What created a version."""
+
+    UPLOAD = "upload"
+    TRAINING = "training"
+
+
+@dataclass(frozen=True, slots=True)
+class ModelRef:
+    """Selects one version of a model: an explicit version, a label, or (neither) the newest ready one."""
+
+    name: str
+    version: int | None = None
+    label: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ModelVersion:
+    """One immutable version of a model and everything recorded about it."""
+
+    model_name: str
+    version: int
+    format: ModelFormat
+    sha256: str
+    size_bytes: int
+    blob_key: str
+    signature: Signature
+    source: VersionSource
+    created_at: datetime
+    description: str = ""
+    feature_names: tuple[str, ...] = ()
+    metadata: dict[str, str] = field(default_factory=dict)
+    parent_version: int | None = None
+    training_session_id: str | None = None
+    labels: tuple[str, ...] = ()  # labels pointing at this version when it was read
+
+
+@dataclass(frozen=True, slots=True)
+class Model:
+    """A named model: a sequence of immutable versions plus movable labels."""
+
+    name: str
+    description: str
+    created_at: datetime
+    updated_at: datetime
+    latest_version: int | None  # newest existing version, None when all were deleted
+    version_count: int
+    labels: dict[str, int]  # label -> version
+
+
+@dataclass(frozen=True, slots=True)
+class Page(Generic[T]):
+    """One page of a listing; ``next_page_token`` is empty on the last page."""
+
+    items: list[T]
+    next_page_token: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class WireTensor:
+    """A tensor as it arrived, before validation: raw little-endian ``content`` or typed ``values``.
+
+    Exactly one of the two is set (the API layer checks). ``values`` for STRING holds ``bytes`` items.
+    """
+
+    dtype: DType
+    shape: tuple[int, ...]
+    content: bytes | None = None
+    values: object | None = None  # a sequence of Python scalars (protobuf repeated field)
+
+
+class EventKind(enum.StrEnum):
+    VERSION_CREATED = "version_created"
+    VERSION_DELETED = "version_deleted"
+    LABEL_MOVED = "label_moved"  # set or moved; version is the new target
+    LABEL_DELETED = "label_deleted"
+    MODEL_DELETED = "model_deleted"
+
+
+@dataclass(frozen=True, slots=True)
+class RegistryEvent:
+    """A registry change every replica's model manager applies (hot reload / unload)."""
+
+    kind: EventKind
+    model_name: str
+    version: int | None = None
+    label: str | None = None
