@@ -43,6 +43,10 @@ class Settings(BaseSettings):
     s3_region: str = Field("us-east-1", description="S3 region.")
     s3_prefix: str = Field("", description="Key prefix inside the bucket, for sharing one bucket.")
     s3_part_size_bytes: int = Field(8 * MiB, description="Multipart upload part size (S3 minimum is 5 MiB).")
+    page_token_secret: str = Field(
+        "", description="Key that signs list page tokens; set the same value on every replica."
+    )
+    gc_interval_seconds: float = Field(60.0, description="How often orphaned blobs are swept.")
     amqp_url: str = Field("", description="amqp://... for RabbitMQ; empty = in-process broker and worker.")
 
     # --- uploads and model safety -----------------------------------------------------------------------

@@ -1,0 +1,3 @@
+from tt_server.main import main
+
+main()

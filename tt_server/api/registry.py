@@ -1,0 +1,89 @@
+"""ModelRegistryService: converts protobuf <-> domain and delegates to ``Registry``."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import grpc
+from tensortrigger.v1 import registry_service_pb2 as pb
+from tensortrigger.v1 import registry_service_pb2_grpc
+
+from tt_server.api import convert
+from tt_server.errors import InvalidArgument
+from tt_server.registry.service import Registry
+
+
+class RegistryServicer(registry_service_pb2_grpc.ModelRegistryServiceServicer):
+    def __init__(self, registry: Registry) -> None:
+        self._registry = registry
+
+    async def UploadModelVersion(
+        self, request_iterator: AsyncIterator[pb.UploadModelVersionRequest], context: grpc.aio.ServicerContext
+    ) -> pb.UploadModelVersionResponse:
+        first = await anext(aiter(request_iterator), None)
+        if first is None or first.WhichOneof("payload") != "header":
+            raise InvalidArgument.field("header", "the first message of an upload must carry the header")
+        spec = convert.upload_spec(first.header)
+
+        async def chunks() -> AsyncIterator[bytes]:
+            async for message in request_iterator:
+                if message.WhichOneof("payload") != "chunk":
+                    raise InvalidArgument.field("header", "only the first message may carry a header")
+                yield message.chunk
+
+        version, created = await self._registry.upload(spec, chunks())
+        return pb.UploadModelVersionResponse(version=convert.model_version(version), model_created=created)
+
+    async def ListModels(
+        self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListModelsResponse:
+        page = await self._registry.list_models(request.page_size, request.page_token)
+        return pb.ListModelsResponse(
+            models=[convert.model(m) for m in page.items], next_page_token=page.next_page_token
+        )
+
+    async def GetModel(self, request: pb.GetModelRequest, context: grpc.aio.ServicerContext) -> pb.GetModelResponse:
+        return pb.GetModelResponse(model=convert.model(await self._registry.get_model(request.name)))
+
+    async def DeleteModel(
+        self, request: pb.DeleteModelRequest, context: grpc.aio.ServicerContext
+    ) -> pb.DeleteModelResponse:
+        return pb.DeleteModelResponse(deleted_versions=await self._registry.delete_model(request.name))
+
+    async def ListModelVersions(
+        self, request: pb.ListModelVersionsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListModelVersionsResponse:
+        page = await self._registry.list_versions(request.name, request.page_size, request.page_token)
+        return pb.ListModelVersionsResponse(
+            versions=[convert.model_version(v) for v in page.items], next_page_token=page.next_page_token
+        )
+
+    async def GetModelVersion(
+        self, request: pb.GetModelVersionRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetModelVersionResponse:
+        version = await self._registry.resolve(convert.model_ref(request.model))
+        return pb.GetModelVersionResponse(version=convert.model_version(version))
+
+    async def DeleteModelVersion(
+        self, request: pb.DeleteModelVersionRequest, context: grpc.aio.ServicerContext
+    ) -> pb.DeleteModelVersionResponse:
+        removed = await self._registry.delete_version(request.name, request.version, request.force)
+        return pb.DeleteModelVersionResponse(removed_labels=removed)
+
+    async def SetLabel(self, request: pb.SetLabelRequest, context: grpc.aio.ServicerContext) -> pb.SetLabelResponse:
+        previous = await self._registry.set_label(request.name, request.label, request.version)
+        return pb.SetLabelResponse(previous_version=previous or 0)
+
+    async def DeleteLabel(
+        self, request: pb.DeleteLabelRequest, context: grpc.aio.ServicerContext
+    ) -> pb.DeleteLabelResponse:
+        previous = await self._registry.delete_label(request.name, request.label)
+        return pb.DeleteLabelResponse(previous_version=previous)
+
+    async def DownloadModelVersion(
+        self, request: pb.DownloadModelVersionRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.DownloadModelVersionResponse]:
+        version, chunks = await self._registry.download(convert.model_ref(request.model))
+        yield pb.DownloadModelVersionResponse(version=convert.model_version(version))
+        async for chunk in chunks:
+            yield pb.DownloadModelVersionResponse(chunk=chunk)

@@ -1,0 +1,144 @@
+"""The composition root: settings -> stores -> domain -> gRPC server. Nothing else wires components.
+
+``Application.start()`` returns once the server is listening (tests use it directly); ``wait()`` blocks until
+it stops; ``stop()`` drains: health goes NOT_SERVING at once, new calls are still taken for the drain delay,
+in-flight calls get the grace period, then the stores close.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from tensortrigger.v1 import (
+    inference_service_pb2,
+    inference_service_pb2_grpc,
+    jobs_service_pb2,
+    jobs_service_pb2_grpc,
+    registry_service_pb2,
+    registry_service_pb2_grpc,
+)
+
+from tt_server.api.errors import ErrorInterceptor
+from tt_server.api.inference import InferenceServicer
+from tt_server.api.jobs import JobsServicer
+from tt_server.api.registry import RegistryServicer
+from tt_server.config import Settings
+from tt_server.events import LocalEventBus
+from tt_server.registry.service import Registry
+from tt_server.storage.factory import make_blob_store, make_metadata_store
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAMES = (
+    registry_service_pb2.DESCRIPTOR.services_by_name["ModelRegistryService"].full_name,
+    inference_service_pb2.DESCRIPTOR.services_by_name["InferenceService"].full_name,
+    jobs_service_pb2.DESCRIPTOR.services_by_name["JobsService"].full_name,
+)
+
+
+class Application:
+    def __init__(self, settings: Settings | None = None) -> None:
+        self.settings = settings or Settings()
+        self.port: int = 0
+        self._server: grpc.aio.Server | None = None
+        self._health = health.aio.HealthServicer()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopped = asyncio.Event()
+        self._stopping = False
+
+    async def start(self) -> None:
+        started = time.perf_counter()
+        s = self.settings
+        s.data_dir.mkdir(parents=True, exist_ok=True)
+        s.scratch_dir.mkdir(parents=True, exist_ok=True)
+
+        self.metadata = make_metadata_store(s)
+        self.blobs = make_blob_store(s)
+        await self.metadata.open()
+        await self.blobs.open()
+        self.events = LocalEventBus()
+        # TensorFlow work (artifact inspection, model loads) runs here, never on the event loop.
+        self.loader_executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="tt-loader")
+        self.registry = Registry(self.metadata, self.blobs, self.events, s, self.loader_executor)
+
+        server = grpc.aio.server(
+            interceptors=[ErrorInterceptor(set(SERVICE_NAMES))],
+            options=[
+                ("grpc.max_receive_message_length", s.max_message_bytes),
+                ("grpc.max_send_message_length", s.max_message_bytes),
+            ],
+            maximum_concurrent_rpcs=s.max_concurrent_rpcs,
+        )
+        registry_service_pb2_grpc.add_ModelRegistryServiceServicer_to_server(RegistryServicer(self.registry), server)
+        inference_service_pb2_grpc.add_InferenceServiceServicer_to_server(InferenceServicer(), server)
+        jobs_service_pb2_grpc.add_JobsServiceServicer_to_server(JobsServicer(), server)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        reflection.enable_server_reflection(
+            (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+            server,
+        )
+        self.port = server.add_insecure_port(s.grpc_address)
+        if self.port == 0:
+            raise RuntimeError(f"cannot listen on {s.grpc_address}")
+        await server.start()
+        self._server = server
+        for name in ("", *SERVICE_NAMES):
+            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self._tasks.append(asyncio.create_task(self._collect_garbage_forever(), name="tt-blob-gc"))
+        log.info(
+            "server started",
+            extra={
+                "address": s.grpc_address,
+                "port": self.port,
+                "database": "postgresql" if s.database_url else "sqlite",
+                "blobs": "s3" if s.s3_bucket else "local",
+                "startup_seconds": round(time.perf_counter() - started, 3),
+            },
+        )
+
+    @property
+    def address(self) -> str:
+        host = self.settings.grpc_address.rsplit(":", 1)[0]
+        return f"{host}:{self.port}"
+
+    async def wait(self) -> None:
+        await self._stopped.wait()
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Drain and stop; safe to call more than once."""
+        if self._stopping:
+            await self._stopped.wait()
+            return
+        self._stopping = True
+        grace = self.settings.shutdown_grace_seconds if grace is None else grace
+        log.info("draining", extra={"grace_seconds": grace})
+        await self._health.enter_graceful_shutdown()  # every service NOT_SERVING, Watch streams told
+        if self.settings.drain_delay_seconds > 0:
+            await asyncio.sleep(self.settings.drain_delay_seconds)
+        if self._server is not None:
+            await self._server.stop(grace)
+        for task in self._tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self.loader_executor.shutdown(wait=False, cancel_futures=True)
+        await self.blobs.close()
+        await self.metadata.close()
+        self._stopped.set()
+        log.info("server stopped")
+
+    async def _collect_garbage_forever(self) -> None:
+        while True:
+            try:
+                while await self.registry.collect_garbage() > 0:
+                    pass
+            except Exception:
+                log.warning("blob garbage collection failed; will retry", exc_info=True)
+            await asyncio.sleep(self.settings.gc_interval_seconds)

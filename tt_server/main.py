@@ -1,0 +1,39 @@
+"""``tt-server`` / ``python -m tt_server``: run the server until SIGTERM or SIGINT, then drain."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+from tt_server.app import Application
+from tt_server.config import Settings
+from tt_server.logs import configure_logging
+
+log = logging.getLogger(__name__)
+
+
+async def serve(settings: Settings) -> None:
+    app = Application(settings)
+    await app.start()
+    loop = asyncio.get_running_loop()
+    stopping: list[asyncio.Task[None]] = []
+
+    def on_signal(signum: int) -> None:
+        log.info("signal received", extra={"signal": signal.Signals(signum).name})
+        if not stopping:
+            stopping.append(asyncio.create_task(app.stop()))
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)
+    await app.wait()
+
+
+def main() -> None:
+    settings = Settings()
+    configure_logging(settings.log_level, settings.log_json)
+    asyncio.run(serve(settings))
+
+
+if __name__ == "__main__":
+    main()

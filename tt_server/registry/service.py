@@ -1,0 +1,338 @@
+"""The model registry: uploads, versions, labels, downloads. Knows nothing of gRPC.
+
+Upload path: header checks -> chunks spooled to a scratch file (size cap, sha256) -> format detection and
+safe inspection in a worker thread (reads the signature; nothing is stored if it fails) -> blob written under a
+fresh key that is first recorded in the blob GC table -> one metadata transaction creates the version and clears
+that GC entry. A crash or cancellation anywhere before the commit leaves at most a GC entry, which the sweeper
+(`collect_garbage`) deletes later; so no version row ever points at a missing blob and no blob outlives its row.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import re
+import shutil
+import time
+import uuid
+from collections.abc import AsyncIterator
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from tt_server.config import Settings
+from tt_server.errors import FieldViolation, InvalidArgument, ResourceExhausted
+from tt_server.events import EventBus
+from tt_server.registry.artifacts import ArchiveLimits, detect_format
+from tt_server.registry.inspect import inspect_artifact
+from tt_server.storage.blobs import BlobStore
+from tt_server.storage.metadata import MetadataStore, NewVersion
+from tt_server.types import (
+    EventKind,
+    Model,
+    ModelFormat,
+    ModelRef,
+    ModelVersion,
+    Page,
+    RegistryEvent,
+    Signature,
+    VersionSource,
+)
+
+log = logging.getLogger(__name__)
+
+MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+LABEL_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
+SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+MAX_METADATA_BYTES = 64 * 1024
+UPLOAD_GC_DELAY_US = 3600 * 1_000_000  # an unfinished upload's blob is swept after an hour
+
+
+@dataclass(frozen=True, slots=True)
+class UploadSpec:
+    """The header of an upload, after protobuf conversion."""
+
+    model_name: str
+    format: ModelFormat | None = None
+    description: str = ""
+    feature_names: tuple[str, ...] = ()
+    metadata: dict[str, str] = field(default_factory=dict)
+    labels: tuple[str, ...] = ()
+    expected_size: int | None = None
+    expected_sha256: str | None = None
+
+
+def check_model_name(name: str, field_name: str = "name") -> None:
+    if not MODEL_NAME.match(name):
+        raise InvalidArgument.field(
+            field_name,
+            f"invalid model name {name[:80]!r}: use 1-63 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit",
+        )
+
+
+def check_label(label: str, field_name: str = "label") -> None:
+    if not LABEL_NAME.match(label):
+        raise InvalidArgument.field(
+            field_name,
+            f"invalid label {label[:80]!r}: use 1-63 lowercase letters, digits, '_' or '-', starting with a letter",
+        )
+
+
+def _now_us() -> int:
+    return time.time_ns() // 1000
+
+
+class Registry:
+    def __init__(
+        self,
+        metadata: MetadataStore,
+        blobs: BlobStore,
+        events: EventBus,
+        settings: Settings,
+        executor: Executor,
+    ) -> None:
+        self._metadata = metadata
+        self._blobs = blobs
+        self._events = events
+        self._settings = settings
+        self._executor = executor
+        self._limits = ArchiveLimits(
+            max_members=settings.max_archive_members,
+            max_unpacked_bytes=settings.max_unpacked_bytes,
+            max_ratio=settings.max_compression_ratio,
+        )
+        self._allowed_custom = frozenset(settings.allowed_custom_objects)
+
+    # --- upload -------------------------------------------------------------------------------------------
+    async def upload(self, spec: UploadSpec, chunks: AsyncIterator[bytes]) -> tuple[ModelVersion, bool]:
+        """Store a new version from streamed bytes; returns it and whether the model was created."""
+        self._check_upload_spec(spec)
+        scratch = self._settings.scratch_dir
+        scratch.mkdir(parents=True, exist_ok=True)
+        work = scratch / f"upload-{uuid.uuid4().hex}"
+        work.mkdir()
+        try:
+            artifact = work / "artifact"
+            size, sha256 = await self._spool(chunks, artifact)
+            if spec.expected_size is not None and size != spec.expected_size:
+                raise InvalidArgument.field(
+                    "header.expected_size_bytes", f"declared {spec.expected_size} bytes, received {size}"
+                )
+            if spec.expected_sha256 is not None and sha256 != spec.expected_sha256:
+                raise InvalidArgument.field(
+                    "header.expected_sha256", f"declared {spec.expected_sha256}, received data has {sha256}"
+                )
+            if size == 0:
+                raise InvalidArgument.field("chunk", "the upload carried no data")
+            loop = asyncio.get_running_loop()
+            fmt, signature = await loop.run_in_executor(
+                self._executor, self._inspect, artifact, spec.format, work / "unpacked"
+            )
+            self._check_feature_names(spec.feature_names, signature)
+            version = await self._publish(spec, artifact, fmt, size, sha256, signature)
+        finally:
+            await asyncio.to_thread(_remove_tree, work)
+        log.info(
+            "model version uploaded",
+            extra={"model": version.model_name, "version": version.version, "bytes": size, "format": fmt.value},
+        )
+        return version, version.version == 1
+
+    def _check_upload_spec(self, spec: UploadSpec) -> None:
+        violations: list[FieldViolation] = []
+
+        def check(ok: bool, field_name: str, description: str) -> None:
+            if not ok:
+                violations.append(FieldViolation(field_name, description))
+
+        check(
+            bool(MODEL_NAME.match(spec.model_name)),
+            "header.model_name",
+            f"invalid model name {spec.model_name[:80]!r}: use 1-63 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit",
+        )
+        for i, label in enumerate(spec.labels):
+            check(bool(LABEL_NAME.match(label)), f"header.labels[{i}]", f"invalid label {label[:80]!r}")
+        check(len(set(spec.labels)) == len(spec.labels), "header.labels", "labels repeat")
+        for i, name in enumerate(spec.feature_names):
+            check(bool(name) and len(name) <= 256, f"header.feature_names[{i}]", "must be 1-256 characters")
+        check(
+            len(set(spec.feature_names)) == len(spec.feature_names), "header.feature_names", "names repeat"
+        )
+        metadata_size = sum(len(k) + len(v) for k, v in spec.metadata.items()) + len(spec.description)
+        check(metadata_size <= MAX_METADATA_BYTES, "header.metadata", f"over {MAX_METADATA_BYTES} bytes")
+        if spec.expected_sha256 is not None:
+            check(bool(SHA256_HEX.match(spec.expected_sha256)), "header.expected_sha256", "not a hex SHA-256")
+        if violations:
+            raise InvalidArgument(f"{violations[0].field}: {violations[0].description}", violations)
+        if spec.expected_size is not None and spec.expected_size > self._settings.max_upload_bytes:
+            raise ResourceExhausted(
+                f"the artifact ({spec.expected_size} bytes) is over the upload limit of "
+                f"{self._settings.max_upload_bytes} bytes"
+            )
+
+    async def _spool(self, chunks: AsyncIterator[bytes], path: Path) -> tuple[int, str]:
+        """Write the stream to ``path``; enforce the upload cap as bytes arrive, not after."""
+        digest = hashlib.sha256()
+        size = 0
+        cap = self._settings.max_upload_bytes
+        with path.open("wb") as out:
+            async for chunk in chunks:
+                size += len(chunk)
+                if size > cap:
+                    raise ResourceExhausted(f"the artifact is over the upload limit of {cap} bytes")
+                digest.update(chunk)
+                # Small writes go to the page cache; not worth a thread hop per chunk.
+                out.write(chunk)
+        return size, digest.hexdigest()
+
+    def _inspect(self, artifact: Path, declared: ModelFormat | None, work: Path) -> tuple[ModelFormat, Signature]:
+        fmt = detect_format(artifact, declared)
+        work.mkdir(exist_ok=True)
+        signature = inspect_artifact(artifact, fmt, work, self._limits, self._allowed_custom)
+        return fmt, signature
+
+    @staticmethod
+    def _check_feature_names(names: tuple[str, ...], signature: Signature) -> None:
+        if not names or len(signature.inputs) != 1:
+            return
+        shape = signature.inputs[0].shape
+        if len(shape) == 2 and shape[1] >= 0 and shape[1] != len(names):
+            raise InvalidArgument.field(
+                "header.feature_names",
+                f"{len(names)} names given but the input {signature.inputs[0].name!r} has {shape[1]} features",
+            )
+
+    async def _publish(
+        self,
+        spec: UploadSpec,
+        artifact: Path,
+        fmt: ModelFormat,
+        size: int,
+        sha256: str,
+        signature: Signature,
+        source: VersionSource = VersionSource.UPLOAD,
+        parent_version: int | None = None,
+        training_session_id: str | None = None,
+    ) -> ModelVersion:
+        blob_key = f"models/{spec.model_name}/{uuid.uuid4().hex}"
+        await self._metadata.add_blob_gc(blob_key, _now_us() + UPLOAD_GC_DELAY_US)
+        committed = False
+        try:
+            await self._blobs.put_file(blob_key, artifact)
+            draft = ModelVersion(
+                model_name=spec.model_name,
+                version=0,
+                format=fmt,
+                sha256=sha256,
+                size_bytes=size,
+                blob_key=blob_key,
+                signature=signature,
+                source=source,
+                created_at=datetime.now(UTC),
+                description=spec.description,
+                feature_names=spec.feature_names,
+                metadata=spec.metadata,
+                parent_version=parent_version,
+                training_session_id=training_session_id,
+            )
+            version = await self._metadata.create_version(
+                NewVersion(draft, set_labels=spec.labels, model_description=spec.description)
+            )
+            committed = True
+        finally:
+            if not committed:
+                # Shielded: a cancelled upload must still clean up after itself.
+                await asyncio.shield(self._discard_blob(blob_key))
+        await self._events.publish(RegistryEvent(EventKind.VERSION_CREATED, version.model_name, version.version))
+        for label in spec.labels:
+            await self._events.publish(
+                RegistryEvent(EventKind.LABEL_MOVED, version.model_name, version.version, label)
+            )
+        return version
+
+    async def _discard_blob(self, blob_key: str) -> None:
+        try:
+            await self._blobs.delete(blob_key)
+            await self._metadata.remove_blob_gc(blob_key)
+        except Exception:
+            log.warning("blob cleanup deferred to the sweeper", extra={"blob_key": blob_key}, exc_info=True)
+
+    # --- reads -----------------------------------------------------------------------------------------------
+    async def list_models(self, page_size: int, page_token: str) -> Page[Model]:
+        return await self._metadata.list_models(page_size, page_token)
+
+    async def get_model(self, name: str) -> Model:
+        check_model_name(name)
+        return await self._metadata.get_model(name)
+
+    async def list_versions(self, name: str, page_size: int, page_token: str) -> Page[ModelVersion]:
+        check_model_name(name)
+        await self._metadata.get_model(name)  # NOT_FOUND for an unknown model, not an empty page
+        return await self._metadata.list_versions(name, page_size, page_token)
+
+    async def resolve(self, ref: ModelRef) -> ModelVersion:
+        """The version a reference selects: explicit version, label, or the newest."""
+        check_model_name(ref.name, "model.name")
+        if ref.version is not None:
+            return await self._metadata.get_version(ref.name, ref.version)
+        if ref.label is not None:
+            return await self._metadata.get_labelled_version(ref.name, ref.label)
+        return await self._metadata.get_latest_version(ref.name)
+
+    async def download(self, ref: ModelRef) -> tuple[ModelVersion, AsyncIterator[bytes]]:
+        version = await self.resolve(ref)
+        return version, self._blobs.get_stream(version.blob_key)
+
+    # --- deletes and labels ------------------------------------------------------------------------------
+    async def delete_model(self, name: str) -> int:
+        check_model_name(name)
+        blob_keys = await self._metadata.delete_model(name)
+        for key in blob_keys:
+            await self._discard_blob(key)
+        await self._events.publish(RegistryEvent(EventKind.MODEL_DELETED, name))
+        return len(blob_keys)
+
+    async def delete_version(self, name: str, version: int, force: bool) -> list[str]:
+        check_model_name(name)
+        if version <= 0:
+            raise InvalidArgument.field("version", "versions are numbered from 1")
+        labels = list((await self._metadata.get_version(name, version)).labels)
+        blob_key = await self._metadata.delete_version(name, version, force)
+        await self._discard_blob(blob_key)
+        await self._events.publish(RegistryEvent(EventKind.VERSION_DELETED, name, version))
+        for label in labels:
+            await self._events.publish(RegistryEvent(EventKind.LABEL_DELETED, name, version, label))
+        return sorted(labels)
+
+    async def set_label(self, name: str, label: str, version: int) -> int | None:
+        check_model_name(name)
+        check_label(label)
+        if version <= 0:
+            raise InvalidArgument.field("version", "versions are numbered from 1")
+        previous = await self._metadata.set_label(name, label, version)
+        await self._events.publish(RegistryEvent(EventKind.LABEL_MOVED, name, version, label))
+        return previous
+
+    async def delete_label(self, name: str, label: str) -> int:
+        check_model_name(name)
+        check_label(label)
+        previous = await self._metadata.delete_label(name, label)
+        await self._events.publish(RegistryEvent(EventKind.LABEL_DELETED, name, previous, label))
+        return previous
+
+    # --- maintenance -----------------------------------------------------------------------------------
+    async def collect_garbage(self, limit: int = 100) -> int:
+        """Delete blobs whose GC entry is due (deleted versions, abandoned uploads); returns how many."""
+        keys = await self._metadata.due_blob_gc(_now_us(), limit)
+        for key in keys:
+            await self._blobs.delete(key)
+            await self._metadata.remove_blob_gc(key)
+        return len(keys)
+
+
+def _remove_tree(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
