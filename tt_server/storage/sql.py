@@ -1,0 +1,493 @@
+"""The MetadataStore written once in SQL, shared by PostgreSQL and SQLite.
+
+``SqlMetadataStore`` holds every query. Subclasses only connect: they return a ``SqlDatabase``, a tiny
+adapter with ``fetch``/``fetchrow``/``execute`` and ``transaction()``. Queries use PostgreSQL's ``$1, $2``
+placeholders; the SQLite adapter rewrites them to ``?1, ?2``. Only SQL both databases accept is used
+(``ON CONFLICT``, ``RETURNING``, no ``FOR UPDATE``). Adapters raise ``Unavailable`` when the database cannot
+be reached.
+
+Concurrency: every change to a model starts by updating its ``models`` row, which on PostgreSQL takes that
+row's lock, so changes to one model's versions and labels apply one at a time (SQLite serialises all writes
+anyway). Version numbers come from ``models.next_version``, which only ever grows, so a number is never handed
+out twice, even after deletes.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import hashlib
+import hmac
+import json
+import time
+from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
+from datetime import UTC, datetime, timedelta
+from importlib import resources
+from typing import Any, ClassVar, NoReturn, Protocol
+
+from tt_server.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from tt_server.storage.metadata import NewVersion
+from tt_server.types import Model, ModelFormat, ModelVersion, Page, Signature, VersionSource
+
+Row = dict[str, Any]
+
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 1000
+
+
+class SqlConnection(Protocol):
+    """Runs statements; inside ``SqlDatabase.transaction()`` all of them run in that transaction."""
+
+    async def fetch(self, sql: str, *args: object) -> list[Row]: ...
+
+    async def fetchrow(self, sql: str, *args: object) -> Row | None: ...
+
+    async def execute(self, sql: str, *args: object) -> None: ...
+
+    async def execute_script(self, script: str) -> None:
+        """Run several ``;``-separated statements without parameters (a migration file)."""
+
+
+class SqlDatabase(SqlConnection, Protocol):
+    """The adapter a backend provides; statements run outside ``transaction()`` autocommit one by one."""
+
+    def transaction(self) -> AbstractAsyncContextManager[SqlConnection]:
+        """Commit when the block exits normally, roll back when it raises."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+_VERSION_COLUMNS = (
+    "model_name, version, format, sha256, size_bytes, blob_key, signature, feature_names, description, "
+    "metadata, source, parent_version, training_session_id, created_at"
+)
+
+# Correlated subqueries rather than a GROUP BY join: simple, and fast with the primary key on model_versions.
+_SELECT_MODELS = """
+SELECT m.name, m.description, m.created_at, m.updated_at,
+       (SELECT max(v.version) FROM model_versions v WHERE v.model_name = m.name) AS latest_version,
+       (SELECT count(*) FROM model_versions v WHERE v.model_name = m.name) AS version_count
+FROM models m
+"""
+
+_UPSERT_LABEL = """
+INSERT INTO labels (model_name, label, version, updated_at) VALUES ($1, $2, $3, $4)
+ON CONFLICT (model_name, label) DO UPDATE SET version = excluded.version, updated_at = excluded.updated_at
+"""
+
+_UPSERT_BLOB_GC = """
+INSERT INTO blob_gc (blob_key, not_before) VALUES ($1, $2)
+ON CONFLICT (blob_key) DO UPDATE SET not_before = excluded.not_before
+"""
+
+_CREATE_MIGRATIONS_TABLE = """
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version    BIGINT PRIMARY KEY,
+    name       TEXT NOT NULL,
+    applied_at BIGINT NOT NULL
+)
+"""
+
+
+class SqlMetadataStore:
+    """A ``MetadataStore`` over any ``SqlDatabase``; see the module docstring for the concurrency rules.
+
+    Lifecycle: the constructor does no I/O; ``open()`` connects and migrates; ``close()`` disconnects. All
+    methods may be called concurrently from one event loop.
+    """
+
+    dialect: ClassVar[str]  # names the folder under ``migrations/``
+    migration_lock: ClassVar[str] = ""  # run first in the migration transaction, so two processes take turns
+
+    def __init__(self, token_secret: bytes) -> None:
+        self._tokens = _PageTokens(token_secret)
+        self._database: SqlDatabase | None = None
+
+    async def _connect(self) -> SqlDatabase:
+        raise NotImplementedError
+
+    # --- lifecycle ------------------------------------------------------------------------------------------
+    async def open(self) -> None:
+        database = await self._connect()
+        try:
+            await _migrate(database, self.dialect, self.migration_lock)
+        except BaseException:
+            await database.close()
+            raise
+        self._database = database
+
+    async def close(self) -> None:
+        database, self._database = self._database, None
+        if database is not None:
+            await database.close()
+
+    async def ping(self) -> None:
+        await self._db.fetchrow("SELECT 1 AS one")
+
+    @property
+    def _db(self) -> SqlDatabase:
+        if self._database is None:
+            raise Unavailable("metadata store is not open")
+        return self._database
+
+    # --- models -------------------------------------------------------------------------------------------
+    async def list_models(self, page_size: int, page_token: str) -> Page[Model]:
+        size = _page_size(page_size)
+        after = self._tokens.decode(page_token, "models") if page_token else ""
+        rows = await self._db.fetch(
+            _SELECT_MODELS + "WHERE m.name > $1 ORDER BY m.name LIMIT $2", after, size + 1
+        )
+        page = rows[:size]
+        labels: dict[str, dict[str, int]] = {row["name"]: {} for row in page}
+        if page:
+            # The page is a contiguous run of names, so one range query finds exactly its models' labels.
+            label_rows = await self._db.fetch(
+                "SELECT model_name, label, version FROM labels WHERE model_name >= $1 AND model_name <= $2 "
+                "ORDER BY label",
+                page[0]["name"],
+                page[-1]["name"],
+            )
+            for row in label_rows:
+                labels[row["model_name"]][row["label"]] = row["version"]
+        token = self._tokens.encode("models", page[-1]["name"]) if len(rows) > size else ""
+        return Page([_model_from_row(row, labels[row["name"]]) for row in page], token)
+
+    async def get_model(self, name: str) -> Model:
+        row = await self._db.fetchrow(_SELECT_MODELS + "WHERE m.name = $1", name)
+        if row is None:
+            raise _model_not_found(name)
+        label_rows = await self._db.fetch(
+            "SELECT label, version FROM labels WHERE model_name = $1 ORDER BY label", name
+        )
+        return _model_from_row(row, {r["label"]: r["version"] for r in label_rows})
+
+    async def delete_model(self, name: str) -> list[str]:
+        now = _now_us()
+        async with self._db.transaction() as tx:
+            await _lock_model(tx, name, now)
+            rows = await tx.fetch(
+                "SELECT blob_key FROM model_versions WHERE model_name = $1 ORDER BY version", name
+            )
+            # The CAST tells PostgreSQL the parameter's type, which a bare $2 in a select list does not.
+            await tx.execute(
+                "INSERT INTO blob_gc (blob_key, not_before) "
+                "SELECT blob_key, CAST($2 AS BIGINT) FROM model_versions WHERE model_name = $1 "
+                "ON CONFLICT (blob_key) DO UPDATE SET not_before = excluded.not_before",
+                name,
+                now,
+            )
+            await tx.execute("DELETE FROM labels WHERE model_name = $1", name)
+            await tx.execute(
+                "DELETE FROM models WHERE name = $1", name
+            )  # versions follow by ON DELETE CASCADE
+        return [row["blob_key"] for row in rows]
+
+    # --- versions ------------------------------------------------------------------------------------------
+    async def create_version(self, new: NewVersion) -> ModelVersion:
+        v = new.version
+        now = _now_us()
+        async with self._db.transaction() as tx:
+            # One upsert both creates the model on its first version and allocates the number. Being a single
+            # statement it cannot interleave with a concurrent first upload or delete_model, as a
+            # check-then-insert, or an INSERT ... DO NOTHING then an UPDATE, could. Its row lock serialises
+            # uploads of one model.
+            row = await tx.fetchrow(
+                "INSERT INTO models (name, description, created_at, updated_at, next_version) "
+                "VALUES ($1, $2, $3, $3, 2) "
+                "ON CONFLICT (name) DO UPDATE SET next_version = models.next_version + 1, "
+                "updated_at = excluded.updated_at, "
+                "description = CASE WHEN excluded.description = '' THEN models.description "
+                "ELSE excluded.description END "
+                "RETURNING next_version - 1 AS version",
+                v.model_name,
+                new.model_description,
+                now,
+            )
+            assert row is not None  # an upsert with RETURNING always yields its row
+            number: int = row["version"]
+            await tx.execute(
+                f"INSERT INTO model_versions ({_VERSION_COLUMNS}) "
+                "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+                v.model_name,
+                number,
+                v.format.value,
+                v.sha256,
+                v.size_bytes,
+                v.blob_key,
+                json.dumps(v.signature.to_json()),
+                json.dumps(list(v.feature_names)),
+                v.description,
+                json.dumps(v.metadata, sort_keys=True),
+                v.source.value,
+                v.parent_version,
+                v.training_session_id,
+                now,
+            )
+            # The registry may have queued the blob for collection while it was uploading; it is claimed now.
+            await tx.execute("DELETE FROM blob_gc WHERE blob_key = $1", v.blob_key)
+            labels = tuple(sorted(set(new.set_labels)))
+            for label in labels:
+                await tx.execute(_UPSERT_LABEL, v.model_name, label, number, now)
+        # The store stamps created_at, like the number, so both reflect the order of commits.
+        return dataclasses.replace(v, version=number, created_at=_from_us(now), labels=labels)
+
+    async def get_version(self, name: str, version: int) -> ModelVersion:
+        found = await self._versions("WHERE model_name = $1 AND version = $2", name, version)
+        if not found:
+            await _raise_not_found(self._db, name, f"version {version} of model {name!r} not found")
+        return found[0]
+
+    async def get_latest_version(self, name: str) -> ModelVersion:
+        found = await self._versions("WHERE model_name = $1 ORDER BY version DESC LIMIT 1", name)
+        if not found:
+            await _raise_not_found(self._db, name, f"model {name!r} has no versions")
+        return found[0]
+
+    async def get_labelled_version(self, name: str, label: str) -> ModelVersion:
+        found = await self._versions(
+            "WHERE model_name = $1 "
+            "AND version = (SELECT version FROM labels WHERE model_name = $1 AND label = $2)",
+            name,
+            label,
+        )
+        if not found:
+            await _raise_not_found(self._db, name, f"label {label!r} of model {name!r} not found")
+        return found[0]
+
+    async def list_versions(self, name: str, page_size: int, page_token: str) -> Page[ModelVersion]:
+        size = _page_size(page_size)
+        # The listing name binds a token to one model, so it cannot be replayed against another.
+        listing = f"versions/{name}"
+        after = self._tokens.decode(page_token, listing) if page_token else 0
+        found = await self._versions(
+            "WHERE model_name = $1 AND version > $2 ORDER BY version LIMIT $3", name, after, size + 1
+        )
+        if not found and await self._db.fetchrow("SELECT 1 AS one FROM models WHERE name = $1", name) is None:
+            raise _model_not_found(name)
+        page = found[:size]
+        token = self._tokens.encode(listing, page[-1].version) if len(found) > size else ""
+        return Page(page, token)
+
+    async def delete_version(self, name: str, version: int, force: bool) -> str:
+        now = _now_us()
+        async with self._db.transaction() as tx:
+            await _lock_model(tx, name, now)
+            row = await tx.fetchrow(
+                "SELECT blob_key FROM model_versions WHERE model_name = $1 AND version = $2", name, version
+            )
+            if row is None:
+                raise NotFound(f"version {version} of model {name!r} not found")
+            labels = await _labels_of(tx, name, version)
+            if labels and not force:
+                raise FailedPrecondition(
+                    f"version {version} of model {name!r} is labelled {', '.join(labels)}; "
+                    "move or delete the labels first, or delete with force"
+                )
+            await tx.execute("DELETE FROM labels WHERE model_name = $1 AND version = $2", name, version)
+            await tx.execute(
+                "DELETE FROM model_versions WHERE model_name = $1 AND version = $2", name, version
+            )
+            await tx.execute(_UPSERT_BLOB_GC, row["blob_key"], now)
+        return str(row["blob_key"])
+
+    # --- labels --------------------------------------------------------------------------------------------
+    async def set_label(self, name: str, label: str, version: int) -> int | None:
+        now = _now_us()
+        async with self._db.transaction() as tx:
+            await _lock_model(tx, name, now)
+            exists = await tx.fetchrow(
+                "SELECT 1 AS one FROM model_versions WHERE model_name = $1 AND version = $2", name, version
+            )
+            if exists is None:
+                raise NotFound(f"version {version} of model {name!r} not found")
+            old = await tx.fetchrow(
+                "SELECT version FROM labels WHERE model_name = $1 AND label = $2", name, label
+            )
+            await tx.execute(_UPSERT_LABEL, name, label, version, now)
+        return None if old is None else int(old["version"])
+
+    async def delete_label(self, name: str, label: str) -> int:
+        async with self._db.transaction() as tx:
+            await _lock_model(tx, name, _now_us())
+            row = await tx.fetchrow(
+                "DELETE FROM labels WHERE model_name = $1 AND label = $2 RETURNING version", name, label
+            )
+            if row is None:
+                raise NotFound(f"label {label!r} of model {name!r} not found")
+        return int(row["version"])
+
+    # --- blob garbage collection (outbox) ----------------------------------------------------------------
+    async def add_blob_gc(self, blob_key: str, not_before_us: int) -> None:
+        await self._db.execute(_UPSERT_BLOB_GC, blob_key, not_before_us)
+
+    async def due_blob_gc(self, now_us: int, limit: int) -> list[str]:
+        rows = await self._db.fetch(
+            "SELECT blob_key FROM blob_gc WHERE not_before <= $1 ORDER BY not_before, blob_key LIMIT $2",
+            now_us,
+            limit,
+        )
+        return [row["blob_key"] for row in rows]
+
+    async def remove_blob_gc(self, blob_key: str) -> None:
+        await self._db.execute("DELETE FROM blob_gc WHERE blob_key = $1", blob_key)
+
+    # --- helpers -------------------------------------------------------------------------------------------
+    async def _versions(self, where: str, *args: object) -> list[ModelVersion]:
+        """Versions of one model matching ``where`` (whose ``$1`` is the model name), with their labels."""
+        rows = await self._db.fetch(f"SELECT {_VERSION_COLUMNS} FROM model_versions {where}", *args)
+        if not rows:
+            return []
+        numbers = [row["version"] for row in rows]
+        label_rows = await self._db.fetch(
+            "SELECT version, label FROM labels WHERE model_name = $1 AND version >= $2 AND version <= $3 "
+            "ORDER BY label",
+            args[0],
+            min(numbers),
+            max(numbers),
+        )
+        labels: dict[int, list[str]] = {}
+        for row in label_rows:
+            labels.setdefault(row["version"], []).append(row["label"])
+        return [_version_from_row(row, tuple(labels.get(row["version"], ()))) for row in rows]
+
+
+# --- migrations ---------------------------------------------------------------------------------------------
+async def _migrate(database: SqlDatabase, dialect: str, lock: str) -> None:
+    """Apply the numbered ``migrations/<dialect>/NNNN_*.sql`` files not yet recorded, in one transaction."""
+    folder = resources.files("tt_server.storage").joinpath("migrations").joinpath(dialect)
+    files = sorted(
+        (int(entry.name.split("_", 1)[0]), entry.name, entry.read_text(encoding="utf-8"))
+        for entry in folder.iterdir()
+        if entry.name.endswith(".sql")
+    )
+    async with database.transaction() as tx:
+        if lock:
+            await tx.execute(lock)
+        await tx.execute(_CREATE_MIGRATIONS_TABLE)
+        applied = {row["version"] for row in await tx.fetch("SELECT version FROM schema_migrations")}
+        for number, name, script in files:
+            if number not in applied:
+                await tx.execute_script(script)
+                await tx.execute(
+                    "INSERT INTO schema_migrations (version, name, applied_at) VALUES ($1, $2, $3)",
+                    number,
+                    name,
+                    _now_us(),
+                )
+
+
+# --- page tokens --------------------------------------------------------------------------------------------
+class _PageTokens:
+    """Opaque, tamper-evident cursors: base64url(JSON cursor + HMAC-SHA256 of it).
+
+    The signature lets clients hold a cursor without being able to forge one, so a garbled or edited token is
+    a clear INVALID_ARGUMENT rather than a silently wrong page.
+    """
+
+    _MAC_SIZE = hashlib.sha256().digest_size
+
+    def __init__(self, secret: bytes) -> None:
+        if not secret:
+            raise ValueError("token_secret must not be empty")
+        self._secret = secret
+
+    def encode(self, listing: str, after: str | int) -> str:
+        body = json.dumps({"listing": listing, "after": after}, separators=(",", ":")).encode()
+        raw = body + hmac.digest(self._secret, body, "sha256")
+        return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+
+    def decode(self, token: str, listing: str) -> Any:
+        """The ``after`` value of a token this store made for ``listing``."""
+        try:
+            raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        except ValueError:  # includes binascii.Error and non-ASCII text
+            raise _bad_token("is not a valid page token") from None
+        body, mac = raw[: -self._MAC_SIZE], raw[-self._MAC_SIZE :]
+        if not body or not hmac.compare_digest(mac, hmac.digest(self._secret, body, "sha256")):
+            raise _bad_token("is not a valid page token")
+        cursor = json.loads(body)
+        if cursor["listing"] != listing:
+            raise _bad_token("belongs to a different listing")
+        return cursor["after"]
+
+
+def _bad_token(description: str) -> InvalidArgument:
+    return InvalidArgument.field("page_token", description)
+
+
+# --- small helpers ----------------------------------------------------------------------------------------
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _now_us() -> int:
+    return time.time_ns() // 1000
+
+
+def _from_us(us: int) -> datetime:
+    # timedelta arithmetic is exact; datetime.fromtimestamp(us / 1e6) can be a microsecond off.
+    return _EPOCH + timedelta(microseconds=us)
+
+
+def _page_size(requested: int) -> int:
+    return DEFAULT_PAGE_SIZE if requested <= 0 else min(requested, MAX_PAGE_SIZE)
+
+
+def _model_not_found(name: str) -> NotFound:
+    return NotFound(f"model {name!r} not found")
+
+
+async def _raise_not_found(db: SqlConnection, name: str, message: str) -> NoReturn:
+    """Raise the most precise NotFound: the model itself, or ``message`` about something inside it."""
+    if await db.fetchrow("SELECT 1 AS one FROM models WHERE name = $1", name) is None:
+        raise _model_not_found(name)
+    raise NotFound(message)
+
+
+async def _lock_model(tx: SqlConnection, name: str, now: int) -> None:
+    """Touch the model row: records the change and, on PostgreSQL, locks the model until commit."""
+    if (
+        await tx.fetchrow("UPDATE models SET updated_at = $2 WHERE name = $1 RETURNING name", name, now)
+        is None
+    ):
+        raise _model_not_found(name)
+
+
+async def _labels_of(tx: SqlConnection, name: str, version: int) -> list[str]:
+    rows = await tx.fetch(
+        "SELECT label FROM labels WHERE model_name = $1 AND version = $2 ORDER BY label", name, version
+    )
+    return [row["label"] for row in rows]
+
+
+def _model_from_row(row: Row, labels: dict[str, int]) -> Model:
+    return Model(
+        name=row["name"],
+        description=row["description"],
+        created_at=_from_us(row["created_at"]),
+        updated_at=_from_us(row["updated_at"]),
+        latest_version=row["latest_version"],
+        version_count=row["version_count"],
+        labels=labels,
+    )
+
+
+def _version_from_row(row: Row, labels: Sequence[str]) -> ModelVersion:
+    return ModelVersion(
+        model_name=row["model_name"],
+        version=row["version"],
+        format=ModelFormat(row["format"]),
+        sha256=row["sha256"],
+        size_bytes=row["size_bytes"],
+        blob_key=row["blob_key"],
+        signature=Signature.from_json(json.loads(row["signature"])),
+        source=VersionSource(row["source"]),
+        created_at=_from_us(row["created_at"]),
+        description=row["description"],
+        feature_names=tuple(json.loads(row["feature_names"])),
+        metadata=json.loads(row["metadata"]),
+        parent_version=row["parent_version"],
+        training_session_id=row["training_session_id"],
+        labels=tuple(labels),
+    )
