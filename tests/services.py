@@ -2,11 +2,12 @@
 
 Session fixtures: ``postgres_dsn`` (a database of its own on the local PostgreSQL, dropped at the end) and
 ``s3_endpoint`` (moto's S3 server on loopback, with dummy AWS credentials in the environment). When a service
-cannot be reached the tests that need it are skipped, with the command that starts it, or fail when ``CI=true``.
+cannot be reached, the tests that need it are skipped with the command that starts it (or fail when
+``CI=true``).
 
-Per-test fixtures: ``metadata_store`` (over ``sqlite`` and ``postgres``) and ``blob_store`` (over ``local`` and
-``s3``) give a fresh, opened store; ``make_metadata_store`` / ``make_blob_store`` make more stores over the same
-database or bucket (unopened), and close them all afterwards.
+Per-test fixtures: ``metadata_store`` (over ``sqlite`` and ``postgres``) and ``blob_store`` (over ``local``
+and ``s3``) give a fresh, opened store; ``make_metadata_store`` / ``make_blob_store`` make more stores over
+the same database or bucket (unopened), and close them all afterwards.
 
 ``tests/conftest.py`` star-imports this module, which is how pytest finds the fixtures.
 """
@@ -91,7 +92,7 @@ async def _admin(dsn: str, *statements: str) -> None:
         await conn.close()
 
 
-# --- services -------------------------------------------------------------------------------------------------
+# --- services -----------------------------------------------------------------------------------------------
 @pytest.fixture(scope="session")
 def postgres_dsn() -> Iterator[str]:
     """DSN of a database created for this test session on the local PostgreSQL."""
@@ -112,7 +113,9 @@ def s3_endpoint() -> Iterator[str]:
     try:
         from moto.server import ThreadedMotoServer
     except ImportError as e:
-        service_missing(f"moto's server is not installed ({e}). Install it with: .venv/bin/pip install 'moto[server]'")
+        service_missing(
+            f"moto's server is not installed ({e}). Install it with: .venv/bin/pip install 'moto[server]'"
+        )
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)  # port 0: the OS picks one
     server.start()
     host, port = server.get_host_and_port()
@@ -153,7 +156,9 @@ def metadata_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator
     # A schema per test is much cheaper than a database per test and just as isolated for unqualified names.
     schema = f"t_{uuid.uuid4().hex[:12]}"
     run_async(lambda: _admin(dsn, f'CREATE SCHEMA "{schema}"'))
-    yield MetadataBackend("postgres", postgres_dsn=with_database(dsn, urlsplit(dsn).path[1:], search_path=schema))
+    yield MetadataBackend(
+        "postgres", postgres_dsn=with_database(dsn, urlsplit(dsn).path[1:], search_path=schema)
+    )
     run_async(lambda: _admin(dsn, f'DROP SCHEMA "{schema}" CASCADE'))
 
 
@@ -213,7 +218,9 @@ def blob_backend(request: pytest.FixtureRequest, tmp_path: Path) -> BlobBackend:
 
 
 @pytest.fixture
-async def make_blob_store(blob_backend: BlobBackend) -> AsyncIterator[Callable[[], LocalBlobStore | S3BlobStore]]:
+async def make_blob_store(
+    blob_backend: BlobBackend,
+) -> AsyncIterator[Callable[[], LocalBlobStore | S3BlobStore]]:
     """Make (unopened) stores over this test's folder or bucket; all are closed after the test."""
     made: list[LocalBlobStore | S3BlobStore] = []
 
@@ -227,7 +234,9 @@ async def make_blob_store(blob_backend: BlobBackend) -> AsyncIterator[Callable[[
 
 
 @pytest.fixture
-async def blob_store(make_blob_store: Callable[[], LocalBlobStore | S3BlobStore]) -> LocalBlobStore | S3BlobStore:
+async def blob_store(
+    make_blob_store: Callable[[], LocalBlobStore | S3BlobStore],
+) -> LocalBlobStore | S3BlobStore:
     store = make_blob_store()
     await store.open()
     return store

@@ -3,6 +3,7 @@ the model's own call to within 1e-5, for every supported dtype, single and multi
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import keras
@@ -13,7 +14,9 @@ import tensorflow as tf
 from tests import models
 from tests.runtime.helpers import LIMITS, load, version_of
 from tt_server.errors import FailedPrecondition, Unavailable
+from tt_server.registry.inspect import inspect_artifact
 from tt_server.runtime.loader import ARTIFACT_SUFFIX, Loader
+from tt_server.runtime.servable import zero_inputs
 from tt_server.types import DType, ModelFormat, Signature, TensorSpec
 
 RNG = np.random.default_rng(7)
@@ -206,3 +209,35 @@ class _WithoutFlatCall:
 
     def __call__(self, *tensors: tf.Tensor) -> object:
         return self._function(*tensors)  # type: ignore[operator]
+
+
+@pytest.mark.parametrize(
+    ("build", "fmt"),
+    [
+        (models.mlp_keras, ModelFormat.KERAS),
+        (models.mlp_h5, ModelFormat.H5),
+        (models.two_io_keras, ModelFormat.KERAS),
+        (models.two_io_h5, ModelFormat.H5),
+        (models.sequential_keras, ModelFormat.KERAS),
+        (models.custom_layer_keras, ModelFormat.KERAS),
+        (models.mlp_saved_model_tar_gz, ModelFormat.SAVED_MODEL_TAR_GZ),
+        (models.mlp_saved_model_zip, ModelFormat.SAVED_MODEL_ZIP),
+        (models.module_saved_model_tar_gz, ModelFormat.SAVED_MODEL_TAR_GZ),
+        (lambda out: models.as_tar_gz(models.two_io_export_dir, out), ModelFormat.SAVED_MODEL_TAR_GZ),
+        (
+            lambda out: models.as_tar_gz(models.vocab_asset_saved_model_dir, out),
+            ModelFormat.SAVED_MODEL_TAR_GZ,
+        ),
+    ],
+)
+def test_every_accepted_artifact_serves_the_signature_the_registry_read(
+    tmp_path: Path, build: Callable[[Path], Path], fmt: ModelFormat
+) -> None:
+    """The registry names and orders a model's tensors at upload; the loader must follow the same rules."""
+    path = build(tmp_path)
+    scratch = tmp_path / "inspect"
+    scratch.mkdir()
+    signature = inspect_artifact(path, fmt, scratch, LIMITS, frozenset({models.SCALE_LAYER}))
+    servable = load(path, fmt, signature, tmp_path / "work")  # warm-up checks outputs against the signature
+    result = servable.run(zero_inputs(signature, 3))
+    assert list(result) == [spec.name for spec in signature.outputs]

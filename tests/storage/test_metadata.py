@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -50,7 +51,7 @@ def now_us() -> int:
     return time.time_ns() // 1000
 
 
-# --- versions ---------------------------------------------------------------------------------------------------
+# --- versions -----------------------------------------------------------------------------------------------
 async def test_create_version_round_trips_every_field(metadata_store: SqlMetadataStore) -> None:
     before = datetime.now(UTC)
     created = await publish(
@@ -119,7 +120,7 @@ async def test_create_version_moves_labels_to_the_new_version(metadata_store: Sq
     assert (await metadata_store.get_model("m")).labels == {"prod": 2, "stable": 1}
 
 
-# --- labels -------------------------------------------------------------------------------------------------------
+# --- labels -------------------------------------------------------------------------------------------------
 async def test_set_and_delete_labels(metadata_store: SqlMetadataStore) -> None:
     await publish(metadata_store, "m")
     await publish(metadata_store, "m")
@@ -144,7 +145,7 @@ async def test_set_label_on_a_missing_version_is_not_found(metadata_store: SqlMe
     assert (await metadata_store.get_model("m")).labels == {}
 
 
-# --- deletes and blob garbage collection ----------------------------------------------------------------------
+# --- deletes and blob garbage collection --------------------------------------------------------------------
 async def test_deleting_a_labelled_version_needs_force(metadata_store: SqlMetadataStore) -> None:
     v1 = await publish(metadata_store, "m", labels=("prod", "canary"))
     with pytest.raises(FailedPrecondition, match="canary, prod"):
@@ -198,31 +199,29 @@ async def test_blob_gc_queue(metadata_store: SqlMetadataStore) -> None:
     assert await metadata_store.due_blob_gc(now_us=1000, limit=10) == ["late", "early"]
 
 
-# --- not found ------------------------------------------------------------------------------------------------
+# --- not found ----------------------------------------------------------------------------------------------
 async def test_missing_things_are_not_found(metadata_store: SqlMetadataStore) -> None:
     await publish(metadata_store, "m")
-    calls = {
-        "model 'x' not found": [
-            metadata_store.get_model("x"),
-            metadata_store.get_version("x", 1),
-            metadata_store.get_latest_version("x"),
-            metadata_store.get_labelled_version("x", "prod"),
-            metadata_store.list_versions("x", 10, ""),
-            metadata_store.delete_version("x", 1, force=True),
-            metadata_store.delete_model("x"),
-            metadata_store.delete_label("x", "prod"),
-        ],
-        "version 2 of model 'm' not found": [
-            metadata_store.get_version("m", 2),
-            metadata_store.delete_version("m", 2, force=True),
-        ],
-        "label 'prod' of model 'm' not found": [metadata_store.get_labelled_version("m", "prod")],
-    }
-    for message, coroutines in calls.items():
-        for coroutine in coroutines:
-            with pytest.raises(NotFound) as error:
-                await coroutine
-            assert error.value.message == message
+    no_model, no_version = "model 'x' not found", "version 2 of model 'm' not found"
+    cases: list[tuple[str, Coroutine[Any, Any, object]]] = [
+        (no_model, metadata_store.get_model("x")),
+        (no_model, metadata_store.get_version("x", 1)),
+        (no_model, metadata_store.get_latest_version("x")),
+        (no_model, metadata_store.get_labelled_version("x", "prod")),
+        (no_model, metadata_store.list_versions("x", 10, "")),
+        (no_model, metadata_store.delete_version("x", 1, force=True)),
+        (no_model, metadata_store.delete_model("x")),
+        (no_model, metadata_store.set_label("x", "prod", 1)),
+        (no_model, metadata_store.delete_label("x", "prod")),
+        (no_version, metadata_store.get_version("m", 2)),
+        (no_version, metadata_store.delete_version("m", 2, force=True)),
+        (no_version, metadata_store.set_label("m", "prod", 2)),
+        ("label 'prod' of model 'm' not found", metadata_store.get_labelled_version("m", "prod")),
+        ("label 'prod' of model 'm' not found", metadata_store.delete_label("m", "prod")),
+    ]
+    results = await asyncio.gather(*(call for _, call in cases), return_exceptions=True)
+    for (message, _), result in zip(cases, results, strict=True):
+        assert isinstance(result, NotFound) and result.message == message, (message, result)
 
 
 # --- pagination ---------------------------------------------------------------------------------------------
@@ -258,9 +257,9 @@ async def test_list_versions_in_pages(metadata_store: SqlMetadataStore) -> None:
 
     first = await metadata_store.list_versions("m", 2, "")
     second = await metadata_store.list_versions("m", 2, first.next_page_token)
-    assert [v.version for v in first.items] == [1, 3]
-    assert [v.version for v in second.items] == [4, 5]
-    assert second.items[0].labels == ("prod",)
+    assert [v.version for v in first.items] == [5, 4]  # newest first
+    assert [v.version for v in second.items] == [3, 1]
+    assert first.items[1].labels == ("prod",)
     assert second.next_page_token == ""  # exactly full last page: no empty extra page
 
     await publish(metadata_store, "empty")
@@ -281,7 +280,7 @@ async def test_bad_page_tokens_are_invalid_arguments(
     other_secret = make_metadata_store(token_secret=b"another-secret")
     await other_secret.open()
 
-    bad = [
+    results = await asyncio.gather(
         metadata_store.list_models(1, tampered),
         metadata_store.list_models(1, "not a token!"),
         metadata_store.list_models(1, "é"),
@@ -289,13 +288,15 @@ async def test_bad_page_tokens_are_invalid_arguments(
         metadata_store.list_models(1, versions_token),  # another listing's token
         metadata_store.list_versions("b", 1, versions_token),  # another model's token
         other_secret.list_models(1, models_token),  # signed with another secret
-    ]
-    for coroutine in bad:
-        with pytest.raises(InvalidArgument) as error:
-            await coroutine
-        assert [v.field for v in error.value.violations] == ["page_token"]
+        return_exceptions=True,
+    )
+    for result in results:
+        assert isinstance(result, InvalidArgument), result
+        assert [v.field for v in result.violations] == ["page_token"]
     # The genuine token still works, also on another store with the same secret (another replica).
-    assert [m.name for m in (await metadata_store.list_models(1, models_token)).items] == ["b"]
+    replica = make_metadata_store()
+    await replica.open()
+    assert [m.name for m in (await replica.list_models(1, models_token)).items] == ["b"]
 
 
 # --- lifecycle ----------------------------------------------------------------------------------------------
@@ -309,9 +310,12 @@ async def test_migrations_are_idempotent(
     await again.ping()
 
 
-async def test_two_processes_can_migrate_at_once(make_metadata_store: Callable[..., SqlMetadataStore]) -> None:
+async def test_two_processes_can_migrate_at_once(
+    make_metadata_store: Callable[..., SqlMetadataStore],
+) -> None:
     first, second = make_metadata_store(), make_metadata_store()
-    await asyncio.gather(first.open(), second.open())
+    # return_exceptions: both opens finish before the test (and the fixture's closing) goes on.
+    assert await asyncio.gather(first.open(), second.open(), return_exceptions=True) == [None, None]
     created = await publish(first, "m")
     assert await second.get_version("m", 1) == created
 

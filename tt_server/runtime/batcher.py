@@ -11,10 +11,10 @@ batcher starts a drain task, which ends when the queue is empty. So a batcher th
 dropped holds no resources and still serves whoever kept a handle to it.
 
 Guarantees: an item whose deadline has passed is failed with ``DeadlineExceeded`` before it runs; a caller
-cancelled while queued frees its rows at once and its rows never run; an exception in a merged call fails
-only that call's items (each is retried alone first, so one poisonous request cannot fail its neighbours);
-the drain loop itself survives anything. Everything here runs on the event loop except the model call
-(and the concatenation feeding it), which runs on ``executor``.
+cancelled while queued frees its rows at once and its rows never run; when a merged call fails, each of its
+requests is retried alone, so one bad request cannot fail its neighbours; the drain loop survives anything.
+Everything here runs on the event loop except the model call (and the concatenation feeding it), which runs
+on ``executor``.
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ class _Item:
     rows: int
     deadline: float | None  # time.monotonic() seconds
     future: asyncio.Future[Arrays]
+    queued_at: float  # time.monotonic(), read only when max_wait_s > 0
     taken: bool = field(default=False)  # out of the queue (running, or failed before running)
 
 
@@ -106,7 +107,8 @@ class DynamicBatcher:
                 f"{self._name or 'the model'}'s queue is full ({self._queued_rows} rows waiting); retry later"
             )
         loop = asyncio.get_running_loop()
-        item = _Item(arrays, rows, deadline, loop.create_future())
+        queued_at = time.monotonic() if self._max_wait_s > 0 else 0.0
+        item = _Item(arrays, rows, deadline, loop.create_future(), queued_at)
         self._queue.append(item)
         self._queued_rows += rows
         if self._drain_task is None:
@@ -122,11 +124,17 @@ class DynamicBatcher:
         try:
             while self._queue:
                 if self._max_wait_s > 0 and self._queued_rows < self._max_batch_rows and not self._closed:
-                    await asyncio.sleep(self._max_wait_s)
+                    # As TF Serving's batch timeout: the oldest request waits at most max_wait_s for others.
+                    wait = self._queue[0].queued_at + self._max_wait_s - time.monotonic()
+                    if wait > 0:
+                        await asyncio.sleep(wait)
                 batch = self._take()
                 if batch:
                     await self._run_batch(batch)
-        except BaseException:  # cancelled (loop shutting down) or a bug: nothing queued may hang
+        except Exception:  # a bug: fail what waits (nothing may hang); the next submit starts afresh
+            log.exception("batcher failed", extra={"servable": self._name})
+            self._fail_queued(Unavailable(f"{self._name or 'the model'} failed; retry"))
+        except BaseException:  # cancelled: the event loop is shutting down
             self._fail_queued(Unavailable(f"{self._name or 'the model'} stopped serving"))
             raise
         finally:
@@ -166,7 +174,7 @@ class DynamicBatcher:
             self._fail(batch, Unavailable(f"{self._name or 'the model'} stopped serving"))
             raise
         except Exception as e:
-            if len(batch) > 1 and not isinstance(e, TensorTriggerError):
+            if len(batch) > 1:
                 # Find out which request broke the merged call instead of failing all of them.
                 for item in batch:
                     if not item.future.done():

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from tt_server.config import Settings
-from tt_server.errors import NotFound, TensorTriggerError, Unavailable
+from tt_server.errors import FailedPrecondition, NotFound, TensorTriggerError, Unavailable
 from tt_server.events import EventBus
 from tt_server.registry.artifacts import ArchiveLimits
 from tt_server.runtime.batcher import DynamicBatcher
@@ -212,7 +212,12 @@ class ModelManager:
         try:
             await asyncio.to_thread(work.mkdir, parents=True)
             artifact = work / f"artifact{ARTIFACT_SUFFIX[version.format]}"
-            await self._blobs.get_file(version.blob_key, artifact)
+            try:
+                await self._blobs.get_file(version.blob_key, artifact)
+            except NotFound:  # not the client's "no such model": the registry lost an artifact
+                raise FailedPrecondition(
+                    f"model {name!r} version {number} cannot be loaded: its artifact is missing"
+                ) from None
             loader = Loader(version, artifact, work, self._limits)
             servable = await loop.run_in_executor(self._load_executor, loader.load)
         except TensorTriggerError as e:

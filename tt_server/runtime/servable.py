@@ -8,10 +8,9 @@ re-binds and re-validates the argument structure on every call: on the TFaaS MLP
 overhead (about 100 -> 50 us at batch 1) for the same graph and the same results. ``model.predict`` (a
 ``tf.data`` pipeline per call, milliseconds) is never used.
 
-XLA (``jit_compile=True``) was measured and not kept: it saves ~10 us per call below ~16 rows but compiles
-once per distinct batch size (~75 ms each on the MLP), so dynamic batches would need padding to fixed
-buckets, which costs more than it saves above 32 rows. See ``tt_server/runtime/README`` numbers in
-``loader.py``'s docstring.
+XLA (``jit_compile=True``) was measured and not kept: it saves ~10 us per call below ~16 rows, but XLA
+compiles once per distinct batch size (~75 ms each on the MLP), so dynamic batches would have to be padded to
+a few fixed sizes, and padding costs more than XLA saves from 32 rows up (measured, TFaaS MLP, 2 cores).
 
 Thread safety: ``run`` may be called from any thread, also concurrently (the batcher calls it from the one
 inference thread). ``unload`` may be called at any time: a call already running finishes on the objects
@@ -21,13 +20,14 @@ it holds; later calls raise ``Unavailable``.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 import tensorflow as tf
 
-from tt_server.errors import FailedPrecondition, Unavailable
+from tt_server.errors import FailedPrecondition, InvalidArgument, Unavailable
 from tt_server.runtime.validation import NUMPY_DTYPES
 from tt_server.types import DType, Signature, TensorSpec
 
@@ -106,7 +106,14 @@ class Servable:
         call = self._call  # one read: unload() may clear it meanwhile
         if call is None:
             raise Unavailable(f"model {self.model_name!r} version {self.version} was unloaded")
-        outputs = call(*[tf.constant(arrays[name], dtype=dtype) for name, dtype in self._inputs])
+        tensors = [tf.constant(arrays[name], dtype=dtype) for name, dtype in self._inputs]
+        try:
+            outputs = call(*tensors)
+        except tf.errors.InvalidArgumentError as e:
+            # Data the signature cannot rule out, e.g. a token id outside an embedding's vocabulary.
+            raise InvalidArgument.field(
+                "inputs", f"the model cannot run on these values: {_op_message(e)}"
+            ) from None
         return {name: tensor.numpy() for name, tensor in zip(self._output_names, outputs, strict=True)}
 
     def warm_up(self, rows: Sequence[int] = WARMUP_ROWS) -> None:
@@ -135,6 +142,19 @@ class Servable:
         self._call = None
         self._function = None
         self._owner = None
+
+
+# Graph references in TensorFlow error text: {{node x}}, [[...]], [Op:...] and terminal colour codes.
+_GRAPH_REFS = re.compile(r"\{\{[^}]*\}\}|\[\[.*?\]\]|\[Op:[^\]]*\]|\x1b\[[0-9;]*m")
+
+
+def _op_message(error: tf.errors.OpError) -> str:
+    """The cause of a TensorFlow error, without the Python traceback and graph node names that TensorFlow
+    adds around it ("Graph execution error: Detected at node ... File ..."): safe and short for clients."""
+    lines = [line.strip() for line in _GRAPH_REFS.sub("", error.message).splitlines()]
+    causes = [line for line in lines if line and not line.startswith("File ") and not line.endswith(":")]
+    cause = causes[-1] if causes else type(error).__name__
+    return cause if len(cause) <= 200 else cause[:197] + "..."
 
 
 def zero_inputs(signature: Signature, rows: int) -> dict[str, np.ndarray]:

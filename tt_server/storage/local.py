@@ -39,6 +39,21 @@ async def read_file_chunks(
         f.close()
 
 
+async def write_file_chunks(path: Path, chunks: AsyncIterator[bytes]) -> None:
+    """Write the chunks to ``path`` from a worker thread; on any failure no partial file is left behind."""
+    f = await asyncio.to_thread(path.open, "wb")
+    try:
+        async for chunk in chunks:
+            await asyncio.to_thread(f.write, chunk)
+    except BaseException:
+        # Plain blocking calls: quick, and they must run even when the task is being cancelled.
+        f.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        raise
+    f.close()
+
+
 class LocalBlobStore:
     """Blobs as files under ``root``. Names starting with ``.`` are reserved for in-progress writes."""
 
@@ -106,16 +121,7 @@ class LocalBlobStore:
             await chunks.aclose()
 
     async def get_file(self, key: str, path: Path) -> None:
-        f = await asyncio.to_thread(path.open, "wb")
-        try:
-            async for chunk in self.get_stream(key):
-                await asyncio.to_thread(f.write, chunk)
-        except BaseException:
-            f.close()
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)  # no partial download left behind
-            raise
-        f.close()
+        await write_file_chunks(path, self.get_stream(key))
 
     async def size(self, key: str) -> int:
         path = self._path(key)

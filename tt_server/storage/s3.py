@@ -1,14 +1,17 @@
 """S3BlobStore: the production BlobStore on any S3-compatible service, through aiobotocore.
 
 Writes stream: data is cut into ``part_size`` parts and sent as a multipart upload, so memory holds one part
-whatever the object's size; an object smaller than one part goes in a single PutObject. A failed or
-cancelled upload is aborted, so S3 keeps no half-written parts. Credentials come from the usual AWS chain
+whatever the object's size; an object smaller than one part goes in a single PutObject. Every request carries
+its SHA-256 (``ChecksumSHA256``), which S3 verifies before accepting the bytes; the whole object's digest is
+returned to the caller (the registry records it with the version). A failed or cancelled upload is aborted,
+so S3 keeps no half-written parts. Credentials come from the usual AWS chain
 (environment, config files, instance role).
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import hashlib
 import logging
@@ -25,7 +28,7 @@ from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from tt_server.errors import NotFound, ResourceExhausted, Unavailable
 from tt_server.storage.blobs import BlobInfo
-from tt_server.storage.local import CHUNK_SIZE, read_file_chunks
+from tt_server.storage.local import CHUNK_SIZE, read_file_chunks, write_file_chunks
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client
@@ -35,8 +38,7 @@ log = logging.getLogger(__name__)
 
 MiB = 1 << 20
 MIN_PART_SIZE = 5 * MiB  # S3 refuses smaller parts (except the last)
-# CopyObject, which sets the sha256 metadata after a multipart upload, copies at most 5 GiB in one request.
-MAX_OBJECT_SIZE = 5 * 1024 * MiB
+MAX_PARTS = 10_000  # S3's limit on parts per multipart upload
 
 _MISSING_CODES = frozenset({"NoSuchKey", "NotFound", "404"})
 
@@ -111,13 +113,13 @@ class S3BlobStore:
                     # hashlib releases the GIL on large buffers, so a worker thread keeps the loop free.
                     await asyncio.to_thread(digest.update, chunk)
                     size += len(chunk)
-                    if size > MAX_OBJECT_SIZE:
-                        raise ResourceExhausted(f"blob {key!r} is larger than {MAX_OBJECT_SIZE} bytes")
+                    if size > self._part_size * MAX_PARTS:
+                        raise ResourceExhausted(f"blob {key!r} is larger than {self._part_size * MAX_PARTS} bytes")
                     pending += chunk
                     while len(pending) >= self._part_size:
                         if upload_id is None:
                             created = await self._client.create_multipart_upload(
-                                Bucket=self._bucket, Key=object_key
+                                Bucket=self._bucket, Key=object_key, ChecksumAlgorithm="SHA256"
                             )
                             upload_id = created["UploadId"]
                         part = bytes(pending[: self._part_size])
@@ -129,7 +131,7 @@ class S3BlobStore:
                         Bucket=self._bucket,
                         Key=object_key,
                         Body=bytes(pending),
-                        Metadata={"sha256": info.sha256},
+                        ChecksumSHA256=_b64(digest.digest()),
                     )
                     return info
                 if pending:
@@ -139,8 +141,6 @@ class S3BlobStore:
                 await self._client.complete_multipart_upload(
                     Bucket=self._bucket, Key=object_key, UploadId=upload_id, MultipartUpload={"Parts": parts}
                 )
-                upload_id = None  # completed: nothing left to abort
-                await self._set_sha256(object_key, info.sha256)
                 return info
         except BaseException:
             if upload_id is not None:
@@ -151,28 +151,16 @@ class S3BlobStore:
     async def _upload_part(
         self, object_key: str, upload_id: str, number: int, data: bytes
     ) -> CompletedPartTypeDef:
+        checksum = _b64(await asyncio.to_thread(lambda: hashlib.sha256(data).digest()))
         response = await self._client.upload_part(
-            Bucket=self._bucket, Key=object_key, UploadId=upload_id, PartNumber=number, Body=data
+            Bucket=self._bucket,
+            Key=object_key,
+            UploadId=upload_id,
+            PartNumber=number,
+            Body=data,
+            ChecksumSHA256=checksum,
         )
-        return {"ETag": response["ETag"], "PartNumber": number}
-
-    async def _set_sha256(self, object_key: str, sha256: str) -> None:
-        """Attach the digest to a multipart object, whose metadata had to be fixed before its bytes were seen.
-
-        A server-side copy onto itself replaces the metadata without moving data through us. Should it fail,
-        the object is deleted, so a blob without its digest is never left behind.
-        """
-        try:
-            await self._client.copy_object(
-                Bucket=self._bucket,
-                Key=object_key,
-                CopySource={"Bucket": self._bucket, "Key": object_key},
-                Metadata={"sha256": sha256},
-                MetadataDirective="REPLACE",
-            )
-        except BaseException:
-            await asyncio.shield(self._client.delete_object(Bucket=self._bucket, Key=object_key))
-            raise
+        return {"ETag": response["ETag"], "PartNumber": number, "ChecksumSHA256": checksum}
 
     async def _abort(self, object_key: str, upload_id: str) -> None:
         try:
@@ -210,16 +198,7 @@ class S3BlobStore:
                     yield chunk
 
     async def get_file(self, key: str, path: Path) -> None:
-        f = await asyncio.to_thread(path.open, "wb")
-        try:
-            async for chunk in self.get_stream(key):
-                await asyncio.to_thread(f.write, chunk)
-        except BaseException:
-            f.close()
-            with contextlib.suppress(FileNotFoundError):
-                await asyncio.to_thread(path.unlink)  # no partial download left behind
-            raise
-        f.close()
+        await write_file_chunks(path, self.get_stream(key))
 
     async def size(self, key: str) -> int:
         with _errors(key):
@@ -245,6 +224,10 @@ class S3BlobStore:
         if not key:
             raise ValueError("blob key must not be empty")
         return self._prefix + key
+
+
+def _b64(digest: bytes) -> str:
+    return base64.b64encode(digest).decode()
 
 
 def _error_code(error: ClientError) -> str:

@@ -34,6 +34,7 @@ Row = dict[str, Any]
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
+_MAX_BIGINT = 2**63 - 1
 
 
 class SqlConnection(Protocol):
@@ -260,9 +261,10 @@ class SqlMetadataStore:
         size = _page_size(page_size)
         # The listing name binds a token to one model, so it cannot be replayed against another.
         listing = f"versions/{name}"
-        after = self._tokens.decode(page_token, listing) if page_token else 0
+        # Newest first, as the API promises; the cursor is the last version already listed.
+        before = self._tokens.decode(page_token, listing) if page_token else _MAX_BIGINT
         found = await self._versions(
-            "WHERE model_name = $1 AND version > $2 ORDER BY version LIMIT $3", name, after, size + 1
+            "WHERE model_name = $1 AND version < $2 ORDER BY version DESC LIMIT $3", name, before, size + 1
         )
         if not found and await self._db.fetchrow("SELECT 1 AS one FROM models WHERE name = $1", name) is None:
             raise _model_not_found(name)

@@ -23,6 +23,7 @@ from tt_server.errors import Unavailable
 from tt_server.storage.sql import Row, SqlConnection, SqlDatabase, SqlMetadataStore
 
 _BUSY_TIMEOUT_MS = 10_000
+_WAL_RETRY_MS = 20
 
 # Primary result codes meaning "the file cannot be used right now"; anything else (a constraint, a bad
 # query) is a bug or a domain error and propagates unchanged.
@@ -64,6 +65,23 @@ def _unavailable() -> Iterator[None]:
         if getattr(e, "sqlite_errorcode", 0) & 0xFF in _UNAVAILABLE_CODES:
             raise Unavailable("metadata database is unavailable") from e
         raise
+
+
+async def _enable_wal(conn: aiosqlite.Connection) -> None:
+    """Switch the file to WAL mode (a lasting property of the file, so this only does work on a new one).
+
+    The switch needs an exclusive lock. When two processes open a new file at once, SQLite answers one of them
+    BUSY straight away instead of waiting for busy_timeout (waiting could deadlock), so retry for a while.
+    """
+    for _ in range(_BUSY_TIMEOUT_MS // _WAL_RETRY_MS):
+        try:
+            await conn.execute_fetchall("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as e:
+            if e.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY:
+                raise
+        await asyncio.sleep(_WAL_RETRY_MS / 1000)
+    await conn.execute_fetchall("PRAGMA journal_mode = WAL")  # last try: its error is the one to report
 
 
 class _SqliteConnection:
@@ -111,16 +129,15 @@ class _SqliteDatabase:
             # cover SELECTs and could not be IMMEDIATE.
             conn = await aiosqlite.connect(path, isolation_level=None)
         conn.row_factory = sqlite3.Row
-        database = cls(conn)
         try:
-            # busy_timeout first: switching to WAL needs a lock another process may hold for a moment.
-            await database.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
-            await database.execute("PRAGMA journal_mode = WAL")
-            await database.execute("PRAGMA foreign_keys = ON")
+            with _unavailable():
+                await conn.execute_fetchall(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+                await conn.execute_fetchall("PRAGMA foreign_keys = ON")
+                await _enable_wal(conn)
         except BaseException:
             await conn.close()
             raise
-        return database
+        return cls(conn)
 
     async def fetch(self, sql: str, *args: object) -> list[Row]:
         async with self._lock:
