@@ -1,4 +1,4 @@
 """Fixtures shared by the whole suite: real services (PostgreSQL, moto S3) and a real server per backend."""
 
-from tests.serving import *  # noqa: F403
 from tests.services import *  # noqa: F403
+from tests.serving import *  # noqa: F403

@@ -29,9 +29,7 @@ MLP_SIGNATURE = Signature(
     outputs=(TensorSpec("score", DType.FLOAT32, (-1, 1)),),
 )
 # model.export() names a single output "output_0".
-MLP_EXPORT_SIGNATURE = Signature(
-    inputs=MLP_SIGNATURE.inputs, outputs=(TensorSpec("output_0", DType.FLOAT32, (-1, 1)),)
-)
+MLP_EXPORT_SIGNATURE = Signature(inputs=MLP_SIGNATURE.inputs, outputs=(TensorSpec("output_0", DType.FLOAT32, (-1, 1)),))
 TWO_IO_SIGNATURE = Signature(
     inputs=(TensorSpec("a", DType.FLOAT32, (-1, 3)), TensorSpec("b", DType.INT32, (-1, 2))),
     outputs=(TensorSpec("probs", DType.FLOAT32, (-1, 3)), TensorSpec("value", DType.FLOAT32, (-1, 1))),
@@ -353,9 +351,7 @@ def save_v2_saved_model_dir(out_dir: Path) -> Path:
     """serving_default writes a checkpoint (SaveV2): a checkpoint op where checkpoint ops never belong."""
 
     def serve(x: tf.Tensor) -> dict[str, tf.Tensor]:
-        save = tf.raw_ops.SaveV2(
-            prefix="/tmp/tt-test-ckpt", tensor_names=["x"], shape_and_slices=[""], tensors=[x]
-        )
+        save = tf.raw_ops.SaveV2(prefix="/tmp/tt-test-ckpt", tensor_names=["x"], shape_and_slices=[""], tensors=[x])
         with tf.control_dependencies([save]):
             return {"y": tf.identity(x)}
 
@@ -502,9 +498,7 @@ def symlink_zip(out_dir: Path) -> Path:
 
 def zip_bomb_zip(out_dir: Path, size: int = 8 << 20) -> Path:
     """``size`` zero bytes deflated to a few KiB: a compression ratio around 1000."""
-    return zip_with(
-        out_dir, "bomb.zip", zipfile.ZipInfo("variables/variables.data-00000-of-00001"), bytes(size)
-    )
+    return zip_with(out_dir, "bomb.zip", zipfile.ZipInfo("variables/variables.data-00000-of-00001"), bytes(size))
 
 
 def tar_gz_bomb(out_dir: Path, size: int = 8 << 20) -> Path:

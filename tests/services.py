@@ -113,9 +113,7 @@ def s3_endpoint() -> Iterator[str]:
     try:
         from moto.server import ThreadedMotoServer
     except ImportError as e:
-        service_missing(
-            f"moto's server is not installed ({e}). Install it with: .venv/bin/pip install 'moto[server]'"
-        )
+        service_missing(f"moto's server is not installed ({e}). Install it with: .venv/bin/pip install 'moto[server]'")
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)  # port 0: the OS picks one
     server.start()
     host, port = server.get_host_and_port()
@@ -156,9 +154,7 @@ def metadata_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator
     # A schema per test is much cheaper than a database per test and just as isolated for unqualified names.
     schema = f"t_{uuid.uuid4().hex[:12]}"
     run_async(lambda: _admin(dsn, f'CREATE SCHEMA "{schema}"'))
-    yield MetadataBackend(
-        "postgres", postgres_dsn=with_database(dsn, urlsplit(dsn).path[1:], search_path=schema)
-    )
+    yield MetadataBackend("postgres", postgres_dsn=with_database(dsn, urlsplit(dsn).path[1:], search_path=schema))
     run_async(lambda: _admin(dsn, f'DROP SCHEMA "{schema}" CASCADE'))
 
 

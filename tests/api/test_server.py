@@ -49,7 +49,13 @@ async def test_reflection_lists_and_describes_services(app: Application) -> None
 
 
 async def test_grpcurl_call_without_proto_files(app: Application) -> None:
-    out = await _grpcurl("-plaintext", "-d", '{"page_size": 5}', app.address, "tensortrigger.v1.ModelRegistryService/ListModels")
+    out = await _grpcurl(
+        "-plaintext",
+        "-d",
+        '{"page_size": 5}',
+        app.address,
+        "tensortrigger.v1.ModelRegistryService/ListModels",
+    )
     assert isinstance(json.loads(out), dict)
 
 

@@ -50,9 +50,7 @@ def test_generated_code_is_fresh(tmp_path: Path) -> None:
 
 def _undocumented(file: descriptor_pb2.FileDescriptorProto) -> list[str]:
     """Paths of messages, fields, enums, values, services and methods without a leading comment."""
-    documented = {
-        tuple(loc.path) for loc in file.source_code_info.location if loc.leading_comments.strip()
-    }
+    documented = {tuple(loc.path) for loc in file.source_code_info.location if loc.leading_comments.strip()}
     missing: list[str] = []
 
     def check(path: tuple[int, ...], name: str) -> None:
@@ -100,7 +98,9 @@ def test_buf_standard_naming(descriptor_set: descriptor_pb2.FileDescriptorSet) -
             prefix = re.sub(r"(?<!^)(?=[A-Z])", "_", e.name).upper() + "_"
             if e.value[0].name != prefix + "UNSPECIFIED" or e.value[0].number != 0:
                 problems.append(f"{e.name}: zero value must be {prefix}UNSPECIFIED")
-            problems += [f"{e.name}.{v.name}: missing prefix {prefix}" for v in e.value if not v.name.startswith(prefix)]
+            problems += [
+                f"{e.name}.{v.name}: missing prefix {prefix}" for v in e.value if not v.name.startswith(prefix)
+            ]
         for service in file.service:
             if not service.name.endswith("Service"):
                 problems.append(f"{service.name}: services end in 'Service'")

@@ -44,9 +44,7 @@ def files_under(path: Path) -> list[Path]:
         (models.module_saved_model_zip, ModelFormat.SAVED_MODEL_ZIP),  # under one top directory
     ],
 )
-def test_detects_format_from_content(
-    build: Build, tmp_path: Path, builder: Builder, expected: ModelFormat
-) -> None:
+def test_detects_format_from_content(build: Build, tmp_path: Path, builder: Builder, expected: ModelFormat) -> None:
     # Uploads are spooled without a file name: only the bytes count.
     blob = models.copy_to(build(builder), tmp_path / "blob")
     assert detect_format(blob, None) is expected

@@ -187,11 +187,7 @@ def test_config_walk_accepts_builtins(config: dict) -> None:
         ({"class_name": "mypkg>Evil", "config": {}}, "custom object 'mypkg>Evil'"),  # legacy custom
         # Deep inside: a nested model's own compile config is deserialized, so it is checked.
         (
-            {
-                "layers": [
-                    {**keras_object("keras.models", "Sequential"), "compile_config": keras_object("x", "L")}
-                ]
-            },
+            {"layers": [{**keras_object("keras.models", "Sequential"), "compile_config": keras_object("x", "L")}]},
             "custom object 'x.L'",
         ),
     ],
@@ -246,9 +242,7 @@ def test_config_walk_follows_registered_name_not_module() -> None:
         "const_table",
     ],
 )
-def test_refuses_saved_models_that_touch_files(
-    build: Build, tmp_path: Path, builder: Builder, pattern: str
-) -> None:
+def test_refuses_saved_models_that_touch_files(build: Build, tmp_path: Path, builder: Builder, pattern: str) -> None:
     with pytest.raises(FailedPrecondition, match=pattern) as info:
         inspect(build(models.saved_model_tar_gz(builder)), tmp_path)
     assert info.value.message.startswith("unsafe SavedModel: ")
@@ -359,9 +353,7 @@ def string_attr(key: str, value: str) -> str:
 def test_scan_denies_op_anywhere(op: str, reason: str) -> None:
     # In a function nothing calls, and in the main graph off every signature's path.
     in_library = serving(node("y", "Const") + library(function("unused", node("bad", op))))
-    with pytest.raises(
-        FailedPrecondition, match=rf"op {op} \({reason}\) in function 'unused' \(node 'bad'\)"
-    ):
+    with pytest.raises(FailedPrecondition, match=rf"op {op} \({reason}\) in function 'unused' \(node 'bad'\)"):
         scan_saved_model(in_library)
     in_graph = serving(node("y", "Const") + node("bad", op))
     with pytest.raises(FailedPrecondition, match=rf"op {op} \({reason}\) in graph node 'bad'"):
@@ -446,9 +438,7 @@ def test_checkpoint_ops_are_allowed_in_the_saver_only() -> None:
     ids=["data-edge", "control-edge", "call-by-op-name", "list-func", "nested-func"],
 )
 def test_checkpoint_ops_reachable_from_a_signature_are_denied(graph: str, where: str) -> None:
-    with pytest.raises(
-        FailedPrecondition, match=f"in function '{where}' .* which runs when the model is loaded"
-    ):
+    with pytest.raises(FailedPrecondition, match=f"in function '{where}' .* which runs when the model is loaded"):
         scan_saved_model(serving(graph))
 
 
@@ -480,9 +470,7 @@ def test_asset_names_must_stay_in_assets(filename: str) -> None:
 
 def test_tf1_text_file_table_must_read_an_asset() -> None:
     asset = 'asset_file_def { tensor_info { name: "vocab_path:0" } filename: "vocab.txt" }'
-    fed_by_asset = node("y", "InitializeTableFromTextFileV2", "table", "vocab_path:0") + node(
-        "vocab_path", "Const"
-    )
+    fed_by_asset = node("y", "InitializeTableFromTextFileV2", "table", "vocab_path:0") + node("vocab_path", "Const")
     scan_saved_model(serving(fed_by_asset, extra=asset))
     fed_by_const = node("y", "InitializeTableFromTextFileV2", "table", "path:0") + node("path", "Const")
     with pytest.raises(FailedPrecondition, match="not a packaged asset"):
@@ -514,9 +502,7 @@ def test_table_initializer_fed_a_constant_path_is_denied(vocab_model: saved_mode
     call_node, initializer = initializer_call(tampered)
     call_node.input[0] = "evil_path:0"
     tampered.meta_graphs[0].graph_def.node.add(name="evil_path", op="Const")
-    with pytest.raises(
-        FailedPrecondition, match=f"InitializeTableFromTextFileV2 .* in function '{initializer}'"
-    ):
+    with pytest.raises(FailedPrecondition, match=f"InitializeTableFromTextFileV2 .* in function '{initializer}'"):
         scan_saved_model(tampered)
 
 

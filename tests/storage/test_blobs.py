@@ -44,9 +44,7 @@ async def leftovers(backend: BlobBackend) -> list[str]:
     """What a failed write may have left behind: temporary files, or unfinished multipart uploads."""
     if backend.root is not None:
         return [str(path.relative_to(backend.root)) for path in backend.root.rglob("*") if path.is_file()]
-    async with get_session().create_client(
-        "s3", endpoint_url=backend.s3_endpoint, region_name="us-east-1"
-    ) as s3:
+    async with get_session().create_client("s3", endpoint_url=backend.s3_endpoint, region_name="us-east-1") as s3:
         response = await s3.list_multipart_uploads(Bucket=backend.bucket)
         return [upload["Key"] for upload in response.get("Uploads", [])]
 
@@ -134,9 +132,7 @@ async def test_list_keys_by_prefix(blob_store: BlobStore) -> None:
 
 
 @pytest.mark.parametrize("size", [1000, 7 * MiB], ids=["before-first-part", "after-first-part"])
-async def test_failed_source_leaves_nothing(
-    blob_store: BlobStore, blob_backend: BlobBackend, size: int
-) -> None:
+async def test_failed_source_leaves_nothing(blob_store: BlobStore, blob_backend: BlobBackend, size: int) -> None:
     with pytest.raises(RuntimeError, match="source broke"):
         await blob_store.put_stream("models/m/broken", failing_after(payload(size), MiB))
     assert not await blob_store.exists("models/m/broken")
@@ -165,9 +161,7 @@ async def test_cancelled_upload_leaves_nothing(blob_store: BlobStore, blob_backe
 
 
 # --- backend specifics --------------------------------------------------------------------------------------
-@pytest.mark.parametrize(
-    "key", ["", "/abs", "../up", "a/../b", "a//b", "a/./b", "a/.hidden", "a\\b", "trailing/"]
-)
+@pytest.mark.parametrize("key", ["", "/abs", "../up", "a/../b", "a//b", "a/./b", "a/.hidden", "a\\b", "trailing/"])
 async def test_local_rejects_keys_that_escape_or_collide(tmp_path: Path, key: str) -> None:
     store = LocalBlobStore(tmp_path / "blobs")
     await store.open()
@@ -195,8 +189,6 @@ async def test_open_is_idempotent(blob_store: BlobStore, make_blob_store: Callab
 
 async def test_s3_unreachable_is_unavailable(s3_endpoint: str) -> None:  # s3_endpoint: for the credentials
     # Port 1 on loopback: nothing listens there, so connections are refused at once.
-    store = S3BlobStore(
-        bucket="b", endpoint_url="http://127.0.0.1:1", region="us-east-1", part_size=S3_PART_SIZE
-    )
+    store = S3BlobStore(bucket="b", endpoint_url="http://127.0.0.1:1", region="us-east-1", part_size=S3_PART_SIZE)
     with pytest.raises(Unavailable):
         await store.open()

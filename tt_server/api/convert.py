@@ -9,7 +9,16 @@ from tensortrigger.v1 import model_pb2, registry_service_pb2, tensor_pb2
 
 from tt_server.errors import InvalidArgument
 from tt_server.registry.service import UploadSpec
-from tt_server.types import DType, Model, ModelFormat, ModelRef, ModelVersion, Signature, TensorSpec, VersionSource
+from tt_server.types import (
+    DType,
+    Model,
+    ModelFormat,
+    ModelRef,
+    ModelVersion,
+    Signature,
+    TensorSpec,
+    VersionSource,
+)
 
 DTYPE_TO_PB: dict[DType, int] = {
     DType.FLOAT16: tensor_pb2.DATA_TYPE_FLOAT16,

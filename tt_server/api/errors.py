@@ -52,16 +52,12 @@ def status_for(exc: BaseException, method: str) -> grpc.Status:
         return rpc_status.to_status(status_pb2.Status(code=code.value[0], message=exc.message, details=details))
     if isinstance(exc, NotImplementedError):
         return rpc_status.to_status(
-            status_pb2.Status(
-                code=grpc.StatusCode.UNIMPLEMENTED.value[0], message=f"{method} is not implemented yet"
-            )
+            status_pb2.Status(code=grpc.StatusCode.UNIMPLEMENTED.value[0], message=f"{method} is not implemented yet")
         )
     error_id = uuid.uuid4().hex[:12]
     log.error("unexpected error in %s (error id %s)", method, error_id, exc_info=exc)
     return rpc_status.to_status(
-        status_pb2.Status(
-            code=grpc.StatusCode.INTERNAL.value[0], message=f"internal error (error id {error_id})"
-        )
+        status_pb2.Status(code=grpc.StatusCode.INTERNAL.value[0], message=f"internal error (error id {error_id})")
     )
 
 

@@ -33,9 +33,7 @@ if TYPE_CHECKING:
 _MAX_CONFIG_BYTES = 64 << 20
 _COPY_CHUNK = 1 << 20
 # Config entries Keras turns into plain data (tensors, arrays, slices), never into classes.
-_DATA_CLASSES = frozenset(
-    {"__keras_tensor__", "__tensor__", "__numpy__", "__bytes__", "__ellipsis__", "__slice__"}
-)
+_DATA_CLASSES = frozenset({"__keras_tensor__", "__tensor__", "__numpy__", "__bytes__", "__ellipsis__", "__slice__"})
 # Built-ins that load code or files named in their config; Keras's safe_mode refuses them too.
 _NEVER_ALLOWED = {
     "TFSMLayer": "loads a SavedModel from a path on the server",
@@ -165,13 +163,9 @@ def _check_class(item: dict, allowed: frozenset[str]) -> None:
     layer = _layer_label(item)
     if builtin:
         if class_name in _NEVER_ALLOWED:
-            raise FailedPrecondition(
-                f"the model uses {class_name}{layer}, which {_NEVER_ALLOWED[class_name]}"
-            )
+            raise FailedPrecondition(f"the model uses {class_name}{layer}, which {_NEVER_ALLOWED[class_name]}")
         if class_name == "Lambda" and LAMBDA_LAYER not in allowed:
-            raise FailedPrecondition(
-                f"the model uses a Lambda layer{layer}; Lambda layers run arbitrary Python code"
-            )
+            raise FailedPrecondition(f"the model uses a Lambda layer{layer}; Lambda layers run arbitrary Python code")
         if isinstance(inner, dict) and isinstance(inner.get("vocabulary"), str):
             raise FailedPrecondition(f"{class_name}{layer} reads its vocabulary from a file on the server")
         return

@@ -137,7 +137,12 @@ class Registry:
             await asyncio.to_thread(_remove_tree, work)
         log.info(
             "model version uploaded",
-            extra={"model": version.model_name, "version": version.version, "bytes": size, "format": fmt.value},
+            extra={
+                "model": version.model_name,
+                "version": version.version,
+                "bytes": size,
+                "format": fmt.value,
+            },
         )
         return version, version.version == 1
 
@@ -159,9 +164,7 @@ class Registry:
         check(len(set(spec.labels)) == len(spec.labels), "header.labels", "labels repeat")
         for i, name in enumerate(spec.feature_names):
             check(bool(name) and len(name) <= 256, f"header.feature_names[{i}]", "must be 1-256 characters")
-        check(
-            len(set(spec.feature_names)) == len(spec.feature_names), "header.feature_names", "names repeat"
-        )
+        check(len(set(spec.feature_names)) == len(spec.feature_names), "header.feature_names", "names repeat")
         metadata_size = sum(len(k) + len(v) for k, v in spec.metadata.items()) + len(spec.description)
         check(metadata_size <= MAX_METADATA_BYTES, "header.metadata", f"over {MAX_METADATA_BYTES} bytes")
         if spec.expected_sha256 is not None:
@@ -249,9 +252,7 @@ class Registry:
                 await asyncio.shield(self._discard_blob(blob_key))
         await self._events.publish(RegistryEvent(EventKind.VERSION_CREATED, version.model_name, version.version))
         for label in spec.labels:
-            await self._events.publish(
-                RegistryEvent(EventKind.LABEL_MOVED, version.model_name, version.version, label)
-            )
+            await self._events.publish(RegistryEvent(EventKind.LABEL_MOVED, version.model_name, version.version, label))
         return version
 
     async def _discard_blob(self, blob_key: str) -> None:

@@ -26,9 +26,7 @@ CHUNK_SIZE = 1 << 20
 _MISSING = (FileNotFoundError, NotADirectoryError, IsADirectoryError)
 
 
-async def read_file_chunks(
-    path: Path, chunk_size: int = CHUNK_SIZE, offset: int = 0
-) -> AsyncGenerator[bytes, None]:
+async def read_file_chunks(path: Path, chunk_size: int = CHUNK_SIZE, offset: int = 0) -> AsyncGenerator[bytes, None]:
     """Yield a file's bytes from ``offset``, read in a worker thread (both blob stores' put_file use it)."""
     f = await asyncio.to_thread(path.open, "rb")
     try:
@@ -100,9 +98,7 @@ class LocalBlobStore:
     async def put_file(self, key: str, path: Path) -> BlobInfo:
         return await self.put_stream(key, read_file_chunks(path))
 
-    async def get_stream(
-        self, key: str, offset: int = 0, chunk_size: int = CHUNK_SIZE
-    ) -> AsyncIterator[bytes]:
+    async def get_stream(self, key: str, offset: int = 0, chunk_size: int = CHUNK_SIZE) -> AsyncIterator[bytes]:
         if offset < 0:
             raise ValueError("offset must not be negative")
         path = self._path(key)

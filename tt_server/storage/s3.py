@@ -135,9 +135,7 @@ class S3BlobStore:
                     )
                     return info
                 if pending:
-                    parts.append(
-                        await self._upload_part(object_key, upload_id, len(parts) + 1, bytes(pending))
-                    )
+                    parts.append(await self._upload_part(object_key, upload_id, len(parts) + 1, bytes(pending)))
                 await self._client.complete_multipart_upload(
                     Bucket=self._bucket, Key=object_key, UploadId=upload_id, MultipartUpload={"Parts": parts}
                 )
@@ -148,9 +146,7 @@ class S3BlobStore:
                 await asyncio.shield(self._abort(object_key, upload_id))
             raise
 
-    async def _upload_part(
-        self, object_key: str, upload_id: str, number: int, data: bytes
-    ) -> CompletedPartTypeDef:
+    async def _upload_part(self, object_key: str, upload_id: str, number: int, data: bytes) -> CompletedPartTypeDef:
         checksum = _b64(await asyncio.to_thread(lambda: hashlib.sha256(data).digest()))
         response = await self._client.upload_part(
             Bucket=self._bucket,
@@ -177,18 +173,14 @@ class S3BlobStore:
             await self._client.delete_object(Bucket=self._bucket, Key=self._object_key(key))
 
     # --- reads --------------------------------------------------------------------------------------------
-    async def get_stream(
-        self, key: str, offset: int = 0, chunk_size: int = CHUNK_SIZE
-    ) -> AsyncIterator[bytes]:
+    async def get_stream(self, key: str, offset: int = 0, chunk_size: int = CHUNK_SIZE) -> AsyncIterator[bytes]:
         if offset < 0:
             raise ValueError("offset must not be negative")
         # No Range header from 0: S3 answers "bytes=0-" on an empty object with 416 instead of no bytes.
         ranged: dict[str, Any] = {"Range": f"bytes={offset}-"} if offset else {}
         with _errors(key):
             try:
-                response = await self._client.get_object(
-                    Bucket=self._bucket, Key=self._object_key(key), **ranged
-                )
+                response = await self._client.get_object(Bucket=self._bucket, Key=self._object_key(key), **ranged)
             except ClientError as e:
                 if _error_code(e) == "InvalidRange":  # offset at or past the end: nothing to read
                     return

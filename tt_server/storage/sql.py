@@ -137,9 +137,7 @@ class SqlMetadataStore:
     async def list_models(self, page_size: int, page_token: str) -> Page[Model]:
         size = _page_size(page_size)
         after = self._tokens.decode(page_token, "models") if page_token else ""
-        rows = await self._db.fetch(
-            _SELECT_MODELS + "WHERE m.name > $1 ORDER BY m.name LIMIT $2", after, size + 1
-        )
+        rows = await self._db.fetch(_SELECT_MODELS + "WHERE m.name > $1 ORDER BY m.name LIMIT $2", after, size + 1)
         page = rows[:size]
         labels: dict[str, dict[str, int]] = {row["name"]: {} for row in page}
         if page:
@@ -168,9 +166,7 @@ class SqlMetadataStore:
         now = _now_us()
         async with self._db.transaction() as tx:
             await _lock_model(tx, name, now)
-            rows = await tx.fetch(
-                "SELECT blob_key FROM model_versions WHERE model_name = $1 ORDER BY version", name
-            )
+            rows = await tx.fetch("SELECT blob_key FROM model_versions WHERE model_name = $1 ORDER BY version", name)
             # The CAST tells PostgreSQL the parameter's type, which a bare $2 in a select list does not.
             await tx.execute(
                 "INSERT INTO blob_gc (blob_key, not_before) "
@@ -180,9 +176,7 @@ class SqlMetadataStore:
                 now,
             )
             await tx.execute("DELETE FROM labels WHERE model_name = $1", name)
-            await tx.execute(
-                "DELETE FROM models WHERE name = $1", name
-            )  # versions follow by ON DELETE CASCADE
+            await tx.execute("DELETE FROM models WHERE name = $1", name)  # versions follow by ON DELETE CASCADE
         return [row["blob_key"] for row in rows]
 
     # --- versions ------------------------------------------------------------------------------------------
@@ -248,8 +242,7 @@ class SqlMetadataStore:
 
     async def get_labelled_version(self, name: str, label: str) -> ModelVersion:
         found = await self._versions(
-            "WHERE model_name = $1 "
-            "AND version = (SELECT version FROM labels WHERE model_name = $1 AND label = $2)",
+            "WHERE model_name = $1 AND version = (SELECT version FROM labels WHERE model_name = $1 AND label = $2)",
             name,
             label,
         )
@@ -288,9 +281,7 @@ class SqlMetadataStore:
                     "move or delete the labels first, or delete with force"
                 )
             await tx.execute("DELETE FROM labels WHERE model_name = $1 AND version = $2", name, version)
-            await tx.execute(
-                "DELETE FROM model_versions WHERE model_name = $1 AND version = $2", name, version
-            )
+            await tx.execute("DELETE FROM model_versions WHERE model_name = $1 AND version = $2", name, version)
             await tx.execute(_UPSERT_BLOB_GC, row["blob_key"], now)
         return str(row["blob_key"])
 
@@ -304,9 +295,7 @@ class SqlMetadataStore:
             )
             if exists is None:
                 raise NotFound(f"version {version} of model {name!r} not found")
-            old = await tx.fetchrow(
-                "SELECT version FROM labels WHERE model_name = $1 AND label = $2", name, label
-            )
+            old = await tx.fetchrow("SELECT version FROM labels WHERE model_name = $1 AND label = $2", name, label)
             await tx.execute(_UPSERT_LABEL, name, label, version, now)
         return None if old is None else int(old["version"])
 
@@ -449,10 +438,7 @@ async def _raise_not_found(db: SqlConnection, name: str, message: str) -> NoRetu
 
 async def _lock_model(tx: SqlConnection, name: str, now: int) -> None:
     """Touch the model row: records the change and, on PostgreSQL, locks the model until commit."""
-    if (
-        await tx.fetchrow("UPDATE models SET updated_at = $2 WHERE name = $1 RETURNING name", name, now)
-        is None
-    ):
+    if await tx.fetchrow("UPDATE models SET updated_at = $2 WHERE name = $1 RETURNING name", name, now) is None:
         raise _model_not_found(name)
 
 

@@ -98,9 +98,9 @@ class Client:
             total = artifact.stat().st_size
             header = registry_service_pb2.UploadHeader(
                 model_name=name,
-                format=_FORMATS[format] if format else (
-                    model_pb2.MODEL_FORMAT_SAVED_MODEL_TAR_GZ if packed else model_pb2.MODEL_FORMAT_UNSPECIFIED
-                ),
+                format=_FORMATS[format]
+                if format
+                else (model_pb2.MODEL_FORMAT_SAVED_MODEL_TAR_GZ if packed else model_pb2.MODEL_FORMAT_UNSPECIFIED),
                 description=description,
                 feature_names=feature_names or [],
                 metadata=metadata or {},
@@ -129,7 +129,8 @@ class Client:
         token = ""
         while True:
             page = self._call(
-                self._registry.ListModels, registry_service_pb2.ListModelsRequest(page_size=page_size, page_token=token)
+                self._registry.ListModels,
+                registry_service_pb2.ListModelsRequest(page_size=page_size, page_token=token),
             )
             yield from page.models
             token = page.next_page_token
@@ -139,9 +140,7 @@ class Client:
     def get_model(self, name: str) -> model_pb2.Model:
         return self._call(self._registry.GetModel, registry_service_pb2.GetModelRequest(name=name)).model
 
-    def get_version(
-        self, model: str, version: int | None = None, label: str | None = None
-    ) -> model_pb2.ModelVersion:
+    def get_version(self, model: str, version: int | None = None, label: str | None = None) -> model_pb2.ModelVersion:
         request = registry_service_pb2.GetModelVersionRequest(model=model_ref(model, version, label))
         return self._call(self._registry.GetModelVersion, request).version
 
@@ -166,7 +165,9 @@ class Client:
         return list(self._call(self._registry.DeleteModelVersion, request).removed_labels)
 
     def delete_model(self, name: str) -> int:
-        return self._call(self._registry.DeleteModel, registry_service_pb2.DeleteModelRequest(name=name)).deleted_versions
+        return self._call(
+            self._registry.DeleteModel, registry_service_pb2.DeleteModelRequest(name=name)
+        ).deleted_versions
 
     def download(self, model: str, dest: str | os.PathLike[str], version: int | None = None) -> model_pb2.ModelVersion:
         """Download a version's artifact to ``dest``; returns the version's record."""
