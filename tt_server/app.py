@@ -33,6 +33,8 @@ from tt_server.api.registry import RegistryServicer
 from tt_server.config import Settings
 from tt_server.events import LocalEventBus
 from tt_server.registry.service import Registry
+from tt_server.runtime.manager import ModelManager
+from tt_server.runtime.service import InferenceService
 from tt_server.storage.factory import make_blob_store, make_metadata_store
 
 log = logging.getLogger(__name__)
@@ -68,6 +70,9 @@ class Application:
         # TensorFlow work (artifact inspection, model loads) runs here, never on the event loop.
         self.loader_executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="tt-loader")
         self.registry = Registry(self.metadata, self.blobs, self.events, s, self.loader_executor)
+        self.models = ModelManager(self.metadata, self.blobs, s.data_dir / "model-cache", s)
+        await self.models.start(self.events)
+        self.inference = InferenceService(self.models, s)
 
         server = grpc.aio.server(
             interceptors=[ErrorInterceptor(set(SERVICE_NAMES))],
@@ -78,7 +83,7 @@ class Application:
             maximum_concurrent_rpcs=s.max_concurrent_rpcs,
         )
         registry_service_pb2_grpc.add_ModelRegistryServiceServicer_to_server(RegistryServicer(self.registry), server)
-        inference_service_pb2_grpc.add_InferenceServiceServicer_to_server(InferenceServicer(), server)
+        inference_service_pb2_grpc.add_InferenceServiceServicer_to_server(InferenceServicer(self.inference), server)
         jobs_service_pb2_grpc.add_JobsServiceServicer_to_server(JobsServicer(), server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
@@ -136,6 +141,7 @@ class Application:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await self.models.close()
         self.loader_executor.shutdown(wait=False, cancel_futures=True)
         await self.blobs.close()
         await self.metadata.close()

@@ -1,9 +1,74 @@
-"""InferenceService: Predict, PredictBatch and Train (implemented by later issues; UNIMPLEMENTED until then)."""
+"""InferenceService: converts protobuf <-> domain and delegates to the runtime's ``InferenceService``."""
 
 from __future__ import annotations
 
-from tensortrigger.v1 import inference_service_pb2_grpc
+import time
+from collections.abc import AsyncIterator
+
+import grpc
+from tensortrigger.v1 import inference_service_pb2 as pb
+from tensortrigger.v1 import inference_service_pb2_grpc, tensor_pb2
+
+from tt_server.api import convert
+from tt_server.api.tensors import fill_tensor, uses_content, wire_tensors
+from tt_server.errors import InvalidArgument
+from tt_server.runtime.service import InferenceService
+from tt_server.types import ModelRef
+
+
+def _deadline(context: grpc.aio.ServicerContext) -> float | None:
+    remaining = context.time_remaining()
+    return None if remaining is None else time.monotonic() + remaining
+
+
+def _as_content(encoding: int, request_used_content: bool) -> bool:
+    if encoding == tensor_pb2.TENSOR_ENCODING_CONTENT:
+        return True
+    if encoding == tensor_pb2.TENSOR_ENCODING_TYPED:
+        return False
+    return request_used_content
 
 
 class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
-    pass
+    def __init__(self, inference: InferenceService) -> None:
+        self._inference = inference
+
+    async def Predict(self, request: pb.PredictRequest, context: grpc.aio.ServicerContext) -> pb.PredictResponse:
+        inputs = wire_tensors(request.inputs)
+        result = await self._inference.predict(
+            convert.model_ref(request.model), inputs, list(request.output_filter), _deadline(context)
+        )
+        response = pb.PredictResponse(model_name=result.model_name, model_version=result.version)
+        as_content = _as_content(request.output_encoding, uses_content(inputs))
+        for name, array in result.outputs.items():
+            fill_tensor(response.outputs[name], array, as_content)
+        return response
+
+    async def PredictBatch(
+        self, request_iterator: AsyncIterator[pb.PredictBatchRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.PredictBatchResponse]:
+        pinned: ModelRef | None = None
+        output_filter: list[str] = []
+        encoding = tensor_pb2.TENSOR_ENCODING_UNSPECIFIED
+        sequence = 0
+        async for request in request_iterator:
+            if pinned is None:
+                if not request.HasField("model"):
+                    raise InvalidArgument.field("model", "the first message of a stream must name the model")
+                first = await self._inference.resolve(convert.model_ref(request.model))
+                pinned = ModelRef(first.model_name, version=first.version)
+                output_filter = list(request.output_filter)
+                encoding = request.output_encoding
+            inputs = wire_tensors(request.inputs)
+            result = await self._inference.predict(pinned, inputs, output_filter, _deadline(context))
+            response = pb.PredictBatchResponse(
+                request_id=request.request_id,
+                model_name=result.model_name,
+                model_version=result.version,
+                sequence=sequence,
+            )
+            as_content = _as_content(encoding, uses_content(inputs))
+            for name, array in result.outputs.items():
+                fill_tensor(response.outputs[name], array, as_content)
+            sequence += 1
+            yield response
