@@ -74,9 +74,7 @@ async def gate() -> AsyncIterator[Gate]:
     g.release()  # never leave the inference thread blocked
 
 
-def batcher_for(
-    run: Callable[[Arrays], Arrays], executor: ThreadPoolExecutor, **options: object
-) -> DynamicBatcher:
+def batcher_for(run: Callable[[Arrays], Arrays], executor: ThreadPoolExecutor, **options: object) -> DynamicBatcher:
     settings: dict = {"max_batch_rows": 64, "max_wait_s": 0.0, "max_queue_rows": 1000, **options}
     return DynamicBatcher(run, executor=executor, name="test:1", **settings)
 
@@ -118,9 +116,7 @@ async def test_a_request_bigger_than_a_batch_runs_alone(gate: Gate, executor: Th
     np.testing.assert_array_equal(small["z"], rows_of(2, 0)["x"][:, :1] + 1)
 
 
-async def test_requests_queue_behind_a_running_call_then_run_together(
-    gate: Gate, executor: ThreadPoolExecutor
-) -> None:
+async def test_requests_queue_behind_a_running_call_then_run_together(gate: Gate, executor: ThreadPoolExecutor) -> None:
     batcher = batcher_for(gate, executor)
     first = await gate.hold(batcher)
     queued = [asyncio.create_task(batcher.submit(rows_of(3, 10 * i), 3)) for i in range(5)]
@@ -165,9 +161,7 @@ async def test_expired_requests_are_dropped_before_they_run(gate: Gate, executor
     assert gate.calls[1] == [700.0, 701.0]  # the expired rows never reached the model
 
 
-async def test_a_cancelled_caller_frees_its_rows_and_they_never_run(
-    gate: Gate, executor: ThreadPoolExecutor
-) -> None:
+async def test_a_cancelled_caller_frees_its_rows_and_they_never_run(gate: Gate, executor: ThreadPoolExecutor) -> None:
     batcher = batcher_for(gate, executor)
     running = await gate.hold(batcher)
     doomed = asyncio.create_task(batcher.submit(rows_of(7, 300), 7))
@@ -187,9 +181,7 @@ async def test_a_failing_call_fails_only_its_own_requests(executor: ThreadPoolEx
     gate = Gate(fail_on=lambda x: bool((x[:, 0] == 666).any()))
     batcher = batcher_for(gate, executor)
     starts = [0, 10, 666, 20, 30]
-    results = await asyncio.gather(
-        *[batcher.submit(rows_of(2, s), 2) for s in starts], return_exceptions=True
-    )
+    results = await asyncio.gather(*[batcher.submit(rows_of(2, s), 2) for s in starts], return_exceptions=True)
     for start, result in zip(starts, results, strict=True):
         if start == 666:
             assert isinstance(result, InferenceError)
@@ -220,17 +212,13 @@ async def test_outputs_that_lost_the_batch_dim_fail_the_merged_call(executor: Th
         return {"total": arrays["x"].sum(axis=0)}
 
     batcher = batcher_for(summed, executor)
-    results = await asyncio.gather(
-        *[batcher.submit(rows_of(3, 0), 3) for _ in range(3)], return_exceptions=True
-    )
+    results = await asyncio.gather(*[batcher.submit(rows_of(3, 0), 3) for _ in range(3)], return_exceptions=True)
     # Merged, the output cannot be split; each request is then retried alone and succeeds.
     assert calls == 4
     assert all(isinstance(r, dict) and r["total"].shape == (2,) for r in results)
 
 
-async def test_max_wait_gathers_requests_that_arrive_a_little_later(
-    gate: Gate, executor: ThreadPoolExecutor
-) -> None:
+async def test_max_wait_gathers_requests_that_arrive_a_little_later(gate: Gate, executor: ThreadPoolExecutor) -> None:
     batcher = batcher_for(gate, executor, max_wait_s=0.2)
 
     async def later() -> Arrays:

@@ -99,9 +99,7 @@ async def test_a_failed_load_fails_every_waiter_and_the_next_request_retries(
 
     monkeypatch.setattr(manager_module, "Loader", FlakyLoader)
     manager = make_manager()
-    results = await asyncio.gather(
-        *[manager.get(ModelRef("m", version=1)) for _ in range(50)], return_exceptions=True
-    )
+    results = await asyncio.gather(*[manager.get(ModelRef("m", version=1)) for _ in range(50)], return_exceptions=True)
     assert all(isinstance(r, FailedPrecondition) for r in results)
     assert manager.loads_started == 1 and manager.loaded_versions == []
     assert await answer(manager, ModelRef("m", version=1)) == (1, 1.0)

@@ -138,9 +138,7 @@ def test_plain_tf_module_saved_model_zip(out: Path) -> None:
 
 def test_string_input_through_an_asset_vocabulary(out: Path) -> None:
     path = models.as_tar_gz(models.vocab_asset_saved_model_dir, out)
-    signature = Signature(
-        (TensorSpec("color", DType.STRING, (-1,)),), (TensorSpec("index", DType.INT64, (-1,)),)
-    )
+    signature = Signature((TensorSpec("color", DType.STRING, (-1,)),), (TensorSpec("index", DType.INT64, (-1,)),))
     servable = load(path, ModelFormat.SAVED_MODEL_TAR_GZ, signature, out / "work")
     colors = np.array([b"blue", b"red", b"mauve"], dtype=object)
     np.testing.assert_array_equal(servable.run({"color": colors})["index"], np.array([2, 0, -1]))
@@ -155,9 +153,7 @@ def test_fixed_batch_dims_make_a_servable_unbatchable(out: Path) -> None:
     module = Fixed()
     tf.saved_model.save(module, str(out / "fixed_sm"), signatures={"serving_default": module.serve})
     path = models.pack_tar_gz(out / "fixed_sm", out / "fixed.tar.gz")
-    signature = Signature(
-        (TensorSpec("x", DType.FLOAT32, (1, 4)),), (TensorSpec("total", DType.FLOAT32, (1,)),)
-    )
+    signature = Signature((TensorSpec("x", DType.FLOAT32, (1, 4)),), (TensorSpec("total", DType.FLOAT32, (1,)),))
     servable = load(path, ModelFormat.SAVED_MODEL_TAR_GZ, signature, out / "work")
     assert not servable.batchable
     np.testing.assert_allclose(servable.run({"x": np.ones((1, 4), np.float32)})["total"], [4.0])

@@ -37,9 +37,7 @@ async def manager(
     blobs: LocalBlobStore,
     two_io_model: tuple[Path, object],
 ) -> ModelManager:
-    await publish(
-        metadata, blobs, two_io_model[0], "two", signature=models.TWO_IO_SIGNATURE, labels=("prod",)
-    )
+    await publish(metadata, blobs, two_io_model[0], "two", signature=models.TWO_IO_SIGNATURE, labels=("prod",))
     return make_manager()
 
 
@@ -82,9 +80,7 @@ async def test_concurrent_predicts_are_batched_and_answered_each(
     service: InferenceService, manager: ModelManager
 ) -> None:
     requests = [inputs(rows) for rows in range(1, 31)]
-    results = await asyncio.gather(
-        *[service.predict(ModelRef("two"), wire, [], None) for wire, _ in requests]
-    )
+    results = await asyncio.gather(*[service.predict(ModelRef("two"), wire, [], None) for wire, _ in requests])
     for (_, arrays), result in zip(requests, results, strict=True):
         assert result.outputs["probs"].shape == (arrays["a"].shape[0], 3)
     handle = await manager.get(ModelRef("two"))
@@ -139,7 +135,6 @@ async def test_values_the_model_rejects_fail_only_their_own_request(service: Inf
     assert isinstance(error, InvalidArgument)
     assert error.violations[0].field == "inputs"
     assert (
-        error.violations[0].description
-        == "the model cannot run on these values: indices[1,1] = 26 is not in [0, 10)"
+        error.violations[0].description == "the model cannot run on these values: indices[1,1] = 26 is not in [0, 10)"
     )
     assert all(not isinstance(r, BaseException) for r in results)

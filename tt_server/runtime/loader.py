@@ -51,12 +51,9 @@ class Loader:
     def load(self) -> Servable:
         """Blocking: verify, load, trace and warm up. Raises ``FailedPrecondition`` for an artifact that does
         not match its version record or cannot be served."""
-        v = self.version
         self._verify_sha256()
-        if v.format in (ModelFormat.KERAS, ModelFormat.H5):
-            servable = self._load_keras()
-        else:
-            servable = self._load_saved_model()
+        is_keras = self.version.format in (ModelFormat.KERAS, ModelFormat.H5)
+        servable = self._load_keras() if is_keras else self._load_saved_model()
         servable.warm_up()
         return servable
 

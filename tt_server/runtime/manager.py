@@ -313,9 +313,7 @@ class ModelManager:
         except NotFound:
             pass  # deleted again meanwhile
         except Exception:
-            log.warning(
-                "background load failed", exc_info=True, extra={"model": ref.name, "version": ref.version}
-            )
+            log.warning("background load failed", exc_info=True, extra={"model": ref.name, "version": ref.version})
 
     def _spawn(self, coro: Awaitable[None]) -> None:
         task = asyncio.ensure_future(coro)

@@ -33,9 +33,7 @@ from tt_server.types import DType, Signature, TensorSpec
 
 log = logging.getLogger(__name__)
 
-TF_DTYPES: dict[DType, tf.DType] = {
-    d: tf.string if d is DType.STRING else tf.as_dtype(d.value) for d in DType
-}
+TF_DTYPES: dict[DType, tf.DType] = {d: tf.string if d is DType.STRING else tf.as_dtype(d.value) for d in DType}
 # Batch sizes run once at load: a single row and a small batch, so that the first requests find every
 # kernel and allocator path initialised (the graph itself is traced only once, batch dim None).
 WARMUP_ROWS = (1, 32)
@@ -43,15 +41,12 @@ WARMUP_ROWS = (1, 32)
 FlatCall = Callable[..., Sequence[tf.Tensor]]
 
 
-def trace_serving_function(
-    forward: Callable[[list[tf.Tensor]], Sequence[tf.Tensor]], signature: Signature
-) -> Any:
+def trace_serving_function(forward: Callable[[list[tf.Tensor]], Sequence[tf.Tensor]], signature: Signature) -> Any:
     """Trace ``forward`` (input tensors in signature order -> output tensors in signature order) into a
     ConcreteFunction with one input per signature input. -1 dims stay unknown, so one trace serves every
     batch size."""
     specs = [
-        tf.TensorSpec([None if d < 0 else d for d in spec.shape], TF_DTYPES[spec.dtype])
-        for spec in signature.inputs
+        tf.TensorSpec([None if d < 0 else d for d in spec.shape], TF_DTYPES[spec.dtype]) for spec in signature.inputs
     ]
 
     def serve(*tensors: tf.Tensor) -> tuple[tf.Tensor, ...]:
@@ -111,9 +106,7 @@ class Servable:
             outputs = call(*tensors)
         except tf.errors.InvalidArgumentError as e:
             # Data the signature cannot rule out, e.g. a token id outside an embedding's vocabulary.
-            raise InvalidArgument.field(
-                "inputs", f"the model cannot run on these values: {_op_message(e)}"
-            ) from None
+            raise InvalidArgument.field("inputs", f"the model cannot run on these values: {_op_message(e)}") from None
         return {name: tensor.numpy() for name, tensor in zip(self._output_names, outputs, strict=True)}
 
     def warm_up(self, rows: Sequence[int] = WARMUP_ROWS) -> None:
@@ -133,8 +126,7 @@ class Servable:
             problem = f"{array.shape[0]} rows for {rows} input rows"
         if problem is not None:
             raise FailedPrecondition(
-                f"model {self.model_name!r} version {self.version} cannot be served: "
-                f"output {spec.name!r} has {problem}"
+                f"model {self.model_name!r} version {self.version} cannot be served: output {spec.name!r} has {problem}"
             )
 
     def unload(self) -> None:

@@ -72,9 +72,7 @@ def _select_outputs(
         return None, []
     known = [spec.name for spec in handle.model_version.signature.outputs]
     violations = [
-        FieldViolation(
-            f"output_filter[{i}]", f"unknown output {name!r}; the model's outputs are: {', '.join(known)}"
-        )
+        FieldViolation(f"output_filter[{i}]", f"unknown output {name!r}; the model's outputs are: {', '.join(known)}")
         for i, name in enumerate(output_filter)
         if name not in known
     ]

@@ -115,16 +115,12 @@ class InputDecoder:
         if missing:
             violations.append(FieldViolation("inputs", f"missing input(s): {', '.join(missing)}"))
 
-    def _decode_one(
-        self, plan: _InputPlan, tensor: WireTensor, violations: list[FieldViolation]
-    ) -> np.ndarray | None:
+    def _decode_one(self, plan: _InputPlan, tensor: WireTensor, violations: list[FieldViolation]) -> np.ndarray | None:
         path = plan.path
         start = len(violations)
         dtype_ok = tensor.dtype is plan.dtype
         if not dtype_ok:
-            violations.append(
-                FieldViolation(f"{path}.dtype", f"expected {plan.dtype.value}, got {tensor.dtype.value}")
-            )
+            violations.append(FieldViolation(f"{path}.dtype", f"expected {plan.dtype.value}, got {tensor.dtype.value}"))
         shape = tensor.shape
         rank_ok = len(shape) == len(plan.shape)
         if not rank_ok:
@@ -154,9 +150,7 @@ class InputDecoder:
                 violations.append(FieldViolation(f"{path}.shape[0]", "the batch is empty (0 rows)"))
             elif rows > self.max_batch_rows:
                 violations.append(
-                    FieldViolation(
-                        f"{path}.shape[0]", f"{rows} rows; a request may have at most {self.max_batch_rows}"
-                    )
+                    FieldViolation(f"{path}.shape[0]", f"{rows} rows; a request may have at most {self.max_batch_rows}")
                 )
         count = 1
         if sizes_known:
@@ -164,9 +158,7 @@ class InputDecoder:
                 count *= size  # Python ints: a hostile shape cannot overflow, it is just over the cap
             if count > self.max_elements:
                 violations.append(
-                    FieldViolation(
-                        f"{path}.shape", f"{count} elements; an input may have at most {self.max_elements}"
-                    )
+                    FieldViolation(f"{path}.shape", f"{count} elements; an input may have at most {self.max_elements}")
                 )
         if len(violations) > start or not dtype_ok:
             return None
