@@ -8,6 +8,7 @@ an in-process broker and worker. Set ``TT_DATABASE_URL``, ``TT_S3_BUCKET`` (+ ``
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -59,6 +60,10 @@ class Settings(BaseSettings):
     allowed_custom_objects: list[str] = Field(
         default_factory=list,
         description="Fully qualified Keras classes (module.Class) allowed besides Keras's own layers.",
+    )
+
+    event_loop: Literal["uvloop", "asyncio"] = Field(
+        "uvloop", description="Event loop implementation; uvloop measured ~25-50% faster on the Predict path."
     )
 
     # --- logging -----------------------------------------------------------------------------------------

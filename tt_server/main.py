@@ -32,7 +32,12 @@ async def serve(settings: Settings) -> None:
 def main() -> None:
     settings = Settings()
     configure_logging(settings.log_level, settings.log_json)
-    asyncio.run(serve(settings))
+    if settings.event_loop == "uvloop":
+        import uvloop
+
+        uvloop.run(serve(settings))
+    else:
+        asyncio.run(serve(settings))
 
 
 if __name__ == "__main__":
