@@ -12,6 +12,7 @@ import contextlib
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
+from wsgiref.simple_server import WSGIServer
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -25,8 +26,9 @@ from tensortrigger.v1 import (
     registry_service_pb2_grpc,
 )
 
-from tt_server.api.errors import ErrorInterceptor
+from tt_server import metrics
 from tt_server.api.inference import InferenceServicer
+from tt_server.api.interceptor import ServingInterceptor
 from tt_server.api.jobs import JobsServicer
 from tt_server.api.reflection import DocumentedReflectionServicer, documented_files
 from tt_server.api.registry import RegistryServicer
@@ -55,6 +57,7 @@ class Application:
         self._tasks: list[asyncio.Task[None]] = []
         self._stopped = asyncio.Event()
         self._stopping = False
+        self._metrics_server: WSGIServer | None = None
 
     async def start(self) -> None:
         started = time.perf_counter()
@@ -75,7 +78,7 @@ class Application:
         self.inference = InferenceService(self.models, s)
 
         server = grpc.aio.server(
-            interceptors=[ErrorInterceptor(set(SERVICE_NAMES))],
+            interceptors=[ServingInterceptor(set(SERVICE_NAMES))],
             options=[
                 ("grpc.max_receive_message_length", s.max_message_bytes),
                 ("grpc.max_send_message_length", s.max_message_bytes),
@@ -105,6 +108,8 @@ class Application:
         for name in ("", *SERVICE_NAMES):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self._tasks.append(asyncio.create_task(self._collect_garbage_forever(), name="tt-blob-gc"))
+        if s.metrics_address:
+            self._metrics_server, _ = metrics.serve(s.metrics_address)
         log.info(
             "server started",
             extra={
@@ -142,6 +147,9 @@ class Application:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self.models.close()
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()
+            self._metrics_server.server_close()
         self.loader_executor.shutdown(wait=False, cancel_futures=True)
         await self.blobs.close()
         await self.metadata.close()

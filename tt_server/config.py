@@ -66,6 +66,10 @@ class Settings(BaseSettings):
         "uvloop", description="Event loop implementation; uvloop measured ~25-50% faster on the Predict path."
     )
 
+    metrics_address: str = Field(
+        "", description="host:port serving Prometheus metrics at /metrics (e.g. 0.0.0.0:9090); empty = off."
+    )
+
     # --- logging -----------------------------------------------------------------------------------------
     log_level: str = Field("INFO", description="Root log level.")
     log_json: bool = Field(True, description="One JSON object per log line (else plain text).")
@@ -117,6 +121,51 @@ class Settings(BaseSettings):
     preload_models: list[str] = Field(
         default_factory=list,
         description='Models loaded at start-up: "name" (newest), "name:3" (version) or "name@label".',
+    )
+
+    # --- batch jobs --------------------------------------------------------------------------------------
+    amqp_jobs_queue: str = Field(
+        "tt.jobs", description="Durable RabbitMQ queue of job ids; its dead letters go to '<name>.dead'."
+    )
+    job_max_input_bytes: int = Field(8192 * MiB, description="Largest job input file accepted.")
+    job_batch_rows: int = Field(
+        16_384,
+        description="Rows per model call in a job. Large batches amortise the per-call cost; 16k rows of the "
+        "TFaaS MLP are ~3 MiB of inputs (measured: 8k-32k rows all within noise of the best throughput).",
+    )
+    job_parse_block_bytes: int = Field(
+        1 * MiB,
+        description="CSV text parsed per step. 1 MiB parsed fastest on one thread (measured 1/4/16 MiB); "
+        "memory per job is a few blocks plus one batch whatever the file size.",
+    )
+    job_lease_seconds: float = Field(
+        30.0,
+        description="How long a worker's claim on a job lasts without renewal; a killed worker's job is taken "
+        "over by another after at most this long.",
+    )
+    job_progress_interval_seconds: float = Field(
+        1.0, description="How often a running job's progress is written (which also renews its lease)."
+    )
+    job_max_attempts: int = Field(
+        3, description="Attempts per job before it fails and its message is dead-lettered (poison guard)."
+    )
+    job_retry_delay_seconds: float = Field(
+        2.0, description="Pause before a failed attempt's job is handed back to the queue (times attempt)."
+    )
+    job_requeue_after_seconds: float = Field(
+        600.0,
+        description="A QUEUED job untouched this long, or a RUNNING one whose lease expired this long ago, is "
+        "published again (covers a crash between storing a job and publishing it).",
+    )
+    job_sweep_interval_seconds: float = Field(60.0, description="How often workers look for such stale jobs.")
+    job_watch_poll_seconds: float = Field(
+        0.5, description="How often WatchJob re-reads a job that another process runs."
+    )
+    embedded_job_workers: int = Field(
+        1, description="Jobs run at once inside the server when TT_AMQP_URL is unset (embedded mode)."
+    )
+    worker_prefetch: int = Field(
+        1, description="Jobs one tt-worker process runs at once (AMQP prefetch); scale with more processes."
     )
 
     @property

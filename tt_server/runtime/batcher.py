@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from tt_server import metrics
 from tt_server.errors import DeadlineExceeded, ResourceExhausted, TensorTriggerError, Unavailable
 
 log = logging.getLogger(__name__)
@@ -75,6 +76,10 @@ class DynamicBatcher:
         self._executor = executor
         self._merge = merge
         self._name = name
+        servable = name or "unnamed"
+        self._batch_rows = metrics.BATCH_ROWS.labels(servable)
+        self._batch_requests = metrics.BATCH_REQUESTS.labels(servable)
+        self._queue_gauge = metrics.QUEUE_ROWS.labels(servable)
         self._queue: deque[_Item] = deque()
         self._queued_rows = 0
         self._drain_task: asyncio.Task[None] | None = None
@@ -169,6 +174,9 @@ class DynamicBatcher:
             outputs = await loop.run_in_executor(self._executor, self._run_merged, [i.arrays for i in batch])
             self.batches_run += 1
             self.items_run += len(batch)
+            self._batch_rows.observe(sum(i.rows for i in batch))
+            self._batch_requests.observe(len(batch))
+            self._queue_gauge.set(self._queued_rows)
             self._deliver(batch, outputs)
         except asyncio.CancelledError:
             self._fail(batch, Unavailable(f"{self._name or 'the model'} stopped serving"))

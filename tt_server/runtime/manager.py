@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
+from tt_server import metrics
 from tt_server.config import Settings
 from tt_server.errors import FailedPrecondition, NotFound, TensorTriggerError, Unavailable
 from tt_server.events import EventBus
@@ -221,16 +222,20 @@ class ModelManager:
             loader = Loader(version, artifact, work, self._limits)
             servable = await loop.run_in_executor(self._load_executor, loader.load)
         except TensorTriggerError as e:
+            metrics.MODEL_LOADS.labels(name, "failed").inc()
             log.warning("model load failed", extra={"model": name, "version": number, "error": e.message})
             raise
         except asyncio.CancelledError:
             raise
         except Exception:
+            metrics.MODEL_LOADS.labels(name, "failed").inc()
             log.exception("model load failed", extra={"model": name, "version": number})
             raise
         finally:
             await asyncio.to_thread(shutil.rmtree, work, True)
         handle = self._make_handle(version, servable)
+        metrics.MODEL_LOADS.labels(name, "loaded").inc()
+        metrics.MODEL_LOAD_SECONDS.observe(time.perf_counter() - started)
         log.info(
             "model loaded",
             extra={
@@ -264,6 +269,7 @@ class ModelManager:
 
     def _insert(self, key: VersionKey, handle: ServableHandle) -> None:
         self._loaded[key] = handle
+        metrics.MODELS_LOADED.inc()
         self._loaded_bytes += handle.servable.estimated_bytes
         s = self._settings
         # The newest entry is never evicted, even when it alone is over the byte budget.
@@ -278,6 +284,9 @@ class ModelManager:
         if handle is None:
             return
         self._loaded_bytes -= handle.servable.estimated_bytes
+        metrics.MODELS_LOADED.dec()
+        metrics.MODEL_UNLOADS.labels(reason).inc()
+        metrics.forget_servable(f"{key[0]}:{key[1]}")
         log.info("model unloaded", extra={"model": key[0], "version": key[1], "reason": reason})
 
     # --- registry events ----------------------------------------------------------------------------------
