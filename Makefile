@@ -44,8 +44,11 @@ fmt: $(STAMP)
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-bench: $(STAMP) services
-	$(PY) -m bench
+# Embedded backends only (no `services`): the benchmark measures the Predict hot path. BENCH_ARGS=--quick for a smoke run.
+bench: $(STAMP)
+	command -v h2load >/dev/null || (apt-get update && apt-get install -y nghttp2-client)
+	$(PY) -c 'import matplotlib' 2>/dev/null || $(PIP) install --quiet -e '.[dev,bench]'
+	$(PY) -m bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) var build .pytest_cache .mypy_cache .ruff_cache
