@@ -27,6 +27,7 @@ from tensortrigger.v1 import (
 )
 
 from tt_server import metrics
+from tt_server.api.auth import RateLimiter, TokenAuthenticator
 from tt_server.api.inference import InferenceServicer
 from tt_server.api.interceptor import ServingInterceptor
 from tt_server.api.jobs import JobsServicer
@@ -77,8 +78,14 @@ class Application:
         await self.models.start(self.events)
         self.inference = InferenceService(self.models, s)
 
+        auth = (
+            TokenAuthenticator(s.auth_tokens_file, s.auth_public_health, s.auth_public_reflection)
+            if s.auth_tokens_file
+            else None
+        )
+        limiter = RateLimiter(s.rate_limit_per_second, s.rate_limit_burst) if s.rate_limit_per_second > 0 else None
         server = grpc.aio.server(
-            interceptors=[ServingInterceptor(set(SERVICE_NAMES))],
+            interceptors=[ServingInterceptor(set(SERVICE_NAMES), auth, limiter)],
             options=[
                 ("grpc.max_receive_message_length", s.max_message_bytes),
                 ("grpc.max_send_message_length", s.max_message_bytes),
@@ -100,7 +107,11 @@ class Application:
             ),
             server,
         )
-        self.port = server.add_insecure_port(s.grpc_address)
+        self.port = (
+            server.add_secure_port(s.grpc_address, _server_credentials(s))
+            if s.tls_cert_file
+            else server.add_insecure_port(s.grpc_address)
+        )
         if self.port == 0:
             raise RuntimeError(f"cannot listen on {s.grpc_address}")
         await server.start()
@@ -164,3 +175,15 @@ class Application:
             except Exception:
                 log.warning("blob garbage collection failed; will retry", exc_info=True)
             await asyncio.sleep(self.settings.gc_interval_seconds)
+
+
+def _server_credentials(s: Settings) -> grpc.ServerCredentials:
+    """TLS from PEM files; with a client CA, clients must present a certificate it signed (mTLS)."""
+    if s.tls_cert_file is None or s.tls_key_file is None:
+        raise ValueError("TT_TLS_CERT_FILE and TT_TLS_KEY_FILE must be set together")
+    ca = s.tls_client_ca_file.read_bytes() if s.tls_client_ca_file else None
+    return grpc.ssl_server_credentials(
+        [(s.tls_key_file.read_bytes(), s.tls_cert_file.read_bytes())],
+        root_certificates=ca,
+        require_client_auth=ca is not None,
+    )

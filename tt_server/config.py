@@ -66,6 +66,22 @@ class Settings(BaseSettings):
         "uvloop", description="Event loop implementation; uvloop measured ~25-50% faster on the Predict path."
     )
 
+    # --- security -------------------------------------------------------------------------------------------
+    auth_tokens_file: Path | None = Field(
+        None, description="File of '<reader|writer|admin> <token> [name]' lines; unset = no authentication."
+    )
+    auth_public_health: bool = Field(True, description="Health checks need no token (probes, mesh sidecars).")
+    auth_public_reflection: bool = Field(False, description="Server reflection needs no token.")
+    tls_cert_file: Path | None = Field(None, description="PEM server certificate (chain); set with the key for TLS.")
+    tls_key_file: Path | None = Field(None, description="PEM private key of the server certificate.")
+    tls_client_ca_file: Path | None = Field(
+        None, description="PEM CA bundle; when set, clients must present a certificate it signed (mTLS)."
+    )
+    rate_limit_per_second: float = Field(
+        0.0, description="Calls per second allowed per client (token name, else peer address); 0 = no limit."
+    )
+    rate_limit_burst: float = Field(100.0, description="Calls a client may make at once above its rate.")
+
     metrics_address: str = Field(
         "", description="host:port serving Prometheus metrics at /metrics (e.g. 0.0.0.0:9090); empty = off."
     )
@@ -166,6 +182,19 @@ class Settings(BaseSettings):
     )
     worker_prefetch: int = Field(
         1, description="Jobs one tt-worker process runs at once (AMQP prefetch); scale with more processes."
+    )
+
+    # --- training ------------------------------------------------------------------------------------------
+    training_max_sessions: int = Field(
+        4,
+        description="Train streams open at once on this server (each holds a model copy and a thread); more "
+        "get RESOURCE_EXHAUSTED.",
+    )
+    training_max_micro_batch: int = Field(8192, description="Largest micro_batch_size a Train stream may ask for.")
+    training_thread_nice: int = Field(
+        0,
+        description="Niceness (0-19) of training threads on Linux, so that under CPU contention the inference "
+        "thread and the event loop run first. 0 = same priority as serving.",
     )
 
     @property

@@ -1,6 +1,8 @@
-"""One server interceptor for what every RPC of our services needs: error mapping and metrics.
+"""One server interceptor for what every RPC needs: authentication, rate limits, error mapping, metrics.
 
-Each handler is wrapped once per method (cached): the wrapper times the call, turns exceptions into statuses
+Authentication (when a token file is configured) runs per call, before any request message is read, for every
+service (health and reflection can be public). Our own services' handlers are also wrapped once per method
+(cached): the wrapper applies the per-client rate limit, times the call, turns exceptions into statuses
 (``api.errors.status_for``) and counts the outcome by status code. One wrapper instead of a chain of
 interceptors keeps the per-call cost of the Predict hot path to a single extra frame.
 """
@@ -8,6 +10,7 @@ interceptors keeps the per-call cost of the Predict hot path to a single extra f
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import inspect
 import time
 from collections.abc import AsyncIterator, Callable
@@ -16,16 +19,29 @@ from typing import Any
 import grpc
 
 from tt_server import metrics
+from tt_server.api.auth import AuthError, RateLimiter, TokenAuthenticator
 from tt_server.api.errors import status_for
+from tt_server.errors import ResourceExhausted
+
+# Set by the interceptor for the call's task, read by the wrapper (same task) to key the rate limit.
+_caller: contextvars.ContextVar[str | None] = contextvars.ContextVar("tt_caller", default=None)
 
 
 class _Outcome:
-    """Per-method metric children, resolved once instead of on every call."""
+    """Per-method metric children, resolved once instead of on every call, and the rate limiter."""
 
-    def __init__(self, method: str) -> None:
+    def __init__(self, method: str, limiter: RateLimiter | None) -> None:
         self.method = method
+        self.limiter = limiter
         self._seconds = metrics.RPC_SECONDS.labels(method)
         self._ok = metrics.RPCS.labels(method, "OK")
+
+    def admit(self, context: grpc.aio.ServicerContext) -> None:
+        if self.limiter is None:
+            return
+        client = _caller.get() or context.peer().rsplit(":", 1)[0]  # "ipv4:1.2.3.4:port" -> without port
+        if not self.limiter.allow(client):
+            raise ResourceExhausted("rate limit exceeded for this client; slow down and retry")
 
     def done(self, started: float, code: grpc.StatusCode | None) -> None:
         self._seconds.observe(time.perf_counter() - started)
@@ -45,6 +61,7 @@ def _wrap_unary(behavior: Callable[..., Any], outcome: _Outcome) -> Callable[...
     async def handler(request_or_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
         started = time.perf_counter()
         try:
+            outcome.admit(context)
             response = await behavior(request_or_iterator, context)
         except grpc.aio.AbortError:
             raise
@@ -63,6 +80,7 @@ def _wrap_stream(behavior: Callable[..., Any], outcome: _Outcome) -> Callable[..
     async def handler(request_or_iterator: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         started = time.perf_counter()
         try:
+            outcome.admit(context)
             async for response in behavior(request_or_iterator, context):
                 yield response
         except grpc.aio.AbortError:
@@ -77,12 +95,31 @@ def _wrap_stream(behavior: Callable[..., Any], outcome: _Outcome) -> Callable[..
     return handler
 
 
-def _wrap(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
-    outcome = _Outcome(method)
-    kwargs = {
+def _kwargs(handler: grpc.RpcMethodHandler) -> dict[str, Any]:
+    return {
         "request_deserializer": handler.request_deserializer,
         "response_serializer": handler.response_serializer,
     }
+
+
+def _refusal(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler:
+    """A handler of the same kind as ``handler`` that fails at once, before reading any request."""
+
+    async def refuse(request_or_iterator: Any, context: grpc.aio.ServicerContext) -> None:
+        await context.abort(code, message)
+
+    if handler.unary_unary:
+        return grpc.unary_unary_rpc_method_handler(refuse, **_kwargs(handler))
+    if handler.unary_stream:
+        return grpc.unary_stream_rpc_method_handler(refuse, **_kwargs(handler))
+    if handler.stream_unary:
+        return grpc.stream_unary_rpc_method_handler(refuse, **_kwargs(handler))
+    return grpc.stream_stream_rpc_method_handler(refuse, **_kwargs(handler))
+
+
+def _wrap(handler: grpc.RpcMethodHandler, method: str, limiter: RateLimiter | None) -> grpc.RpcMethodHandler:
+    outcome = _Outcome(method, limiter)
+    kwargs = _kwargs(handler)
     if handler.unary_unary:
         return grpc.unary_unary_rpc_method_handler(_wrap_unary(handler.unary_unary, outcome), **kwargs)
     if handler.stream_unary:
@@ -99,10 +136,17 @@ def _wrap(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
 
 
 class ServingInterceptor(grpc.aio.ServerInterceptor):
-    """Wraps every RPC of the services in ``wrapped_services`` (full names); others pass through."""
+    """Authenticates every call (when ``auth`` is set) and wraps every RPC of ``wrapped_services``."""
 
-    def __init__(self, wrapped_services: set[str]) -> None:
+    def __init__(
+        self,
+        wrapped_services: set[str],
+        auth: TokenAuthenticator | None = None,
+        limiter: RateLimiter | None = None,
+    ) -> None:
         self._services = wrapped_services
+        self._auth = auth
+        self._limiter = limiter
         self._cache: dict[str, grpc.RpcMethodHandler] = {}
 
     async def intercept_service(
@@ -111,12 +155,21 @@ class ServingInterceptor(grpc.aio.ServerInterceptor):
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         method = handler_call_details.method
-        cached = self._cache.get(method)
-        if cached is not None:
-            return cached
-        handler = await continuation(handler_call_details)
-        if handler is None or method.split("/")[1] not in self._services:
-            return handler
-        wrapped = _wrap(handler, method)
-        self._cache[method] = wrapped
-        return wrapped
+        handler = self._cache.get(method)
+        if handler is None:
+            handler = await continuation(handler_call_details)
+            if handler is None:
+                return None
+            if method.split("/")[1] in self._services:
+                handler = _wrap(handler, method, self._limiter)
+            self._cache[method] = handler
+        if self._auth is not None and not self._auth.is_public(method):
+            metadata = dict(handler_call_details.invocation_metadata or ())
+            try:
+                identity = self._auth.authorize(method, metadata.get("authorization"))
+            except AuthError as e:
+                code = grpc.StatusCode.PERMISSION_DENIED if e.permission else grpc.StatusCode.UNAUTHENTICATED
+                metrics.RPCS.labels(method, code.name).inc()
+                return _refusal(handler, code, e.message)
+            _caller.set(identity.name)
+        return handler
