@@ -11,10 +11,13 @@ PROTO_OUT := clients/python
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml clients/python/pyproject.toml
+$(STAMP): pyproject.toml clients/python/pyproject.toml tests/deploy/checkov-requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
-	$(PIP) install --quiet -e clients/python -e '.[dev]'
+	$(PIP) install --quiet -e clients/python -e '.[dev,deploy]'
+	# checkov pins an old boto3 that clashes with aiobotocore: it gets a venv of its own.
+	test -x $(VENV)/checkov/bin/python || $(PYTHON) -m venv $(VENV)/checkov
+	$(VENV)/checkov/bin/pip install --quiet -r tests/deploy/checkov-requirements.txt
 	touch $(STAMP)
 
 run: $(STAMP)
@@ -44,7 +47,9 @@ fmt: $(STAMP)
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-# Embedded backends only (no `services`): the benchmark measures the Predict hot path. BENCH_ARGS=--quick for a smoke run.
+# Embedded backends only (no `services`): the benchmark measures the Predict hot path. Waits up to 2 min for a quiet
+# machine first; BENCH_ARGS=--quick for a smoke run (results in /tmp/tt-bench-quick).
+BENCH_ARGS ?= --wait-quiet 120
 bench: $(STAMP)
 	command -v h2load >/dev/null || (apt-get update && apt-get install -y nghttp2-client)
 	$(PY) -c 'import matplotlib' 2>/dev/null || $(PIP) install --quiet -e '.[dev,bench]'
@@ -52,3 +57,28 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) var build .pytest_cache .mypy_cache .ruff_cache
+
+# Client stubs for other languages from the same protos, into $(STUBS_OUT)/<lang>. grpc_tools' bundled protoc has
+# only the Python generators, so C++, Java, C# and Ruby use Debian's protoc and gRPC plugins (install command
+# below): messages and service stubs for each, except C#, which gets messages only because Debian packages no
+# grpc_csharp_plugin (NuGet's Grpc.Tools has one). The well-known protos (Timestamp) come from grpc_tools.
+STUBS_OUT ?= build/stubs
+STUBS_LANGS := cpp java csharp ruby python
+STUBS_TOOLS := protoc grpc_cpp_plugin grpc_java_plugin grpc_ruby_plugin
+STUBS_INSTALL := apt-get install -y protobuf-compiler protobuf-compiler-grpc protobuf-compiler-grpc-java-plugin
+.PHONY: stubs
+stubs: $(STAMP)
+	@for tool in $(STUBS_TOOLS); do command -v $$tool >/dev/null || \
+	  { echo "make stubs: $$tool not found. Install it with: $(STUBS_INSTALL)" >&2; exit 1; }; done
+	rm -rf $(addprefix $(STUBS_OUT)/,$(STUBS_LANGS))
+	mkdir -p $(addprefix $(STUBS_OUT)/,$(STUBS_LANGS))
+	$(PY) -m grpc_tools.protoc -Iprotos --python_out=$(STUBS_OUT)/python --pyi_out=$(STUBS_OUT)/python \
+	  --grpc_python_out=$(STUBS_OUT)/python $(PROTO_SRC)
+	protoc -Iprotos -I$$($(PY) -c 'import grpc_tools, os; print(os.path.dirname(grpc_tools.__file__))')/_proto \
+	  --cpp_out=$(STUBS_OUT)/cpp --grpc-cpp_out=$(STUBS_OUT)/cpp \
+	  --plugin=protoc-gen-grpc-cpp=$$(command -v grpc_cpp_plugin) \
+	  --java_out=$(STUBS_OUT)/java --grpc-java_out=$(STUBS_OUT)/java \
+	  --plugin=protoc-gen-grpc-java=$$(command -v grpc_java_plugin) \
+	  --ruby_out=$(STUBS_OUT)/ruby --grpc-ruby_out=$(STUBS_OUT)/ruby \
+	  --plugin=protoc-gen-grpc-ruby=$$(command -v grpc_ruby_plugin) \
+	  --csharp_out=$(STUBS_OUT)/csharp $(PROTO_SRC)
