@@ -35,10 +35,14 @@ from tt_server.api.reflection import DocumentedReflectionServicer, documented_fi
 from tt_server.api.registry import RegistryServicer
 from tt_server.config import Settings
 from tt_server.events import LocalEventBus
+from tt_server.jobs.service import JobsService
+from tt_server.jobs.worker import EmbeddedWorker
 from tt_server.registry.service import Registry
 from tt_server.runtime.manager import ModelManager
 from tt_server.runtime.service import InferenceService
-from tt_server.storage.factory import make_blob_store, make_metadata_store
+from tt_server.storage.factory import make_blob_store, make_broker, make_job_store, make_metadata_store
+from tt_server.storage.leases import make_lease_manager
+from tt_server.training.service import TrainingService
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +81,19 @@ class Application:
         self.models = ModelManager(self.metadata, self.blobs, s.data_dir / "model-cache", s)
         await self.models.start(self.events)
         self.inference = InferenceService(self.models, s)
+        # Online learning: one session per model across replicas (Postgres advisory locks, else in-process).
+        self.leases = make_lease_manager(s)
+        self.training = TrainingService(self.registry, self.blobs, self.leases, s)
+        # Jobs: RabbitMQ and tt-worker processes when TT_AMQP_URL is set, else an in-process queue and worker.
+        self.broker = make_broker(s)
+        await self.broker.open()
+        job_store = make_job_store(self.metadata)
+        self.jobs = JobsService(job_store, self.blobs, self.broker, self.registry, s)
+        self.embedded_worker = (
+            None
+            if s.amqp_url
+            else EmbeddedWorker(job_store, self.blobs, self.broker, self.models, s, self.jobs.notifier)
+        )
 
         auth = (
             TokenAuthenticator(s.auth_tokens_file, s.auth_public_health, s.auth_public_reflection)
@@ -89,12 +106,22 @@ class Application:
             options=[
                 ("grpc.max_receive_message_length", s.max_message_bytes),
                 ("grpc.max_send_message_length", s.max_message_bytes),
+                *(
+                    [
+                        ("grpc.max_connection_age_ms", int(s.max_connection_age_seconds * 1000)),
+                        ("grpc.max_connection_age_grace_ms", int(s.shutdown_grace_seconds * 1000)),
+                    ]
+                    if s.max_connection_age_seconds > 0
+                    else []
+                ),
             ],
             maximum_concurrent_rpcs=s.max_concurrent_rpcs,
         )
         registry_service_pb2_grpc.add_ModelRegistryServiceServicer_to_server(RegistryServicer(self.registry), server)
-        inference_service_pb2_grpc.add_InferenceServiceServicer_to_server(InferenceServicer(self.inference), server)
-        jobs_service_pb2_grpc.add_JobsServiceServicer_to_server(JobsServicer(), server)
+        inference_service_pb2_grpc.add_InferenceServiceServicer_to_server(
+            InferenceServicer(self.inference, self.training), server
+        )
+        jobs_service_pb2_grpc.add_JobsServiceServicer_to_server(JobsServicer(self.jobs), server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
             DocumentedReflectionServicer(
@@ -119,6 +146,8 @@ class Application:
         for name in ("", *SERVICE_NAMES):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self._tasks.append(asyncio.create_task(self._collect_garbage_forever(), name="tt-blob-gc"))
+        if self.embedded_worker is not None:
+            await self.embedded_worker.start()
         if s.metrics_address:
             self._metrics_server, _ = metrics.serve(s.metrics_address)
         log.info(
@@ -151,12 +180,18 @@ class Application:
         await self._health.enter_graceful_shutdown()  # every service NOT_SERVING, Watch streams told
         if self.settings.drain_delay_seconds > 0:
             await asyncio.sleep(self.settings.drain_delay_seconds)
+        # Training streams end first, while the server can still tell their clients UNAVAILABLE: each
+        # checkpoints as its on_abort says and releases its lease.
+        await self.training.close()
         if self._server is not None:
             await self._server.stop(grace)
         for task in self._tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if self.embedded_worker is not None:
+            await self.embedded_worker.stop(grace)  # running jobs go back to the queue (and the store) at once
+        await self.broker.close()
         await self.models.close()
         if self._metrics_server is not None:
             self._metrics_server.shutdown()

@@ -25,6 +25,11 @@ class Settings(BaseSettings):
     max_concurrent_rpcs: int | None = Field(
         None, description="Calls in progress at once; more get RESOURCE_EXHAUSTED. None = unbounded."
     )
+    max_connection_age_seconds: float = Field(
+        0.0,
+        description="Ask clients to reconnect after this long (0 = never), so client-side load balancing "
+        "over a headless Service spreads onto replicas added later.",
+    )
     shutdown_grace_seconds: float = Field(
         20.0, description="On SIGTERM: how long in-flight calls may run after health goes NOT_SERVING."
     )
