@@ -11,7 +11,7 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from tensortrigger.v1 import jobs_service_pb2, registry_service_pb2, registry_service_pb2_grpc
+from tensortrigger.v1 import registry_service_pb2, registry_service_pb2_grpc
 
 from tests.api.helpers import violations
 from tests.serving import server_settings
@@ -57,18 +57,6 @@ async def test_grpcurl_call_without_proto_files(app: Application) -> None:
         "tensortrigger.v1.ModelRegistryService/ListModels",
     )
     assert isinstance(json.loads(out), dict)
-
-
-async def test_unimplemented_rpcs_say_so(channel: grpc.aio.Channel) -> None:
-    get_job = channel.unary_unary(
-        "/tensortrigger.v1.JobsService/GetJob",
-        request_serializer=jobs_service_pb2.GetJobRequest.SerializeToString,
-        response_deserializer=jobs_service_pb2.GetJobResponse.FromString,
-    )
-    with pytest.raises(grpc.aio.AioRpcError) as err:
-        await get_job(jobs_service_pb2.GetJobRequest(id="x"))
-    assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    assert "not implemented" in (err.value.details() or "")
 
 
 async def test_bad_request_carries_field_violations(channel: grpc.aio.Channel) -> None:
