@@ -7,14 +7,14 @@ STAMP  := $(VENV)/.installed
 PROTO_SRC := $(wildcard protos/tensortrigger/v1/*.proto)
 PROTO_OUT := clients/python
 
-.PHONY: venv run test proto proto-check lint fmt bench services clean
+.PHONY: venv run test proto proto-check lint fmt bench services tools stubs clean
 
 venv: $(STAMP)
 
 $(STAMP): pyproject.toml clients/python/pyproject.toml tests/deploy/checkov-requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
-	$(PIP) install --quiet -e clients/python -e '.[dev,deploy]'
+	$(PIP) install --quiet -e 'clients/python[cli]' -e '.[dev,deploy]'
 	# checkov pins an old boto3 that clashes with aiobotocore: it gets a venv of its own.
 	test -x $(VENV)/checkov/bin/python || $(PYTHON) -m venv $(VENV)/checkov
 	$(VENV)/checkov/bin/pip install --quiet -r tests/deploy/checkov-requirements.txt
@@ -26,7 +26,12 @@ run: $(STAMP)
 services:
 	bash scripts/ensure-services.sh
 
-test: $(STAMP) services
+# Debian tools some tests drive (make stubs needs protoc and the gRPC plugins); installed when missing.
+tools:
+	@for tool in $(STUBS_TOOLS); do command -v $$tool >/dev/null || { \
+	  echo "installing $(STUBS_INSTALL_PKGS)"; apt-get update -qq && apt-get install -y -qq $(STUBS_INSTALL_PKGS) >/dev/null; break; }; done
+
+test: $(STAMP) services tools
 	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
 
 proto: $(STAMP)
@@ -65,7 +70,8 @@ clean:
 STUBS_OUT ?= build/stubs
 STUBS_LANGS := cpp java csharp ruby python
 STUBS_TOOLS := protoc grpc_cpp_plugin grpc_java_plugin grpc_ruby_plugin
-STUBS_INSTALL := apt-get install -y protobuf-compiler protobuf-compiler-grpc protobuf-compiler-grpc-java-plugin
+STUBS_INSTALL_PKGS := protobuf-compiler protobuf-compiler-grpc protobuf-compiler-grpc-java-plugin
+STUBS_INSTALL := apt-get install -y $(STUBS_INSTALL_PKGS)
 .PHONY: stubs
 stubs: $(STAMP)
 	@for tool in $(STUBS_TOOLS); do command -v $$tool >/dev/null || \

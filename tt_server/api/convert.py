@@ -20,7 +20,7 @@ from tt_server.types import (
     VersionSource,
 )
 
-DTYPE_TO_PB: dict[DType, int] = {
+DTYPE_TO_PB: dict[DType, tensor_pb2.DataType] = {
     DType.FLOAT16: tensor_pb2.DATA_TYPE_FLOAT16,
     DType.FLOAT32: tensor_pb2.DATA_TYPE_FLOAT32,
     DType.FLOAT64: tensor_pb2.DATA_TYPE_FLOAT64,
@@ -32,7 +32,7 @@ DTYPE_TO_PB: dict[DType, int] = {
     DType.BOOL: tensor_pb2.DATA_TYPE_BOOL,
     DType.STRING: tensor_pb2.DATA_TYPE_STRING,
 }
-DTYPE_FROM_PB: dict[int, DType] = {v: k for k, v in DTYPE_TO_PB.items()}
+DTYPE_FROM_PB: dict[int, DType] = {int(v): k for k, v in DTYPE_TO_PB.items()}
 
 FORMAT_TO_PB: dict[ModelFormat, int] = {
     ModelFormat.KERAS: model_pb2.MODEL_FORMAT_KERAS,

@@ -1,24 +1,56 @@
-"""Tensor Trigger Python client. Public names are re-exported here; everything else is private."""
+"""Tensor Trigger Python client: ``Client`` (blocking) and ``AsyncClient`` (asyncio), numpy in and out.
 
-from tensortrigger._client import Client, model_ref
+Public names are re-exported here from private modules; anything not in ``__all__`` may change without notice.
+``tensortrigger.v1`` is the generated gRPC contract (the messages the registry and jobs methods return).
+"""
+
+import importlib.metadata as _metadata
+
+from tensortrigger import v1
+from tensortrigger._async_client import AsyncClient
+from tensortrigger._client import Client
 from tensortrigger._errors import (
+    AlreadyExistsError,
+    DeadlineExceededError,
     FailedPreconditionError,
     FieldViolation,
     InvalidArgumentError,
     NotFoundError,
+    PermissionDeniedError,
     ResourceExhaustedError,
     TensorTriggerError,
+    UnauthenticatedError,
     UnavailableError,
+    UnimplementedError,
 )
+from tensortrigger._messages import JobOptions, TrainOptions, TrainResult, model_ref
+from tensortrigger._retry import RetryPolicy
+
+try:
+    __version__ = _metadata.version("tensortrigger-client")
+except _metadata.PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0.0.0"
 
 __all__ = [
+    "AlreadyExistsError",
+    "AsyncClient",
     "Client",
+    "DeadlineExceededError",
     "FailedPreconditionError",
     "FieldViolation",
     "InvalidArgumentError",
+    "JobOptions",
     "NotFoundError",
+    "PermissionDeniedError",
     "ResourceExhaustedError",
+    "RetryPolicy",
     "TensorTriggerError",
+    "TrainOptions",
+    "TrainResult",
+    "UnauthenticatedError",
     "UnavailableError",
+    "UnimplementedError",
+    "__version__",
     "model_ref",
+    "v1",
 ]

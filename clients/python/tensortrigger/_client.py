@@ -1,65 +1,44 @@
-"""Synchronous client for Tensor Trigger (first cut: model registry)."""
+"""The blocking client. Requests are built and answers parsed in ``_messages``; this module only calls."""
 
 from __future__ import annotations
 
 import os
-import tarfile
-import tempfile
-from collections.abc import Callable, Iterator
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, Unpack
 
 import grpc
+import numpy as np
 
-from tensortrigger._errors import from_rpc_error
-from tensortrigger.v1 import model_pb2, registry_service_pb2, registry_service_pb2_grpc
+from tensortrigger import _messages as m
+from tensortrigger._base import BaseClient
+from tensortrigger._errors import TensorTriggerError, from_rpc_error
+from tensortrigger._retry import Attempts
+from tensortrigger.v1 import (
+    inference_service_pb2,
+    jobs_service_pb2,
+    model_pb2,
+    registry_service_pb2,
+    tensor_pb2,
+)
 
-CHUNK_BYTES = 1 << 20
-
-_FORMATS = {
-    "keras": model_pb2.MODEL_FORMAT_KERAS,
-    "h5": model_pb2.MODEL_FORMAT_H5,
-    "saved_model_tar_gz": model_pb2.MODEL_FORMAT_SAVED_MODEL_TAR_GZ,
-    "saved_model_zip": model_pb2.MODEL_FORMAT_SAVED_MODEL_ZIP,
-}
-
-
-def model_ref(model: str | model_pb2.ModelRef, version: int | None = None, label: str | None = None) -> Any:
-    """``"name"``, ``"name:3"`` (version) or ``"name@stable"`` (label) -> ``ModelRef``."""
-    if isinstance(model, model_pb2.ModelRef):
-        return model
-    name = model
-    if version is None and label is None:
-        if "@" in model:
-            name, label = model.split("@", 1)
-        elif ":" in model:
-            name, raw = model.rsplit(":", 1)
-            version = int(raw)
-    if version is not None:
-        return model_pb2.ModelRef(name=name, version=version)
-    if label is not None:
-        return model_pb2.ModelRef(name=name, label=label)
-    return model_pb2.ModelRef(name=name)
+T = TypeVar("T")
 
 
-def _pack_saved_model(directory: Path) -> Path:
-    """Pack a SavedModel directory as .tar.gz in a temp file (the caller deletes it)."""
-    fd, name = tempfile.mkstemp(suffix=".tar.gz")
-    os.close(fd)
-    with tarfile.open(name, "w:gz") as tar:
-        for path in sorted(directory.rglob("*")):
-            if path.is_file():
-                tar.add(path, arcname=str(path.relative_to(directory)), recursive=False)
-    return Path(name)
+class Client(BaseClient):
+    """A blocking client: ``with Client("127.0.0.1:50051") as client: client.predict("iris", x)``.
 
+    Thread-safe: one client (one channel) can serve many threads. ``AsyncClient`` has the same methods.
+    """
 
-class Client:
-    """A blocking client. ``Client("127.0.0.1:50051")``; use as a context manager to close the channel."""
-
-    def __init__(self, target: str = "127.0.0.1:50051", *, timeout: float | None = 60.0) -> None:
-        self._channel = grpc.insecure_channel(target)
-        self._registry = registry_service_pb2_grpc.ModelRegistryServiceStub(self._channel)
-        self.timeout = timeout
+    def _open(self, address: str, credentials: grpc.ChannelCredentials | None, options: list[tuple[str, Any]]) -> Any:
+        if credentials is None:
+            self._channel = grpc.insecure_channel(address, options)
+        else:
+            self._channel = grpc.secure_channel(address, credentials, options)
+        return self._channel
 
     def close(self) -> None:
         self._channel.close()
@@ -70,13 +49,172 @@ class Client:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _call(self, method: Callable[..., Any], request: Any, timeout: float | None = None) -> Any:
+    # --- calling ----------------------------------------------------------------------------------------
+
+    def _unary(
+        self, method: Callable[..., T], request: Any, timeout: float | None, *, idempotent: bool, upload: bool = False
+    ) -> T:
+        """One call (retried if ``idempotent``); an ``upload`` (a client stream) has no default deadline."""
+        attempts = Attempts(self.retry if idempotent else None, timeout if upload else self._timeout(timeout))
+        while True:
+            try:
+                return method(request, timeout=attempts.timeout(), metadata=self._metadata)
+            except grpc.RpcError as error:
+                delay = attempts.next_delay(error)
+                if delay is None:
+                    raise from_rpc_error(error) from None
+                time.sleep(delay)
+
+    def _read_stream(self, method: Callable[..., Any], request: Callable[[], Any], timeout: float | None) -> Iterator:
+        """A server stream that is read again from ``request()`` (which may resume) after UNAVAILABLE."""
+        attempts = Attempts(self.retry, timeout)
+        while True:
+            call = method(request(), timeout=attempts.timeout(), metadata=self._metadata)
+            try:
+                yield from call
+                return
+            except grpc.RpcError as error:
+                delay = attempts.next_delay(error)
+                if delay is None:
+                    raise from_rpc_error(error) from None
+                time.sleep(delay)
+            finally:
+                call.cancel()  # a no-op when done; stops the stream when the caller breaks off early
+
+    def _paged(self, method: Callable[..., Any], request: Any, items: str) -> Iterator:
+        while True:
+            page = self._unary(method, request, None, idempotent=True)
+            yield from getattr(page, items)
+            if not page.next_page_token:
+                return
+            request.page_token = page.next_page_token
+
+    # --- inference --------------------------------------------------------------------------------------
+
+    def signature(self, model: m.Model, *, timeout: float | None = None) -> tensor_pb2.Signature:
+        """The inputs and outputs of the version ``model`` selects (cached per selector)."""
+        ref = m.model_ref(model)
+        key = m.ref_key(ref)
+        if key not in self._signatures:
+            self._signatures[key] = self.get_version(ref, timeout=timeout).signature
+        return self._signatures[key]
+
+    def predict(
+        self,
+        model: m.Model,
+        inputs: m.Arrays,
+        outputs: Sequence[str] | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> dict[str, np.ndarray]:
+        """Run ``model`` on ``inputs`` (one array for a single-input model, else arrays by input name).
+
+        Inputs are cast to the declared dtypes when numpy's "same_kind" rule allows (float64 -> float32).
+        Returns the outputs by name (only ``outputs`` when given), as read-only arrays over the received bytes.
+        """
+        ref = m.model_ref(model)
+        request = m.predict_request(ref, self.signature(ref, timeout=timeout), inputs, outputs)
         try:
-            return method(request, timeout=timeout or self.timeout)
+            response = self._unary(self._inference.Predict, request, timeout, idempotent=True)
+        except TensorTriggerError as error:
+            self._forget_signature(ref, error)
+            raise
+        return m.decode_tensors(response.outputs)
+
+    def predict_batch(
+        self,
+        model: m.Model,
+        batches: Iterable[m.Arrays],
+        outputs: Sequence[str] | None = None,
+        *,
+        max_in_flight: int = 4,
+        timeout: float | None = None,
+    ) -> Iterator[dict[str, np.ndarray]]:
+        """Run ``model`` over many batches on one stream, yielding each batch's outputs in order.
+
+        At most ``max_in_flight`` batches are sent ahead of the answers, so a fast producer cannot fill memory,
+        and the version is pinned for the whole stream.
+        """
+        ref = m.model_ref(model)
+        signature = self.signature(ref, timeout=timeout)
+        window = threading.Semaphore(max_in_flight)
+        finished = threading.Event()
+        failure: list[Exception] = []
+
+        def requests() -> Iterator[inference_service_pb2.PredictBatchRequest]:
+            # Runs on gRPC's sending thread. A bad batch ends the stream cleanly; the reader raises it once the
+            # batches before it are answered.
+            try:
+                for sequence, batch in enumerate(batches):
+                    while not window.acquire(timeout=0.1):
+                        if finished.is_set():
+                            return
+                    yield m.batch_request(ref, signature, batch, outputs, sequence)
+            except Exception as exc:
+                failure.append(exc)
+
+        call = self._inference.PredictBatch(requests(), timeout=timeout, metadata=self._metadata)
+        try:
+            for expected, response in enumerate(call):
+                window.release()
+                yield m.batch_outputs(response, expected)
         except grpc.RpcError as error:
             raise from_rpc_error(error) from None
+        finally:
+            finished.set()
+            call.cancel()
+        if failure:
+            raise failure[0]
 
-    # --- registry --------------------------------------------------------------------------------------
+    def train(
+        self,
+        model: m.Model,
+        examples: Iterable[tuple[m.Arrays, m.Arrays]],
+        *,
+        on_progress: Callable[[inference_service_pb2.TrainProgress], None] | None = None,
+        timeout: float | None = None,
+        **options: Unpack[m.TrainOptions],
+    ) -> m.TrainResult:
+        """Train ``model`` online on ``(features, labels)`` batches; the server publishes checkpoints as versions.
+
+        ``on_progress`` gets the metrics after every train step. If ``examples`` raises, or ``on_progress``
+        does, the session is cancelled (the server applies ``on_abort``) and the error is raised here.
+        """
+        ref = m.model_ref(model)
+        signature = self.signature(ref, timeout=timeout)
+        config = m.train_config_request(ref, options)
+        started = threading.Event()
+        calls: list[Any] = []
+        failure: list[Exception] = []
+
+        def requests() -> Iterator[inference_service_pb2.TrainRequest]:
+            yield config
+            try:
+                for features, labels in examples:
+                    yield m.train_examples_request(signature, features, labels)
+            except Exception as exc:
+                # Cancel rather than end the stream: ending it would publish the end-of-stream checkpoint.
+                failure.append(exc)
+                started.wait()
+                calls[0].cancel()
+
+        call = self._inference.Train(requests(), timeout=timeout, metadata=self._metadata)
+        calls.append(call)
+        started.set()
+        events = m.TrainEvents(on_progress)
+        try:
+            for response in call:
+                events.apply(response)
+        except grpc.RpcError as error:
+            if failure:
+                raise failure[0] from None
+            raise from_rpc_error(error) from None
+        finally:
+            call.cancel()
+        return events.result
+
+    # --- registry ---------------------------------------------------------------------------------------
+
     def upload(
         self,
         name: str,
@@ -84,107 +222,210 @@ class Client:
         *,
         format: str | None = None,
         description: str = "",
-        feature_names: list[str] | None = None,
+        feature_names: Sequence[str] | None = None,
         metadata: dict[str, str] | None = None,
-        labels: list[str] | None = None,
-        progress: Callable[[int, int], None] | None = None,
-        timeout: float | None = 600.0,
+        labels: Sequence[str] | None = None,
+        progress: m.Progress | None = None,
+        timeout: float | None = None,
     ) -> model_pb2.ModelVersion:
-        """Upload a `.keras`/`.h5` file, a packed SavedModel, or a SavedModel directory (packed for you)."""
+        """Upload a ``.keras``/``.h5`` file, a packed SavedModel, or a SavedModel directory (packed for you).
+
+        ``format``: "keras", "h5", "saved_model_tar_gz", "saved_model_zip", or None to let the server detect it.
+        ``progress(sent, total)`` is called after each chunk (from gRPC's sending thread).
+        """
         source = Path(path)
-        packed = _pack_saved_model(source) if source.is_dir() else None
+        packed = m.pack_saved_model(source) if source.is_dir() else None
         artifact = packed or source
         try:
-            total = artifact.stat().st_size
-            header = registry_service_pb2.UploadHeader(
-                model_name=name,
-                format=_FORMATS[format]
-                if format
-                else (model_pb2.MODEL_FORMAT_SAVED_MODEL_TAR_GZ if packed else model_pb2.MODEL_FORMAT_UNSPECIFIED),
+            header = m.upload_header(
+                name,
+                artifact,
+                packed=packed is not None,
+                format=format,
                 description=description,
-                feature_names=feature_names or [],
-                metadata=metadata or {},
-                labels=labels or [],
-                expected_size_bytes=total,
+                feature_names=feature_names,
+                metadata=metadata,
+                labels=labels,
             )
+            total = header.header.expected_size_bytes
 
             def requests() -> Iterator[registry_service_pb2.UploadModelVersionRequest]:
-                yield registry_service_pb2.UploadModelVersionRequest(header=header)
+                yield header
                 sent = 0
                 with artifact.open("rb") as f:
-                    for chunk in iter(lambda: f.read(CHUNK_BYTES), b""):
-                        sent += len(chunk)
-                        if progress:
-                            progress(sent, total)
+                    while chunk := f.read(m.CHUNK_BYTES):
                         yield registry_service_pb2.UploadModelVersionRequest(chunk=chunk)
+                        sent += len(chunk)
+                        if progress is not None:
+                            progress(sent, total)
 
-            response = self._call(self._registry.UploadModelVersion, requests(), timeout)
-            return response.version
+            return self._unary(
+                self._registry.UploadModelVersion, requests(), timeout, idempotent=False, upload=True
+            ).version
         finally:
-            if packed:
+            if packed is not None:
                 packed.unlink(missing_ok=True)
 
-    def list_models(self, page_size: int = 0) -> Iterator[model_pb2.Model]:
-        """Every model, following page tokens."""
-        token = ""
-        while True:
-            page = self._call(
-                self._registry.ListModels,
-                registry_service_pb2.ListModelsRequest(page_size=page_size, page_token=token),
-            )
-            yield from page.models
-            token = page.next_page_token
-            if not token:
-                return
+    def list_models(self, *, page_size: int = 0) -> Iterator[model_pb2.Model]:
+        """Every model, in name order (pages are fetched as the iterator advances)."""
+        request = registry_service_pb2.ListModelsRequest(page_size=page_size)
+        return self._paged(self._registry.ListModels, request, "models")
 
-    def get_model(self, name: str) -> model_pb2.Model:
-        return self._call(self._registry.GetModel, registry_service_pb2.GetModelRequest(name=name)).model
+    def get_model(self, name: str, *, timeout: float | None = None) -> model_pb2.Model:
+        request = registry_service_pb2.GetModelRequest(name=name)
+        return self._unary(self._registry.GetModel, request, timeout, idempotent=True).model
 
-    def get_version(self, model: str, version: int | None = None, label: str | None = None) -> model_pb2.ModelVersion:
-        request = registry_service_pb2.GetModelVersionRequest(model=model_ref(model, version, label))
-        return self._call(self._registry.GetModelVersion, request).version
+    def delete_model(self, name: str, *, timeout: float | None = None) -> int:
+        """Delete a model with all its versions and labels; returns how many versions went."""
+        request = registry_service_pb2.DeleteModelRequest(name=name)
+        return self._unary(self._registry.DeleteModel, request, timeout, idempotent=False).deleted_versions
 
-    def list_versions(self, name: str) -> Iterator[model_pb2.ModelVersion]:
-        token = ""
-        while True:
-            page = self._call(
-                self._registry.ListModelVersions,
-                registry_service_pb2.ListModelVersionsRequest(name=name, page_token=token),
-            )
-            yield from page.versions
-            token = page.next_page_token
-            if not token:
-                return
+    def list_versions(self, name: str, *, page_size: int = 0) -> Iterator[model_pb2.ModelVersion]:
+        """A model's versions, newest first."""
+        request = registry_service_pb2.ListModelVersionsRequest(name=name, page_size=page_size)
+        return self._paged(self._registry.ListModelVersions, request, "versions")
 
-    def set_label(self, name: str, label: str, version: int) -> int:
-        request = registry_service_pb2.SetLabelRequest(name=name, label=label, version=version)
-        return self._call(self._registry.SetLabel, request).previous_version
+    def get_version(self, model: m.Model, *, timeout: float | None = None) -> model_pb2.ModelVersion:
+        """The version a selector picks: ``"name"`` (newest), ``"name:3"`` or ``"name@stable"``."""
+        request = registry_service_pb2.GetModelVersionRequest(model=m.model_ref(model))
+        return self._unary(self._registry.GetModelVersion, request, timeout, idempotent=True).version
 
-    def delete_version(self, name: str, version: int, force: bool = False) -> list[str]:
+    def delete_version(
+        self, name: str, version: int, *, force: bool = False, timeout: float | None = None
+    ) -> list[str]:
+        """Delete one version; ``force`` also removes labels pointing at it. Returns the removed labels."""
         request = registry_service_pb2.DeleteModelVersionRequest(name=name, version=version, force=force)
-        return list(self._call(self._registry.DeleteModelVersion, request).removed_labels)
+        return list(self._unary(self._registry.DeleteModelVersion, request, timeout, idempotent=False).removed_labels)
 
-    def delete_model(self, name: str) -> int:
-        return self._call(
-            self._registry.DeleteModel, registry_service_pb2.DeleteModelRequest(name=name)
-        ).deleted_versions
+    def set_label(self, name: str, label: str, version: int, *, timeout: float | None = None) -> int:
+        """Point ``label`` at ``version``; returns the version it pointed at before (0 if new)."""
+        request = registry_service_pb2.SetLabelRequest(name=name, label=label, version=version)
+        return self._unary(self._registry.SetLabel, request, timeout, idempotent=False).previous_version
 
-    def download(self, model: str, dest: str | os.PathLike[str], version: int | None = None) -> model_pb2.ModelVersion:
-        """Download a version's artifact to ``dest``; returns the version's record."""
-        request = registry_service_pb2.DownloadModelVersionRequest(model=model_ref(model, version))
+    def delete_label(self, name: str, label: str, *, timeout: float | None = None) -> int:
+        """Remove ``label``; returns the version it pointed at."""
+        request = registry_service_pb2.DeleteLabelRequest(name=name, label=label)
+        return self._unary(self._registry.DeleteLabel, request, timeout, idempotent=False).previous_version
+
+    def download(
+        self,
+        model: m.Model,
+        dest: str | os.PathLike[str],
+        *,
+        progress: m.Progress | None = None,
+        timeout: float | None = None,
+    ) -> model_pb2.ModelVersion:
+        """Save the artifact of the version ``model`` selects to ``dest``; returns that version's record.
+
+        The file appears complete or not at all (it is written as ``dest.part`` and renamed).
+        """
+        request = registry_service_pb2.DownloadModelVersionRequest(model=m.model_ref(model))
         target = Path(dest)
         partial = target.with_name(target.name + ".part")
-        record = None
+        state = m.DownloadState()
         try:
             with partial.open("wb") as out:
-                for message in self._registry.DownloadModelVersion(request, timeout=self.timeout):
+                for message in self._read_stream(self._registry.DownloadModelVersion, lambda: request, timeout):
                     if message.WhichOneof("payload") == "version":
-                        record = message.version
-                    else:
-                        out.write(message.chunk)
-        except grpc.RpcError as error:
+                        out.seek(0)
+                        out.truncate()  # a retried download starts over
+                    out.write(state.chunk(message))
+                    if progress is not None and state.version is not None:
+                        progress(state.received, state.version.size_bytes)
+        except BaseException:
             partial.unlink(missing_ok=True)
-            raise from_rpc_error(error) from None
+            raise
+        if state.version is None:
+            raise RuntimeError("the server sent no version record")
         partial.replace(target)
-        assert record is not None, "the server sent no version record"
-        return record
+        return state.version
+
+    # --- jobs -------------------------------------------------------------------------------------------
+
+    def submit_job(
+        self,
+        model: m.Model,
+        path: str | os.PathLike[str],
+        *,
+        progress: m.Progress | None = None,
+        timeout: float | None = None,
+        **options: Unpack[m.JobOptions],
+    ) -> jobs_service_pb2.Job:
+        """Stream a CSV file to the server as a batch job over ``model`` (pinned to one version now)."""
+        spec = m.job_spec_request(model, options)
+        source = Path(path)
+        total = source.stat().st_size
+
+        def requests() -> Iterator[jobs_service_pb2.CreateJobRequest]:
+            yield spec
+            sent = 0
+            with source.open("rb") as f:
+                while chunk := f.read(m.CHUNK_BYTES):
+                    yield jobs_service_pb2.CreateJobRequest(chunk=chunk)
+                    sent += len(chunk)
+                    if progress is not None:
+                        progress(sent, total)
+
+        return self._unary(self._jobs.CreateJob, requests(), timeout, idempotent=False, upload=True).job
+
+    def get_job(self, job_id: str, *, timeout: float | None = None) -> jobs_service_pb2.Job:
+        request = jobs_service_pb2.GetJobRequest(id=job_id)
+        return self._unary(self._jobs.GetJob, request, timeout, idempotent=True).job
+
+    def list_jobs(
+        self, *, model: str | None = None, state: str | int | None = None, page_size: int = 0
+    ) -> Iterator[jobs_service_pb2.Job]:
+        """Jobs, newest first; ``state`` is a name such as "running" or "succeeded"."""
+        request = jobs_service_pb2.ListJobsRequest(
+            page_size=page_size, model_name=model or "", state=m.job_state(state)
+        )
+        return self._paged(self._jobs.ListJobs, request, "jobs")
+
+    def watch_job(self, job_id: str, *, timeout: float | None = None) -> Iterator[jobs_service_pb2.Job]:
+        """The job's state each time it changes, ending after a terminal state (SUCCEEDED, FAILED, CANCELLED)."""
+        request = jobs_service_pb2.WatchJobRequest(id=job_id)
+        for message in self._read_stream(self._jobs.WatchJob, lambda: request, timeout):
+            yield message.job
+
+    def cancel_job(self, job_id: str, *, timeout: float | None = None) -> jobs_service_pb2.Job:
+        request = jobs_service_pb2.CancelJobRequest(id=job_id)
+        return self._unary(self._jobs.CancelJob, request, timeout, idempotent=False).job
+
+    def job_results(self, job_id: str, *, offset: int = 0, timeout: float | None = None) -> Iterator[bytes]:
+        """A succeeded job's result file in chunks, from byte ``offset``; a retried stream resumes where it was."""
+        for chunk, _total in self._results(job_id, offset, timeout):
+            yield chunk
+
+    def _results(self, job_id: str, offset: int, timeout: float | None) -> Iterator[tuple[bytes, int]]:
+        cursor = m.ResultsCursor(offset)
+        for message in self._read_stream(self._jobs.GetJobResults, cursor.request(job_id), timeout):
+            yield cursor.chunk(message), cursor.total
+
+    def download_job_results(
+        self,
+        job_id: str,
+        dest: str | os.PathLike[str],
+        *,
+        progress: m.Progress | None = None,
+        timeout: float | None = None,
+    ) -> Path:
+        """Save a succeeded job's results to ``dest``. An interrupted download leaves ``dest.part``, which the
+        next call with the same ``dest`` resumes from its size."""
+        target = Path(dest)
+        partial = target.with_name(target.name + ".part")
+        offset = partial.stat().st_size if partial.exists() else 0
+        with partial.open("ab") as out:
+            done = offset
+            for chunk, total in self._results(job_id, offset, timeout):
+                out.write(chunk)
+                done += len(chunk)
+                if progress is not None:
+                    progress(done, total)
+        partial.replace(target)
+        return target
+
+    # --- health -----------------------------------------------------------------------------------------
+
+    def health(self, service: str = "", *, timeout: float | None = None) -> str:
+        """The server's (or one service's) health: "SERVING", "NOT_SERVING", ... per grpc.health.v1."""
+        return m.serving_status(self._unary(self._health, m.HEALTH_REQUEST(value=service), timeout, idempotent=True))

@@ -1,0 +1,680 @@
+"""``tt`` commands. Each one parses its arguments, makes one or two client calls, and prints the answer."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import click
+import numpy as np
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+from tensortrigger import __version__
+from tensortrigger._cli import output as out
+from tensortrigger._client import Client
+from tensortrigger._errors import TensorTriggerError
+from tensortrigger._messages import TERMINAL_STATES, model_ref, state_name
+from tensortrigger.v1 import jobs_service_pb2
+
+PREVIEW_ROWS = 20
+
+
+@dataclass
+class Settings:
+    """The global options; the client is opened on first use and closed when the command ends."""
+
+    address: str
+    json: bool
+    timeout: float
+    tls: bool
+    ca_file: str | None
+    cert_file: str | None
+    key_file: str | None
+    token: str | None
+    _client: Client | None = field(default=None, repr=False)
+
+    def client(self) -> Client:
+        if self._client is None:
+            self._client = Client(
+                self.address,
+                timeout=self.timeout,
+                tls=self.tls,
+                root_certificates=self.ca_file,
+                client_certificate=self.cert_file,
+                client_key=self.key_file,
+                token=self.token,
+            )
+            click.get_current_context().call_on_close(self._client.close)
+        return self._client
+
+    @property
+    def interactive(self) -> bool:
+        """Progress bars only for a person watching a terminal, never in --json mode."""
+        return not self.json and out.stderr.is_terminal
+
+
+pass_settings = click.make_pass_decorator(Settings)
+
+
+class _Group(click.Group):
+    """Turns client errors into a message and an exit code, for every subcommand."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except TensorTriggerError as error:
+            settings = ctx.find_object(Settings)
+            out.print_error(error, settings is not None and settings.json)
+            ctx.exit(out.exit_code(error))
+        except ValueError as error:  # the client's own checks (a bad selector, a dict needed, ...)
+            raise click.UsageError(str(error)) from None
+
+
+@click.group(cls=_Group, epilog=out.EXIT_CODES_HELP, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--address",
+    envvar="TT_ADDRESS",
+    default="127.0.0.1:50051",
+    show_default=True,
+    help="Server host:port [env TT_ADDRESS].",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (for scripts) instead of tables.")
+@click.option("--timeout", envvar="TT_TIMEOUT", default=30.0, show_default=True, help="Deadline of each call, seconds.")
+@click.option("--tls", is_flag=True, envvar="TT_TLS", help="Use TLS (implied by the certificate options).")
+@click.option(
+    "--ca-file", envvar="TT_CA_FILE", type=click.Path(exists=True, dir_okay=False), help="Root certificates (PEM)."
+)
+@click.option(
+    "--cert-file",
+    envvar="TT_CERT_FILE",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Client certificate (PEM), for mutual TLS.",
+)
+@click.option(
+    "--key-file",
+    envvar="TT_KEY_FILE",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Client private key (PEM), for mutual TLS.",
+)
+@click.option("--token", envvar="TT_TOKEN", help="Bearer token sent with every call [env TT_TOKEN].")
+@click.version_option(__version__, prog_name="tt")
+@click.pass_context
+def cli(
+    ctx: click.Context,
+    address: str,
+    as_json: bool,
+    timeout: float,
+    tls: bool,
+    ca_file: str | None,
+    cert_file: str | None,
+    key_file: str | None,
+    token: str | None,
+) -> None:
+    """Tensor Trigger from the command line: models, predictions, batch jobs and online training."""
+    ctx.obj = Settings(address, as_json, timeout, tls, ca_file, cert_file, key_file, token)
+
+
+# --- health ----------------------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--service", default="", help="One service's health (e.g. tensortrigger.v1.InferenceService).")
+@pass_settings
+def health(settings: Settings, service: str) -> None:
+    """Check the server is up and serving (exit code 5 when not)."""
+    status = settings.client().health(service)
+    if settings.json:
+        out.emit_json({"status": status})
+    else:
+        out.stdout.print(status)
+    if status != "SERVING":
+        sys.exit(out.EXIT_UNAVAILABLE)
+
+
+# --- models ----------------------------------------------------------------------------------------------
+
+
+@cli.group()
+def models() -> None:
+    """Upload, inspect, label and delete models."""
+
+
+@models.command("list")
+@pass_settings
+def models_list(settings: Settings) -> None:
+    """List models."""
+    found = list(settings.client().list_models())
+    if settings.json:
+        out.emit_json([out.plain(model) for model in found])
+        return
+    grid = out.table("NAME", "LATEST", "VERSIONS", "LABELS", "UPDATED")
+    for model in found:
+        grid.add_row(
+            model.name,
+            str(model.latest_version),
+            str(model.version_count),
+            out.labels_text(model.labels),
+            out.when(model.update_time),
+        )
+    out.stdout.print(grid)
+
+
+@models.command("show")
+@click.argument("model")
+@pass_settings
+def models_show(settings: Settings, model: str) -> None:
+    """Show a model and its versions (NAME), or one version and its signature (NAME:3, NAME@stable)."""
+    client = settings.client()
+    ref = model_ref(model)
+    if ref.WhichOneof("selector") is None:
+        record = client.get_model(ref.name)
+        versions = list(client.list_versions(ref.name))
+        if settings.json:
+            out.emit_json({"model": out.plain(record), "versions": [out.plain(v) for v in versions]})
+            return
+        out.stdout.print(f"[bold]{escape(record.name)}[/]  {escape(record.description)}".rstrip(), markup=True)
+        out.stdout.print(f"labels: {out.labels_text(record.labels)}")
+        grid = out.table("VERSION", "FORMAT", "SIZE", "SOURCE", "LABELS", "CREATED")
+        for v in versions:
+            grid.add_row(
+                str(v.version),
+                out.plain(v)["format"],
+                out.size(v.size_bytes),
+                out.plain(v)["source"],
+                ", ".join(v.labels) or "-",
+                out.when(v.create_time),
+            )
+        out.stdout.print(grid)
+        return
+    version = client.get_version(ref)
+    if settings.json:
+        out.emit_json(out.plain(version))
+        return
+    fields = out.plain(version)
+    out.stdout.print(
+        f"[bold]{escape(version.model_name)}:{version.version}[/]  {escape(version.description)}".rstrip(), markup=True
+    )
+    for key in ("format", "size_bytes", "sha256", "source", "labels", "feature_names", "create_time"):
+        out.stdout.print(f"{key}: {fields[key]}")
+    grid = out.table("", "NAME", "DTYPE", "SHAPE")
+    for kind, specs in (("input", version.signature.inputs), ("output", version.signature.outputs)):
+        for spec in specs:
+            dtype = out.plain(spec)["dtype"]
+            grid.add_row(kind, spec.name, dtype, "(" + ", ".join("?" if d < 0 else str(d) for d in spec.shape) + ")")
+    out.stdout.print(grid)
+
+
+def _pairs(values: tuple[str, ...], option: str) -> dict[str, str]:
+    pairs = {}
+    for value in values:
+        key, sep, rest = value.partition("=")
+        if not sep:
+            raise click.BadParameter(f"{value!r} is not KEY=VALUE", param_hint=option)
+        pairs[key] = rest
+    return pairs
+
+
+@models.command("upload")
+@click.argument("name")
+@click.argument("path", type=click.Path(exists=True, path_type=Path))
+@click.option("-l", "--label", "labels", multiple=True, help="Point this label at the new version (repeatable).")
+@click.option("-d", "--description", default="", help="Description of the version.")
+@click.option(
+    "--feature-name", "feature_names", multiple=True, help="Input feature names in column order (repeatable)."
+)
+@click.option("--metadata", "metadata", multiple=True, metavar="KEY=VALUE", help="Metadata stored with the version.")
+@click.option(
+    "--format",
+    "format_",
+    type=click.Choice(["keras", "h5", "saved_model_tar_gz", "saved_model_zip"]),
+    help="Artifact format (default: detected by the server).",
+)
+@pass_settings
+def models_upload(
+    settings: Settings,
+    name: str,
+    path: Path,
+    labels: tuple[str, ...],
+    description: str,
+    feature_names: tuple[str, ...],
+    metadata: tuple[str, ...],
+    format_: str | None,
+) -> None:
+    """Upload PATH (.keras, .h5, packed or unpacked SavedModel) as a new version of model NAME."""
+    with out.transfer(f"uploading {path.name}", settings.interactive) as progress:
+        version = settings.client().upload(
+            name,
+            path,
+            format=format_,
+            description=description,
+            feature_names=feature_names,
+            metadata=_pairs(metadata, "--metadata"),
+            labels=labels,
+            progress=progress,
+            timeout=None,  # an upload takes as long as the bytes take
+        )
+    if settings.json:
+        out.emit_json(out.plain(version))
+    else:
+        labelled = f" (labels: {', '.join(version.labels)})" if version.labels else ""
+        out.stdout.print(f"uploaded {version.model_name}:{version.version}, {out.size(version.size_bytes)}{labelled}")
+
+
+@models.command("download")
+@click.argument("model")
+@click.argument("dest", type=click.Path(dir_okay=False, path_type=Path))
+@pass_settings
+def models_download(settings: Settings, model: str, dest: Path) -> None:
+    """Save the artifact of MODEL (NAME, NAME:3, NAME@stable) to DEST."""
+    with out.transfer(f"downloading {model}", settings.interactive) as progress:
+        version = settings.client().download(model, dest, progress=progress)
+    if settings.json:
+        out.emit_json(out.plain(version))
+    else:
+        out.stdout.print(f"saved {version.model_name}:{version.version} to {dest} ({out.size(version.size_bytes)})")
+
+
+@models.command("delete")
+@click.argument("model")
+@click.option("--force", is_flag=True, help="Delete a version even if labels point at it (the labels go too).")
+@click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation.")
+@pass_settings
+def models_delete(settings: Settings, model: str, force: bool, yes: bool) -> None:
+    """Delete a whole model (NAME) or one version (NAME:3)."""
+    ref = model_ref(model)
+    which = ref.WhichOneof("selector")
+    if which == "label":
+        raise click.UsageError("delete a model (NAME) or a version (NAME:3), not a label; see `tt models label`")
+    what = f"version {ref.name}:{ref.version}" if which == "version" else f"model {ref.name} and all its versions"
+    if not yes:
+        click.confirm(f"Delete {what}?", abort=True, err=True)
+    client = settings.client()
+    if which == "version":
+        removed = client.delete_version(ref.name, ref.version, force=force)
+        result: dict[str, Any] = {"deleted": f"{ref.name}:{ref.version}", "removed_labels": removed}
+    else:
+        result = {"deleted": ref.name, "deleted_versions": client.delete_model(ref.name)}
+    if settings.json:
+        out.emit_json(result)
+    else:
+        out.stdout.print(f"deleted {what}")
+
+
+@models.command("label")
+@click.argument("name")
+@click.argument("label")
+@click.argument("version", type=int, required=False)
+@click.option("--delete", is_flag=True, help="Remove the label instead of setting it.")
+@pass_settings
+def models_label(settings: Settings, name: str, label: str, version: int | None, delete: bool) -> None:
+    """Point LABEL of model NAME at VERSION, or remove it with --delete."""
+    if delete == (version is not None):
+        raise click.UsageError("give a VERSION to set the label, or --delete to remove it")
+    client = settings.client()
+    if version is None:
+        previous = client.delete_label(name, label)
+        message = f"removed {name}@{label} (was version {previous})"
+    else:
+        previous = client.set_label(name, label, version)
+        message = f"{name}@{label} -> {version}" + (f" (was {previous})" if previous else "")
+    if settings.json:
+        out.emit_json({"model": name, "label": label, "version": version, "previous_version": previous})
+    else:
+        out.stdout.print(message)
+
+
+# --- predict ---------------------------------------------------------------------------------------------
+
+
+def _read_csv(path: Path, delimiter: str = ",") -> tuple[list[str] | None, np.ndarray]:
+    """A numeric CSV as float rows; a first row that is not all numbers is taken as the header."""
+    with path.open(newline="") as f:
+        rows = [row for row in csv.reader(f, delimiter=delimiter) if row]
+    header = None
+    if rows:
+        try:
+            [float(v) for v in rows[0]]
+        except ValueError:
+            header, rows = rows[0], rows[1:]
+    try:
+        return header, np.asarray(rows, dtype=np.float64)
+    except ValueError as error:
+        raise click.BadParameter(f"{path}: not a numeric CSV ({error})") from None
+
+
+def _load_inputs(json_text: str | None, csv_path: Path | None, npy_path: Path | None) -> Any:
+    given = [v for v in (json_text, csv_path, npy_path) if v is not None]
+    if len(given) != 1:
+        raise click.UsageError("give exactly one of --json, --csv or --npy")
+    if json_text is not None:
+        try:
+            value = json.loads(sys.stdin.read() if json_text == "-" else json_text)
+        except json.JSONDecodeError as error:
+            raise click.BadParameter(str(error), param_hint="--json") from None
+        return value if isinstance(value, dict) else np.asarray(value)
+    if csv_path is not None:
+        return _read_csv(csv_path)[1]
+    assert npy_path is not None
+    loaded = np.load(npy_path, allow_pickle=False)  # never unpickle a file: it could run code
+    if isinstance(loaded, np.lib.npyio.NpzFile):
+        with loaded:
+            return {name: loaded[name] for name in loaded.files}
+    return loaded
+
+
+@cli.command()
+@click.argument("model")
+@click.option(
+    "--json", "json_text", metavar="JSON", help='Inputs: {"input": [[...]]}, or a bare array; "-" reads stdin.'
+)
+@click.option(
+    "--csv",
+    "csv_path",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Rows of numbers for a single-input model (a header row is skipped).",
+)
+@click.option(
+    "--npy",
+    "npy_path",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help=".npy array, or .npz of arrays by input name.",
+)
+@click.option("-o", "--output", "outputs", multiple=True, help="Return only this output (repeatable).")
+@pass_settings
+def predict(
+    settings: Settings,
+    model: str,
+    json_text: str | None,
+    csv_path: Path | None,
+    npy_path: Path | None,
+    outputs: tuple[str, ...],
+) -> None:
+    """Run MODEL (NAME, NAME:3, NAME@stable) on inputs from --json, --csv or --npy."""
+    inputs = _load_inputs(json_text, csv_path, npy_path)
+    result = settings.client().predict(model, inputs, outputs or None)
+    if settings.json:
+        out.emit_json({"outputs": {name: out.array_json(array) for name, array in result.items()}})
+        return
+    rows = min(len(array) if array.ndim else 1 for array in result.values()) if result else 0
+    grid = out.table("ROW", *(f"{name} {tuple(array.shape[1:]) or ''}".rstrip() for name, array in result.items()))
+    for i in range(min(rows, PREVIEW_ROWS)):
+        grid.add_row(str(i), *(out.cell(array[i] if array.ndim else array) for array in result.values()))
+    out.stdout.print(grid)
+    if rows > PREVIEW_ROWS:
+        out.stdout.print(f"... {rows - PREVIEW_ROWS} more rows (use --json for all)")
+
+
+# --- jobs ------------------------------------------------------------------------------------------------
+
+
+@cli.group()
+def jobs() -> None:
+    """Batch jobs: run a model over a CSV file on the server's workers."""
+
+
+def _job_row(job: jobs_service_pb2.Job) -> tuple[str, ...]:
+    progress = f"{job.rows_done}/{job.rows_total or '?'}"
+    return (job.id, f"{job.model.name}:{job.model.version}", state_name(job.state), progress, out.when(job.create_time))
+
+
+def _watch(settings: Settings, job_id: str) -> jobs_service_pb2.Job:
+    """Follow a job to its end with a progress bar; returns its final state."""
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
+    last = None
+    with Progress(*columns, console=out.stderr, transient=True, disable=not settings.interactive) as bar:
+        task = bar.add_task(job_id, total=None)
+        for job in settings.client().watch_job(job_id):
+            last = job
+            bar.update(
+                task,
+                description=f"{job_id} {state_name(job.state)}",
+                completed=job.rows_done,
+                total=job.rows_total or None,
+            )
+    if last is None or last.state not in TERMINAL_STATES:
+        last = settings.client().get_job(job_id)
+    return last
+
+
+def _job_finished(settings: Settings, job: jobs_service_pb2.Job) -> None:
+    if settings.json:
+        out.emit_json(out.plain(job))
+    else:
+        detail = f": {job.error}" if job.error else ""
+        out.stdout.print(f"{job.id} {state_name(job.state)} ({job.rows_done} rows, {job.rows_skipped} skipped){detail}")
+    if job.state != jobs_service_pb2.JOB_STATE_SUCCEEDED:
+        sys.exit(out.EXIT_ERROR)
+
+
+@jobs.command("submit")
+@click.argument("model")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--no-header", is_flag=True, help="The first row is data, not column names.")
+@click.option("--delimiter", default=",", show_default=True, help="Field delimiter.")
+@click.option(
+    "--feature-column", "feature_columns", multiple=True, help="Feature column by name, in model order (repeatable)."
+)
+@click.option("--passthrough", "passthrough_columns", multiple=True, help="Column copied to the results (repeatable).")
+@click.option(
+    "--format",
+    "output_format",
+    type=click.Choice(["csv", "jsonl"]),
+    default="csv",
+    show_default=True,
+    help="Results format.",
+)
+@click.option("--skip-bad-rows", is_flag=True, help="Skip malformed rows instead of failing the job.")
+@click.option("--annotation", "annotations", multiple=True, metavar="KEY=VALUE", help="Label stored with the job.")
+@click.option("--watch", is_flag=True, help="Follow the job until it ends (exit code 1 unless it succeeds).")
+@pass_settings
+def jobs_submit(
+    settings: Settings,
+    model: str,
+    path: Path,
+    no_header: bool,
+    delimiter: str,
+    feature_columns: tuple[str, ...],
+    passthrough_columns: tuple[str, ...],
+    output_format: str,
+    skip_bad_rows: bool,
+    annotations: tuple[str, ...],
+    watch: bool,
+) -> None:
+    """Run MODEL over the CSV file PATH as a batch job."""
+    with out.transfer(f"sending {path.name}", settings.interactive) as progress:
+        job = settings.client().submit_job(
+            model,
+            path,
+            progress=progress,
+            has_header=not no_header,
+            delimiter=delimiter,
+            feature_columns=feature_columns,
+            passthrough_columns=passthrough_columns,
+            output_format=output_format,
+            skip_bad_rows=skip_bad_rows,
+            annotations=_pairs(annotations, "--annotation"),
+        )
+    if watch:
+        _job_finished(settings, _watch(settings, job.id))
+    elif settings.json:
+        out.emit_json(out.plain(job))
+    else:
+        out.stdout.print(f"{job.id} {state_name(job.state)} ({job.model.name}:{job.model.version})")
+
+
+@jobs.command("watch")
+@click.argument("job_id")
+@pass_settings
+def jobs_watch(settings: Settings, job_id: str) -> None:
+    """Follow a job until it ends (exit code 1 unless it succeeds)."""
+    _job_finished(settings, _watch(settings, job_id))
+
+
+@jobs.command("show")
+@click.argument("job_id")
+@pass_settings
+def jobs_show(settings: Settings, job_id: str) -> None:
+    """Show a job."""
+    job = settings.client().get_job(job_id)
+    if settings.json:
+        out.emit_json(out.plain(job))
+        return
+    for key, value in out.plain(job).items():
+        if key != "spec":
+            out.stdout.print(f"{key}: {value}")
+
+
+@jobs.command("list")
+@click.option("--model", help="Only jobs of this model.")
+@click.option(
+    "--state",
+    type=click.Choice(["queued", "running", "succeeded", "failed", "cancelled"]),
+    help="Only jobs in this state.",
+)
+@click.option("--limit", default=50, show_default=True, help="Most jobs to show.")
+@pass_settings
+def jobs_list(settings: Settings, model: str | None, state: str | None, limit: int) -> None:
+    """List jobs, newest first."""
+    found: list[jobs_service_pb2.Job] = []
+    for job in settings.client().list_jobs(model=model, state=state):
+        if len(found) == limit:
+            break
+        found.append(job)
+    if settings.json:
+        out.emit_json([out.plain(job) for job in found])
+        return
+    grid = out.table("ID", "MODEL", "STATE", "ROWS", "CREATED")
+    for job in found:
+        grid.add_row(*_job_row(job))
+    out.stdout.print(grid)
+
+
+@jobs.command("results")
+@click.argument("job_id")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Save to this file (an interrupted download resumes); default: stdout.",
+)
+@pass_settings
+def jobs_results(settings: Settings, job_id: str, output: Path | None) -> None:
+    """Fetch a succeeded job's results."""
+    client = settings.client()
+    if output is None:
+        for chunk in client.job_results(job_id):
+            sys.stdout.buffer.write(chunk)
+        sys.stdout.buffer.flush()
+        return
+    with out.transfer(f"downloading {job_id}", settings.interactive) as progress:
+        client.download_job_results(job_id, output, progress=progress)
+    if settings.json:
+        out.emit_json({"job": job_id, "path": str(output), "size_bytes": output.stat().st_size})
+    else:
+        out.stdout.print(f"saved results of {job_id} to {output} ({out.size(output.stat().st_size)})")
+
+
+@jobs.command("cancel")
+@click.argument("job_id")
+@pass_settings
+def jobs_cancel(settings: Settings, job_id: str) -> None:
+    """Cancel a queued or running job."""
+    job = settings.client().cancel_job(job_id)
+    if settings.json:
+        out.emit_json(out.plain(job))
+    else:
+        out.stdout.print(f"{job.id} {state_name(job.state)}")
+
+
+# --- train -----------------------------------------------------------------------------------------------
+
+
+def _training_batches(path: Path, label_column: str | None, rows: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    header, data = _read_csv(path)
+    if data.ndim != 2 or data.shape[1] < 2:
+        raise click.BadParameter(f"{path}: needs feature columns and a label column")
+    index = data.shape[1] - 1
+    if label_column is not None:
+        if header is None or label_column not in header:
+            raise click.BadParameter(f"no column {label_column!r} in the header of {path}", param_hint="--label-column")
+        index = header.index(label_column)
+    labels = data[:, index : index + 1]
+    features = np.delete(data, index, axis=1)
+    for start in range(0, len(data), rows):
+        yield features[start : start + rows], labels[start : start + rows]
+
+
+@cli.command()
+@click.argument("model")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--label-column", help="Name of the label column (default: the last column).")
+@click.option("--batch-rows", default=256, show_default=True, help="Rows per streamed message.")
+@click.option("--loss", default="", help="Keras loss, e.g. mse (default: the model's).")
+@click.option(
+    "--optimizer", type=click.Choice(["sgd", "adam", "adamw", "rmsprop"]), help="Optimizer (default: the model's)."
+)
+@click.option("--learning-rate", type=float, default=0.0, help="Learning rate (default: the optimizer's).")
+@click.option("--micro-batch-size", type=int, default=0, help="Examples per train step (default 32).")
+@click.option(
+    "--checkpoint-every", type=int, default=0, help="Publish a version every N examples (and always at the end)."
+)
+@click.option("--move-label", default="", help="Label moved to each published version.")
+@click.option("--metric", "metrics", multiple=True, help="Extra Keras metric to report (repeatable).")
+@pass_settings
+def train(
+    settings: Settings,
+    model: str,
+    path: Path,
+    label_column: str | None,
+    batch_rows: int,
+    loss: str,
+    optimizer: str | None,
+    learning_rate: float,
+    micro_batch_size: int,
+    checkpoint_every: int,
+    move_label: str,
+    metrics: tuple[str, ...],
+) -> None:
+    """Train MODEL online on the CSV file PATH (features, then the label column); prints live metrics."""
+    last_print = 0.0
+
+    def show(progress: Any) -> None:
+        nonlocal last_print
+        if settings.json or time.monotonic() - last_print < 0.5:
+            return
+        last_print = time.monotonic()
+        extra = "  ".join(f"{k}={v:.4g}" for k, v in sorted({**progress.prequential, **progress.metrics}.items()))
+        out.stderr.print(
+            f"step {progress.step}  examples {progress.examples_seen}  loss={progress.loss:.4g}  {extra}".rstrip()
+        )
+
+    options: dict[str, Any] = {
+        "loss": loss,
+        "learning_rate": learning_rate,
+        "micro_batch_size": micro_batch_size,
+        "checkpoint_every_examples": checkpoint_every,
+        "move_label": move_label,
+        "metrics": metrics,
+    }
+    if optimizer:
+        options["optimizer"] = optimizer
+    result = settings.client().train(
+        model, _training_batches(path, label_column, batch_rows), on_progress=show, **options
+    )
+    if settings.json:
+        body = {k: v for k, v in vars(result).items() if k not in ("checkpoints", "last_progress")}
+        body["checkpoints"] = [out.plain(v) for v in result.checkpoints]
+        body["last_progress"] = out.plain(result.last_progress) if result.last_progress else None
+        out.emit_json(body)
+        return
+    published = ", ".join(str(v.version) for v in result.checkpoints) or "none"
+    out.stdout.print(
+        f"trained on {result.examples_seen} examples in {result.steps} steps; published versions: {published}"
+    )

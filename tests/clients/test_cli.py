@@ -1,0 +1,153 @@
+"""The ``tt`` command line end to end: a real subprocess against a real server, checking output and exit codes.
+
+The server runs on this test's event loop, so ``tt`` runs through ``asyncio.create_subprocess_exec`` (a blocking
+``subprocess.run`` would stall the server it talks to). One backend is enough: the CLI only sees the API, and
+every subprocess costs a Python start-up.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests import models
+from tests.clients.helpers import embedded_only, free_port, keras_reference, tt_cli
+from tests.serving import unique_name
+from tt_server.app import Application
+
+
+@pytest.fixture(scope="module")
+def model_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    out = tmp_path_factory.mktemp("cli-models")
+    return {"keras": models.mlp_keras(out), "saved_model_dir": models.mlp_export_dir(out)}
+
+
+@pytest.fixture(scope="module")
+async def mlp(app: Application, model_files: dict[str, Path]) -> str:
+    name = unique_name("cli")
+    run = await tt_cli(
+        "--json", "models", "upload", name, str(model_files["keras"]), "-l", "stable", address=app.address
+    )
+    assert run.code == 0, run.err
+    return name
+
+
+async def test_help_documents_the_exit_codes() -> None:
+    run = await tt_cli("--help")
+    assert run.code == 0
+    for line in ("3  not found", "4  invalid argument", "5  server unavailable", "2  usage error"):
+        assert line in run.out
+    assert (await tt_cli("no-such-command")).code == 2
+
+
+@embedded_only
+async def test_health(app: Application) -> None:
+    run = await tt_cli("health", address=app.address)
+    assert (run.code, run.out.strip()) == (0, "SERVING")
+    run = await tt_cli("--json", "health", env={"TT_ADDRESS": app.address})  # the address from the environment
+    assert (run.code, run.json()) == (0, {"status": "SERVING"})
+
+
+async def test_an_unreachable_server_exits_5() -> None:
+    run = await tt_cli("--json", "--timeout", "1", "models", "list", address=f"127.0.0.1:{free_port()}")
+    assert run.code == 5
+    assert json.loads(run.err)["error"]["code"] == "UNAVAILABLE"
+
+
+@embedded_only
+async def test_models_lifecycle(app: Application, model_files: dict[str, Path], tmp_path: Path) -> None:
+    name = unique_name("cli")
+    a = app.address
+    uploaded = await tt_cli("--json", "models", "upload", name, str(model_files["keras"]), "-l", "stable", address=a)
+    assert uploaded.code == 0, uploaded.err
+    assert uploaded.json()["version"] == 1 and uploaded.json()["labels"] == ["stable"]
+    second = await tt_cli(
+        "models", "upload", name, str(model_files["saved_model_dir"]), "-d", "exported", "--metadata", "k=v", address=a
+    )
+    assert (second.code, second.out.strip().split(",")[0]) == (0, f"uploaded {name}:2")
+
+    listed = await tt_cli("--json", "models", "list", address=a)
+    mine = next(m for m in listed.json() if m["name"] == name)
+    assert (mine["latest_version"], mine["version_count"], mine["labels"]) == (2, 2, {"stable": 1})
+    table = await tt_cli("models", "list", address=a)
+    assert name in table.out and "stable->1" in table.out
+
+    shown = await tt_cli("--json", "models", "show", name, address=a)
+    assert [v["version"] for v in shown.json()["versions"]] == [2, 1]
+    assert shown.json()["versions"][0]["metadata"] == {"k": "v"}
+    version = await tt_cli("--json", "models", "show", f"{name}@stable", address=a)
+    assert version.json()["format"] == "KERAS"
+    assert version.json()["signature"]["inputs"] == [{"name": "features", "dtype": "FLOAT32", "shape": [-1, 4]}]
+    human = await tt_cli("models", "show", f"{name}:1", address=a)
+    assert "features" in human.out and "FLOAT32" in human.out and "(?, 4)" in human.out
+
+    label = await tt_cli("--json", "models", "label", name, "canary", "2", address=a)
+    assert label.json()["previous_version"] == 0
+    assert (await tt_cli("models", "label", name, "canary", "--delete", address=a)).code == 0
+    assert (await tt_cli("models", "label", name, "canary", address=a)).code == 2  # neither VERSION nor --delete
+
+    downloaded = await tt_cli("models", "download", f"{name}:1", str(tmp_path / "v1.keras"), address=a)
+    assert downloaded.code == 0 and (tmp_path / "v1.keras").read_bytes() == model_files["keras"].read_bytes()
+
+    refused = await tt_cli("models", "delete", f"{name}:1", "--yes", address=a)  # "stable" points at it
+    assert refused.code == 1 and "FAILED_PRECONDITION" in refused.err
+    aborted = await tt_cli("models", "delete", name, address=a, stdin="n\n")  # asks first
+    assert aborted.code == 1 and "Aborted" in aborted.err
+    forced = await tt_cli("--json", "models", "delete", f"{name}:1", "--force", "--yes", address=a)
+    assert forced.json() == {"deleted": f"{name}:1", "removed_labels": ["stable"]}
+    deleted = await tt_cli("models", "delete", name, "--yes", address=a)
+    assert deleted.code == 0
+    assert (await tt_cli("models", "show", name, address=a)).code == 3
+
+
+@embedded_only
+async def test_predict_from_json_csv_and_npy(
+    app: Application, mlp: str, model_files: dict[str, Path], tmp_path: Path
+) -> None:
+    x = np.random.default_rng(3).normal(size=(5, 4)).astype(np.float32)
+    expected = np.asarray(keras_reference(model_files["keras"])(x))
+    (tmp_path / "x.csv").write_text("a,b,c,d\n" + "\n".join(",".join(repr(float(v)) for v in row) for row in x))
+    np.save(tmp_path / "x.npy", x)
+    np.savez(tmp_path / "x.npz", features=x)
+    cases: list[tuple[str, list[str], str | None]] = [
+        (mlp, ["--json", json.dumps({"features": x.tolist()})], None),
+        (f"{mlp}@stable", ["--json", json.dumps(x.tolist())], None),  # a bare array names the only input
+        (mlp, ["--json", "-"], json.dumps(x.tolist())),  # from stdin
+        (mlp, ["--csv", str(tmp_path / "x.csv")], None),  # the header row is skipped
+        (f"{mlp}:1", ["--npy", str(tmp_path / "x.npy")], None),
+        (mlp, ["--npy", str(tmp_path / "x.npz")], None),  # arrays by input name
+    ]
+    for model, inputs, stdin in cases:
+        run = await tt_cli("--json", "predict", model, *inputs, address=app.address, stdin=stdin)
+        assert run.code == 0, (inputs, run.err)
+        np.testing.assert_allclose(np.asarray(run.json()["outputs"]["score"]), expected, atol=1e-5)
+
+    human = await tt_cli("predict", mlp, "--csv", str(tmp_path / "x.csv"), address=app.address)
+    assert human.code == 0 and "score" in human.out
+    assert f"{float(expected[0, 0]):.6g}" in human.out
+
+
+@embedded_only
+async def test_predict_exit_codes(app: Application, mlp: str, tmp_path: Path) -> None:
+    a = app.address
+    wrong_shape = await tt_cli("predict", mlp, "--json", "[[1, 2, 3]]", address=a)
+    assert wrong_shape.code == 4
+    assert 'inputs["features"].shape[1]' in wrong_shape.err  # the field violations are listed
+    as_json = await tt_cli("--json", "predict", mlp, "--json", "[[1, 2, 3]]", address=a)
+    assert as_json.code == 4
+    violations = json.loads(as_json.err)["error"]["violations"]
+    assert 'inputs["features"].shape[1]' in [v["field"] for v in violations]
+
+    assert (await tt_cli("predict", "no-such-model", "--json", "[[1, 2, 3, 4]]", address=a)).code == 3
+    assert (await tt_cli("predict", f"{mlp}@nolabel", "--json", "[[1, 2, 3, 4]]", address=a)).code == 3
+    assert (await tt_cli("predict", mlp, address=a)).code == 2  # no inputs
+    (tmp_path / "x.csv").write_text("1,2,3,4\n")
+    assert (
+        await tt_cli("predict", mlp, "--json", "[[1,2,3,4]]", "--csv", str(tmp_path / "x.csv"), address=a)
+    ).code == 2
+    assert (await tt_cli("predict", mlp, "--json", "{not json", address=a)).code == 2
+    assert (await tt_cli("predict", f"{mlp}:latest", "--json", "[[1,2,3,4]]", address=a)).code == 2
+    assert (await tt_cli("predict", mlp, "--npy", str(tmp_path / "missing.npy"), address=a)).code == 2
