@@ -109,7 +109,8 @@ class Application:
                 *(
                     [
                         ("grpc.max_connection_age_ms", int(s.max_connection_age_seconds * 1000)),
-                        ("grpc.max_connection_age_grace_ms", int(s.shutdown_grace_seconds * 1000)),
+                        # Streams already open (Train, PredictBatch) run on to their end: only new calls move.
+                        ("grpc.max_connection_age_grace_ms", 2**31 - 1),
                     ]
                     if s.max_connection_age_seconds > 0
                     else []

@@ -151,3 +151,83 @@ class RegistryEvent:
     model_name: str
     version: int | None = None
     label: str | None = None
+
+
+# --- batch jobs -------------------------------------------------------------------------------------------
+class JobState(enum.StrEnum):
+    """Lifecycle of a batch job: QUEUED -> RUNNING -> one of the terminal states (RUNNING may go back to QUEUED
+    when an attempt is released for a retry)."""
+
+    QUEUED = "QUEUED"
+    RUNNING = "RUNNING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
+
+
+class OutputFormat(enum.StrEnum):
+    CSV = "csv"
+    JSONL = "jsonl"
+
+
+@dataclass(frozen=True, slots=True)
+class CsvOptions:
+    """How a job's CSV input is read; column names need ``has_header``."""
+
+    has_header: bool = False
+    delimiter: str = ","
+    feature_columns: tuple[str, ...] = ()
+    feature_column_indices: tuple[int, ...] = ()
+    passthrough_columns: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class JobSpec:
+    """What a job does, as the caller asked (``model`` may name a label; the job pins the version)."""
+
+    model: ModelRef
+    csv: CsvOptions = field(default_factory=CsvOptions)
+    output_format: OutputFormat = OutputFormat.CSV
+    skip_bad_rows: bool = False
+    input_blob_key: str = ""  # an object already in the blob store, instead of streamed chunks
+    annotations: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class RowError:
+    """A malformed input row: one-based data row number (header and blank lines not counted) and why."""
+
+    row: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """A batch job and its progress, as stored."""
+
+    id: str
+    model_name: str
+    model_version: int  # pinned when the job was created
+    spec: JobSpec
+    state: JobState
+    input_blob_key: str
+    input_size: int
+    created_at: datetime
+    rows_done: int = 0
+    rows_total: int = 0  # 0 until the whole input has been read
+    rows_skipped: int = 0
+    row_errors: tuple[RowError, ...] = ()  # the first few, a bounded sample
+    attempts: int = 0  # attempts charged against the retry budget (a clean release is not charged)
+    attempt: int = 0  # number of the newest attempt: the fencing token a worker must hold to write
+    lease_owner: str | None = None
+    lease_until_us: int | None = None
+    error: str = ""
+    result_blob_key: str | None = None
+    result_size: int = 0
+    timings: dict[str, float] = field(default_factory=dict)  # seconds spent per stage by the last attempt
+    started_at: datetime | None = None
+    ended_at: datetime | None = None

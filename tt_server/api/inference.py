@@ -11,8 +11,10 @@ from tensortrigger.v1 import inference_service_pb2_grpc, tensor_pb2
 
 from tt_server.api import convert
 from tt_server.api.tensors import fill_tensor, uses_content, wire_tensors
+from tt_server.api.training import train_inputs, train_response
 from tt_server.errors import InvalidArgument
 from tt_server.runtime.service import InferenceService
+from tt_server.training.service import TrainingService
 from tt_server.types import ModelRef
 
 
@@ -30,8 +32,9 @@ def _as_content(encoding: int, request_used_content: bool) -> bool:
 
 
 class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
-    def __init__(self, inference: InferenceService) -> None:
+    def __init__(self, inference: InferenceService, training: TrainingService | None = None) -> None:
         self._inference = inference
+        self._training = training
 
     async def Predict(self, request: pb.PredictRequest, context: grpc.aio.ServicerContext) -> pb.PredictResponse:
         inputs = wire_tensors(request.inputs)
@@ -72,3 +75,11 @@ class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
                 fill_tensor(response.outputs[name], array, as_content)
             sequence += 1
             yield response
+
+    async def Train(
+        self, request_iterator: AsyncIterator[pb.TrainRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.TrainResponse]:
+        if self._training is None:
+            raise NotImplementedError
+        async for event in self._training.train(train_inputs(request_iterator)):
+            yield train_response(event)

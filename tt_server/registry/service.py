@@ -255,6 +255,60 @@ class Registry:
             await self._events.publish(RegistryEvent(EventKind.LABEL_MOVED, version.model_name, version.version, label))
         return version
 
+    async def publish_trained(
+        self,
+        model_name: str,
+        artifact: Path,
+        signature: Signature,
+        *,
+        parent_version: int | None,
+        session_id: str,
+        metadata: dict[str, str],
+        labels: tuple[str, ...] = (),
+        description: str = "",
+        feature_names: tuple[str, ...] = (),
+    ) -> ModelVersion:
+        """Publish a training checkpoint (a .keras file the trainer wrote) as a new version, moving ``labels``
+        to it, with the same guarantees and events as an upload.
+
+        The artifact is not inspected again: the server wrote it from a model that passed inspection, and
+        training changes weights, never the architecture, so the parent's ``signature`` still holds.
+        """
+        spec = UploadSpec(
+            model_name=model_name,
+            format=ModelFormat.KERAS,
+            description=description,
+            feature_names=feature_names,
+            metadata=metadata,
+            labels=labels,
+        )
+        self._check_upload_spec(spec)
+
+        def digest() -> tuple[int, str]:
+            sha = hashlib.sha256()
+            with artifact.open("rb") as f:
+                while chunk := f.read(1 << 20):
+                    sha.update(chunk)
+            return artifact.stat().st_size, sha.hexdigest()
+
+        size, sha256 = await asyncio.to_thread(digest)
+        version = await self._publish(
+            spec,
+            artifact,
+            ModelFormat.KERAS,
+            size,
+            sha256,
+            signature,
+            source=VersionSource.TRAINING,
+            parent_version=parent_version,
+            training_session_id=session_id,
+        )
+        log.info(
+            "model version published by training",
+            extra={"model": model_name, "version": version.version, "parent": parent_version, "session": session_id},
+        )
+        return version
+
     async def _discard_blob(self, blob_key: str) -> None:
         try:
             await self._blobs.delete(blob_key)

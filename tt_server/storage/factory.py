@@ -6,7 +6,10 @@ import hashlib
 
 from tt_server.config import Settings
 from tt_server.storage.blobs import BlobStore
+from tt_server.storage.broker import Broker
+from tt_server.storage.jobs import JobStore
 from tt_server.storage.metadata import MetadataStore
+from tt_server.storage.sql_jobs import SqlJobStore
 
 
 def _token_secret(settings: Settings) -> bytes:
@@ -41,3 +44,21 @@ def make_blob_store(settings: Settings) -> BlobStore:
     from tt_server.storage.local import LocalBlobStore
 
     return LocalBlobStore(settings.blob_dir)
+
+
+def make_job_store(metadata: MetadataStore) -> JobStore:
+    """Jobs live in the metadata database: the SQL store implements both interfaces."""
+    if not isinstance(metadata, SqlJobStore):
+        raise TypeError(f"{type(metadata).__name__} does not store jobs")
+    return metadata
+
+
+def make_broker(settings: Settings, connection_name: str = "tensortrigger") -> Broker:
+    """RabbitMQ when ``amqp_url`` is set; otherwise the in-process queue of the embedded mode."""
+    if settings.amqp_url:
+        from tt_server.storage.amqp import AmqpBroker
+
+        return AmqpBroker(settings.amqp_url, settings.amqp_jobs_queue, connection_name)
+    from tt_server.storage.local_broker import LocalBroker
+
+    return LocalBroker()

@@ -28,6 +28,7 @@ from typing import Any, ClassVar, NoReturn, Protocol
 
 from tt_server.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from tt_server.storage.metadata import NewVersion
+from tt_server.storage.sql_jobs import SqlJobStore
 from tt_server.types import Model, ModelFormat, ModelVersion, Page, Signature, VersionSource
 
 Row = dict[str, Any]
@@ -92,7 +93,7 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
 """
 
 
-class SqlMetadataStore:
+class SqlMetadataStore(SqlJobStore):  # jobs live in sql_jobs.py: same database, same adapter
     """A ``MetadataStore`` over any ``SqlDatabase``; see the module docstring for the concurrency rules.
 
     Lifecycle: the constructor does no I/O; ``open()`` connects and migrates; ``close()`` disconnects. All

@@ -1,0 +1,189 @@
+"""Real ``python -m tt_worker`` processes against the production backends: kill -9 mid-job, a job that kills
+every worker that runs it (poison), and SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from tensortrigger.v1 import jobs_service_pb2 as pb
+
+from tests.jobs.helpers import create_job, csv_bytes, features, parse_results_csv, predict, results, spec, wait_for
+from tt_server.app import Application
+from tt_server.config import Settings
+from tt_server.storage.factory import make_job_store
+
+pytestmark = pytest.mark.slow
+
+ROWS = 20_000  # with the slow model: several seconds per attempt
+
+
+class WorkerProcess:
+    def __init__(self, process: asyncio.subprocess.Process, log: Path) -> None:
+        self.process = process
+        self.log = log
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def lines(self) -> list[dict[str, object]]:
+        found = []
+        for line in self.log.read_text(errors="replace").splitlines():
+            if line.startswith("{"):
+                found.append(json.loads(line))
+        return found
+
+
+def worker_env(settings: Settings, data_dir: Path, **extra: object) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TT_")}  # the S3 credentials come along
+    values: dict[str, object] = {
+        "database_url": settings.database_url,
+        "s3_bucket": settings.s3_bucket,
+        "s3_endpoint_url": settings.s3_endpoint_url,
+        "amqp_url": settings.amqp_url,
+        "amqp_jobs_queue": settings.amqp_jobs_queue,
+        "data_dir": data_dir,
+        "log_json": "true",
+        "job_batch_rows": settings.job_batch_rows,
+        "job_parse_block_bytes": settings.job_parse_block_bytes,
+        "job_lease_seconds": settings.job_lease_seconds,
+        "job_progress_interval_seconds": settings.job_progress_interval_seconds,
+        "job_retry_delay_seconds": settings.job_retry_delay_seconds,
+        "job_max_attempts": settings.job_max_attempts,
+        "shutdown_grace_seconds": 20,
+        **extra,
+    }
+    env.update({f"TT_{k.upper()}": str(v) for k, v in values.items()})
+    return env
+
+
+@pytest.fixture
+async def start_workers(
+    bare_server: Application, tmp_path: Path
+) -> AsyncIterator[Callable[..., Awaitable[list[WorkerProcess]]]]:
+    """Start tt-worker processes on the server's queue and wait until they consume; all killed afterwards."""
+    started: list[WorkerProcess] = []
+
+    async def start(count: int = 1, **settings: object) -> list[WorkerProcess]:
+        batch = []
+        for _ in range(count):
+            data_dir = tmp_path / f"worker-{len(started)}"
+            data_dir.mkdir()
+            log = data_dir / "worker.log"
+            with log.open("wb") as out:
+                process = await asyncio.create_subprocess_exec(
+                    sys.executable,
+                    "-m",
+                    "tt_worker",
+                    env=worker_env(bare_server.settings, data_dir, **settings),
+                    stdout=out,
+                    stderr=out,
+                )
+            worker = WorkerProcess(process, log)
+            started.append(worker)
+            batch.append(worker)
+        deadline = time.monotonic() + 120
+        for worker in batch:
+            while not any(line.get("message") == "worker started" for line in worker.lines()):
+                assert worker.process.returncode is None, worker.log.read_text()
+                assert time.monotonic() < deadline, "tt-worker did not start"
+                await asyncio.sleep(0.2)
+        return batch
+
+    yield start
+    for worker in started:
+        if worker.process.returncode is None:
+            worker.process.kill()
+            await worker.process.wait()
+
+
+async def holder_pid(server: Application, job_id: str) -> int:
+    """The pid of the worker process whose lease holds the job (owner is host:pid:random)."""
+    job = await make_job_store(server.metadata).get_job(job_id)
+    assert job.lease_owner is not None
+    return int(job.lease_owner.split(":")[1])
+
+
+async def test_killed_worker_job_is_finished_by_another_with_one_result(
+    bare_jobs, bare_models, bare_server: Application, start_workers, job_artifacts
+) -> None:
+    jobs, slow = bare_jobs, bare_models[1]
+    (first,) = await start_workers()
+    x = features(ROWS, seed=20)
+    job = await create_job(jobs, spec(slow), csv_bytes(x))
+    await wait_for(jobs, job.id, lambda j: j.rows_done > 0)
+    assert await holder_pid(bare_server, job.id) == first.pid
+    first.process.send_signal(signal.SIGKILL)
+    assert await first.process.wait() == -signal.SIGKILL
+    await start_workers()
+    done = await wait_for(jobs, job.id, seconds=120)
+    assert done.state == pb.JOB_STATE_SUCCEEDED, done.error
+    assert (done.attempts, done.rows_done, done.rows_total) == (2, ROWS, ROWS)
+    # Exactly one result: the second attempt's; the first never completed its upload.
+    assert await bare_server.blobs.list_keys(f"jobs/{job.id}/attempt-") == [f"jobs/{job.id}/attempt-2/results.csv"]
+    # Whatever the killed attempt may have left is the sweeper's: its key is in the blob GC table, the
+    # committed one is not.
+    swept = await bare_server.metadata.due_blob_gc(2**62, 10_000)
+    assert f"jobs/{job.id}/attempt-1/results.csv" in swept
+    assert f"jobs/{job.id}/attempt-2/results.csv" not in swept
+    _, rows = parse_results_csv(await results(jobs, job.id))
+    assert [r[0] for r in rows] == [f"r{i}" for i in range(ROWS)]
+    sample = slice(None, None, 101)
+    np.testing.assert_allclose(
+        [float(r[2]) for r in rows[sample]], predict(job_artifacts["slow"], x[sample])[:, 0], rtol=1e-5, atol=1e-6
+    )
+    assert await bare_server.broker.dead_letters() == []
+
+
+async def test_job_that_kills_every_worker_fails_and_is_dead_lettered(
+    bare_jobs, bare_models, bare_server: Application, start_workers
+) -> None:
+    jobs, slow = bare_jobs, bare_models[1]
+    workers = await start_workers(3, job_max_attempts=2)
+    job = await create_job(jobs, spec(slow), csv_bytes(features(ROWS, seed=21)))
+    killed = set()
+    for attempt in (1, 2):
+
+        def running(j: pb.Job, n: int = attempt) -> bool:
+            return j.attempts == n and j.rows_done > 0
+
+        await wait_for(jobs, job.id, running, seconds=120)
+        pid = await holder_pid(bare_server, job.id)
+        victim = next(w for w in workers if w.pid == pid)
+        victim.process.send_signal(signal.SIGKILL)
+        await victim.process.wait()
+        killed.add(pid)
+    assert len(killed) == 2
+    done = await wait_for(jobs, job.id, seconds=120)
+    assert done.state == pb.JOB_STATE_FAILED
+    assert done.error.startswith("gave up after 2 attempts; each attempt ended without a result")
+    assert job.id in await bare_server.broker.dead_letters()
+    survivor = next(w for w in workers if w.pid not in killed)
+    assert survivor.process.returncode is None  # the worker that gave up is fine
+
+
+async def test_sigterm_hands_the_job_back_uncharged(
+    bare_jobs, bare_models, bare_server: Application, start_workers
+) -> None:
+    jobs, slow = bare_jobs, bare_models[1]
+    (first,) = await start_workers()
+    job = await create_job(jobs, spec(slow), csv_bytes(features(ROWS, seed=22)))
+    await wait_for(jobs, job.id, lambda j: j.rows_done > 0)
+    first.process.send_signal(signal.SIGTERM)
+    assert await asyncio.wait_for(first.process.wait(), 60) == 0
+    released = (await jobs.GetJob(pb.GetJobRequest(id=job.id))).job
+    assert (released.state, released.attempts, released.error) == (pb.JOB_STATE_QUEUED, 0, "")
+    assert any(line.get("message") == "job released at shutdown" for line in first.lines())
+    await start_workers()
+    done = await wait_for(jobs, job.id, seconds=120)
+    assert (done.state, done.attempts, done.rows_done) == (pb.JOB_STATE_SUCCEEDED, 1, ROWS)
+    assert await bare_server.blobs.list_keys(f"jobs/{job.id}/attempt-") == [f"jobs/{job.id}/attempt-2/results.csv"]

@@ -1,0 +1,136 @@
+"""JobWorker: consumes job messages and runs them with a JobRunner; EmbeddedWorker: the same inside the server.
+
+A worker takes up to ``concurrency`` deliveries at once (the broker's prefetch) and handles each in a task of
+its own. Every ``job_sweep_interval_seconds`` it also republishes jobs nobody has touched for
+``job_requeue_after_seconds`` (a job stored but never published because its creator crashed in between, or a
+message lost with its broker): the store claims each stale job for one sweeper, and duplicates are harmless.
+
+Shutdown (``stop``): stop taking messages; running attempts release their jobs at the next batch (uncharged)
+and nack their messages for redelivery; whatever still runs after the grace period is cancelled, its lease
+runs out and its message is redelivered when the connection closes. Nothing is lost either way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from pathlib import Path
+
+from tt_server.config import Settings
+from tt_server.jobs.notify import JobNotifier
+from tt_server.jobs.runner import JobRunner, Outcome
+from tt_server.runtime.manager import ModelManager
+from tt_server.storage.blobs import BlobStore
+from tt_server.storage.broker import Broker, Delivery
+from tt_server.storage.jobs import JobStore
+
+log = logging.getLogger(__name__)
+
+SWEEP_LIMIT = 1000
+
+
+class JobWorker:
+    def __init__(
+        self, runner: JobRunner, broker: Broker, store: JobStore, settings: Settings, concurrency: int
+    ) -> None:
+        self.runner = runner
+        self._broker = broker
+        self._store = store
+        self._settings = settings
+        self._concurrency = max(1, concurrency)
+        self._tasks: set[asyncio.Task[Outcome]] = set()
+        self.outcomes: list[tuple[str, Outcome]] = []  # (job id, outcome) per settled delivery, newest last
+
+    async def run(self) -> None:
+        """Consume until ``stop()``; returns once every delivery taken is settled."""
+        sweeper = asyncio.create_task(self._sweep_forever(), name="tt-job-sweeper")
+        try:
+            async for delivery in self._broker.consume(self._concurrency):
+                task = asyncio.create_task(self._handle(delivery), name=f"tt-job-{delivery.job_id}")
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+            if self._tasks:
+                await asyncio.gather(*self._tasks, return_exceptions=True)
+        finally:
+            sweeper.cancel()
+            await asyncio.gather(sweeper, return_exceptions=True)
+
+    async def stop(self, grace: float) -> None:
+        """Release running jobs at their next batch, wait up to ``grace`` seconds, then cancel the rest."""
+        self.runner.stop()
+        await self._broker.stop_consuming()
+        tasks = list(self._tasks)
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=grace)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    async def _handle(self, delivery: Delivery) -> Outcome:
+        try:
+            outcome = await self.runner.handle(delivery)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # A bug or an outage between attempts: hand the message back; the job's lease protects it.
+            log.exception("job delivery failed; message requeued", extra={"job": delivery.job_id})
+            with contextlib.suppress(Exception):
+                await delivery.nack(requeue=True)
+            outcome = Outcome.RETRY
+        self.outcomes.append((delivery.job_id, outcome))
+        return outcome
+
+    async def republish(self, job_ids: list[str]) -> None:
+        for job_id in job_ids:
+            await self._broker.publish(job_id)
+        if job_ids:
+            log.info("jobs republished", extra={"count": len(job_ids)})
+
+    async def _sweep_forever(self) -> None:
+        s = self._settings
+        while True:
+            await asyncio.sleep(s.job_sweep_interval_seconds)
+            try:
+                await self.republish(await self._store.stale_jobs(s.job_requeue_after_seconds, SWEEP_LIMIT))
+            except Exception:
+                log.warning("stale job sweep failed; will retry", exc_info=True)
+
+
+class EmbeddedWorker:
+    """The job worker of the embedded mode: runs inside the server process on its broker (a ``LocalBroker``)
+    and its model manager. ``start()`` first republishes every unfinished job, since an in-process queue does
+    not survive a restart; the jobs' rows did."""
+
+    def __init__(
+        self,
+        store: JobStore,
+        blobs: BlobStore,
+        broker: Broker,
+        models: ModelManager,
+        settings: Settings,
+        notifier: JobNotifier | None = None,
+    ) -> None:
+        concurrency = max(1, settings.embedded_job_workers)
+        runner = JobRunner(store, blobs, models, settings, notifier=notifier, concurrency=concurrency)
+        self.worker = JobWorker(runner, broker, store, settings, concurrency)
+        self._store = store
+        self._settings = settings
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await self.worker.republish(await self._store.unfinished_jobs(limit=1_000_000))
+        self._task = asyncio.create_task(self.worker.run(), name="tt-embedded-worker")
+
+    async def stop(self, grace: float) -> None:
+        if self._task is None:
+            return
+        await self.worker.stop(grace)
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
+        self._task = None
+        self.worker.runner.close()
+
+
+def worker_model_cache(settings: Settings) -> Path:
+    return settings.data_dir / "worker-model-cache"

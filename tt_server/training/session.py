@@ -1,0 +1,452 @@
+"""TrainingSession: one Train stream, from its config to its last checkpoint.
+
+A session runs as a task of its own; the RPC only relays its events (``events``). That keeps clean-up in one
+place whatever ends the stream: the client half-closing or sending END (finish: train what is buffered,
+checkpoint if the policy says so, ``Finished``), a bad message (``InvalidArgument``), the client cancelling,
+or the server stopping (``Unavailable``). Every abnormal end keeps or discards the progress since the last
+checkpoint as ``on_abort`` says; every end releases the lease, the training thread and the scratch files.
+
+Three things overlap, so the trainer is never idle waiting for the network:
+
+    reader task (event loop): read -> decode + validate -> inputs queue (a few messages ahead)
+    session task (event loop): micro-batch -> train job on the training thread -> progress events
+    training thread: the train steps, evaluation, checkpoint writing
+
+Steps run in order, one job per message (not per micro-batch), so the event loop hops once per message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import os
+import shutil
+import threading
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from tt_server.config import Settings
+from tt_server.errors import FailedPrecondition, InvalidArgument, NotFound, TensorTriggerError, Unavailable
+from tt_server.registry.service import Registry
+from tt_server.runtime.loader import ARTIFACT_SUFFIX
+from tt_server.storage.blobs import BlobStore
+from tt_server.storage.leases import Lease, LeaseManager
+from tt_server.training.decoding import Batch, ExampleDecoder, MicroBatcher
+from tt_server.training.engine import Snapshot, Trainer, check_trainable
+from tt_server.training.messages import (
+    Checkpointed,
+    Control,
+    Evaluated,
+    Examples,
+    Finished,
+    OnAbort,
+    Progress,
+    Started,
+    TrainEvent,
+    TrainInput,
+    TrainSpec,
+)
+from tt_server.types import ModelVersion
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+READ_AHEAD_MESSAGES = 4  # decoded messages waiting for the trainer: enough to overlap reading and training
+EVENT_BUFFER = 1024  # events the client has not read yet before the session waits for it
+
+
+class StopReason(enum.StrEnum):
+    CANCELLED = "cancelled"  # the client went away
+    SHUTDOWN = "shutdown"  # the server is stopping
+
+
+@dataclass(frozen=True, slots=True)
+class SessionDeps:
+    """What a session uses, shared by all sessions of a server."""
+
+    registry: Registry
+    blobs: BlobStore
+    leases: LeaseManager
+    settings: Settings
+
+
+class _EndOfStream:
+    """The client half-closed."""
+
+
+_END = _EndOfStream()
+_Input = tuple[Batch, bool] | Control | _EndOfStream | Exception  # (examples, evaluate_only)
+
+
+class EventChannel:
+    """Session events on their way to the RPC. ``put`` waits while ``limit`` are unread (a client that stops
+    reading pauses its session rather than filling memory); ``put_nowait`` is for the last few events of an
+    aborting session, which must not wait for a client that may be gone."""
+
+    def __init__(self, limit: int = EVENT_BUFFER) -> None:
+        self._items: deque[TrainEvent] = deque()
+        self._limit = limit
+        self._readable = asyncio.Event()
+        self._writable = asyncio.Event()
+        self._writable.set()
+        self._closed = False
+        self._error: BaseException | None = None
+
+    async def put(self, event: TrainEvent) -> None:
+        while len(self._items) >= self._limit:
+            self._writable.clear()
+            await self._writable.wait()
+        self.put_nowait(event)
+
+    def put_nowait(self, event: TrainEvent) -> None:
+        self._items.append(event)
+        self._readable.set()
+
+    def close(self, error: BaseException | None = None) -> None:
+        """No more events; the reader gets ``error`` (if any) after the events already queued."""
+        if not self._closed:
+            self._closed, self._error = True, error
+            self._readable.set()
+
+    async def __aiter__(self) -> AsyncIterator[TrainEvent]:
+        while True:
+            if self._items:
+                event = self._items.popleft()
+                if len(self._items) < self._limit:
+                    self._writable.set()
+                yield event
+            elif self._closed:
+                if self._error is not None:
+                    raise self._error
+                return
+            else:
+                self._readable.clear()
+                await self._readable.wait()
+
+
+class TrainingSession:
+    def __init__(self, session_id: str, requests: AsyncIterator[TrainInput], deps: SessionDeps) -> None:
+        self.session_id = session_id
+        self._requests = requests
+        self._deps = deps
+        self._settings = deps.settings
+        self.events = EventChannel()
+        self.task: asyncio.Task[None] | None = None
+        self._stop_reason: StopReason | None = None
+        self._aborting = False
+        self._ending = False
+        self._inputs: asyncio.Queue[_Input] = asyncio.Queue(READ_AHEAD_MESSAGES)
+        self._reader: asyncio.Task[None] | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._scratch = self._settings.scratch_dir / f"train-{session_id}"
+        self._lease: Lease | None = None
+        self._spec: TrainSpec | None = None
+        self._base: ModelVersion | None = None
+        self._trainer: Trainer | None = None
+        self._batcher: MicroBatcher | None = None
+        # Counted from the steps whose results reached the event loop (progress events); the trainer keeps
+        # the totals of what reached the weights.
+        self._steps = 0
+        self._examples = 0
+        self._saved_steps = 0
+        self._saved_examples = 0
+        self._last_checkpoint_at = time.monotonic()
+        self._parent: int | None = None
+        self._last_version = 0
+        self._publishing: asyncio.Future[ModelVersion | None] | None = None
+
+    def start(self) -> asyncio.Task[None]:
+        self.task = asyncio.create_task(self._run(), name=f"tt-train-{self.session_id}")
+        return self.task
+
+    async def stop(self, reason: StopReason) -> None:
+        """End the session now (abort per ``on_abort``) and wait until it has cleaned up. Harmless once the
+        session ended; a second reason does not replace the first."""
+        task = self.task
+        if task is None or task.done():
+            return
+        if self._stop_reason is None and not self._ending:
+            self._stop_reason = reason
+            task.cancel()
+        # Shielded: if our caller is cancelled too, the session still finishes its clean-up on its own.
+        await asyncio.shield(task)
+
+    # --- lifecycle -------------------------------------------------------------------------------------
+    async def _run(self) -> None:
+        error: BaseException | None = None
+        finished: Finished | None = None
+        try:
+            await self._setup()
+            finished = await self._loop()
+        except asyncio.CancelledError:
+            # Deliberate (``stop``): handled here, so the task itself ends normally.
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+            if self._stop_reason is StopReason.SHUTDOWN:
+                error = Unavailable("the server is shutting down; progress was kept or discarded as on_abort says")
+        except Exception as e:
+            error = e
+        # Set with no await since the try block: a later stop() waits for the ending instead of cancelling it.
+        self._ending = True
+        try:
+            if finished is None:
+                await self._abort()
+        except TensorTriggerError as e:  # e.g. the lease or the database went away: expected, no traceback
+            log.warning("abort checkpoint not published", extra={"session": self.session_id, "error": e.message})
+        except Exception:
+            log.exception("aborting a training session failed", extra={"session": self.session_id})
+        finally:
+            # The lease is free before the client hears the end, so it can start its next session at once.
+            await self._cleanup()
+            if finished is not None:
+                self.events.put_nowait(finished)
+            self.events.close(error)
+
+    async def _setup(self) -> None:
+        spec = await self._first_message()
+        self._spec = spec
+        registry = self._deps.registry
+        base = await registry.resolve(spec.model)
+        check_trainable(base)  # before waiting for a lease that would be useless
+        self._lease = await self._deps.leases.acquire(base.model_name, spec.wait_for_lease)
+        if spec.model.version is None:
+            # A label or "newest" may have moved while we waited, e.g. to the previous session's checkpoint.
+            base = await registry.resolve(spec.model)
+            check_trainable(base)
+        self._base = base
+        self._parent = base.version
+        await asyncio.to_thread(self._scratch.mkdir, parents=True, exist_ok=True)
+        artifact = self._scratch / f"base{ARTIFACT_SUFFIX[base.format]}"
+        try:
+            await self._deps.blobs.get_file(base.blob_key, artifact)
+        except NotFound:
+            raise FailedPrecondition(
+                f"model {base.model_name!r} version {base.version} cannot be trained: its artifact is missing"
+            ) from None
+        nice = self._settings.training_thread_nice
+        self._executor = ThreadPoolExecutor(
+            1, thread_name_prefix=f"tt-train-{base.model_name}", initializer=_lower_priority, initargs=(nice,)
+        )
+        trainer = Trainer(base, artifact, spec, frozenset(self._settings.allowed_custom_objects))
+        recipe = await self._in_thread(trainer.load)
+        self._trainer = trainer
+        s = self._settings
+        decoder = ExampleDecoder(base.signature, trainer.label_specs, s.max_request_rows, s.max_request_elements)
+        self._batcher = MicroBatcher(spec.micro_batch_size)
+        self._last_checkpoint_at = time.monotonic()
+        log.info(
+            "training session started",
+            extra={"session": self.session_id, "model": base.model_name, "base_version": base.version},
+        )
+        await self._emit(
+            Started(self.session_id, base.version, recipe.loss_name, recipe.optimizer_kind, recipe.learning_rate)
+        )
+        self._reader = asyncio.create_task(self._read(decoder), name=f"tt-train-read-{self.session_id}")
+
+    async def _first_message(self) -> TrainSpec:
+        try:
+            first = await anext(aiter(self._requests))
+        except StopAsyncIteration:
+            raise InvalidArgument.field("config", "the stream ended before its config message") from None
+        if not isinstance(first, TrainSpec):
+            raise InvalidArgument.field("config", "the first message of a Train stream must carry config")
+        check_spec(first, self._settings)
+        return first
+
+    async def _read(self, decoder: ExampleDecoder) -> None:
+        """Read, decode and queue the client's messages; a failure is queued too, in stream order."""
+        try:
+            async for item in self._requests:
+                if isinstance(item, TrainSpec):
+                    raise InvalidArgument.field("config", "config is sent once, as the first message")
+                if isinstance(item, Examples):
+                    await self._inputs.put((decoder.decode(item), item.evaluate_only))
+                    continue
+                await self._inputs.put(item)
+                if item is Control.END:
+                    return
+            await self._inputs.put(_END)
+        except Exception as e:
+            await self._inputs.put(e)
+
+    async def _loop(self) -> Finished:
+        assert self._trainer is not None and self._batcher is not None
+        trainer, batcher = self._trainer, self._batcher
+        while True:
+            item = await self._inputs.get()
+            if isinstance(item, Exception):
+                raise item
+            if isinstance(item, tuple):
+                batch, evaluate_only = item
+                if not evaluate_only:
+                    await self._train(batcher.add(batch))
+                    continue
+                await self._train(batcher.flush())  # an evaluation sees every example sent before it
+                result = await self._in_thread(trainer.evaluate, batch)
+                await self._emit(Evaluated(result.rows, result.loss, result.metrics))
+            elif item is Control.CHECKPOINT:
+                await self._train(batcher.flush())
+                await self._checkpoint()
+            else:  # END or half-close
+                await self._train(batcher.flush())
+                assert self._spec is not None
+                if self._spec.checkpoint.on_end:
+                    await self._checkpoint()
+                log.info(
+                    "training session finished",
+                    extra={"session": self.session_id, "examples": self._examples, "steps": self._steps},
+                )
+                return Finished(self._examples, self._steps, self._last_version)
+
+    async def _train(self, batches: list[Batch]) -> None:
+        if not batches:
+            return
+        assert self._trainer is not None and self._spec is not None
+        for result in await self._in_thread(self._trainer.train, batches):
+            self._steps += 1
+            self._examples += result.rows
+            await self._emit(Progress(self._steps, self._examples, result.loss, result.prequential, result.metrics))
+        policy = self._spec.checkpoint
+        if (policy.every_examples and self._examples - self._saved_examples >= policy.every_examples) or (
+            policy.every_seconds and time.monotonic() - self._last_checkpoint_at >= policy.every_seconds
+        ):
+            await self._checkpoint()
+
+    async def _checkpoint(self) -> None:
+        """Publish the weights as a new version if anything was learned since the last one.
+
+        The publishing runs as a task of its own and is awaited shielded: a stream cancelled meanwhile still
+        records the version it published, so the abort that follows does not publish the same weights twice.
+        """
+        self._publishing = asyncio.ensure_future(self._publish_checkpoint())
+        version = await asyncio.shield(self._publishing)
+        if version is not None:
+            await self._emit(Checkpointed(version))
+
+    async def _publish_checkpoint(self) -> ModelVersion | None:
+        trainer, base, lease, spec = self._trainer, self._base, self._lease, self._spec
+        assert trainer is not None and base is not None and lease is not None and spec is not None
+        # Read on the training thread, after any step still running there.
+        if await self._in_thread(lambda: trainer.steps) == self._saved_steps:
+            return None
+        await lease.check()  # never publish as the model's writer after losing the lease
+        path = self._scratch / f"checkpoint-{trainer.steps}.keras"
+        snapshot: Snapshot = await self._in_thread(trainer.save, path)
+        try:
+            version = await self._deps.registry.publish_trained(
+                base.model_name,
+                path,
+                base.signature,
+                parent_version=self._parent,
+                session_id=self.session_id,
+                metadata=_checkpoint_metadata(snapshot),
+                labels=(spec.move_label,) if spec.move_label else (),
+                description=f"online training session {self.session_id}, from version {base.version}",
+                feature_names=base.feature_names,
+            )
+        finally:
+            await asyncio.to_thread(path.unlink, True)
+        self._saved_steps, self._saved_examples = snapshot.steps, snapshot.examples
+        self._last_checkpoint_at = time.monotonic()
+        self._parent = self._last_version = version.version
+        log.info(
+            "training checkpoint published",
+            extra={"session": self.session_id, "model": version.model_name, "version": version.version},
+        )
+        return version
+
+    async def _abort(self) -> None:
+        self._aborting = True
+        if self._reader is not None:
+            self._reader.cancel()
+        spec, trainer = self._spec, self._trainer
+        reason = self._stop_reason.value if self._stop_reason else "error"
+        log.info("training session aborted", extra={"session": self.session_id, "reason": reason})
+        if self._publishing is not None and not self._publishing.done():
+            # The checkpoint being published when the stream ended counts (and is not published twice).
+            with contextlib.suppress(Exception):
+                version = await self._publishing
+                if version is not None:
+                    await self._emit(Checkpointed(version))
+        if spec is not None and trainer is not None and spec.on_abort is OnAbort.CHECKPOINT:
+            await self._checkpoint()
+
+    async def _cleanup(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await self._reader
+        if self._lease is not None:
+            await asyncio.shield(self._lease.release())
+        if self._executor is not None:
+            # Queued behind any job still on the thread (a step or load whose wait was cancelled), so the
+            # scratch files go only once nothing uses them; the model is dropped on its own thread.
+            trainer = self._trainer
+            closed = self._executor.submit(trainer.close if trainer is not None else _nothing)
+            self._executor.shutdown(wait=False)
+            with contextlib.suppress(Exception):
+                await asyncio.wrap_future(closed)
+        await asyncio.to_thread(shutil.rmtree, self._scratch, True)
+
+    # --- helpers -------------------------------------------------------------------------------------
+    async def _in_thread(self, fn: Callable[..., T], *args: Any) -> T:
+        assert self._executor is not None
+        return await asyncio.wrap_future(self._executor.submit(fn, *args))
+
+    async def _emit(self, event: TrainEvent) -> None:
+        if self._aborting:
+            self.events.put_nowait(event)
+        else:
+            await self.events.put(event)
+
+
+def check_spec(spec: TrainSpec, settings: Settings) -> None:
+    """Field checks that need the server's limits; the recipe checks loss, optimizer and metrics."""
+    from tt_server.registry.service import check_label
+
+    limit = settings.training_max_micro_batch
+    if not 1 <= spec.micro_batch_size <= limit:
+        raise InvalidArgument.field("config.micro_batch_size", f"must be between 1 and {limit}")
+    if spec.learning_rate is not None and not 0 < spec.learning_rate < float("inf"):
+        raise InvalidArgument.field("config.learning_rate", "must be positive")
+    if not 0 <= spec.momentum < float("inf"):
+        raise InvalidArgument.field("config.momentum", "must not be negative")
+    policy = spec.checkpoint
+    if policy.every_examples < 0:
+        raise InvalidArgument.field("config.checkpoint.every_examples", "must not be negative")
+    if not 0 <= policy.every_seconds < float("inf"):
+        raise InvalidArgument.field("config.checkpoint.every_seconds", "must not be negative")
+    if spec.move_label:
+        check_label(spec.move_label, "config.move_label")
+
+
+def _checkpoint_metadata(snapshot: Snapshot) -> dict[str, str]:
+    """Recorded on the version: how much it learned in this session, and its last step's metrics."""
+    metadata = {"training.steps": str(snapshot.steps), "training.examples_seen": str(snapshot.examples)}
+    last = snapshot.last
+    if last is not None:
+        metadata["training.loss"] = f"{last.loss:.6g}"
+        metadata.update({f"training.prequential.{k}": f"{v:.6g}" for k, v in last.prequential.items()})
+        metadata.update({f"training.metrics.{k}": f"{v:.6g}" for k, v in last.metrics.items()})
+    return metadata
+
+
+def _nothing() -> None:
+    pass
+
+
+def _lower_priority(nice: int) -> None:
+    """Thread initializer: raise this thread's niceness (Linux schedules threads individually)."""
+    if nice > 0 and hasattr(os, "setpriority"):
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+        except OSError:
+            log.warning("could not lower the training thread's priority", exc_info=True)

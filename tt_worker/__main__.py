@@ -1,0 +1,3 @@
+from tt_worker.main import main
+
+main()
