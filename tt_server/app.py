@@ -34,12 +34,13 @@ from tt_server.api.jobs import JobsServicer
 from tt_server.api.reflection import DocumentedReflectionServicer, documented_files
 from tt_server.api.registry import RegistryServicer
 from tt_server.config import Settings
-from tt_server.events import LocalEventBus
+from tt_server.events import EventBus, LocalEventBus
 from tt_server.jobs.service import JobsService
 from tt_server.jobs.worker import EmbeddedWorker
 from tt_server.registry.service import Registry
 from tt_server.runtime.manager import ModelManager
 from tt_server.runtime.service import InferenceService
+from tt_server.storage.amqp_events import AmqpEventBus
 from tt_server.storage.factory import make_blob_store, make_broker, make_job_store, make_metadata_store
 from tt_server.storage.leases import make_lease_manager
 from tt_server.training.service import TrainingService
@@ -74,7 +75,12 @@ class Application:
         self.blobs = make_blob_store(s)
         await self.metadata.open()
         await self.blobs.open()
-        self.events = LocalEventBus()
+        self.events: EventBus
+        if s.amqp_url:
+            self.events = AmqpEventBus(s.amqp_url)
+            await self.events.open()
+        else:
+            self.events = LocalEventBus()
         # TensorFlow work (artifact inspection, model loads) runs here, never on the event loop.
         self.loader_executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="tt-loader")
         self.registry = Registry(self.metadata, self.blobs, self.events, s, self.loader_executor)
@@ -147,6 +153,7 @@ class Application:
         for name in ("", *SERVICE_NAMES):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self._tasks.append(asyncio.create_task(self._collect_garbage_forever(), name="tt-blob-gc"))
+        self._tasks.append(asyncio.create_task(self._check_models_forever(), name="tt-model-check"))
         if self.embedded_worker is not None:
             await self.embedded_worker.start()
         if s.metrics_address:
@@ -193,6 +200,8 @@ class Application:
         if self.embedded_worker is not None:
             await self.embedded_worker.stop(grace)  # running jobs go back to the queue (and the store) at once
         await self.broker.close()
+        if isinstance(self.events, AmqpEventBus):
+            await self.events.close()
         await self.models.close()
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
@@ -202,6 +211,14 @@ class Application:
         await self.metadata.close()
         self._stopped.set()
         log.info("server stopped")
+
+    async def _check_models_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.registry_poll_seconds)
+            try:
+                await self.models.check_loaded()
+            except Exception:
+                log.warning("checking loaded models against the registry failed; will retry", exc_info=True)
 
     async def _collect_garbage_forever(self) -> None:
         while True:

@@ -139,6 +139,11 @@ class Settings(BaseSettings):
         description="How long a label or 'newest' resolution is reused; registry events invalidate it "
         "sooner, this bounds staleness if an event is lost.",
     )
+    registry_poll_seconds: float = Field(
+        30.0,
+        description="How often loaded versions are checked against the metadata store: the fallback when a "
+        "registry event from another replica is lost.",
+    )
     preload_models: list[str] = Field(
         default_factory=list,
         description='Models loaded at start-up: "name" (newest), "name:3" (version) or "name@label".',

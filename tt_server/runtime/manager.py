@@ -316,6 +316,19 @@ class ModelManager:
         ):
             self._spawn(self._preload(ModelRef(name, version=event.version)))
 
+    async def check_loaded(self) -> int:
+        """The polling fallback for lost registry events: unload loaded versions the metadata store no longer
+        has (label and newest resolutions already expire after ``model_resolution_ttl_seconds``). Returns how
+        many were unloaded."""
+        gone = 0
+        for name, number in list(self._loaded):
+            try:
+                await self._metadata.get_version(name, number)
+            except NotFound:
+                await self.handle_event(RegistryEvent(EventKind.VERSION_DELETED, name, number))
+                gone += 1
+        return gone
+
     async def _preload(self, ref: ModelRef) -> None:
         try:
             await self.get(ref)
