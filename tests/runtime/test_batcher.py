@@ -220,13 +220,23 @@ async def test_outputs_that_lost_the_batch_dim_fail_the_merged_call(executor: Th
 
 async def test_max_wait_gathers_requests_that_arrive_a_little_later(gate: Gate, executor: ThreadPoolExecutor) -> None:
     batcher = batcher_for(gate, executor, max_wait_s=0.2)
+    await asyncio.gather(batcher.submit(rows_of(1, 1), 1), batcher.submit(rows_of(1, 2), 1))  # concurrent load
 
     async def later() -> Arrays:
         await asyncio.sleep(0.02)
         return await batcher.submit(rows_of(1, 50), 1)
 
     await asyncio.gather(batcher.submit(rows_of(1, 0), 1), later())
-    assert gate.calls == [[0.0, 50.0]]
+    assert gate.calls == [[1.0, 2.0], [0.0, 50.0]]
+
+
+async def test_a_lone_caller_never_waits(gate: Gate, executor: ThreadPoolExecutor) -> None:
+    batcher = batcher_for(gate, executor, max_wait_s=5.0)
+    started = time.monotonic()
+    for i in range(3):  # one request at a time: each runs at once, alone
+        await batcher.submit(rows_of(1, i), 1)
+    assert time.monotonic() - started < 1.0
+    assert gate.calls == [[0.0], [1.0], [2.0]]
 
 
 async def test_unmergeable_servables_run_each_request_alone(gate: Gate, executor: ThreadPoolExecutor) -> None:

@@ -76,6 +76,7 @@ class DynamicBatcher:
         self._executor = executor
         self._merge = merge
         self._name = name
+        self._last_batch_requests = 0
         servable = name or "unnamed"
         self._batch_rows = metrics.BATCH_ROWS.labels(servable)
         self._batch_requests = metrics.BATCH_REQUESTS.labels(servable)
@@ -128,8 +129,15 @@ class DynamicBatcher:
     async def _drain(self) -> None:
         try:
             while self._queue:
-                if self._max_wait_s > 0 and self._queued_rows < self._max_batch_rows and not self._closed:
-                    # As TF Serving's batch timeout: the oldest request waits at most max_wait_s for others.
+                if (
+                    self._max_wait_s > 0
+                    and self._last_batch_requests > 1
+                    and self._queued_rows < self._max_batch_rows
+                    and not self._closed
+                ):
+                    # As TF Serving's batch timeout: the oldest request waits at most max_wait_s for others,
+                    # but only under concurrent load (the last call merged several requests): a lone caller
+                    # never pays the wait.
                     wait = self._queue[0].queued_at + self._max_wait_s - time.monotonic()
                     if wait > 0:
                         await asyncio.sleep(wait)
@@ -174,6 +182,7 @@ class DynamicBatcher:
             outputs = await loop.run_in_executor(self._executor, self._run_merged, [i.arrays for i in batch])
             self.batches_run += 1
             self.items_run += len(batch)
+            self._last_batch_requests = len(batch)
             self._batch_rows.observe(sum(i.rows for i in batch))
             self._batch_requests.observe(len(batch))
             self._queue_gauge.set(self._queued_rows)

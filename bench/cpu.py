@@ -1,0 +1,82 @@
+"""How much CPU *other* processes took while a measurement ran.
+
+On a 2-core machine shared with other work (test runs, builds) that is the first thing to know about a number.
+Machine-wide busy time comes from ``/proc/stat``; the benchmark's own time is this process, its reaped
+children (``getrusage``) and its live children (``/proc/<pid>/stat``: the servers). The rest is others'.
+Linux only; elsewhere every share reads 0.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+_HZ = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass(frozen=True, slots=True)
+class Mark:
+    wall: float
+    busy: float  # machine-wide CPU-seconds, all cores
+    steal: float  # CPU-seconds the hypervisor gave to other guests
+    own: float  # the benchmark's CPU-seconds
+
+
+@dataclass(frozen=True, slots=True)
+class Span:
+    wall_s: float
+    benchmark_cpu_s: float
+    others_cpu_s: float
+    steal_s: float
+    others_share: float  # others_cpu_s / (wall_s x cores): 0.0 = nobody else ran
+
+
+def mark() -> Mark:
+    busy, steal = _machine()
+    return Mark(time.monotonic(), busy, steal, _own())
+
+
+def since(start: Mark) -> Span:
+    end = mark()
+    wall = end.wall - start.wall
+    own = end.own - start.own
+    others = max(end.busy - start.busy - own, 0.0)
+    capacity = wall * len(os.sched_getaffinity(0))
+    return Span(
+        wall_s=round(wall, 2),
+        benchmark_cpu_s=round(own, 2),
+        others_cpu_s=round(others, 2),
+        steal_s=round(end.steal - start.steal, 2),
+        others_share=round(others / capacity, 3) if capacity else 0.0,
+    )
+
+
+def _machine() -> tuple[float, float]:
+    stat = Path("/proc/stat")
+    if not stat.exists():
+        return 0.0, 0.0
+    user, nice, system, _idle, _iowait, _irq, _softirq, steal = (int(x) for x in stat.read_text().split()[1:9])
+    # Interrupt time is left out: loopback traffic's softirq work is the benchmark's own but charged to no task.
+    return (user + nice + system) / _HZ, steal / _HZ
+
+
+def _own() -> float:
+    me, reaped = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + reaped.ru_utime + reaped.ru_stime + _live_children()
+
+
+def _live_children() -> float:
+    """CPU-seconds of this process's running (or not yet reaped) children, with their reaped children."""
+    parent, total = os.getpid(), 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            # The command name (field 2) may hold spaces: split after its closing parenthesis.
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # exited meanwhile
+        if int(fields[1]) == parent:  # ppid
+            total += sum(int(x) for x in fields[11:15]) / _HZ  # utime, stime, cutime, cstime
+    return total
