@@ -5,7 +5,7 @@ path (``build_*`` return an in-memory model instead). Building is quick (well un
 importing TensorFlow is not, so test modules share what they build through module-scoped fixtures.
 
 The signatures the good artifacts yield are listed in ``MLP_SIGNATURE`` / ``TWO_IO_SIGNATURE`` /
-``MODULE_SIGNATURE``.
+``MODULE_SIGNATURE``. TFaaS-style artifacts (frozen graphs, a colour classifier with class names) are at the end.
 """
 
 from __future__ import annotations
@@ -20,7 +20,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import keras
+import numpy as np
 import tensorflow as tf
+from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
 from tt_server.types import DType, Signature, TensorSpec
 
@@ -547,3 +549,79 @@ def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     info = tarfile.TarInfo(name)
     info.size = len(data)
     tar.addfile(info, io.BytesIO(data))
+
+
+# --- TFaaS: frozen graphs and an image classifier --------------------------------------------------------
+
+# Node names as TFaaS's Keras-to-TF converter makes them.
+FROZEN_INPUT = "dense_1_input"
+FROZEN_OUTPUT = "output_node0"
+COLOURS = ("red", "green", "blue")
+COLOUR_SIZE = 16  # the colour classifier's input is COLOUR_SIZE x COLOUR_SIZE RGB
+
+
+def freeze(model: keras.Model, input_node: str = FROZEN_INPUT, output_node: str = FROZEN_OUTPUT) -> tf.Graph:
+    """``model`` as a TF1-style frozen graph: Placeholder ``input_node`` -> ... -> Identity ``output_node``,
+    variables folded into constants (``convert_variables_to_constants_v2``). Returns the graph; its
+    ``as_graph_def()`` is what a ``.pb`` holds."""
+    spec = tf.TensorSpec([None, *model.inputs[0].shape[1:]], model.inputs[0].dtype, name=input_node)
+
+    @tf.function(autograph=False)
+    def serve(x: tf.Tensor) -> tf.Tensor:
+        return tf.identity(model(x, training=False), name=output_node)
+
+    return convert_variables_to_constants_v2(serve.get_concrete_function(spec)).graph
+
+
+def mlp_frozen_graph(out_dir: Path) -> Path:
+    """The MLP frozen into ``mlp.pb`` (input ``dense_1_input`` (4,), output ``output_node0`` (1,))."""
+    target = out_dir / "mlp.pb"
+    target.write_bytes(freeze(build_mlp()).as_graph_def().SerializeToString())
+    return target
+
+
+def _tf1_graph_pb(target: Path, build: Callable[[tf.Tensor], tf.Tensor]) -> Path:
+    """A hand-made TF1 graph: Placeholder ``dense_1_input`` [None, 4] -> ``build`` -> Identity ``output_node0``."""
+    graph = tf.Graph()
+    with graph.as_default():
+        x = tf.compat.v1.placeholder(tf.float32, [None, 4], name=FROZEN_INPUT)
+        tf.identity(build(x), name=FROZEN_OUTPUT)
+    target.write_bytes(graph.as_graph_def().SerializeToString())
+    return target
+
+
+def write_file_frozen_graph(out_dir: Path) -> Path:
+    """A frozen graph whose output waits for a WriteFile: serving it would write a file on the server."""
+
+    def build(x: tf.Tensor) -> tf.Tensor:
+        write = tf.io.write_file("/tmp/tt-pwned", tf.strings.as_string(tf.reduce_sum(x)))
+        with tf.control_dependencies([write]):
+            return tf.identity(x)
+
+    return _tf1_graph_pb(out_dir / "write_file.pb", build)
+
+
+def two_placeholder_frozen_graph(out_dir: Path) -> Path:
+    """Output ``output_node0`` = ``dense_1_input`` + Placeholder ``other``: naming only one input cannot work."""
+
+    def build(x: tf.Tensor) -> tf.Tensor:
+        return x + tf.compat.v1.placeholder(tf.float32, [None, 4], name="other")
+
+    return _tf1_graph_pb(out_dir / "two_placeholders.pb", build)
+
+
+def build_colour_classifier() -> keras.Model:
+    """Input "image" (16, 16, 3) pixels in 0..1 -> mean colour -> softmax over red, green, blue (``COLOURS``).
+
+    Weights set by hand (10 x identity), so the answer is known without training: the dominant channel wins.
+    """
+    inputs = keras.Input(shape=(COLOUR_SIZE, COLOUR_SIZE, 3), name="image")
+    mean = keras.layers.GlobalAveragePooling2D(name="mean_colour")(inputs)
+    probs = keras.layers.Dense(3, activation="softmax", name="probs")(mean)
+    model = keras.Model(inputs, probs, name="colours")
+    model.get_layer("probs").set_weights([np.eye(3, dtype=np.float32) * 10, np.zeros(3, np.float32)])
+    return model
+
+
+def colour_classifier_keras(out_dir: Path) -> Path:
+    return _save(build_colour_classifier(), out_dir / "colours.keras")

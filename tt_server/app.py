@@ -26,7 +26,7 @@ from tensortrigger.v1 import (
     registry_service_pb2_grpc,
 )
 
-from tt_server import metrics
+from tt_server import compat, metrics
 from tt_server.api.auth import RateLimiter, TokenAuthenticator
 from tt_server.api.inference import InferenceServicer
 from tt_server.api.interceptor import ServingInterceptor
@@ -43,6 +43,7 @@ from tt_server.runtime.service import InferenceService
 from tt_server.storage.amqp_events import AmqpEventBus
 from tt_server.storage.factory import make_blob_store, make_broker, make_job_store, make_metadata_store
 from tt_server.storage.leases import make_lease_manager
+from tt_server.tracing import Tracing, start_tracing
 from tt_server.training.service import TrainingService
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,7 @@ class Application:
         self._stopped = asyncio.Event()
         self._stopping = False
         self._metrics_server: WSGIServer | None = None
+        self._tracing: Tracing | None = None
 
     async def start(self) -> None:
         started = time.perf_counter()
@@ -107,8 +109,11 @@ class Application:
             else None
         )
         limiter = RateLimiter(s.rate_limit_per_second, s.rate_limit_burst) if s.rate_limit_per_second > 0 else None
+        serving = ServingInterceptor({*SERVICE_NAMES, *compat.SERVICE_NAMES}, auth, limiter)
+        # Tracing goes first, so its span encloses everything ours does (auth, errors, metrics).
+        self._tracing = start_tracing({*SERVICE_NAMES, *compat.SERVICE_NAMES}) if s.otel_enabled else None
         server = grpc.aio.server(
-            interceptors=[ServingInterceptor(set(SERVICE_NAMES), auth, limiter)],
+            interceptors=[self._tracing.interceptor, serving] if self._tracing else [serving],
             options=[
                 ("grpc.max_receive_message_length", s.max_message_bytes),
                 ("grpc.max_send_message_length", s.max_message_bytes),
@@ -129,11 +134,16 @@ class Application:
             InferenceServicer(self.inference, self.training), server
         )
         jobs_service_pb2_grpc.add_JobsServiceServicer_to_server(JobsServicer(self.jobs), server)
+        # TF Serving and Open Inference Protocol clients, over the same inference path.
+        compat.add_to_server(
+            server, self.inference, self.registry, s.max_request_elements, is_ready=lambda: not self._stopping
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
             DocumentedReflectionServicer(
                 (
                     *SERVICE_NAMES,
+                    *compat.SERVICE_NAMES,
                     health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
                     reflection.SERVICE_NAME,
                 ),
@@ -150,7 +160,7 @@ class Application:
             raise RuntimeError(f"cannot listen on {s.grpc_address}")
         await server.start()
         self._server = server
-        for name in ("", *SERVICE_NAMES):
+        for name in ("", *SERVICE_NAMES, *compat.SERVICE_NAMES):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self._tasks.append(asyncio.create_task(self._collect_garbage_forever(), name="tt-blob-gc"))
         self._tasks.append(asyncio.create_task(self._check_models_forever(), name="tt-model-check"))
@@ -209,6 +219,8 @@ class Application:
         self.loader_executor.shutdown(wait=False, cancel_futures=True)
         await self.blobs.close()
         await self.metadata.close()
+        if self._tracing is not None:
+            await self._tracing.shutdown()
         self._stopped.set()
         log.info("server stopped")
 

@@ -119,9 +119,11 @@ class Settings(BaseSettings):
         description="Most rows the dynamic batcher merges into one model call; a bigger request runs alone.",
     )
     batch_max_wait_seconds: float = Field(
-        0.0,
-        description="How long the batcher waits for more requests before a call; 0 = run what is queued at "
-        "once (best on CPU: requests queue up by themselves while the previous call runs).",
+        0.001,
+        description="Under concurrent load (the previous model call merged several requests), how long the "
+        "oldest queued request waits for others before a call; a lone caller never waits. Measured on the "
+        "TFaaS MLP at 128 in flight: 1 ms merges ~9 requests per call instead of ~2.5 and gives ~40% more "
+        "req/s with a lower p99. 0 = never wait.",
     )
     batch_max_queue_rows: int = Field(
         65_536,
@@ -216,6 +218,32 @@ class Settings(BaseSettings):
         "what is left. Measured (TFaaS MLP, 2 cores, a closed-loop Predict beside a full-speed Train): Predict "
         "p50 stays at its idle ~0.19 ms with 10 versus ~0.6-0.9 ms with 0. TensorFlow's intra-op pool cannot "
         "be sized per thread (one pool per process), so this is the knob that separates the two.",
+    )
+
+    # --- observability -------------------------------------------------------------------------------------
+    otel_enabled: bool = Field(
+        False,
+        description="Trace every RPC with OpenTelemetry (needs the 'otel' extra). The exporter is set by the "
+        "standard OTEL_* variables (OTEL_TRACES_EXPORTER, OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_SERVICE_NAME, "
+        "OTEL_TRACES_SAMPLER, ...). Off: nothing of OpenTelemetry is imported.",
+    )
+    # Dependency timeouts: they decide how fast an outage becomes UNAVAILABLE instead of a hung call. A client's
+    # deadline ends its call sooner anyway; these bound calls without one and the background loops.
+    database_connect_timeout_seconds: float = Field(
+        5.0, description="PostgreSQL: longest wait for a new connection (refused connections fail at once)."
+    )
+    database_command_timeout_seconds: float = Field(
+        30.0, description="PostgreSQL: longest wait for one statement's answer (a partitioned network); 0 = none."
+    )
+    s3_connect_timeout_seconds: float = Field(5.0, description="S3: longest wait for a new connection.")
+    s3_read_timeout_seconds: float = Field(30.0, description="S3: longest wait for the next bytes of an answer.")
+    s3_max_attempts: int = Field(
+        3, ge=1, description="S3: attempts per request (connection errors, throttling, 5xx) before UNAVAILABLE."
+    )
+    amqp_publish_timeout_seconds: float = Field(
+        10.0,
+        description="RabbitMQ: how long CreateJob waits for the job message to be confirmed, including waiting "
+        "for a reconnect, before UNAVAILABLE.",
     )
 
     @property

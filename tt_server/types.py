@@ -25,6 +25,21 @@ class DType(enum.StrEnum):
     STRING = "string"
 
 
+# Dtypes an image input may have: every one that holds 0..255 (int8 does not, bool and string are no pixels).
+IMAGE_DTYPES = frozenset(
+    {DType.UINT8, DType.INT16, DType.INT32, DType.INT64, DType.FLOAT16, DType.FLOAT32, DType.FLOAT64}
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ImageShape:
+    """The size each image of an image input is resized to, and its channels (1 gray, 3 RGB, 4 RGBA)."""
+
+    height: int
+    width: int
+    channels: int
+
+
 @dataclass(frozen=True, slots=True)
 class TensorSpec:
     """A named tensor's dtype and shape; ``-1`` in ``shape`` means any size (the batch dim usually)."""
@@ -32,6 +47,16 @@ class TensorSpec:
     name: str
     dtype: DType
     shape: tuple[int, ...]
+
+    def image_shape(self) -> ImageShape | None:
+        """For an input that can take encoded images, a ``[-1, H, W, C]`` batch of pixels with H and W known and
+        C of 1, 3 or 4, the size images are brought to; else None."""
+        if self.dtype not in IMAGE_DTYPES or len(self.shape) != 4 or self.shape[0] != -1:
+            return None
+        _, height, width, channels = self.shape
+        if height <= 0 or width <= 0 or channels not in (1, 3, 4):
+            return None
+        return ImageShape(height, width, channels)
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +87,36 @@ class ModelFormat(enum.StrEnum):
     H5 = "h5"  # legacy Keras HDF5
     SAVED_MODEL_TAR_GZ = "saved_model_tar_gz"  # a SavedModel directory packed as .tar.gz
     SAVED_MODEL_ZIP = "saved_model_zip"  # a SavedModel directory packed as .zip
+    FROZEN_GRAPH = "frozen_graph"  # a TF1 frozen GraphDef (.pb), served through the nodes in ``FrozenGraphNodes``
+
+
+@dataclass(frozen=True, slots=True)
+class FrozenGraphNodes:
+    """The nodes a frozen graph is fed at and read from, as named at upload: ``"x"`` (its first output) or
+    ``"x:1"``. Stored with the version, because a GraphDef itself does not say which nodes are its API."""
+
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+
+    def to_json(self) -> dict:
+        return {"inputs": list(self.inputs), "outputs": list(self.outputs)}
+
+    @classmethod
+    def from_json(cls, data: dict) -> FrozenGraphNodes:
+        return cls(inputs=tuple(data["inputs"]), outputs=tuple(data["outputs"]))
+
+
+def tensor_display_name(node: str) -> str:
+    """The signature name of a frozen graph's node or tensor name: as given, less a trailing ``:0``."""
+    return node.removesuffix(":0")
+
+
+class ImageScaling(enum.StrEnum):
+    """How decoded pixels (0..255) are scaled before an image input gets them."""
+
+    RAW = "raw"  # 0..255, as decoded
+    UNIT = "unit"  # value / 255: 0..1
+    SYMMETRIC = "symmetric"  # value / 127.5 - 1: -1..1
 
 
 class VersionSource(enum.StrEnum):
@@ -99,6 +154,9 @@ class ModelVersion:
     parent_version: int | None = None
     training_session_id: str | None = None
     labels: tuple[str, ...] = ()  # labels pointing at this version when it was read
+    class_names: tuple[str, ...] = ()  # class i of the classification output is class_names[i]
+    frozen_graph: FrozenGraphNodes | None = None  # set for ModelFormat.FROZEN_GRAPH only
+    image_scaling: ImageScaling = ImageScaling.RAW
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +191,24 @@ class WireTensor:
     shape: tuple[int, ...]
     content: bytes | None = None
     values: object | None = None  # a sequence of Python scalars (protobuf repeated field)
+
+
+@dataclass(frozen=True, slots=True)
+class ClassifyRequest:
+    """What ``Predict`` should say about classes: the ``top_k`` best of ``output`` (None = the first output)."""
+
+    top_k: int = 5
+    output: str | None = None
+    omit_outputs: bool = False  # classes only, no output tensors
+
+
+@dataclass(frozen=True, slots=True)
+class ClassScore:
+    """One class of one row: its index in the output, its name and the model's score for it."""
+
+    index: int
+    name: str
+    score: float
 
 
 class EventKind(enum.StrEnum):

@@ -56,6 +56,32 @@ _REQUIRED: dict[str, Role] = {
     }.items()
     for method, role in methods.items()
 }
+# The compatibility protocols: everything they offer is reading or predicting.
+_REQUIRED.update(
+    {
+        f"/{service}/{method}": Role.READER
+        for service, methods in {
+            "tensorflow.serving.PredictionService": (
+                "Predict",
+                "GetModelMetadata",
+                "Classify",
+                "Regress",
+                "MultiInference",
+            ),
+            "tensorflow.serving.ModelService": ("GetModelStatus",),
+            "inference.GRPCInferenceService": (
+                "ServerLive",
+                "ServerReady",
+                "ModelReady",
+                "ServerMetadata",
+                "ModelMetadata",
+                "ModelInfer",
+                "ModelStreamInfer",
+            ),
+        }.items()
+        for method in methods
+    }
+)
 _HEALTH_PREFIX = "/grpc.health.v1.Health/"
 _REFLECTION_PREFIX = "/grpc.reflection."
 

@@ -5,12 +5,17 @@ from __future__ import annotations
 from datetime import datetime
 
 from google.protobuf import timestamp_pb2
-from tensortrigger.v1 import model_pb2, registry_service_pb2, tensor_pb2
+from tensortrigger.v1 import inference_service_pb2, model_pb2, registry_service_pb2, tensor_pb2
 
 from tt_server.errors import InvalidArgument
 from tt_server.registry.service import UploadSpec
+from tt_server.runtime.classes import DEFAULT_TOP_K
 from tt_server.types import (
+    ClassifyRequest,
+    ClassScore,
     DType,
+    FrozenGraphNodes,
+    ImageScaling,
     Model,
     ModelFormat,
     ModelRef,
@@ -39,8 +44,20 @@ FORMAT_TO_PB: dict[ModelFormat, int] = {
     ModelFormat.H5: model_pb2.MODEL_FORMAT_H5,
     ModelFormat.SAVED_MODEL_TAR_GZ: model_pb2.MODEL_FORMAT_SAVED_MODEL_TAR_GZ,
     ModelFormat.SAVED_MODEL_ZIP: model_pb2.MODEL_FORMAT_SAVED_MODEL_ZIP,
+    ModelFormat.FROZEN_GRAPH: model_pb2.MODEL_FORMAT_FROZEN_GRAPH,
 }
 FORMAT_FROM_PB: dict[int, ModelFormat] = {v: k for k, v in FORMAT_TO_PB.items()}
+
+SCALING_TO_PB: dict[ImageScaling, int] = {
+    ImageScaling.RAW: model_pb2.IMAGE_SCALING_RAW,
+    ImageScaling.UNIT: model_pb2.IMAGE_SCALING_UNIT,
+    ImageScaling.SYMMETRIC: model_pb2.IMAGE_SCALING_SYMMETRIC,
+}
+# Unspecified is documented to mean raw.
+SCALING_FROM_PB: dict[int, ImageScaling] = {
+    model_pb2.IMAGE_SCALING_UNSPECIFIED: ImageScaling.RAW,
+    **{v: k for k, v in SCALING_TO_PB.items()},
+}
 
 SOURCE_TO_PB: dict[VersionSource, int] = {
     VersionSource.UPLOAD: model_pb2.VERSION_SOURCE_UPLOAD,
@@ -103,7 +120,14 @@ def model_version(v: ModelVersion) -> model_pb2.ModelVersion:
         metadata=v.metadata,
         labels=sorted(v.labels),
         create_time=timestamp(v.created_at),
+        class_names=v.class_names,
+        frozen_graph=frozen_graph_nodes(v.frozen_graph) if v.frozen_graph is not None else None,
+        image_scaling=SCALING_TO_PB[v.image_scaling],  # type: ignore[arg-type]
     )
+
+
+def frozen_graph_nodes(nodes: FrozenGraphNodes) -> model_pb2.FrozenGraphNodes:
+    return model_pb2.FrozenGraphNodes(input_nodes=nodes.inputs, output_nodes=nodes.outputs)
 
 
 def model(m: Model) -> model_pb2.Model:
@@ -124,6 +148,11 @@ def upload_spec(header: registry_service_pb2.UploadHeader) -> UploadSpec:
         if header.format not in FORMAT_FROM_PB:
             raise InvalidArgument.field("header.format", f"unknown format {header.format}")
         declared = FORMAT_FROM_PB[header.format]
+    if header.image_scaling not in SCALING_FROM_PB:
+        raise InvalidArgument.field("header.image_scaling", f"unknown image scaling {header.image_scaling}")
+    nodes = None
+    if header.HasField("frozen_graph"):
+        nodes = FrozenGraphNodes(tuple(header.frozen_graph.input_nodes), tuple(header.frozen_graph.output_nodes))
     return UploadSpec(
         model_name=header.model_name,
         format=declared,
@@ -133,4 +162,30 @@ def upload_spec(header: registry_service_pb2.UploadHeader) -> UploadSpec:
         labels=tuple(header.labels),
         expected_size=header.expected_size_bytes or None,
         expected_sha256=header.expected_sha256.lower() or None,
+        frozen_graph=nodes,
+        class_names=class_names(header.class_names_text),
+        image_scaling=SCALING_FROM_PB[header.image_scaling],
+    )
+
+
+def class_names(text: str) -> tuple[str, ...]:
+    """A labels file's lines, trimmed, without the trailing blank ones a final newline leaves; the registry
+    checks the rest (no empty names in between)."""
+    lines = [line.strip() for line in text.splitlines()]
+    while lines and not lines[-1]:
+        lines.pop()
+    return tuple(lines)
+
+
+def classify_request(options: inference_service_pb2.ClassifyOptions) -> ClassifyRequest:
+    return ClassifyRequest(
+        top_k=options.top_k if options.top_k else DEFAULT_TOP_K,
+        output=options.output or None,
+        omit_outputs=options.omit_outputs,
+    )
+
+
+def classification(classes: tuple[ClassScore, ...]) -> inference_service_pb2.Classification:
+    return inference_service_pb2.Classification(
+        classes=[inference_service_pb2.ClassScore(index=c.index, name=c.name, score=c.score) for c in classes]
     )

@@ -3,7 +3,8 @@
 Domain errors (``tt_server.errors``) map straight to their status code with the domain message;
 ``InvalidArgument`` also carries a ``google.rpc.BadRequest`` with one field violation per offending field
 (``grpc-status-details-bin``). Anything unexpected is logged with its traceback and an error id, and the client
-gets ``INTERNAL`` with only that id: no internals leak.
+gets ``INTERNAL`` with only that id: no internals leak. The error id is the call's request id (``x-request-id``),
+so the id a user quotes finds every log line of that call.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from tt_server import errors
+from tt_server.logs import request_id
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +53,7 @@ def status_for(exc: BaseException, method: str) -> grpc.Status:
         return rpc_status.to_status(
             status_pb2.Status(code=grpc.StatusCode.UNIMPLEMENTED.value[0], message=f"{method} is not implemented yet")
         )
-    error_id = uuid.uuid4().hex[:12]
+    error_id = request_id.get() or uuid.uuid4().hex[:12]
     log.error("unexpected error in %s (error id %s)", method, error_id, exc_info=exc)
     return rpc_status.to_status(
         status_pb2.Status(code=grpc.StatusCode.INTERNAL.value[0], message=f"internal error (error id {error_id})")

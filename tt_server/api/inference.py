@@ -38,13 +38,16 @@ class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
 
     async def Predict(self, request: pb.PredictRequest, context: grpc.aio.ServicerContext) -> pb.PredictResponse:
         inputs = wire_tensors(request.inputs)
+        classify = convert.classify_request(request.classify) if request.HasField("classify") else None
         result = await self._inference.predict(
-            convert.model_ref(request.model), inputs, list(request.output_filter), _deadline(context)
+            convert.model_ref(request.model), inputs, list(request.output_filter), _deadline(context), classify
         )
         response = pb.PredictResponse(model_name=result.model_name, model_version=result.version)
         as_content = _as_content(request.output_encoding, uses_content(inputs))
         for name, array in result.outputs.items():
             fill_tensor(response.outputs[name], array, as_content)
+        if result.classifications is not None:
+            response.classifications.extend(convert.classification(row) for row in result.classifications)
         return response
 
     async def PredictBatch(

@@ -1,6 +1,10 @@
-"""One server interceptor for what every RPC needs: authentication, rate limits, error mapping, metrics.
+"""One server interceptor for what every RPC needs: request ids, authentication, rate limits, error mapping,
+metrics.
 
-Authentication (when a token file is configured) runs per call, before any request message is read, for every
+Every call gets a request id: the client's ``x-request-id`` metadata (made safe and bounded) or a fresh one. It is
+set in ``logs.request_id`` for the call's task, so every log line of the call carries it, and sent back as
+``x-request-id`` trailing metadata (streams also get it in their initial metadata, so it is known while they
+run). Authentication (when a token file is configured) runs per call, before any request message is read, for every
 service (health and reflection can be public). Our own services' handlers are also wrapped once per method
 (cached): the wrapper applies the per-client rate limit, times the call, turns exceptions into statuses
 (``api.errors.status_for``) and counts the outcome by status code. One wrapper instead of a chain of
@@ -12,6 +16,8 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import inspect
+import re
+import secrets
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -22,9 +28,32 @@ from tt_server import metrics
 from tt_server.api.auth import AuthError, RateLimiter, TokenAuthenticator
 from tt_server.api.errors import status_for
 from tt_server.errors import ResourceExhausted
+from tt_server.logs import request_id
 
 # Set by the interceptor for the call's task, read by the wrapper (same task) to key the rate limit.
 _caller: contextvars.ContextVar[str | None] = contextvars.ContextVar("tt_caller", default=None)
+
+REQUEST_ID_KEY = "x-request-id"
+MAX_REQUEST_ID_LENGTH = 64
+# A client's id lands in log lines and metadata: anything outside this set (newlines, quotes, non-ASCII) is
+# replaced, so it can neither forge log lines nor break a header.
+_UNSAFE_ID_CHARS = re.compile(r"[^A-Za-z0-9._:/+=@-]")
+
+
+def _request_id(metadata: Any) -> str:
+    """The client's ``x-request-id`` made safe and bounded, else a fresh random one."""
+    for key, value in metadata or ():
+        if key == REQUEST_ID_KEY and isinstance(value, str):
+            safe = _UNSAFE_ID_CHARS.sub("_", value[:MAX_REQUEST_ID_LENGTH])
+            if safe.strip("_"):
+                return safe
+            break
+    return secrets.token_hex(8)
+
+
+def _id_metadata() -> tuple[tuple[str, str], ...]:
+    current = request_id.get()
+    return () if current is None else ((REQUEST_ID_KEY, current),)
 
 
 class _Outcome:
@@ -54,12 +83,14 @@ class _Outcome:
 async def _fail(context: grpc.aio.ServicerContext, exc: BaseException, outcome: _Outcome, started: float) -> None:
     status = status_for(exc, outcome.method)
     outcome.done(started, status.code)
-    await context.abort(status.code, status.details, status.trailing_metadata)
+    # abort()'s metadata replaces what set_trailing_metadata() set, so the id goes in again.
+    await context.abort(status.code, status.details, (*status.trailing_metadata, *_id_metadata()))
 
 
 def _wrap_unary(behavior: Callable[..., Any], outcome: _Outcome) -> Callable[..., Any]:
     async def handler(request_or_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
         started = time.perf_counter()
+        context.set_trailing_metadata(_id_metadata())
         try:
             outcome.admit(context)
             response = await behavior(request_or_iterator, context)
@@ -79,7 +110,10 @@ def _wrap_unary(behavior: Callable[..., Any], outcome: _Outcome) -> Callable[...
 def _wrap_stream(behavior: Callable[..., Any], outcome: _Outcome) -> Callable[..., Any]:
     async def handler(request_or_iterator: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         started = time.perf_counter()
+        ids = _id_metadata()
+        context.set_trailing_metadata(ids)
         try:
+            await context.send_initial_metadata(ids)
             outcome.admit(context)
             async for response in behavior(request_or_iterator, context):
                 yield response
@@ -106,7 +140,7 @@ def _refusal(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message: str
     """A handler of the same kind as ``handler`` that fails at once, before reading any request."""
 
     async def refuse(request_or_iterator: Any, context: grpc.aio.ServicerContext) -> None:
-        await context.abort(code, message)
+        await context.abort(code, message, _id_metadata())
 
     if handler.unary_unary:
         return grpc.unary_unary_rpc_method_handler(refuse, **_kwargs(handler))
@@ -155,6 +189,8 @@ class ServingInterceptor(grpc.aio.ServerInterceptor):
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         method = handler_call_details.method
+        # intercept_service runs in the call's own task, so the id is seen by the handler and everything it logs.
+        request_id.set(_request_id(handler_call_details.invocation_metadata))
         handler = self._cache.get(method)
         if handler is None:
             handler = await continuation(handler_call_details)

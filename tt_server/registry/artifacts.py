@@ -37,6 +37,7 @@ _DESCRIPTIONS = {
     ModelFormat.H5: "an HDF5 (.h5) file",
     ModelFormat.SAVED_MODEL_TAR_GZ: "a gzip archive",
     ModelFormat.SAVED_MODEL_ZIP: "a zip archive holding a SavedModel",
+    ModelFormat.FROZEN_GRAPH: "a TensorFlow frozen graph (GraphDef)",
 }
 
 
@@ -67,8 +68,15 @@ def detect_format(path: Path, declared: ModelFormat | None) -> ModelFormat:
         actual = ModelFormat.SAVED_MODEL_TAR_GZ
     elif head.startswith(ZIP_MAGIC):
         actual = _zip_format(path)
+    elif declared is ModelFormat.FROZEN_GRAPH:
+        # A GraphDef is a bare protobuf with no magic bytes: the declaration is the evidence, and inspection
+        # checks that the bytes parse as a graph.
+        actual = ModelFormat.FROZEN_GRAPH
     else:
-        raise InvalidArgument.field("header.format", f"unrecognised model file: {_describe(head)}")
+        description = _describe(head)
+        if description.startswith("unknown binary"):
+            description += "; a TensorFlow frozen graph (.pb) must be declared with header.frozen_graph"
+        raise InvalidArgument.field("header.format", f"unrecognised model file: {description}")
     if declared is not None and declared != actual:
         raise InvalidArgument.field(
             "header.format", f"declared {declared.name} but the file is {_DESCRIPTIONS[actual]}"

@@ -8,6 +8,8 @@ loaded before it has been checked statically:
   (external links, external or virtual datasets). Then ``keras.saving.load_model(safe_mode=True)``.
 * SavedModel archives: safe unpacking (:mod:`.artifacts`), then the op scan (:mod:`.safety`) of
   ``saved_model.pb``, then ``tf.saved_model.load``.
+* Frozen graphs (``.pb``): parsing and the named nodes' existence (:mod:`.frozen_graph`), the op scan of the
+  GraphDef and its function library, then the import and prune the loader will do.
 
 TensorFlow, Keras and h5py are imported on first use so that importing the registry stays cheap.
 """
@@ -24,8 +26,9 @@ from typing import TYPE_CHECKING, Any
 
 from tt_server.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
 from tt_server.registry.artifacts import SAVED_MODEL_PB, ArchiveLimits, check_zip_members, unpack_archive
-from tt_server.registry.safety import scan_saved_model
-from tt_server.types import DType, ModelFormat, Signature, TensorSpec
+from tt_server.registry.frozen_graph import check_nodes, import_frozen_graph, parse_graph_def
+from tt_server.registry.safety import scan_graph_def, scan_saved_model
+from tt_server.types import DType, FrozenGraphNodes, ModelFormat, Signature, TensorSpec
 
 if TYPE_CHECKING:
     import h5py
@@ -48,13 +51,18 @@ def inspect_artifact(
     work_dir: Path,
     limits: ArchiveLimits,
     allowed_custom_objects: frozenset[str],
+    frozen_graph: FrozenGraphNodes | None = None,
 ) -> Signature:
     """Check the artifact at ``path`` (already identified as ``fmt``) and return its signature.
 
-    ``work_dir`` is an existing scratch directory the caller removes afterwards. Raises InvalidArgument for
-    corrupt files, FailedPrecondition for unsafe or unusable models, ResourceExhausted for archives over
-    the ``limits``.
+    ``work_dir`` is an existing scratch directory the caller removes afterwards; ``frozen_graph`` names the
+    nodes of a ``FROZEN_GRAPH``. Raises InvalidArgument for corrupt files, FailedPrecondition for unsafe or
+    unusable models, ResourceExhausted for archives over the ``limits``.
     """
+    if fmt is ModelFormat.FROZEN_GRAPH:
+        if frozen_graph is None:
+            raise InvalidArgument.field("header.frozen_graph", "a frozen graph needs its input and output nodes")
+        return _inspect_frozen_graph(path, frozen_graph)
     if fmt is ModelFormat.KERAS:
         return _inspect_keras(path, work_dir, limits, allowed_custom_objects)
     if fmt is ModelFormat.H5:
@@ -292,6 +300,16 @@ def _dtype(name: str, tensor: str) -> DType:
         raise FailedPrecondition(
             f"tensor {tensor!r} has dtype {name}, which is not supported (supported: {supported})"
         ) from None
+
+
+# --- frozen graphs -------------------------------------------------------------------------------------
+
+
+def _inspect_frozen_graph(path: Path, nodes: FrozenGraphNodes) -> Signature:
+    graph = parse_graph_def(path.read_bytes())
+    check_nodes(graph, nodes)
+    scan_graph_def(graph, nodes.outputs)
+    return import_frozen_graph(graph, nodes)[1]
 
 
 # --- SavedModel -----------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Static op scan of an uploaded SavedModel, run before TensorFlow loads it.
+"""Static op scan of an uploaded SavedModel or frozen graph, run before TensorFlow loads it.
 
 A SavedModel is a program: its graph may read or write files, open sockets or call back into Python, and
 ``tf.saved_model.load`` already runs part of it (resource creators and initializers, the init op). The scan
@@ -31,6 +31,10 @@ functions, so they are not denied everywhere. They are denied in everything that
 loaded or served — whatever is reachable from any signature's outputs, the init op, or any function of the
 object graph (resource creators/initializers run at load) — and write ops among them are denied in the
 saver's restore path too, which TF1-style loading runs.
+
+Frozen graphs (``scan_graph_def``) get the same deny-list over the GraphDef and its function library. They
+have no assets, so a text-file table is always refused, and no saver, so checkpoint ops are denied in
+everything the named output nodes depend on (the pruned function runs nothing else).
 """
 
 from __future__ import annotations
@@ -166,6 +170,27 @@ def scan_saved_model(saved_model: SavedModel) -> None:
         _scan_meta_graph(meta_graph)
 
 
+def scan_graph_def(graph: GraphDef, output_nodes: Iterable[str]) -> None:
+    """Raise FailedPrecondition naming the first op (and its function) that makes a frozen graph unsafe;
+    ``output_nodes`` are the nodes (or ``node:index`` tensors) it is served through."""
+    functions = {f.signature.name: f for f in graph.library.function}
+    for node in graph.node:
+        _check_node(node, f"graph node {node.name!r}", _no_assets, "frozen graph")
+    for name, function in functions.items():
+        for node in function.node_def:
+            _check_node(node, _where(name, node), _no_assets, "frozen graph")
+    for where, node in _reachable(graph, functions, [_node_name(n) for n in output_nodes], []):
+        if node.op in CHECKPOINT_OPS:
+            raise FailedPrecondition(
+                f"unsafe frozen graph: op {node.op} (reads or writes checkpoint files) in {where}, which the "
+                "output nodes depend on"
+            )
+
+
+def _no_assets(tensor: str) -> bool:
+    return False  # a GraphDef packs no asset files, so no tensor can name one
+
+
 def _scan_meta_graph(meta_graph: MetaGraphDef) -> None:
     _check_asset_names(meta_graph)
     graph = meta_graph.graph_def
@@ -202,7 +227,7 @@ def _scan_meta_graph(meta_graph: MetaGraphDef) -> None:
                 )
 
 
-def _check_node(node: NodeDef, where: str, is_asset_path: Callable[[str], bool]) -> None:
+def _check_node(node: NodeDef, where: str, is_asset_path: Callable[[str], bool], kind: str = "SavedModel") -> None:
     reason = _denied_reason(node.op)
     if reason is None and node.op == "PrintV2":
         stream = _string_attr(node, "output_stream", "stderr")
@@ -216,7 +241,7 @@ def _check_node(node: NodeDef, where: str, is_asset_path: Callable[[str], bool])
     if reason is None and node.op in _TEXT_FILE_TABLE_OPS and not is_asset_path(filename):
         reason = "reads a file named by a tensor that is not a packaged asset"
     if reason is not None:
-        raise FailedPrecondition(f"unsafe SavedModel: op {node.op} ({reason}) in {where}")
+        raise FailedPrecondition(f"unsafe {kind}: op {node.op} ({reason}) in {where}")
 
 
 def _string_attr(node: NodeDef, key: str, default: str) -> str:

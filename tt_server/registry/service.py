@@ -1,7 +1,8 @@
 """The model registry: uploads, versions, labels, downloads. Knows nothing of gRPC.
 
 Upload path: header checks -> chunks spooled to a scratch file (size cap, sha256) -> format detection and
-safe inspection in a worker thread (reads the signature; nothing is stored if it fails) -> blob written under a
+safe inspection in a worker thread (reads the signature; nothing is stored if it fails) -> the header's class
+names and image scaling checked against that signature -> blob written under a
 fresh key that is first recorded in the blob GC table -> one metadata transaction creates the version and clears
 that GC entry. A crash or cancellation anywhere before the commit leaves at most a GC entry, which the sweeper
 (`collect_garbage`) deletes later; so no version row ever points at a missing blob and no blob outlives its row.
@@ -23,14 +24,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from tt_server.config import Settings
-from tt_server.errors import FieldViolation, InvalidArgument, ResourceExhausted
+from tt_server.errors import FieldViolation, InvalidArgument, NotFound, ResourceExhausted
 from tt_server.events import EventBus
 from tt_server.registry.artifacts import ArchiveLimits, detect_format
+from tt_server.registry.frozen_graph import INPUT_FIELD, NODE_NAME, OUTPUT_FIELD
 from tt_server.registry.inspect import inspect_artifact
 from tt_server.storage.blobs import BlobStore
 from tt_server.storage.metadata import MetadataStore, NewVersion
 from tt_server.types import (
     EventKind,
+    FrozenGraphNodes,
+    ImageScaling,
     Model,
     ModelFormat,
     ModelRef,
@@ -39,6 +43,7 @@ from tt_server.types import (
     RegistryEvent,
     Signature,
     VersionSource,
+    tensor_display_name,
 )
 
 log = logging.getLogger(__name__)
@@ -48,6 +53,11 @@ LABEL_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 MAX_METADATA_BYTES = 64 * 1024
 UPLOAD_GC_DELAY_US = 3600 * 1_000_000  # an unfinished upload's blob is swept after an hour
+MAX_GRAPH_NODES = 256  # input plus output nodes a frozen graph upload may name
+# Class names: ImageNet's 1000 (some repeated, e.g. "crane") are the usual upper end; these caps only stop abuse.
+MAX_CLASS_NAMES = 100_000
+MAX_CLASS_NAME_CHARS = 256
+CLASS_NAMES_FIELD = "header.class_names_text"
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +72,9 @@ class UploadSpec:
     labels: tuple[str, ...] = ()
     expected_size: int | None = None
     expected_sha256: str | None = None
+    frozen_graph: FrozenGraphNodes | None = None  # given for frozen graphs only
+    class_names: tuple[str, ...] = ()  # the labels file's lines, trailing blank ones dropped
+    image_scaling: ImageScaling = ImageScaling.RAW
 
 
 def check_model_name(name: str, field_name: str = "name") -> None:
@@ -128,10 +141,14 @@ class Registry:
             if size == 0:
                 raise InvalidArgument.field("chunk", "the upload carried no data")
             loop = asyncio.get_running_loop()
+            # The nodes are the only sign of a frozen graph: a GraphDef has no magic bytes.
+            declared = ModelFormat.FROZEN_GRAPH if spec.format is None and spec.frozen_graph else spec.format
             fmt, signature = await loop.run_in_executor(
-                self._executor, self._inspect, artifact, spec.format, work / "unpacked"
+                self._executor, self._inspect, artifact, declared, spec.frozen_graph, work / "unpacked"
             )
             self._check_feature_names(spec.feature_names, signature)
+            _check_class_names(spec.class_names, signature)
+            _check_image_scaling(spec.image_scaling, signature)
             version = await self._publish(spec, artifact, fmt, size, sha256, signature)
         finally:
             await asyncio.to_thread(_remove_tree, work)
@@ -169,6 +186,8 @@ class Registry:
         check(metadata_size <= MAX_METADATA_BYTES, "header.metadata", f"over {MAX_METADATA_BYTES} bytes")
         if spec.expected_sha256 is not None:
             check(bool(SHA256_HEX.match(spec.expected_sha256)), "header.expected_sha256", "not a hex SHA-256")
+        violations += _frozen_graph_violations(spec)
+        violations += _class_name_violations(spec.class_names)
         if violations:
             raise InvalidArgument(f"{violations[0].field}: {violations[0].description}", violations)
         if spec.expected_size is not None and spec.expected_size > self._settings.max_upload_bytes:
@@ -192,10 +211,12 @@ class Registry:
                 out.write(chunk)
         return size, digest.hexdigest()
 
-    def _inspect(self, artifact: Path, declared: ModelFormat | None, work: Path) -> tuple[ModelFormat, Signature]:
+    def _inspect(
+        self, artifact: Path, declared: ModelFormat | None, nodes: FrozenGraphNodes | None, work: Path
+    ) -> tuple[ModelFormat, Signature]:
         fmt = detect_format(artifact, declared)
         work.mkdir(exist_ok=True)
-        signature = inspect_artifact(artifact, fmt, work, self._limits, self._allowed_custom)
+        signature = inspect_artifact(artifact, fmt, work, self._limits, self._allowed_custom, nodes)
         return fmt, signature
 
     @staticmethod
@@ -241,6 +262,9 @@ class Registry:
                 metadata=spec.metadata,
                 parent_version=parent_version,
                 training_session_id=training_session_id,
+                class_names=spec.class_names,
+                frozen_graph=spec.frozen_graph if fmt is ModelFormat.FROZEN_GRAPH else None,
+                image_scaling=spec.image_scaling,
             )
             version = await self._metadata.create_version(
                 NewVersion(draft, set_labels=spec.labels, model_description=spec.description)
@@ -272,8 +296,18 @@ class Registry:
         to it, with the same guarantees and events as an upload.
 
         The artifact is not inspected again: the server wrote it from a model that passed inspection, and
-        training changes weights, never the architecture, so the parent's ``signature`` still holds.
+        training changes weights, never the architecture, so the parent's ``signature`` still holds, and so do
+        its class names and image scaling, which the checkpoint inherits.
         """
+        class_names: tuple[str, ...] = ()
+        image_scaling = ImageScaling.RAW
+        if parent_version is not None:
+            try:
+                parent = await self._metadata.get_version(model_name, parent_version)
+            except NotFound:
+                pass  # deleted while training: nothing left to inherit
+            else:
+                class_names, image_scaling = parent.class_names, parent.image_scaling
         spec = UploadSpec(
             model_name=model_name,
             format=ModelFormat.KERAS,
@@ -281,6 +315,8 @@ class Registry:
             feature_names=feature_names,
             metadata=metadata,
             labels=labels,
+            class_names=class_names,
+            image_scaling=image_scaling,
         )
         self._check_upload_spec(spec)
 
@@ -391,3 +427,70 @@ class Registry:
 
 def _remove_tree(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
+
+
+def _frozen_graph_violations(spec: UploadSpec) -> list[FieldViolation]:
+    """Header rules for frozen graph nodes: given exactly for frozen graphs, well formed, not too many, and
+    naming distinct signature inputs and outputs (``x`` and ``x:0`` are the same tensor)."""
+    nodes = spec.frozen_graph
+    if nodes is None:
+        if spec.format is ModelFormat.FROZEN_GRAPH:
+            return [FieldViolation("header.frozen_graph", "a frozen graph needs its input and output node names")]
+        return []
+    if spec.format not in (None, ModelFormat.FROZEN_GRAPH):
+        return [FieldViolation("header.frozen_graph", f"node names are for frozen graphs, not {spec.format.name}")]
+    violations: list[FieldViolation] = []
+    for path, names in ((INPUT_FIELD, nodes.inputs), (OUTPUT_FIELD, nodes.outputs)):
+        if not names:
+            violations.append(FieldViolation(path, "name at least one node"))
+        seen: set[str] = set()
+        for i, name in enumerate(names):
+            if not NODE_NAME.match(name):
+                violations.append(FieldViolation(f"{path}[{i}]", f"{name[:80]!r} is not a node name ('x' or 'x:1')"))
+            elif tensor_display_name(name) in seen:
+                violations.append(FieldViolation(f"{path}[{i}]", f"{name!r} is named twice"))
+            seen.add(tensor_display_name(name))
+    if len(nodes.inputs) + len(nodes.outputs) > MAX_GRAPH_NODES:
+        violations.append(FieldViolation("header.frozen_graph", f"more than {MAX_GRAPH_NODES} nodes named"))
+    return violations
+
+
+def _class_name_violations(names: tuple[str, ...]) -> list[FieldViolation]:
+    if len(names) > MAX_CLASS_NAMES:
+        return [FieldViolation(CLASS_NAMES_FIELD, f"{len(names)} class names; at most {MAX_CLASS_NAMES}")]
+    # Repeated names are allowed: real labels files have them (ImageNet's "crane" is a bird and a machine).
+    for line, name in enumerate(names, start=1):
+        if not name:
+            return [FieldViolation(CLASS_NAMES_FIELD, f"line {line} is empty; class {line - 1} needs a name")]
+        if len(name) > MAX_CLASS_NAME_CHARS:
+            return [FieldViolation(CLASS_NAMES_FIELD, f"line {line} is over {MAX_CLASS_NAME_CHARS} characters")]
+    return []
+
+
+def _check_class_names(names: tuple[str, ...], signature: Signature) -> None:
+    """The names must fit the first output when its width is known: one per column, or two for a single
+    sigmoid column. Other outputs are checked when ``Predict`` classifies them."""
+    if not names or not signature.outputs:
+        return
+    first = signature.outputs[0]
+    if len(first.shape) != 2 or first.shape[1] < 0:
+        return
+    width = first.shape[1]
+    if width != len(names) and not (width == 1 and len(names) == 2):
+        raise InvalidArgument.field(
+            CLASS_NAMES_FIELD,
+            f"{len(names)} class names given but the output {first.name!r} has {width} values per row",
+        )
+
+
+def _check_image_scaling(scaling: ImageScaling, signature: Signature) -> None:
+    """Scaling pixels to 0..1 or -1..1 needs an image input whose dtype can hold fractions."""
+    if scaling is ImageScaling.RAW:
+        return
+    if not any(spec.image_shape() and spec.dtype.value.startswith("float") for spec in signature.inputs):
+        inputs = ", ".join(f"{s.name} {s.dtype.value}{list(s.shape)}" for s in signature.inputs)
+        raise InvalidArgument.field(
+            "header.image_scaling",
+            f"scaling pixels needs an image input of a float dtype, [-1, H, W, C] with C 1, 3 or 4; the model's "
+            f"inputs are: {inputs}",
+        )

@@ -8,7 +8,8 @@ the bytes are checked against the version's sha256 first, so they are exactly th
 
 The serving function's inputs and outputs follow the stored signature, which ``registry.inspect`` built
 from the same model: Keras inputs/outputs in ``model.inputs`` / ``model.outputs`` order (named by dict key
-when the model takes or returns dicts), SavedModel ``serving_default`` arguments and outputs by name.
+when the model takes or returns dicts), SavedModel ``serving_default`` arguments and outputs by name, frozen
+graphs' input and output nodes in the order the version records them.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import tensorflow as tf
 
 from tt_server.errors import FailedPrecondition
 from tt_server.registry.artifacts import ArchiveLimits, unpack_archive
+from tt_server.registry.frozen_graph import import_frozen_graph, parse_graph_def
 from tt_server.runtime.servable import Servable, trace_serving_function, variables_bytes
 from tt_server.types import ModelFormat, ModelVersion
 
@@ -33,6 +35,7 @@ ARTIFACT_SUFFIX = {
     ModelFormat.H5: ".h5",
     ModelFormat.SAVED_MODEL_TAR_GZ: ".tar.gz",
     ModelFormat.SAVED_MODEL_ZIP: ".zip",
+    ModelFormat.FROZEN_GRAPH: ".pb",
 }
 
 
@@ -52,8 +55,13 @@ class Loader:
         """Blocking: verify, load, trace and warm up. Raises ``FailedPrecondition`` for an artifact that does
         not match its version record or cannot be served."""
         self._verify_sha256()
-        is_keras = self.version.format in (ModelFormat.KERAS, ModelFormat.H5)
-        servable = self._load_keras() if is_keras else self._load_saved_model()
+        fmt = self.version.format
+        if fmt in (ModelFormat.KERAS, ModelFormat.H5):
+            servable = self._load_keras()
+        elif fmt is ModelFormat.FROZEN_GRAPH:
+            servable = self._load_frozen_graph()
+        else:
+            servable = self._load_saved_model()
         servable.warm_up()
         return servable
 
@@ -113,6 +121,21 @@ class Loader:
         function = trace_serving_function(forward, v.signature)
         size = variables_bytes(function.variables)
         return Servable(v.model_name, v.version, v.signature, function, loaded, size)
+
+    def _load_frozen_graph(self) -> Servable:
+        v = self.version
+        if v.frozen_graph is None:
+            raise FailedPrecondition(f"model {v.model_name!r} version {v.version} has no frozen graph node names")
+        graph = parse_graph_def(self._artifact.read_bytes())
+        pruned, _ = import_frozen_graph(graph, v.frozen_graph)
+        del graph  # the pruned function holds its own copy of the constants
+
+        def forward(tensors: list[tf.Tensor]) -> Sequence[tf.Tensor]:
+            return pruned(*tensors)  # a list, in output node order
+
+        function = trace_serving_function(forward, v.signature)
+        # No variables: the weights are constants inside the graph, whose size is about the artifact's.
+        return Servable(v.model_name, v.version, v.signature, function, pruned, self._artifact.stat().st_size)
 
 
 def _named_outputs(result: Any, names: Sequence[str]) -> list[tf.Tensor]:

@@ -2,7 +2,9 @@
 
 * **Resolution.** ``ModelRef`` -> version: an explicit version is used as is; a label or "newest" is read
   from the metadata store and reused for ``model_resolution_ttl_seconds``. Registry events drop cached
-  resolutions at once (``handle_event``); the TTL only bounds staleness when an event is lost.
+  resolutions at once (``handle_event``); the TTL only bounds staleness when an event is lost. When the
+  metadata store is unavailable, the last known resolution keeps serving (stale beats down for a model that is
+  already loaded): requests get it at once while one background query per TTL checks whether the store is back.
 * **Loading.** The first request for a version downloads its artifact into ``cache_dir``, loads and warms
   it up on the loader thread (never the event loop) and creates its batcher. Concurrent first requests share
   one load; if it fails they all get the error and the next request tries again.
@@ -106,6 +108,8 @@ class ModelManager:
         self._loads: dict[VersionKey, asyncio.Task[ServableHandle]] = {}
         self._resolved: dict[ResolutionKey, tuple[ModelVersion, float]] = {}  # -> (version, expires)
         self._resolving: dict[ResolutionKey, asyncio.Task[ModelVersion]] = {}
+        # Resolutions served stale because the metadata store was unavailable at their last refresh.
+        self._stale: set[ResolutionKey] = set()
         # Bumped per model by every event (resolutions) / by deletions (loads), so a query or load that was
         # in flight when the event arrived does not cache what the event made stale.
         self._resolution_epoch: dict[str, int] = {}
@@ -187,9 +191,44 @@ class ModelManager:
     async def _resolve(self, name: str, label: str | None) -> ModelVersion:
         rkey = (name, label)
         cached = self._resolved.get(rkey)
-        if cached is not None and cached[1] > time.monotonic():
+        if cached is not None:
+            version, expires = cached
+            if expires > time.monotonic():
+                return version
+            if rkey in self._stale:
+                # The store was down at the last try: answer now and retry behind the request, so that requests
+                # never wait for a connect timeout while the outage lasts.
+                self._resolved[rkey] = (version, time.monotonic() + self._settings.model_resolution_ttl_seconds)
+                self._spawn(self._refresh_behind(name, label))
+                return version
+        return await self._refresh(name, label)
+
+    async def _refresh(self, name: str, label: str | None) -> ModelVersion:
+        """Query the resolution; when the store is unavailable, serve the last known one for another TTL."""
+        rkey = (name, label)
+        try:
+            return await _single_flight(self._resolving, rkey, lambda: self._query(name, label))
+        except Unavailable:
+            cached = self._resolved.get(rkey)  # an event may have dropped it meanwhile: then it is known stale
+            if cached is None:
+                raise
+            if rkey not in self._stale:
+                log.warning(
+                    "metadata store unavailable; serving the last known resolution",
+                    extra={"model": name, "label": label, "version": cached[0].version},
+                )
+                self._stale.add(rkey)
+            self._resolved[rkey] = (cached[0], time.monotonic() + self._settings.model_resolution_ttl_seconds)
             return cached[0]
-        return await _single_flight(self._resolving, rkey, lambda: self._query(name, label))
+
+    async def _refresh_behind(self, name: str, label: str | None) -> None:
+        try:
+            await self._refresh(name, label)
+        except Exception:
+            # Not an outage (e.g. the label is gone): forget the stale answer, so the next request queries
+            # again and gets the error itself.
+            self._resolved.pop((name, label), None)
+            self._stale.discard((name, label))
 
     async def _query(self, name: str, label: str | None) -> ModelVersion:
         epoch = self._resolution_epoch.get(name, 0)
@@ -200,6 +239,9 @@ class ModelManager:
         if self._resolution_epoch.get(name, 0) == epoch:
             expires = time.monotonic() + self._settings.model_resolution_ttl_seconds
             self._resolved[(name, label)] = (version, expires)
+            if (name, label) in self._stale:
+                self._stale.discard((name, label))
+                log.info("metadata store reachable again; resolution refreshed", extra={"model": name, "label": label})
         return version
 
     async def _load(self, key: VersionKey, known: ModelVersion | None) -> ServableHandle:
@@ -264,7 +306,9 @@ class ModelManager:
             merge=servable.batchable,
             name=f"{version.model_name}:{version.version}",
         )
-        decoder = InputDecoder(version.signature, s.max_request_rows, s.max_request_elements)
+        decoder = InputDecoder(
+            version.signature, s.max_request_rows, s.max_request_elements, image_scaling=version.image_scaling
+        )
         return ServableHandle(version, servable, batcher, decoder)
 
     def _insert(self, key: VersionKey, handle: ServableHandle) -> None:
@@ -298,6 +342,7 @@ class ModelManager:
         self._resolution_epoch[name] = self._resolution_epoch.get(name, 0) + 1
         for rkey in [k for k in self._resolved if k[0] == name]:
             del self._resolved[rkey]
+            self._stale.discard(rkey)
         for rkey in [k for k in self._resolving if k[0] == name]:
             del self._resolving[rkey]  # the query in flight may be stale: later callers start a fresh one
 

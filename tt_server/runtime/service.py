@@ -2,13 +2,16 @@
 
 ``api/inference.py`` converts protobuf to ``WireTensor``s and back; everything between is here:
 
-    manager.get(ref) -> handle.decoder.decode(inputs) -> handle.batcher.submit(...) -> outputs by name
+    manager.get(ref) -> handle.decoder.decode(inputs) [-> decode_images in a worker thread]
+        -> handle.batcher.submit(...) -> outputs by name [-> top classes by the version's class names]
 
-No gRPC, no TensorFlow: the servable and its batcher do the model work off the event loop.
+No gRPC, no TensorFlow: the servable and its batcher do the model work off the event loop, and encoded images
+are decoded on asyncio's default executor, so decoding overlaps model calls on the inference thread.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -16,8 +19,9 @@ import numpy as np
 
 from tt_server.config import Settings
 from tt_server.errors import FieldViolation, InvalidArgument
+from tt_server.runtime.classes import classified_output, top_classes
 from tt_server.runtime.manager import ModelManager, ServableHandle
-from tt_server.types import ModelRef, ModelVersion, WireTensor
+from tt_server.types import ClassifyRequest, ClassScore, ModelRef, ModelVersion, WireTensor
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,6 +29,7 @@ class PredictResult:
     model_name: str
     version: int  # the version that ran (a label or "newest" resolved to it)
     outputs: dict[str, np.ndarray]  # by output name, in signature order; the first dim is the batch dim
+    classifications: list[tuple[ClassScore, ...]] | None = None  # per row, best first; None unless asked for
 
 
 class InferenceService:
@@ -42,14 +47,17 @@ class InferenceService:
         inputs: Mapping[str, WireTensor],
         output_filter: Sequence[str],
         deadline: float | None,
+        classify: ClassifyRequest | None = None,
     ) -> PredictResult:
         """Run ``ref`` on ``inputs``; ``output_filter`` names the outputs to return (empty = all);
-        ``deadline`` is a ``time.monotonic()`` instant or None.
+        ``deadline`` is a ``time.monotonic()`` instant or None; ``classify`` asks for the top classes of each row.
 
-        Raises ``NotFound`` (model, version, label), ``InvalidArgument`` (inputs, output_filter; every
-        violation at once), ``ResourceExhausted`` (queue full), ``DeadlineExceeded``.
+        Raises ``NotFound`` (model, version, label), ``InvalidArgument`` (inputs, images, output_filter, classify;
+        every violation at once), ``FailedPrecondition`` (classes asked of a version without class names),
+        ``ResourceExhausted`` (queue full), ``DeadlineExceeded``.
         """
         handle = await self._manager.get(ref)
+        scored = classified_output(handle.model_version, classify) if classify is not None else None
         names, violations = _select_outputs(handle, output_filter)
         try:
             arrays, rows = handle.decoder.decode(inputs)
@@ -58,10 +66,19 @@ class InferenceService:
         if violations:
             first = violations[0]
             raise InvalidArgument(f"{first.field}: {first.description}", violations)
+        if handle.decoder.has_encoded_images(arrays):
+            loop = asyncio.get_running_loop()
+            arrays = await loop.run_in_executor(None, handle.decoder.decode_images, arrays)
         outputs = await handle.batcher.submit(arrays, rows, deadline)
-        if names is not None:
+        classifications = None
+        if classify is not None and scored is not None:
+            classes = handle.model_version.class_names
+            classifications = top_classes(outputs[scored.name], classes, classify.top_k, scored.name)
+            if classify.omit_outputs:
+                outputs = {}
+        if names is not None and outputs:
             outputs = {name: outputs[name] for name in names}
-        return PredictResult(handle.model_name, handle.version, outputs)
+        return PredictResult(handle.model_name, handle.version, outputs, classifications)
 
 
 def _select_outputs(

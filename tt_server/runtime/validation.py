@@ -8,6 +8,11 @@ Every violation is collected, so a client fixes its request in one round trip. C
 input names, missing inputs, then per input dtype, rank, negative dims, fixed dims, empty batch, batch over
 the cap, element count over the cap, byte length / value count; last, that all inputs share one batch size.
 NaN and Inf are data and pass.
+
+Image inputs (``TensorSpec.image_shape``) also take encoded PNG/JPEG images, one per row, as a STRING tensor
+``[N]``, when the decoder is built with an ``image_scaling``. ``decode`` checks them like any input (batch
+size, the element count they will decode to) and passes them on as a 1-D object array; decoding the pixels is
+``decode_images``'s job, which blocks (Pillow) and so runs in a worker thread, never on the event loop.
 """
 
 from __future__ import annotations
@@ -20,7 +25,8 @@ from typing import Any, cast
 import numpy as np
 
 from tt_server.errors import FieldViolation, InvalidArgument
-from tt_server.types import DType, Signature, WireTensor
+from tt_server.runtime.images import MAX_IMAGE_PIXELS, decode_images
+from tt_server.types import DType, ImageScaling, ImageShape, Signature, WireTensor
 
 # Little-endian, as the wire format says; on little-endian hosts these are the native dtypes, so
 # ``frombuffer`` views need no byte swapping before TensorFlow copies them.
@@ -44,15 +50,27 @@ class _InputPlan:
     fixed: tuple[tuple[int, int], ...]  # (axis, size) for each fixed dim
     batched: bool  # rank >= 1: dim 0 is the batch dim
     shape_text: str
+    image: ImageShape | None  # set when the input also takes encoded images
 
 
 class InputDecoder:
     """Checks and decodes request inputs for one signature. Immutable; safe to share between tasks."""
 
-    def __init__(self, signature: Signature, max_batch_rows: int, max_elements: int) -> None:
+    def __init__(
+        self,
+        signature: Signature,
+        max_batch_rows: int,
+        max_elements: int,
+        image_scaling: ImageScaling | None = None,
+        max_image_pixels: int = MAX_IMAGE_PIXELS,
+    ) -> None:
+        """``image_scaling``: image inputs also take encoded images, whose pixels are scaled so; None: they do
+        not (training features, for one, are tensors only)."""
         self.signature = signature
         self.max_batch_rows = max_batch_rows
         self.max_elements = max_elements
+        self._image_scaling = image_scaling or ImageScaling.RAW
+        self._max_image_pixels = max_image_pixels
         self._plans = tuple(
             _InputPlan(
                 name=spec.name,
@@ -63,10 +81,12 @@ class InputDecoder:
                 fixed=tuple((axis, size) for axis, size in enumerate(spec.shape) if size >= 0),
                 batched=len(spec.shape) >= 1,
                 shape_text="[" + ", ".join(str(d) for d in spec.shape) + "]",
+                image=spec.image_shape() if image_scaling is not None else None,
             )
             for spec in signature.inputs
         )
         self._names = frozenset(p.name for p in self._plans)
+        self._image_plans = tuple(p for p in self._plans if p.image is not None)
 
     def decode(self, inputs: Mapping[str, WireTensor]) -> tuple[dict[str, np.ndarray], int]:
         """Return the arrays by input name and the batch size (1 when no input has a batch dim).
@@ -104,6 +124,32 @@ class InputDecoder:
             raise InvalidArgument(f"{first.field}: {first.description}{more}", violations)
         return arrays, 1 if rows is None else rows
 
+    def has_encoded_images(self, arrays: Mapping[str, np.ndarray]) -> bool:
+        """Whether ``decode`` passed on encoded images that ``decode_images`` must turn into pixels."""
+        # Image inputs are never STRING, so an object array there holds the encoded images.
+        return any(arrays[p.name].dtype == object for p in self._image_plans)
+
+    def decode_images(self, arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Blocking: ``arrays`` with every input given as encoded images replaced by its pixel batch.
+
+        Raises ``InvalidArgument`` naming every bad image (``inputs["x"].string_val[3]``)."""
+        decoded = dict(arrays)
+        violations: list[FieldViolation] = []
+        for plan in self._image_plans:
+            blobs = arrays[plan.name]
+            if blobs.dtype != object or plan.image is None:
+                continue
+            try:
+                decoded[plan.name] = decode_images(
+                    blobs, plan.image, plan.np_dtype, self._image_scaling, plan.path, self._max_image_pixels
+                )
+            except InvalidArgument as e:
+                violations += e.violations
+        if violations:
+            more = f" (and {len(violations) - 1} more)" if len(violations) > 1 else ""
+            raise InvalidArgument(f"{violations[0].field}: {violations[0].description}{more}", violations)
+        return decoded
+
     def _check_names(self, inputs: Mapping[str, WireTensor], violations: list[FieldViolation]) -> None:
         expected = ", ".join(p.name for p in self._plans)
         for name in inputs:
@@ -116,6 +162,8 @@ class InputDecoder:
             violations.append(FieldViolation("inputs", f"missing input(s): {', '.join(missing)}"))
 
     def _decode_one(self, plan: _InputPlan, tensor: WireTensor, violations: list[FieldViolation]) -> np.ndarray | None:
+        if plan.image is not None and tensor.dtype is DType.STRING:
+            return self._encoded_images(plan, plan.image, tensor, violations)
         path = plan.path
         start = len(violations)
         dtype_ok = tensor.dtype is plan.dtype
@@ -163,6 +211,48 @@ class InputDecoder:
         if len(violations) > start or not dtype_ok:
             return None
         return _payload(plan, tensor, shape, count, violations)
+
+    def _encoded_images(
+        self, plan: _InputPlan, image: ImageShape, tensor: WireTensor, violations: list[FieldViolation]
+    ) -> np.ndarray | None:
+        """Encoded images for an image input: checked as a ``[N]`` batch, returned as an object array of bytes."""
+        path = plan.path
+        start = len(violations)
+        if len(tensor.shape) != 1:
+            violations.append(
+                FieldViolation(
+                    f"{path}.shape",
+                    f"encoded images go in a string tensor of shape [N], one image per row; got rank "
+                    f"{len(tensor.shape)} (pixels need dtype {plan.dtype.value}, shape {plan.shape_text})",
+                )
+            )
+            return None
+        rows = tensor.shape[0]
+        elements = rows * image.height * image.width * image.channels
+        if rows <= 0:
+            violations.append(FieldViolation(f"{path}.shape[0]", "the batch is empty (0 rows)"))
+        elif rows > self.max_batch_rows:
+            violations.append(
+                FieldViolation(f"{path}.shape[0]", f"{rows} rows; a request may have at most {self.max_batch_rows}")
+            )
+        elif elements > self.max_elements:
+            violations.append(
+                FieldViolation(
+                    f"{path}.shape[0]",
+                    f"{rows} images decode to {elements} elements ({image.height} x {image.width} x {image.channels}"
+                    f" each); an input may have at most {self.max_elements}",
+                )
+            )
+        values = cast(Sequence[Any], tensor.values if tensor.values is not None else ())
+        if len(violations) == start and len(values) != rows:
+            violations.append(
+                FieldViolation(f"{path}.values", f"expected {rows} images (shape [{rows}]), got {len(values)}")
+            )
+        if len(violations) > start:
+            return None
+        blobs = np.empty(rows, dtype=object)
+        blobs[:] = [_as_bytes(v) for v in values]
+        return blobs
 
 
 def _payload(

@@ -27,7 +27,7 @@ from tt_server.errors import Unavailable
 
 log = logging.getLogger(__name__)
 
-PUBLISH_TIMEOUT_SECONDS = 10.0  # covers waiting for a reconnect; then the caller gets UNAVAILABLE
+PUBLISH_TIMEOUT_SECONDS = 10.0  # default; covers waiting for a reconnect, then the caller gets UNAVAILABLE
 RECONNECT_INTERVAL_SECONDS = 1.0
 
 
@@ -63,10 +63,17 @@ class AmqpDelivery:
 
 
 class AmqpBroker:
-    def __init__(self, url: str, queue: str, connection_name: str = "tensortrigger") -> None:
+    def __init__(
+        self,
+        url: str,
+        queue: str,
+        connection_name: str = "tensortrigger",
+        publish_timeout: float = PUBLISH_TIMEOUT_SECONDS,
+    ) -> None:
         self._url = url
         self._queue_name = queue
         self._connection_name = connection_name
+        self._publish_timeout = publish_timeout
         self._connection: AbstractRobustConnection | None = None
         self._publish_channel: AbstractChannel | None = None
         self._inboxes: list[asyncio.Queue[AbstractIncomingMessage | None]] = []
@@ -113,13 +120,14 @@ class AmqpBroker:
         message = aio_pika.Message(
             job_id.encode(), delivery_mode=aio_pika.DeliveryMode.PERSISTENT, content_type="text/plain"
         )
-        deadline = time.monotonic() + PUBLISH_TIMEOUT_SECONDS
+        deadline = time.monotonic() + self._publish_timeout
         while True:
             channel = self._channel
             try:
-                await channel.default_exchange.publish(
-                    message, routing_key=self._queue_name, mandatory=True, timeout=PUBLISH_TIMEOUT_SECONDS
-                )
+                # The whole call is bounded, not only the confirm (publish's own timeout): on a robust channel it
+                # first waits for the connection to be back, however long RabbitMQ stays away.
+                async with asyncio.timeout(max(0.1, deadline - time.monotonic())):
+                    await channel.default_exchange.publish(message, routing_key=self._queue_name, mandatory=True)
                 return
             except (DeliveryError, PublishError) as e:  # nacked or unroutable: RabbitMQ refused it
                 raise Unavailable(f"the job queue refused the message: {e}") from e

@@ -10,6 +10,7 @@ manager's polling of the metadata store (resolution TTL and the periodic check o
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import uuid
@@ -26,6 +27,7 @@ log = logging.getLogger(__name__)
 
 EXCHANGE = "tt.registry-events"
 PUBLISH_TIMEOUT_SECONDS = 2.0
+RECONNECT_INTERVAL_SECONDS = 1.0
 
 
 class AmqpEventBus:
@@ -44,7 +46,9 @@ class AmqpEventBus:
     async def open(self) -> None:
         try:
             self._connection = await aio_pika.connect_robust(
-                self._url, client_properties={"connection_name": f"tensortrigger-events-{self.replica_id[:8]}"}
+                self._url,
+                client_properties={"connection_name": f"tensortrigger-events-{self.replica_id[:8]}"},
+                reconnect_interval=RECONNECT_INTERVAL_SECONDS,  # events resume within a second of RabbitMQ's return
             )
             channel = await self._connection.channel()
             exchange = await channel.declare_exchange(self._exchange_name, aio_pika.ExchangeType.FANOUT, durable=True)
@@ -68,12 +72,22 @@ class AmqpEventBus:
         await self._local.publish(event)
         if self._exchange is None:
             return
+        if self._connection is not None and not self._connection.connected.is_set():
+            # RabbitMQ is away (the robust connection is reconnecting): do not make the caller wait for it.
+            log.warning(
+                "registry event not sent to other replicas (RabbitMQ unreachable); they will catch up by polling",
+                extra={"event": event.kind.value, "model": event.model_name},
+            )
+            return
         body = json.dumps(
             {"kind": event.kind.value, "model": event.model_name, "version": event.version, "label": event.label}
         ).encode()
         message = aio_pika.Message(body, content_type="application/json", headers={"origin": self.replica_id})
         try:
-            await self._exchange.publish(message, routing_key="", timeout=PUBLISH_TIMEOUT_SECONDS)
+            # Bounded as a whole: a robust exchange first waits for a lost connection to come back, which would
+            # hold up the registry call (already committed) for as long as RabbitMQ is away.
+            async with asyncio.timeout(PUBLISH_TIMEOUT_SECONDS):
+                await self._exchange.publish(message, routing_key="")
         except (*CONNECTION_EXCEPTIONS, TimeoutError):
             log.warning(
                 "registry event not sent to other replicas; they will catch up by polling",

@@ -23,7 +23,11 @@ def make_metadata_store(settings: Settings) -> MetadataStore:
         from tt_server.storage.postgres import PostgresMetadataStore
 
         return PostgresMetadataStore(
-            settings.database_url, pool_size=settings.database_pool_size, token_secret=_token_secret(settings)
+            settings.database_url,
+            pool_size=settings.database_pool_size,
+            token_secret=_token_secret(settings),
+            connect_timeout=settings.database_connect_timeout_seconds,
+            command_timeout=settings.database_command_timeout_seconds or None,
         )
     from tt_server.storage.sqlite import SqliteMetadataStore
 
@@ -40,6 +44,9 @@ def make_blob_store(settings: Settings) -> BlobStore:
             region=settings.s3_region,
             prefix=settings.s3_prefix,
             part_size=settings.s3_part_size_bytes,
+            connect_timeout=settings.s3_connect_timeout_seconds,
+            read_timeout=settings.s3_read_timeout_seconds,
+            max_attempts=settings.s3_max_attempts,
         )
     from tt_server.storage.local import LocalBlobStore
 
@@ -58,7 +65,12 @@ def make_broker(settings: Settings, connection_name: str = "tensortrigger") -> B
     if settings.amqp_url:
         from tt_server.storage.amqp import AmqpBroker
 
-        return AmqpBroker(settings.amqp_url, settings.amqp_jobs_queue, connection_name)
+        return AmqpBroker(
+            settings.amqp_url,
+            settings.amqp_jobs_queue,
+            connection_name,
+            publish_timeout=settings.amqp_publish_timeout_seconds,
+        )
     from tt_server.storage.local_broker import LocalBroker
 
     return LocalBroker()

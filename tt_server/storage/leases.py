@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 # Distinguishes our keys from other advisory locks in the same database (e.g. the migration lock).
 _KEY_NAMESPACE = b"tensortrigger.lease:"
 _CONNECTION_ERRORS = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError)
+_CHECK_TIMEOUT_SECONDS = 10.0
 
 
 class Lease(Protocol):
@@ -66,8 +67,9 @@ class PostgresLease:
         try:
             if conn is None or conn.is_closed():
                 raise Unavailable(f"the lease on {self.name!r} was lost")
-            await conn.fetchval("SELECT 1")
-        except _CONNECTION_ERRORS as e:
+            # Bounded: on a partitioned network the query would otherwise hang the training loop that checks.
+            await conn.fetchval("SELECT 1", timeout=_CHECK_TIMEOUT_SECONDS)
+        except (*_CONNECTION_ERRORS, TimeoutError) as e:
             raise Unavailable(f"the lease on {self.name!r} was lost: the database connection failed") from e
 
     async def release(self) -> None:
@@ -84,7 +86,12 @@ class PostgresLeaseManager:
     async def acquire(self, name: str, wait: bool) -> Lease:
         try:
             conn = await asyncpg.connect(self._dsn, timeout=self._timeout)
-        except (*_CONNECTION_ERRORS, asyncpg.CannotConnectNowError, asyncpg.TooManyConnectionsError) as e:
+        except (
+            *_CONNECTION_ERRORS,
+            asyncpg.CannotConnectNowError,
+            asyncpg.TooManyConnectionsError,
+            TimeoutError,  # connect_timeout
+        ) as e:
             raise Unavailable("the lease database is unavailable") from e
         try:
             if wait:
@@ -154,5 +161,5 @@ class LocalLeaseManager:
 def make_lease_manager(settings: Settings) -> LeaseManager:
     """PostgreSQL advisory locks when a database URL is set (replicas share it), in-process locks otherwise."""
     if settings.database_url:
-        return PostgresLeaseManager(settings.database_url)
+        return PostgresLeaseManager(settings.database_url, settings.database_connect_timeout_seconds)
     return LocalLeaseManager()

@@ -25,6 +25,7 @@ from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 from botocore.exceptions import ClientError, HTTPClientError
 from botocore.exceptions import ConnectionError as BotoConnectionError
+from botocore.handlers import add_expect_header
 
 from tt_server.errors import NotFound, ResourceExhausted, Unavailable
 from tt_server.storage.blobs import BlobInfo
@@ -47,8 +48,18 @@ class S3BlobStore:
     """Blobs as objects under ``prefix`` in ``bucket``; the bucket is created on ``open()`` if missing."""
 
     def __init__(
-        self, bucket: str, endpoint_url: str | None, region: str, prefix: str = "", part_size: int = 8 * MiB
+        self,
+        bucket: str,
+        endpoint_url: str | None,
+        region: str,
+        prefix: str = "",
+        part_size: int = 8 * MiB,
+        connect_timeout: float = 5.0,
+        read_timeout: float = 30.0,
+        max_attempts: int = 3,
     ) -> None:
+        """The timeouts bound each attempt, ``max_attempts`` the attempts (botocore retries connection errors,
+        throttling and 5xx with backoff); then the caller gets ``Unavailable``, never a call that hangs."""
         if part_size < MIN_PART_SIZE:
             raise ValueError(f"part_size must be at least {MIN_PART_SIZE} bytes (the S3 minimum)")
         self._bucket = bucket
@@ -56,16 +67,24 @@ class S3BlobStore:
         self._region = region
         self._prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
         self._part_size = part_size
+        self._config = AioConfig(
+            retries={"mode": "standard", "max_attempts": max_attempts},
+            connect_timeout=connect_timeout,
+            read_timeout=read_timeout,
+        )
         self._stack = AsyncExitStack()
         self._s3: S3Client | None = None
 
     # --- lifecycle ----------------------------------------------------------------------------------------
     async def open(self) -> None:
-        config = AioConfig(retries={"mode": "standard", "max_attempts": 3}, connect_timeout=10)
         client_context = get_session().create_client(
-            "s3", endpoint_url=self._endpoint_url, region_name=self._region, config=config
+            "s3", endpoint_url=self._endpoint_url, region_name=self._region, config=self._config
         )
         self._s3 = await self._stack.enter_async_context(client_context)
+        # No "Expect: 100-continue" on uploads: aiohttp waits for the 100 with no timeout at all, so an endpoint
+        # that accepts the connection but never answers (a partition, a hung proxy) would hang the upload for
+        # good. Without it the body is sent at once and the read timeout bounds the wait for the answer.
+        self._s3.meta.events.unregister("before-call.s3", add_expect_header)
         try:
             await self._ensure_bucket()
         except BaseException:

@@ -29,7 +29,16 @@ from typing import Any, ClassVar, NoReturn, Protocol
 from tt_server.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from tt_server.storage.metadata import NewVersion
 from tt_server.storage.sql_jobs import SqlJobStore
-from tt_server.types import Model, ModelFormat, ModelVersion, Page, Signature, VersionSource
+from tt_server.types import (
+    FrozenGraphNodes,
+    ImageScaling,
+    Model,
+    ModelFormat,
+    ModelVersion,
+    Page,
+    Signature,
+    VersionSource,
+)
 
 Row = dict[str, Any]
 
@@ -63,7 +72,7 @@ class SqlDatabase(SqlConnection, Protocol):
 
 _VERSION_COLUMNS = (
     "model_name, version, format, sha256, size_bytes, blob_key, signature, feature_names, description, "
-    "metadata, source, parent_version, training_session_id, created_at"
+    "metadata, source, parent_version, training_session_id, created_at, class_names, frozen_graph, image_scaling"
 )
 
 # Correlated subqueries rather than a GROUP BY join: simple, and fast with the primary key on model_versions.
@@ -205,7 +214,7 @@ class SqlMetadataStore(SqlJobStore):  # jobs live in sql_jobs.py: same database,
             number: int = row["version"]
             await tx.execute(
                 f"INSERT INTO model_versions ({_VERSION_COLUMNS}) "
-                "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+                "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
                 v.model_name,
                 number,
                 v.format.value,
@@ -220,6 +229,9 @@ class SqlMetadataStore(SqlJobStore):  # jobs live in sql_jobs.py: same database,
                 v.parent_version,
                 v.training_session_id,
                 now,
+                json.dumps(list(v.class_names)),
+                None if v.frozen_graph is None else json.dumps(v.frozen_graph.to_json()),
+                v.image_scaling.value,
             )
             # The registry may have queued the blob for collection while it was uploading; it is claimed now.
             await tx.execute("DELETE FROM blob_gc WHERE blob_key = $1", v.blob_key)
@@ -479,4 +491,9 @@ def _version_from_row(row: Row, labels: Sequence[str]) -> ModelVersion:
         parent_version=row["parent_version"],
         training_session_id=row["training_session_id"],
         labels=tuple(labels),
+        class_names=tuple(json.loads(row["class_names"])),
+        frozen_graph=None
+        if row["frozen_graph"] is None
+        else FrozenGraphNodes.from_json(json.loads(row["frozen_graph"])),
+        image_scaling=ImageScaling(row["image_scaling"]),
     )

@@ -23,7 +23,7 @@ from tensortrigger._errors import (
     UnavailableError,
     UnimplementedError,
 )
-from tensortrigger._messages import JobOptions, TrainOptions, TrainResult, model_ref
+from tensortrigger._messages import ClassScore, JobOptions, TrainOptions, TrainResult, model_ref, read_images
 from tensortrigger._retry import RetryPolicy
 
 try:
@@ -34,6 +34,7 @@ except _metadata.PackageNotFoundError:  # running from a source tree that was ne
 __all__ = [
     "AlreadyExistsError",
     "AsyncClient",
+    "ClassScore",
     "Client",
     "DeadlineExceededError",
     "FailedPreconditionError",
@@ -52,5 +53,6 @@ __all__ = [
     "UnimplementedError",
     "__version__",
     "model_ref",
+    "read_images",
     "v1",
 ]

@@ -160,6 +160,26 @@ class AsyncClient(BaseClient):
             raise
         return m.decode_tensors(response.outputs)
 
+    async def classify(
+        self,
+        model: m.Model,
+        inputs: m.Arrays,
+        *,
+        top_k: int = 5,
+        output: str | None = None,
+        timeout: float | None = None,
+    ) -> list[list[m.ClassScore]]:
+        """See ``Client.classify``."""
+        ref = m.model_ref(model)
+        options = m.classify_options(top_k, output)
+        request = m.predict_request(ref, await self.signature(ref, timeout=timeout), inputs, None, options)
+        try:
+            response = await self._unary(self._inference.Predict, request, timeout, idempotent=True)
+        except TensorTriggerError as error:
+            self._forget_signature(ref, error)
+            raise
+        return m.classifications(response)
+
     async def predict_batch(
         self,
         model: m.Model,
@@ -265,6 +285,10 @@ class AsyncClient(BaseClient):
         feature_names: Sequence[str] | None = None,
         metadata: dict[str, str] | None = None,
         labels: Sequence[str] | None = None,
+        input_nodes: Sequence[str] | None = None,
+        output_nodes: Sequence[str] | None = None,
+        class_names: Sequence[str] | str | os.PathLike[str] | None = None,
+        image_scaling: str | None = None,
         progress: m.Progress | None = None,
         timeout: float | None = None,
     ) -> model_pb2.ModelVersion:
@@ -282,6 +306,10 @@ class AsyncClient(BaseClient):
                 feature_names=feature_names,
                 metadata=metadata,
                 labels=labels,
+                input_nodes=input_nodes,
+                output_nodes=output_nodes,
+                class_names=class_names,
+                image_scaling=image_scaling,
             )
 
             async def requests() -> AsyncIterator[registry_service_pb2.UploadModelVersionRequest]:

@@ -109,7 +109,8 @@ class Client(BaseClient):
     ) -> dict[str, np.ndarray]:
         """Run ``model`` on ``inputs`` (one array for a single-input model, else arrays by input name).
 
-        Inputs are cast to the declared dtypes when numpy's "same_kind" rule allows (float64 -> float32).
+        Inputs are cast to the declared dtypes when numpy's "same_kind" rule allows (float64 -> float32). An image
+        input also takes encoded PNG/JPEG images, ``read_images(paths)``, which the server decodes and resizes.
         Returns the outputs by name (only ``outputs`` when given), as read-only arrays over the received bytes.
         """
         ref = m.model_ref(model)
@@ -120,6 +121,30 @@ class Client(BaseClient):
             self._forget_signature(ref, error)
             raise
         return m.decode_tensors(response.outputs)
+
+    def classify(
+        self,
+        model: m.Model,
+        inputs: m.Arrays,
+        *,
+        top_k: int = 5,
+        output: str | None = None,
+        timeout: float | None = None,
+    ) -> list[list[m.ClassScore]]:
+        """The ``top_k`` best classes of each row, best first, named by the version's class names (a version
+        uploaded with ``class_names``). ``output``: the output holding the scores (default: the first).
+
+        For an image classifier, ``inputs`` may be encoded images: ``client.classify("cnn", read_images(paths))``.
+        """
+        ref = m.model_ref(model)
+        options = m.classify_options(top_k, output)
+        request = m.predict_request(ref, self.signature(ref, timeout=timeout), inputs, None, options)
+        try:
+            response = self._unary(self._inference.Predict, request, timeout, idempotent=True)
+        except TensorTriggerError as error:
+            self._forget_signature(ref, error)
+            raise
+        return m.classifications(response)
 
     def predict_batch(
         self,
@@ -225,13 +250,22 @@ class Client(BaseClient):
         feature_names: Sequence[str] | None = None,
         metadata: dict[str, str] | None = None,
         labels: Sequence[str] | None = None,
+        input_nodes: Sequence[str] | None = None,
+        output_nodes: Sequence[str] | None = None,
+        class_names: Sequence[str] | str | os.PathLike[str] | None = None,
+        image_scaling: str | None = None,
         progress: m.Progress | None = None,
         timeout: float | None = None,
     ) -> model_pb2.ModelVersion:
-        """Upload a ``.keras``/``.h5`` file, a packed SavedModel, or a SavedModel directory (packed for you).
+        """Upload a ``.keras``/``.h5`` file, a packed SavedModel, a SavedModel directory (packed for you), or a
+        TF1 frozen graph (``.pb``).
 
-        ``format``: "keras", "h5", "saved_model_tar_gz", "saved_model_zip", or None to let the server detect it.
-        ``progress(sent, total)`` is called after each chunk (from gRPC's sending thread).
+        ``format``: "keras", "h5", "saved_model_tar_gz", "saved_model_zip", "frozen_graph", or None to let the
+        server detect it. ``input_nodes`` / ``output_nodes``: a frozen graph's nodes (TFaaS's ``inputNode`` and
+        ``outputNode``), which also declare the format. ``class_names``: a labels file (path, one name per line)
+        or the names, class 0 first; ``classify`` names the best classes with them. ``image_scaling``: "raw"
+        (0..255), "unit" (0..1) or "symmetric" (-1..1), how the server scales the pixels of images sent to an
+        image input. ``progress(sent, total)`` is called after each chunk (from gRPC's sending thread).
         """
         source = Path(path)
         packed = m.pack_saved_model(source) if source.is_dir() else None
@@ -246,6 +280,10 @@ class Client(BaseClient):
                 feature_names=feature_names,
                 metadata=metadata,
                 labels=labels,
+                input_nodes=input_nodes,
+                output_nodes=output_nodes,
+                class_names=class_names,
+                image_scaling=image_scaling,
             )
             total = header.header.expected_size_bytes
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import tarfile
 import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeAlias, TypedDict
@@ -43,6 +43,12 @@ _FORMATS = {
     "h5": model_pb2.MODEL_FORMAT_H5,
     "saved_model_tar_gz": model_pb2.MODEL_FORMAT_SAVED_MODEL_TAR_GZ,
     "saved_model_zip": model_pb2.MODEL_FORMAT_SAVED_MODEL_ZIP,
+    "frozen_graph": model_pb2.MODEL_FORMAT_FROZEN_GRAPH,
+}
+_IMAGE_SCALINGS = {
+    "raw": model_pb2.IMAGE_SCALING_RAW,
+    "unit": model_pb2.IMAGE_SCALING_UNIT,
+    "symmetric": model_pb2.IMAGE_SCALING_SYMMETRIC,
 }
 
 # numpy dtype name <-> wire dtype. Raw `content` is little-endian whatever the host, hence the explicit "<".
@@ -160,18 +166,51 @@ def encode_arrays(values: Arrays, specs: Sequence[tensor_pb2.TensorSpec], what: 
     return {name: encode_tensor(array) for name, array in named_arrays(values, specs, what).items()}
 
 
+def read_images(images: Iterable[bytes | str | os.PathLike[str]]) -> np.ndarray:
+    """Encoded images (PNG or JPEG file paths, or their bytes) as the array an image input takes: the server
+    decodes, resizes and scales them for the model. ``client.predict(model, read_images(["cat.png"]))``."""
+    blobs = [image if isinstance(image, bytes) else Path(image).read_bytes() for image in images]
+    array = np.empty(len(blobs), dtype=object)  # object, not numpy bytes: those drop trailing NUL bytes
+    array[:] = blobs
+    return array
+
+
 # --- inference --------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class ClassScore:
+    """One of the best classes of a row: its name, its index in the model's output and the model's score."""
+
+    name: str
+    index: int
+    score: float
+
+
 def predict_request(
-    ref: model_pb2.ModelRef, signature: tensor_pb2.Signature, inputs: Arrays, outputs: Sequence[str] | None
+    ref: model_pb2.ModelRef,
+    signature: tensor_pb2.Signature,
+    inputs: Arrays,
+    outputs: Sequence[str] | None,
+    classify: inference_service_pb2.ClassifyOptions | None = None,
 ) -> inference_service_pb2.PredictRequest:
     return inference_service_pb2.PredictRequest(
         model=ref,
         inputs=encode_arrays(inputs, signature.inputs, "inputs"),
         output_filter=list(outputs or []),
         output_encoding=tensor_pb2.TENSOR_ENCODING_CONTENT,
+        classify=classify,
     )
+
+
+def classify_options(top_k: int, output: str | None) -> inference_service_pb2.ClassifyOptions:
+    if top_k < 1:
+        raise ValueError(f"top_k must be at least 1, got {top_k}")
+    return inference_service_pb2.ClassifyOptions(top_k=top_k, output=output or "", omit_outputs=True)
+
+
+def classifications(response: inference_service_pb2.PredictResponse) -> list[list[ClassScore]]:
+    return [[ClassScore(c.name, c.index, c.score) for c in row.classes] for row in response.classifications]
 
 
 def batch_request(
@@ -224,9 +263,17 @@ def upload_header(
     feature_names: Sequence[str] | None,
     metadata: Mapping[str, str] | None,
     labels: Sequence[str] | None,
+    input_nodes: Sequence[str] | None = None,
+    output_nodes: Sequence[str] | None = None,
+    class_names: Sequence[str] | str | os.PathLike[str] | None = None,
+    image_scaling: str | None = None,
 ) -> registry_service_pb2.UploadModelVersionRequest:
     if format is not None and format not in _FORMATS:
         raise ValueError(f"unknown format {format!r}; expected one of {', '.join(_FORMATS)} or None to detect")
+    if image_scaling is not None and image_scaling not in _IMAGE_SCALINGS:
+        raise ValueError(f"unknown image_scaling {image_scaling!r}; expected one of {', '.join(_IMAGE_SCALINGS)}")
+    if (input_nodes is None) != (output_nodes is None):
+        raise ValueError("a frozen graph needs both input_nodes and output_nodes")
     if format is not None:
         wire_format = _FORMATS[format]
     elif packed:
@@ -241,8 +288,24 @@ def upload_header(
         metadata=dict(metadata or {}),
         labels=list(labels or []),
         expected_size_bytes=artifact.stat().st_size,
+        frozen_graph=(
+            model_pb2.FrozenGraphNodes(input_nodes=list(input_nodes), output_nodes=list(output_nodes or []))
+            if input_nodes is not None
+            else None
+        ),
+        class_names_text=class_names_text(class_names),
+        image_scaling=_IMAGE_SCALINGS[image_scaling] if image_scaling else model_pb2.IMAGE_SCALING_UNSPECIFIED,
     )
     return registry_service_pb2.UploadModelVersionRequest(header=header)
+
+
+def class_names_text(class_names: Sequence[str] | str | os.PathLike[str] | None) -> str:
+    """A labels file's text: read from a path (``str`` or ``PathLike``), or built from a list of names."""
+    if class_names is None:
+        return ""
+    if isinstance(class_names, str | os.PathLike):
+        return Path(class_names).read_text(encoding="utf-8")
+    return "".join(f"{name}\n" for name in class_names)
 
 
 @dataclass

@@ -20,7 +20,7 @@ from tensortrigger import __version__
 from tensortrigger._cli import output as out
 from tensortrigger._client import Client
 from tensortrigger._errors import TensorTriggerError
-from tensortrigger._messages import TERMINAL_STATES, model_ref, state_name
+from tensortrigger._messages import TERMINAL_STATES, ClassScore, model_ref, read_images, state_name
 from tensortrigger.v1 import jobs_service_pb2
 
 PREVIEW_ROWS = 20
@@ -203,6 +203,13 @@ def models_show(settings: Settings, model: str) -> None:
     )
     for key in ("format", "size_bytes", "sha256", "source", "labels", "feature_names", "create_time"):
         out.stdout.print(f"{key}: {fields[key]}")
+    if version.HasField("frozen_graph"):
+        nodes = version.frozen_graph
+        out.stdout.print(f"frozen_graph: inputs {list(nodes.input_nodes)}, outputs {list(nodes.output_nodes)}")
+    if version.class_names:
+        shown = ", ".join(version.class_names[:10]) + (", ..." if len(version.class_names) > 10 else "")
+        out.stdout.print(f"class_names ({len(version.class_names)}): {shown}")
+        out.stdout.print(f"image_scaling: {fields['image_scaling']}")
     grid = out.table("", "NAME", "DTYPE", "SHAPE")
     for kind, specs in (("input", version.signature.inputs), ("output", version.signature.outputs)):
         for spec in specs:
@@ -233,8 +240,31 @@ def _pairs(values: tuple[str, ...], option: str) -> dict[str, str]:
 @click.option(
     "--format",
     "format_",
-    type=click.Choice(["keras", "h5", "saved_model_tar_gz", "saved_model_zip"]),
-    help="Artifact format (default: detected by the server).",
+    type=click.Choice(["keras", "h5", "saved_model_tar_gz", "saved_model_zip", "frozen_graph"]),
+    help="Artifact format (default: detected by the server; --input-node declares a frozen graph).",
+)
+@click.option(
+    "--input-node",
+    "input_nodes",
+    multiple=True,
+    help="Frozen graph (.pb): input node, e.g. dense_1_input (repeatable).",
+)
+@click.option(
+    "--output-node",
+    "output_nodes",
+    multiple=True,
+    help="Frozen graph (.pb): output node, e.g. output_node0 (repeatable).",
+)
+@click.option(
+    "--class-names",
+    "class_names",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Labels file: one class name per line, class 0 first (TFaaS's labels.txt).",
+)
+@click.option(
+    "--image-scaling",
+    type=click.Choice(["raw", "unit", "symmetric"]),
+    help="How the server scales image pixels for an image input: 0..255, 0..1 or -1..1 (default raw).",
 )
 @pass_settings
 def models_upload(
@@ -246,8 +276,14 @@ def models_upload(
     feature_names: tuple[str, ...],
     metadata: tuple[str, ...],
     format_: str | None,
+    input_nodes: tuple[str, ...],
+    output_nodes: tuple[str, ...],
+    class_names: Path | None,
+    image_scaling: str | None,
 ) -> None:
-    """Upload PATH (.keras, .h5, packed or unpacked SavedModel) as a new version of model NAME."""
+    """Upload PATH (.keras, .h5, packed or unpacked SavedModel, frozen graph .pb) as a new version of model NAME."""
+    if bool(input_nodes) != bool(output_nodes):
+        raise click.UsageError("a frozen graph needs both --input-node and --output-node")
     with out.transfer(f"uploading {path.name}", settings.interactive) as progress:
         version = settings.client().upload(
             name,
@@ -257,6 +293,10 @@ def models_upload(
             feature_names=feature_names,
             metadata=_pairs(metadata, "--metadata"),
             labels=labels,
+            input_nodes=input_nodes or None,
+            output_nodes=output_nodes or None,
+            class_names=class_names,
+            image_scaling=image_scaling,
             progress=progress,
             timeout=None,  # an upload takes as long as the bytes take
         )
@@ -270,11 +310,20 @@ def models_upload(
 @models.command("download")
 @click.argument("model")
 @click.argument("dest", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--class-names-out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also save the version's class names here, one per line (a labels.txt).",
+)
 @pass_settings
-def models_download(settings: Settings, model: str, dest: Path) -> None:
+def models_download(settings: Settings, model: str, dest: Path, class_names_out: Path | None) -> None:
     """Save the artifact of MODEL (NAME, NAME:3, NAME@stable) to DEST."""
     with out.transfer(f"downloading {model}", settings.interactive) as progress:
         version = settings.client().download(model, dest, progress=progress)
+    if class_names_out is not None:
+        if not version.class_names:
+            raise click.UsageError(f"{version.model_name}:{version.version} has no class names to save")
+        class_names_out.write_text("".join(f"{name}\n" for name in version.class_names), encoding="utf-8")
     if settings.json:
         out.emit_json(out.plain(version))
     else:
@@ -386,7 +435,21 @@ def _load_inputs(json_text: str | None, csv_path: Path | None, npy_path: Path | 
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help=".npy array, or .npz of arrays by input name.",
 )
+@click.option(
+    "--image",
+    "images",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="PNG or JPEG file for an image model, one row each (repeatable); the server decodes and resizes it.",
+)
 @click.option("-o", "--output", "outputs", multiple=True, help="Return only this output (repeatable).")
+@click.option(
+    "-k",
+    "--top-k",
+    type=click.IntRange(min=1),
+    help="Print the K best classes of each row (needs class names; the default, 5, with --image when the "
+    "version has them).",
+)
 @pass_settings
 def predict(
     settings: Settings,
@@ -394,11 +457,27 @@ def predict(
     json_text: str | None,
     csv_path: Path | None,
     npy_path: Path | None,
+    images: tuple[Path, ...],
     outputs: tuple[str, ...],
+    top_k: int | None,
 ) -> None:
-    """Run MODEL (NAME, NAME:3, NAME@stable) on inputs from --json, --csv or --npy."""
-    inputs = _load_inputs(json_text, csv_path, npy_path)
-    result = settings.client().predict(model, inputs, outputs or None)
+    """Run MODEL (NAME, NAME:3, NAME@stable) on inputs from --json, --csv, --npy or --image files."""
+    client = settings.client()
+    if images:
+        if any(v is not None for v in (json_text, csv_path, npy_path)):
+            raise click.UsageError("give --image files or one of --json, --csv, --npy, not both")
+        inputs: Any = read_images(images)
+        if top_k is None and client.get_version(model).class_names:
+            top_k = 5
+    else:
+        inputs = _load_inputs(json_text, csv_path, npy_path)
+    if top_k is not None:
+        if outputs:
+            raise click.UsageError("--top-k prints classes, not outputs: drop --output")
+        # Rows are named by their image file, else numbered.
+        _print_classes(settings, client.classify(model, inputs, top_k=top_k), [path.name for path in images])
+        return
+    result = client.predict(model, inputs, outputs or None)
     if settings.json:
         out.emit_json({"outputs": {name: out.array_json(array) for name, array in result.items()}})
         return
@@ -409,6 +488,23 @@ def predict(
     out.stdout.print(grid)
     if rows > PREVIEW_ROWS:
         out.stdout.print(f"... {rows - PREVIEW_ROWS} more rows (use --json for all)")
+
+
+def _print_classes(settings: Settings, rows: list[list[ClassScore]], names: list[str]) -> None:
+    """The best classes of each row: a table of ROW, RANK, CLASS, SCORE (rows named by image file), or JSON."""
+    names = names if len(names) == len(rows) else [str(i) for i in range(len(rows))]
+    if settings.json:
+        body = [
+            {"row": name, "classes": [{"name": c.name, "index": c.index, "score": c.score} for c in classes]}
+            for name, classes in zip(names, rows, strict=True)
+        ]
+        out.emit_json({"classifications": body})
+        return
+    grid = out.table("ROW", "RANK", "CLASS", "SCORE")
+    for name, classes in zip(names, rows, strict=True):
+        for rank, c in enumerate(classes, start=1):
+            grid.add_row(name if rank == 1 else "", str(rank), c.name, f"{c.score:.4f}")
+    out.stdout.print(grid)
 
 
 # --- jobs ------------------------------------------------------------------------------------------------

@@ -41,7 +41,7 @@ TRAIN_CONTROL_CHECKPOINT: TrainControl
 TRAIN_CONTROL_END: TrainControl
 
 class PredictRequest(_message.Message):
-    __slots__ = ("model", "inputs", "output_filter", "output_encoding")
+    __slots__ = ("model", "inputs", "output_filter", "output_encoding", "classify")
     class InputsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -53,14 +53,42 @@ class PredictRequest(_message.Message):
     INPUTS_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_FILTER_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_ENCODING_FIELD_NUMBER: _ClassVar[int]
+    CLASSIFY_FIELD_NUMBER: _ClassVar[int]
     model: _model_pb2.ModelRef
     inputs: _containers.MessageMap[str, _tensor_pb2.Tensor]
     output_filter: _containers.RepeatedScalarFieldContainer[str]
     output_encoding: _tensor_pb2.TensorEncoding
-    def __init__(self, model: _Optional[_Union[_model_pb2.ModelRef, _Mapping]] = ..., inputs: _Optional[_Mapping[str, _tensor_pb2.Tensor]] = ..., output_filter: _Optional[_Iterable[str]] = ..., output_encoding: _Optional[_Union[_tensor_pb2.TensorEncoding, str]] = ...) -> None: ...
+    classify: ClassifyOptions
+    def __init__(self, model: _Optional[_Union[_model_pb2.ModelRef, _Mapping]] = ..., inputs: _Optional[_Mapping[str, _tensor_pb2.Tensor]] = ..., output_filter: _Optional[_Iterable[str]] = ..., output_encoding: _Optional[_Union[_tensor_pb2.TensorEncoding, str]] = ..., classify: _Optional[_Union[ClassifyOptions, _Mapping]] = ...) -> None: ...
+
+class ClassifyOptions(_message.Message):
+    __slots__ = ("top_k", "output", "omit_outputs")
+    TOP_K_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_FIELD_NUMBER: _ClassVar[int]
+    OMIT_OUTPUTS_FIELD_NUMBER: _ClassVar[int]
+    top_k: int
+    output: str
+    omit_outputs: bool
+    def __init__(self, top_k: _Optional[int] = ..., output: _Optional[str] = ..., omit_outputs: _Optional[bool] = ...) -> None: ...
+
+class ClassScore(_message.Message):
+    __slots__ = ("index", "name", "score")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    name: str
+    score: float
+    def __init__(self, index: _Optional[int] = ..., name: _Optional[str] = ..., score: _Optional[float] = ...) -> None: ...
+
+class Classification(_message.Message):
+    __slots__ = ("classes",)
+    CLASSES_FIELD_NUMBER: _ClassVar[int]
+    classes: _containers.RepeatedCompositeFieldContainer[ClassScore]
+    def __init__(self, classes: _Optional[_Iterable[_Union[ClassScore, _Mapping]]] = ...) -> None: ...
 
 class PredictResponse(_message.Message):
-    __slots__ = ("model_name", "model_version", "outputs")
+    __slots__ = ("model_name", "model_version", "outputs", "classifications")
     class OutputsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -71,10 +99,12 @@ class PredictResponse(_message.Message):
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     OUTPUTS_FIELD_NUMBER: _ClassVar[int]
+    CLASSIFICATIONS_FIELD_NUMBER: _ClassVar[int]
     model_name: str
     model_version: int
     outputs: _containers.MessageMap[str, _tensor_pb2.Tensor]
-    def __init__(self, model_name: _Optional[str] = ..., model_version: _Optional[int] = ..., outputs: _Optional[_Mapping[str, _tensor_pb2.Tensor]] = ...) -> None: ...
+    classifications: _containers.RepeatedCompositeFieldContainer[Classification]
+    def __init__(self, model_name: _Optional[str] = ..., model_version: _Optional[int] = ..., outputs: _Optional[_Mapping[str, _tensor_pb2.Tensor]] = ..., classifications: _Optional[_Iterable[_Union[Classification, _Mapping]]] = ...) -> None: ...
 
 class PredictBatchRequest(_message.Message):
     __slots__ = ("model", "inputs", "output_filter", "output_encoding", "request_id")

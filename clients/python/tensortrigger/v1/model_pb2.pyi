@@ -18,6 +18,14 @@ class ModelFormat(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     MODEL_FORMAT_H5: _ClassVar[ModelFormat]
     MODEL_FORMAT_SAVED_MODEL_TAR_GZ: _ClassVar[ModelFormat]
     MODEL_FORMAT_SAVED_MODEL_ZIP: _ClassVar[ModelFormat]
+    MODEL_FORMAT_FROZEN_GRAPH: _ClassVar[ModelFormat]
+
+class ImageScaling(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    IMAGE_SCALING_UNSPECIFIED: _ClassVar[ImageScaling]
+    IMAGE_SCALING_RAW: _ClassVar[ImageScaling]
+    IMAGE_SCALING_UNIT: _ClassVar[ImageScaling]
+    IMAGE_SCALING_SYMMETRIC: _ClassVar[ImageScaling]
 
 class VersionSource(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -29,6 +37,11 @@ MODEL_FORMAT_KERAS: ModelFormat
 MODEL_FORMAT_H5: ModelFormat
 MODEL_FORMAT_SAVED_MODEL_TAR_GZ: ModelFormat
 MODEL_FORMAT_SAVED_MODEL_ZIP: ModelFormat
+MODEL_FORMAT_FROZEN_GRAPH: ModelFormat
+IMAGE_SCALING_UNSPECIFIED: ImageScaling
+IMAGE_SCALING_RAW: ImageScaling
+IMAGE_SCALING_UNIT: ImageScaling
+IMAGE_SCALING_SYMMETRIC: ImageScaling
 VERSION_SOURCE_UNSPECIFIED: VersionSource
 VERSION_SOURCE_UPLOAD: VersionSource
 VERSION_SOURCE_TRAINING: VersionSource
@@ -43,8 +56,16 @@ class ModelRef(_message.Message):
     label: str
     def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., label: _Optional[str] = ...) -> None: ...
 
+class FrozenGraphNodes(_message.Message):
+    __slots__ = ("input_nodes", "output_nodes")
+    INPUT_NODES_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_NODES_FIELD_NUMBER: _ClassVar[int]
+    input_nodes: _containers.RepeatedScalarFieldContainer[str]
+    output_nodes: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, input_nodes: _Optional[_Iterable[str]] = ..., output_nodes: _Optional[_Iterable[str]] = ...) -> None: ...
+
 class ModelVersion(_message.Message):
-    __slots__ = ("model_name", "version", "format", "sha256", "size_bytes", "signature", "source", "parent_version", "training_session_id", "description", "feature_names", "metadata", "labels", "create_time")
+    __slots__ = ("model_name", "version", "format", "sha256", "size_bytes", "signature", "source", "parent_version", "training_session_id", "description", "feature_names", "metadata", "labels", "create_time", "class_names", "frozen_graph", "image_scaling")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -66,6 +87,9 @@ class ModelVersion(_message.Message):
     METADATA_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    CLASS_NAMES_FIELD_NUMBER: _ClassVar[int]
+    FROZEN_GRAPH_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_SCALING_FIELD_NUMBER: _ClassVar[int]
     model_name: str
     version: int
     format: ModelFormat
@@ -80,7 +104,10 @@ class ModelVersion(_message.Message):
     metadata: _containers.ScalarMap[str, str]
     labels: _containers.RepeatedScalarFieldContainer[str]
     create_time: _timestamp_pb2.Timestamp
-    def __init__(self, model_name: _Optional[str] = ..., version: _Optional[int] = ..., format: _Optional[_Union[ModelFormat, str]] = ..., sha256: _Optional[str] = ..., size_bytes: _Optional[int] = ..., signature: _Optional[_Union[_tensor_pb2.Signature, _Mapping]] = ..., source: _Optional[_Union[VersionSource, str]] = ..., parent_version: _Optional[int] = ..., training_session_id: _Optional[str] = ..., description: _Optional[str] = ..., feature_names: _Optional[_Iterable[str]] = ..., metadata: _Optional[_Mapping[str, str]] = ..., labels: _Optional[_Iterable[str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    class_names: _containers.RepeatedScalarFieldContainer[str]
+    frozen_graph: FrozenGraphNodes
+    image_scaling: ImageScaling
+    def __init__(self, model_name: _Optional[str] = ..., version: _Optional[int] = ..., format: _Optional[_Union[ModelFormat, str]] = ..., sha256: _Optional[str] = ..., size_bytes: _Optional[int] = ..., signature: _Optional[_Union[_tensor_pb2.Signature, _Mapping]] = ..., source: _Optional[_Union[VersionSource, str]] = ..., parent_version: _Optional[int] = ..., training_session_id: _Optional[str] = ..., description: _Optional[str] = ..., feature_names: _Optional[_Iterable[str]] = ..., metadata: _Optional[_Mapping[str, str]] = ..., labels: _Optional[_Iterable[str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., class_names: _Optional[_Iterable[str]] = ..., frozen_graph: _Optional[_Union[FrozenGraphNodes, _Mapping]] = ..., image_scaling: _Optional[_Union[ImageScaling, str]] = ...) -> None: ...
 
 class Model(_message.Message):
     __slots__ = ("name", "description", "latest_version", "version_count", "labels", "create_time", "update_time")

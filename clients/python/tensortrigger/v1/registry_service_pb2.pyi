@@ -8,7 +8,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class UploadHeader(_message.Message):
-    __slots__ = ("model_name", "format", "description", "feature_names", "metadata", "labels", "expected_size_bytes", "expected_sha256")
+    __slots__ = ("model_name", "format", "description", "feature_names", "metadata", "labels", "expected_size_bytes", "expected_sha256", "frozen_graph", "class_names_text", "image_scaling")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -24,6 +24,9 @@ class UploadHeader(_message.Message):
     LABELS_FIELD_NUMBER: _ClassVar[int]
     EXPECTED_SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
     EXPECTED_SHA256_FIELD_NUMBER: _ClassVar[int]
+    FROZEN_GRAPH_FIELD_NUMBER: _ClassVar[int]
+    CLASS_NAMES_TEXT_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_SCALING_FIELD_NUMBER: _ClassVar[int]
     model_name: str
     format: _model_pb2.ModelFormat
     description: str
@@ -32,7 +35,10 @@ class UploadHeader(_message.Message):
     labels: _containers.RepeatedScalarFieldContainer[str]
     expected_size_bytes: int
     expected_sha256: str
-    def __init__(self, model_name: _Optional[str] = ..., format: _Optional[_Union[_model_pb2.ModelFormat, str]] = ..., description: _Optional[str] = ..., feature_names: _Optional[_Iterable[str]] = ..., metadata: _Optional[_Mapping[str, str]] = ..., labels: _Optional[_Iterable[str]] = ..., expected_size_bytes: _Optional[int] = ..., expected_sha256: _Optional[str] = ...) -> None: ...
+    frozen_graph: _model_pb2.FrozenGraphNodes
+    class_names_text: str
+    image_scaling: _model_pb2.ImageScaling
+    def __init__(self, model_name: _Optional[str] = ..., format: _Optional[_Union[_model_pb2.ModelFormat, str]] = ..., description: _Optional[str] = ..., feature_names: _Optional[_Iterable[str]] = ..., metadata: _Optional[_Mapping[str, str]] = ..., labels: _Optional[_Iterable[str]] = ..., expected_size_bytes: _Optional[int] = ..., expected_sha256: _Optional[str] = ..., frozen_graph: _Optional[_Union[_model_pb2.FrozenGraphNodes, _Mapping]] = ..., class_names_text: _Optional[str] = ..., image_scaling: _Optional[_Union[_model_pb2.ImageScaling, str]] = ...) -> None: ...
 
 class UploadModelVersionRequest(_message.Message):
     __slots__ = ("header", "chunk")
