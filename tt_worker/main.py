@@ -13,6 +13,7 @@ import logging
 import signal
 import sys
 
+from tt_server import metrics
 from tt_server.config import Settings
 from tt_server.jobs.runner import JobRunner, worker_id
 from tt_server.jobs.worker import JobWorker, worker_model_cache
@@ -49,6 +50,7 @@ async def run(settings: Settings) -> int:
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
+    metrics_server = metrics.serve(settings.metrics_address)[0] if settings.metrics_address else None
     log.info("worker started", extra={"owner": owner, "queue": settings.amqp_jobs_queue})
     try:
         await worker.run()
@@ -60,6 +62,9 @@ async def run(settings: Settings) -> int:
         runner.close()
         await blobs.close()
         await metadata.close()
+        if metrics_server is not None:
+            metrics_server.shutdown()
+            metrics_server.server_close()
     log.info("worker stopped", extra={"owner": owner})
     return 0
 

@@ -72,3 +72,43 @@ async def test_metrics_exposed_and_moving(tmp_path) -> None:
     assert _value(after, 'tt_batch_rows_sum{servable="metered:1"}') >= 40
     assert _value(after, 'tt_model_loads_total{model="metered",outcome="loaded"}') >= 1
     assert "tt_rpc_duration_seconds_bucket" in after
+
+
+async def test_job_and_training_metrics(tmp_path) -> None:
+    """A batch job and a training session through the Python client move the jobs and training series."""
+    import tensortrigger as tt
+
+    port = _free_port()
+    application = Application(server_settings(tmp_path, metrics_address=f"127.0.0.1:{port}"))
+    await application.start()
+    try:
+        model = models.build_mlp()
+        model.compile(loss="binary_crossentropy", optimizer="adam")
+        path = tmp_path / "mlp.keras"
+        model.save(path)
+        rows = tmp_path / "rows.csv"
+        rows.write_text("a,b,c,d\n" + "".join(f"{i},{i + 1},{i + 2},{i + 3}\n" for i in range(50)))
+        x = np.random.default_rng(0).normal(size=(64, 4)).astype(np.float32)
+        y = (x.sum(axis=1, keepdims=True) > 0).astype(np.float32)
+        before = await _scrape(port)
+
+        def work() -> None:
+            with tt.Client(application.address) as client:
+                client.upload("metered-jobs", path)
+                job = client.submit_job("metered-jobs", rows)
+                assert [s.state for s in client.watch_job(job.id)][-1] == tt.v1.jobs_service_pb2.JOB_STATE_SUCCEEDED
+                client.train("metered-jobs", [(x, y)], micro_batch_size=16)
+
+        await asyncio.to_thread(work)
+        after = await _scrape(port)
+    finally:
+        await application.stop(grace=1.0)
+
+    def moved(series: str) -> float:
+        return _value(after, series) - _value(before, series)
+
+    assert moved('tt_jobs_finished_total{state="SUCCEEDED"}') == 1
+    assert moved("tt_job_rows_total") == 50
+    assert moved('tt_training_steps_total{model="metered-jobs"}') == 4
+    assert moved('tt_training_examples_total{model="metered-jobs"}') == 64
+    assert 'tt_training_loss{model="metered-jobs"}' in after

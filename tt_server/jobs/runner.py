@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 
+from tt_server import metrics
 from tt_server.config import Settings
 from tt_server.errors import DeadlineExceeded, NotFound, TensorTriggerError, Unavailable
 from tt_server.jobs.columns import ColumnPlan, first_record, plan_columns
@@ -242,6 +243,7 @@ class JobRunner:
                 await self._discard(key)
                 return await self._lost(job.id, context)
             self._notify(job.id)
+            metrics.JOBS_FINISHED.labels("SUCCEEDED").inc()
             await self._discard_other_attempts(job.id, key)
             log.info(
                 "job succeeded", extra={**context, "rows": attempt.rows_done, "bytes": info.size, **attempt.timings}
@@ -320,6 +322,7 @@ class JobRunner:
                 yield text  # the upload runs while the generator is suspended here
                 attempt.add_time("upload_seconds", time.perf_counter() - began)
                 attempt.rows_done += item.rows
+                metrics.JOB_ROWS.inc(item.rows)
             if not wrote_header:
                 yield encoder.header(None)
         finally:
@@ -416,6 +419,7 @@ class JobRunner:
         self, job_id: str, number: int, error: str, attempt: _Attempt, context: dict[str, object]
     ) -> Outcome:
         if await self._store.fail_job(job_id, number, error, attempt.progress()):
+            metrics.JOBS_FINISHED.labels("FAILED").inc()
             log.warning("job failed", extra={**context, "error": error})
             self._notify(job_id)
             return Outcome.FAILED

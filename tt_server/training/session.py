@@ -31,6 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from tt_server import metrics
 from tt_server.config import Settings
 from tt_server.errors import FailedPrecondition, InvalidArgument, NotFound, TensorTriggerError, Unavailable
 from tt_server.registry.service import Registry
@@ -310,9 +311,13 @@ class TrainingSession:
         if not batches:
             return
         assert self._trainer is not None and self._spec is not None
+        model = self._spec.model.name
         for result in await self._in_thread(self._trainer.train, batches):
             self._steps += 1
             self._examples += result.rows
+            metrics.TRAINING_STEPS.labels(model).inc()
+            metrics.TRAINING_EXAMPLES.labels(model).inc(result.rows)
+            metrics.TRAINING_LOSS.labels(model).set(result.loss)
             await self._emit(Progress(self._steps, self._examples, result.loss, result.prequential, result.metrics))
         policy = self._spec.checkpoint
         if (policy.every_examples and self._examples - self._saved_examples >= policy.every_examples) or (
