@@ -323,6 +323,24 @@ async def test_predict_batch_answers_each_chunk_in_order(inference_stub, mlp, mo
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
+async def test_predict_batch_answers_chunks_before_a_bad_one_then_fails(inference_stub, mlp) -> None:
+    good = np.ones((3, 4), np.float32)
+
+    async def requests():
+        yield pb.PredictBatchRequest(model=ref_model(mlp), inputs={"features": content(good)}, request_id="ok-0")
+        yield pb.PredictBatchRequest(inputs={"features": content(good)}, request_id="ok-1")
+        yield pb.PredictBatchRequest(inputs={"features": content(np.ones((3, 5), np.float32))}, request_id="bad")
+        yield pb.PredictBatchRequest(inputs={"features": content(good)}, request_id="never")
+
+    answered = []
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        async for response in inference_stub.PredictBatch(requests()):
+            answered.append(response.request_id)
+    assert answered == ["ok-0", "ok-1"]
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert 'inputs["features"].shape[1]' in violations(err.value)
+
+
 DTYPES = [
     tensor_pb2.DATA_TYPE_FLOAT16,
     F32,

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections import deque
 from collections.abc import AsyncIterator
 
 import grpc
@@ -16,6 +18,8 @@ from tt_server.errors import InvalidArgument
 from tt_server.runtime.service import InferenceService
 from tt_server.training.service import TrainingService
 from tt_server.types import ModelRef
+
+PREDICT_BATCH_WINDOW = 4  # chunks of one PredictBatch stream in progress at once
 
 
 def _deadline(context: grpc.aio.ServicerContext) -> float | None:
@@ -53,31 +57,54 @@ class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
     async def PredictBatch(
         self, request_iterator: AsyncIterator[pb.PredictBatchRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.PredictBatchResponse]:
+        # Up to PREDICT_BATCH_WINDOW chunks are in progress at once, answered strictly in order: the next chunk
+        # is read and decoded while the model runs on the previous one. Reading stops while the window is full,
+        # so a fast sender is held back by HTTP/2 flow control (backpressure) and memory stays bounded.
         pinned: ModelRef | None = None
         output_filter: list[str] = []
         encoding = tensor_pb2.TENSOR_ENCODING_UNSPECIFIED
+        window: deque[asyncio.Task[pb.PredictBatchResponse]] = deque()
         sequence = 0
-        async for request in request_iterator:
-            if pinned is None:
-                if not request.HasField("model"):
-                    raise InvalidArgument.field("model", "the first message of a stream must name the model")
-                first = await self._inference.resolve(convert.model_ref(request.model))
-                pinned = ModelRef(first.model_name, version=first.version)
-                output_filter = list(request.output_filter)
-                encoding = request.output_encoding
-            inputs = wire_tensors(request.inputs)
-            result = await self._inference.predict(pinned, inputs, output_filter, _deadline(context))
-            response = pb.PredictBatchResponse(
-                request_id=request.request_id,
-                model_name=result.model_name,
-                model_version=result.version,
-                sequence=sequence,
-            )
-            as_content = _as_content(encoding, uses_content(inputs))
-            for name, array in result.outputs.items():
-                fill_tensor(response.outputs[name], array, as_content)
-            sequence += 1
-            yield response
+        try:
+            async for request in request_iterator:
+                if pinned is None:
+                    if not request.HasField("model"):
+                        raise InvalidArgument.field("model", "the first message of a stream must name the model")
+                    first = await self._inference.resolve(convert.model_ref(request.model))
+                    pinned = ModelRef(first.model_name, version=first.version)
+                    output_filter = list(request.output_filter)
+                    encoding = request.output_encoding
+                chunk = self._predict_chunk(request, pinned, output_filter, encoding, sequence, context)
+                window.append(asyncio.ensure_future(chunk))
+                sequence += 1
+                if len(window) >= PREDICT_BATCH_WINDOW:
+                    yield await window.popleft()
+            while window:
+                yield await window.popleft()
+        finally:
+            for task in window:  # an earlier chunk failed, or the client went away
+                if task.done() and not task.cancelled():
+                    task.exception()  # retrieved: its failure is moot once the stream has ended
+                task.cancel()
+
+    async def _predict_chunk(
+        self,
+        request: pb.PredictBatchRequest,
+        pinned: ModelRef,
+        output_filter: list[str],
+        encoding: int,
+        sequence: int,
+        context: grpc.aio.ServicerContext,
+    ) -> pb.PredictBatchResponse:
+        inputs = wire_tensors(request.inputs)
+        result = await self._inference.predict(pinned, inputs, output_filter, _deadline(context))
+        response = pb.PredictBatchResponse(
+            request_id=request.request_id, model_name=result.model_name, model_version=result.version, sequence=sequence
+        )
+        as_content = _as_content(encoding, uses_content(inputs))
+        for name, array in result.outputs.items():
+            fill_tensor(response.outputs[name], array, as_content)
+        return response
 
     async def Train(
         self, request_iterator: AsyncIterator[pb.TrainRequest], context: grpc.aio.ServicerContext
