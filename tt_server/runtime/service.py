@@ -71,7 +71,7 @@ class InferenceService:
             arrays = await loop.run_in_executor(None, handle.decoder.decode_images, arrays)
         outputs = await handle.batcher.submit(arrays, rows, deadline)
         classifications = None
-        if classify is not None and scored is not None:
+        if classify is not None and scored is not None:  # scored is set whenever classify is
             classes = handle.model_version.class_names
             classifications = top_classes(outputs[scored.name], classes, classify.top_k, scored.name)
             if classify.omit_outputs:

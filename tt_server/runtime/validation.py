@@ -230,7 +230,8 @@ class InputDecoder:
         rows = tensor.shape[0]
         elements = rows * image.height * image.width * image.channels
         if rows <= 0:
-            violations.append(FieldViolation(f"{path}.shape[0]", "the batch is empty (0 rows)"))
+            problem = "the batch is empty (0 rows)" if rows == 0 else f"dimension {rows} is negative"
+            violations.append(FieldViolation(f"{path}.shape[0]", problem))
         elif rows > self.max_batch_rows:
             violations.append(
                 FieldViolation(f"{path}.shape[0]", f"{rows} rows; a request may have at most {self.max_batch_rows}")
