@@ -6,8 +6,8 @@ import threading
 
 import pytest
 
-from tests.serving import *  # noqa: F403
 from tests.services import *  # noqa: F403
+from tests.serving import *  # noqa: F403
 
 # --- a leaked thread must not hang CI -------------------------------------------------------------------
 # aiosqlite runs each connection on a non-daemon thread; a store some failed test never closed would keep the
