@@ -372,3 +372,18 @@ async def test_random_requests_get_defined_statuses(app, inference_stub, mlp, dt
         await inference_stub.Predict(pb.PredictRequest(model=ref_model(mlp), inputs={name: tensor}))
     except grpc.aio.AioRpcError as e:
         assert e.code() in {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED}, e.details()
+
+
+async def test_predict_batch_answers_before_the_next_chunk_is_sent(inference_stub, mlp) -> None:
+    """Lock-step clients (send one chunk, wait for its answer) must work: the server never waits for later
+    chunks before answering."""
+    call = inference_stub.PredictBatch()
+    for i in range(6):
+        request = pb.PredictBatchRequest(inputs={"features": content(np.ones((2, 4), np.float32))}, request_id=str(i))
+        if i == 0:
+            request.model.CopyFrom(ref_model(mlp))
+        await call.write(request)
+        response = await asyncio.wait_for(call.read(), 10)
+        assert response.request_id == str(i) and response.sequence == i
+    await call.done_writing()
+    assert await call.read() == grpc.aio.EOF

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import deque
 from collections.abc import AsyncIterator
 
 import grpc
@@ -19,7 +18,7 @@ from tt_server.runtime.service import InferenceService
 from tt_server.training.service import TrainingService
 from tt_server.types import ModelRef
 
-PREDICT_BATCH_WINDOW = 4  # chunks of one PredictBatch stream in progress at once
+PREDICT_BATCH_WINDOW = 4  # started chunks of one PredictBatch stream waiting to be answered
 
 
 def _deadline(context: grpc.aio.ServicerContext) -> float | None:
@@ -57,13 +56,34 @@ class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
     async def PredictBatch(
         self, request_iterator: AsyncIterator[pb.PredictBatchRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.PredictBatchResponse]:
-        # Up to PREDICT_BATCH_WINDOW chunks are in progress at once, answered strictly in order: the next chunk
-        # is read and decoded while the model runs on the previous one. Reading stops while the window is full,
-        # so a fast sender is held back by HTTP/2 flow control (backpressure) and memory stays bounded.
+        # A reader task reads and starts chunks while earlier ones run; answers go out strictly in order, each
+        # as soon as it is ready (never waiting for later requests, so a client that sends one chunk at a time
+        # works too). At most PREDICT_BATCH_WINDOW started chunks wait to be answered: then the reader stops
+        # reading, and HTTP/2 flow control holds a fast sender back (backpressure, bounded memory).
+        started: asyncio.Queue[asyncio.Future[pb.PredictBatchResponse] | None] = asyncio.Queue(PREDICT_BATCH_WINDOW)
+        reader = asyncio.ensure_future(self._read_chunks(request_iterator, started, context))
+        try:
+            while (chunk := await started.get()) is not None:
+                yield await chunk
+            await reader  # surfaces nothing new: the reader reports its own failure as a chunk
+        finally:
+            reader.cancel()
+            while not started.empty():  # an earlier chunk failed, or the client went away
+                pending = started.get_nowait()
+                if pending is not None:
+                    if pending.done() and not pending.cancelled():
+                        pending.exception()  # retrieved: moot once the stream has ended
+                    pending.cancel()
+
+    async def _read_chunks(
+        self,
+        request_iterator: AsyncIterator[pb.PredictBatchRequest],
+        started: asyncio.Queue[asyncio.Future[pb.PredictBatchResponse] | None],
+        context: grpc.aio.ServicerContext,
+    ) -> None:
         pinned: ModelRef | None = None
         output_filter: list[str] = []
         encoding = tensor_pb2.TENSOR_ENCODING_UNSPECIFIED
-        window: deque[asyncio.Task[pb.PredictBatchResponse]] = deque()
         sequence = 0
         try:
             async for request in request_iterator:
@@ -75,17 +95,13 @@ class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
                     output_filter = list(request.output_filter)
                     encoding = request.output_encoding
                 chunk = self._predict_chunk(request, pinned, output_filter, encoding, sequence, context)
-                window.append(asyncio.ensure_future(chunk))
+                await started.put(asyncio.ensure_future(chunk))
                 sequence += 1
-                if len(window) >= PREDICT_BATCH_WINDOW:
-                    yield await window.popleft()
-            while window:
-                yield await window.popleft()
-        finally:
-            for task in window:  # an earlier chunk failed, or the client went away
-                if task.done() and not task.cancelled():
-                    task.exception()  # retrieved: its failure is moot once the stream has ended
-                task.cancel()
+        except Exception as e:  # answered in order, after the chunks read before it
+            failed: asyncio.Future[pb.PredictBatchResponse] = asyncio.get_running_loop().create_future()
+            failed.set_exception(e)
+            await started.put(failed)
+        await started.put(None)
 
     async def _predict_chunk(
         self,
