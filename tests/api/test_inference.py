@@ -387,3 +387,19 @@ async def test_predict_batch_answers_before_the_next_chunk_is_sent(inference_stu
         assert response.request_id == str(i) and response.sequence == i
     await call.done_writing()
     assert await call.read() == grpc.aio.EOF
+
+
+async def test_predict_batch_read_ahead_never_overflows_the_queue(app: Application, inference_stub, mlp) -> None:
+    """Big chunks sent back to back: read-ahead must not push the stream's own rows over the queue bound."""
+    rows = app.settings.batch_max_queue_rows * 2 // 3
+    x = np.ones((rows, 4), np.float32)
+
+    async def requests():
+        for i in range(4):
+            yield pb.PredictBatchRequest(
+                model=ref_model(mlp) if i == 0 else None, inputs={"features": content(x)}, request_id=str(i)
+            )
+
+    responses = [r async for r in inference_stub.PredictBatch(requests())]
+    assert [r.request_id for r in responses] == ["0", "1", "2", "3"]
+    assert all(tuple(r.outputs["score"].shape) == (rows, 1) for r in responses)

@@ -59,7 +59,9 @@ class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
         # A reader task reads and starts chunks while earlier ones run; answers go out strictly in order, each
         # as soon as it is ready (never waiting for later requests, so a client that sends one chunk at a time
         # works too). At most PREDICT_BATCH_WINDOW started chunks wait to be answered: then the reader stops
-        # reading, and HTTP/2 flow control holds a fast sender back (backpressure, bounded memory).
+        # reading, and HTTP/2 flow control holds a fast sender back (backpressure, bounded memory). Only one
+        # chunk of a stream is in the batcher at a time (the model runs one call at a time anyway): a stream
+        # never fills the queue by itself, while decoding and answering overlap with the model call.
         started: asyncio.Queue[asyncio.Future[pb.PredictBatchResponse] | None] = asyncio.Queue(PREDICT_BATCH_WINDOW)
         reader = asyncio.ensure_future(self._read_chunks(request_iterator, started, context))
         try:
@@ -85,6 +87,7 @@ class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
         output_filter: list[str] = []
         encoding = tensor_pb2.TENSOR_ENCODING_UNSPECIFIED
         sequence = 0
+        one_at_a_time = asyncio.Lock()  # FIFO: chunks reach the batcher in stream order
         try:
             async for request in request_iterator:
                 if pinned is None:
@@ -94,7 +97,7 @@ class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
                     pinned = ModelRef(first.model_name, version=first.version)
                     output_filter = list(request.output_filter)
                     encoding = request.output_encoding
-                chunk = self._predict_chunk(request, pinned, output_filter, encoding, sequence, context)
+                chunk = self._predict_chunk(request, pinned, output_filter, encoding, sequence, one_at_a_time, context)
                 await started.put(asyncio.ensure_future(chunk))
                 sequence += 1
         except Exception as e:  # answered in order, after the chunks read before it
@@ -110,10 +113,12 @@ class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
         output_filter: list[str],
         encoding: int,
         sequence: int,
+        one_at_a_time: asyncio.Lock,
         context: grpc.aio.ServicerContext,
     ) -> pb.PredictBatchResponse:
         inputs = wire_tensors(request.inputs)
-        result = await self._inference.predict(pinned, inputs, output_filter, _deadline(context))
+        async with one_at_a_time:
+            result = await self._inference.predict(pinned, inputs, output_filter, _deadline(context))
         response = pb.PredictBatchResponse(
             request_id=request.request_id, model_name=result.model_name, model_version=result.version, sequence=sequence
         )
