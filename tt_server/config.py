@@ -67,11 +67,6 @@ class Settings(BaseSettings):
         description="Fully qualified Keras classes (module.Class) allowed besides Keras's own layers.",
     )
 
-    gil_switch_interval_seconds: float = Field(
-        0.0,
-        description="sys.setswitchinterval for the server process; 0 = Python's default (5 ms). A shorter "
-        "interval lets the event loop take the GIL back sooner from the inference and training threads.",
-    )
     event_loop: Literal["uvloop", "asyncio"] = Field(
         "uvloop", description="Event loop implementation; uvloop measured ~25-50% faster on the Predict path."
     )

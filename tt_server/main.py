@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-import sys
 
 from tt_server.app import Application
 from tt_server.config import Settings
@@ -33,8 +32,6 @@ async def serve(settings: Settings) -> None:
 def main() -> None:
     settings = Settings()
     configure_logging(settings.log_level, settings.log_json)
-    if settings.gil_switch_interval_seconds > 0:
-        sys.setswitchinterval(settings.gil_switch_interval_seconds)
     if settings.event_loop == "uvloop":
         import uvloop
 
