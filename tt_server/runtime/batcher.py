@@ -31,6 +31,7 @@ import numpy as np
 
 from tt_server import metrics
 from tt_server.errors import DeadlineExceeded, ResourceExhausted, TensorTriggerError, Unavailable
+from tt_server.runtime.activity import SERVING
 
 log = logging.getLogger(__name__)
 
@@ -119,12 +120,15 @@ class DynamicBatcher:
         self._queued_rows += rows
         if self._drain_task is None:
             self._drain_task = loop.create_task(self._drain(), name=f"tt-batcher-{self._name}")
+        SERVING.enter()
         try:
             return await item.future
         except asyncio.CancelledError:
             if not item.taken:  # still queued: free its rows now; _take skips it (its future is cancelled)
                 self._queued_rows -= item.rows
             raise
+        finally:
+            SERVING.leave()
 
     async def _drain(self) -> None:
         try:

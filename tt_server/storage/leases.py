@@ -27,7 +27,15 @@ log = logging.getLogger(__name__)
 
 # Distinguishes our keys from other advisory locks in the same database (e.g. the migration lock).
 _KEY_NAMESPACE = b"tensortrigger.lease:"
-_CONNECTION_ERRORS = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError)
+# A terminated session may surface as AdminShutdownError, or as InternalClientError when the server's goodbye
+# races the next query on the same connection.
+_CONNECTION_ERRORS = (
+    OSError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.InternalClientError,
+)
 _CHECK_TIMEOUT_SECONDS = 10.0
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,7 @@ from typing import Any
 import tensorflow as tf
 
 from tt_server.errors import FailedPrecondition
+from tt_server.runtime.activity import SERVING
 from tt_server.runtime.servable import TF_DTYPES, zero_inputs
 from tt_server.training.decoding import Batch
 from tt_server.training.messages import TrainSpec
@@ -63,6 +65,9 @@ class Evaluation:
     rows: int
     loss: float
     metrics: dict[str, float]
+
+
+SERVING_FIRST_MAX_WAIT_SECONDS = 0.005  # per step: training still progresses under constant traffic
 
 
 class Trainer:
@@ -216,7 +221,9 @@ class Trainer:
         assert self._step is not None, "load() first"
         results = []
         for batch in batches:
+            SERVING.wait_idle(SERVING_FIRST_MAX_WAIT_SECONDS)  # serving first: a waiting Predict goes ahead
             values = self._step(*_tensors(batch)).numpy()
+            time.sleep(0)  # hand the GIL over now, not at the next switch interval (5 ms)
             prequential = {"loss": float(values[1])}
             metrics: dict[str, float] = {}
             for (kind, key), value in zip(self._step_keys, values[2:], strict=True):
