@@ -114,6 +114,11 @@ class Settings(BaseSettings):
     max_request_elements: int = Field(
         16 * MiB, description="Most elements one input tensor of a request may hold (16 Mi = 64 MiB float32)."
     )
+    max_image_pixels: int = Field(
+        32 * 1024 * 1024,
+        description="Most pixels an encoded PNG/JPEG input may declare in its header (decompression-bomb guard; "
+        "checked before any pixel is decoded).",
+    )
     batch_max_rows: int = Field(
         1024,
         description="Most rows the dynamic batcher merges into one model call; a bigger request runs alone.",

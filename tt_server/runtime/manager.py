@@ -307,7 +307,11 @@ class ModelManager:
             name=f"{version.model_name}:{version.version}",
         )
         decoder = InputDecoder(
-            version.signature, s.max_request_rows, s.max_request_elements, image_scaling=version.image_scaling
+            version.signature,
+            s.max_request_rows,
+            s.max_request_elements,
+            image_scaling=version.image_scaling,
+            max_image_pixels=s.max_image_pixels,
         )
         return ServableHandle(version, servable, batcher, decoder)
 
