@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from tt_server.config import Settings
-from tt_server.errors import FieldViolation, InvalidArgument, NotFound, ResourceExhausted
+from tt_server.errors import FieldViolation, InvalidArgument, NotFound, ResourceExhausted, Unavailable
 from tt_server.events import EventBus
 from tt_server.registry.artifacts import ArchiveLimits, detect_format
 from tt_server.registry.frozen_graph import INPUT_FIELD, NODE_NAME, OUTPUT_FIELD
@@ -245,6 +245,7 @@ class Registry:
         blob_key = f"models/{spec.model_name}/{uuid.uuid4().hex}"
         await self._metadata.add_blob_gc(blob_key, _now_us() + UPLOAD_GC_DELAY_US)
         committed = False
+        dependency_down = False
         try:
             await self._blobs.put_file(blob_key, artifact)
             draft = ModelVersion(
@@ -270,8 +271,13 @@ class Registry:
                 NewVersion(draft, set_labels=spec.labels, model_description=spec.description)
             )
             committed = True
+        except Unavailable:
+            # A clean-up now would only wait out the same timeouts again; the GC entry recorded above lets the
+            # sweeper delete the blob once the store is back.
+            dependency_down = True
+            raise
         finally:
-            if not committed:
+            if not committed and not dependency_down:
                 # Shielded: a cancelled upload must still clean up after itself.
                 await asyncio.shield(self._discard_blob(blob_key))
         await self._events.publish(RegistryEvent(EventKind.VERSION_CREATED, version.model_name, version.version))
