@@ -52,13 +52,16 @@ fmt: $(STAMP)
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-# Embedded backends only (no `services`): the benchmark measures the Predict hot path. Waits up to 2 min for a quiet
-# machine first; BENCH_ARGS=--quick for a smoke run (results in /tmp/tt-bench-quick).
+# Three benchmarks into bench/results: the Predict hot path (embedded backends; waits up to 2 min for a quiet
+# machine first; BENCH_ARGS=--quick for a smoke run into /tmp/tt-bench-quick), online training (train.json) and a
+# 1M-row batch job through PostgreSQL + RabbitMQ + tt-worker (jobs.json).
 BENCH_ARGS ?= --wait-quiet 120
-bench: $(STAMP)
+bench: $(STAMP) services
 	command -v h2load >/dev/null || (apt-get update && apt-get install -y nghttp2-client)
 	$(PY) -c 'import matplotlib' 2>/dev/null || $(PIP) install --quiet -e '.[dev,bench]'
 	$(PY) -m bench $(BENCH_ARGS)
+	$(PY) -m bench.train > bench/results/train.json
+	$(PY) -m bench.jobs > bench/results/jobs.json
 
 clean:
 	rm -rf $(VENV) var build .pytest_cache .mypy_cache .ruff_cache
