@@ -9,6 +9,7 @@ from tensortrigger.v1 import tensor_pb2
 
 from tt_server.api.convert import DTYPE_FROM_PB, DTYPE_TO_PB
 from tt_server.errors import FieldViolation, InvalidArgument
+from tt_server.runtime.validation import NUMPY_DTYPES
 from tt_server.types import DType, WireTensor
 
 _TYPED_FIELD: dict[DType, str] = {
@@ -24,11 +25,6 @@ _TYPED_FIELD: dict[DType, str] = {
     DType.STRING: "string_val",
 }
 _TYPED_FIELDS = frozenset(_TYPED_FIELD.values())
-# Little-endian numpy dtypes for raw content; numpy's native order is little-endian on every supported host,
-# but spelling it out keeps big-endian hosts correct.
-NUMPY_DTYPE: dict[DType, np.dtype] = {
-    d: np.dtype(object if d is DType.STRING else d.value).newbyteorder("<") for d in DType
-}
 
 
 def wire_tensor(tensor: tensor_pb2.Tensor, field: str) -> WireTensor:
@@ -77,7 +73,7 @@ def fill_tensor(out: tensor_pb2.Tensor, array: np.ndarray, as_content: bool) -> 
     if dtype is DType.STRING:
         out.string_val.extend(v if isinstance(v, bytes) else str(v).encode() for v in array.ravel())
     elif as_content:
-        out.content = np.ascontiguousarray(array, dtype=NUMPY_DTYPE[dtype]).tobytes()
+        out.content = np.ascontiguousarray(array, dtype=NUMPY_DTYPES[dtype]).tobytes()
     else:
         getattr(out, _TYPED_FIELD[dtype]).extend(array.ravel().tolist())
 

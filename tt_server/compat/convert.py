@@ -10,9 +10,9 @@ import time
 import grpc
 import numpy as np
 
-from tt_server.api.tensors import NUMPY_DTYPE
 from tt_server.errors import InvalidArgument
 from tt_server.registry.service import Registry
+from tt_server.runtime.validation import NUMPY_DTYPES
 from tt_server.types import DType, ModelRef
 
 SERVING_DEFAULT = "serving_default"  # the one signature each Tensor Trigger version has
@@ -45,7 +45,7 @@ def as_bytes(value: object) -> bytes:
 
 def raw_bytes(array: np.ndarray, dtype: DType) -> bytes:
     """Little-endian element bytes in row-major order (both protocols' raw form for numbers)."""
-    return np.ascontiguousarray(array, dtype=NUMPY_DTYPE[dtype]).tobytes()
+    return np.ascontiguousarray(array, dtype=NUMPY_DTYPES[dtype]).tobytes()
 
 
 def model_ref(name: str, version: int | None, name_field: str, version_field: str) -> ModelRef:
