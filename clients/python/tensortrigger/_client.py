@@ -27,6 +27,17 @@ from tensortrigger.v1 import (
 T = TypeVar("T")
 
 
+def _file_chunks(path: Path, total: int, progress: m.Progress | None) -> Iterator[bytes]:
+    """The file in ``CHUNK_BYTES`` pieces, reporting (bytes sent, total) after each."""
+    sent = 0
+    with path.open("rb") as f:
+        while chunk := f.read(m.CHUNK_BYTES):
+            yield chunk
+            sent += len(chunk)
+            if progress is not None:
+                progress(sent, total)
+
+
 class Client(BaseClient):
     """A blocking client: ``with Client("127.0.0.1:50051") as client: client.predict("iris", x)``.
 
@@ -289,13 +300,8 @@ class Client(BaseClient):
 
             def requests() -> Iterator[registry_service_pb2.UploadModelVersionRequest]:
                 yield header
-                sent = 0
-                with artifact.open("rb") as f:
-                    while chunk := f.read(m.CHUNK_BYTES):
-                        yield registry_service_pb2.UploadModelVersionRequest(chunk=chunk)
-                        sent += len(chunk)
-                        if progress is not None:
-                            progress(sent, total)
+                for chunk in _file_chunks(artifact, total, progress):
+                    yield registry_service_pb2.UploadModelVersionRequest(chunk=chunk)
 
             return self._unary(
                 self._registry.UploadModelVersion, requests(), timeout, idempotent=False, upload=True
@@ -396,13 +402,8 @@ class Client(BaseClient):
 
         def requests() -> Iterator[jobs_service_pb2.CreateJobRequest]:
             yield spec
-            sent = 0
-            with source.open("rb") as f:
-                while chunk := f.read(m.CHUNK_BYTES):
-                    yield jobs_service_pb2.CreateJobRequest(chunk=chunk)
-                    sent += len(chunk)
-                    if progress is not None:
-                        progress(sent, total)
+            for chunk in _file_chunks(source, total, progress):
+                yield jobs_service_pb2.CreateJobRequest(chunk=chunk)
 
         return self._unary(self._jobs.CreateJob, requests(), timeout, idempotent=False, upload=True).job
 
