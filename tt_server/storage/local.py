@@ -26,9 +26,14 @@ CHUNK_SIZE = 1 << 20
 _MISSING = (FileNotFoundError, NotADirectoryError, IsADirectoryError)
 
 
+# Files are opened on the event loop (opening is quick): opened in a worker thread, a cancellation during the
+# await would drop the handle the thread still opened, leaking it (and, for writes, an orphan file). Reads and
+# writes, which can be slow, go to threads.
+
+
 async def read_file_chunks(path: Path, chunk_size: int = CHUNK_SIZE, offset: int = 0) -> AsyncGenerator[bytes, None]:
     """Yield a file's bytes from ``offset``, read in a worker thread (both blob stores' put_file use it)."""
-    f = await asyncio.to_thread(path.open, "rb")
+    f = path.open("rb")  # on the loop: see the comment above read_file_chunks
     try:
         await asyncio.to_thread(f.seek, offset)
         while chunk := await asyncio.to_thread(f.read, chunk_size):
@@ -39,7 +44,7 @@ async def read_file_chunks(path: Path, chunk_size: int = CHUNK_SIZE, offset: int
 
 async def write_file_chunks(path: Path, chunks: AsyncIterator[bytes]) -> None:
     """Write the chunks to ``path`` from a worker thread; on any failure no partial file is left behind."""
-    f = await asyncio.to_thread(path.open, "wb")
+    f = path.open("wb")  # on the loop: see the comment above read_file_chunks
     try:
         async for chunk in chunks:
             await asyncio.to_thread(f.write, chunk)
@@ -78,7 +83,7 @@ class LocalBlobStore:
         tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
         digest = hashlib.sha256()
         size = 0
-        f = await asyncio.to_thread(tmp.open, "xb")
+        f = tmp.open("xb")  # on the loop: see the comment above read_file_chunks
         try:
             async for chunk in chunks:
                 # Hashing in the same thread hop as the write; hashlib releases the GIL for large buffers.
