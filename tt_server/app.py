@@ -12,6 +12,7 @@ import contextlib
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 from wsgiref.simple_server import WSGIServer
 
 import grpc
@@ -29,8 +30,8 @@ from tensortrigger.v1 import (
 from tt_server import compat, metrics
 from tt_server.api.auth import RateLimiter, TokenAuthenticator
 from tt_server.api.inference import InferenceServicer
-from tt_server.api.interceptor import ServingInterceptor
 from tt_server.api.jobs import JobsServicer
+from tt_server.api.middleware import Middleware
 from tt_server.api.reflection import DocumentedReflectionServicer, documented_files
 from tt_server.api.registry import RegistryServicer
 from tt_server.config import Settings
@@ -109,11 +110,12 @@ class Application:
             else None
         )
         limiter = RateLimiter(s.rate_limit_per_second, s.rate_limit_burst) if s.rate_limit_per_second > 0 else None
-        serving = ServingInterceptor({*SERVICE_NAMES, *compat.SERVICE_NAMES}, auth, limiter)
-        # Tracing goes first, so its span encloses everything ours does (auth, errors, metrics).
+        middleware = Middleware({*SERVICE_NAMES, *compat.SERVICE_NAMES}, auth, limiter)
+        # Tracing's interceptor runs around the (wrapped) handlers: its span encloses everything the middleware
+        # does (auth, errors, metrics).
         self._tracing = start_tracing({*SERVICE_NAMES, *compat.SERVICE_NAMES}) if s.otel_enabled else None
         server = grpc.aio.server(
-            interceptors=[self._tracing.interceptor, serving] if self._tracing else [serving],
+            interceptors=[self._tracing.interceptor] if self._tracing else None,
             options=[
                 ("grpc.max_receive_message_length", s.max_message_bytes),
                 ("grpc.max_send_message_length", s.max_message_bytes),
@@ -129,16 +131,18 @@ class Application:
             ],
             maximum_concurrent_rpcs=s.max_concurrent_rpcs,
         )
-        registry_service_pb2_grpc.add_ModelRegistryServiceServicer_to_server(RegistryServicer(self.registry), server)
+        # Every service is registered through the middleware, which wraps each method's handler.
+        serving: Any = middleware.on(server)
+        registry_service_pb2_grpc.add_ModelRegistryServiceServicer_to_server(RegistryServicer(self.registry), serving)
         inference_service_pb2_grpc.add_InferenceServiceServicer_to_server(
-            InferenceServicer(self.inference, self.training), server
+            InferenceServicer(self.inference, self.training), serving
         )
-        jobs_service_pb2_grpc.add_JobsServiceServicer_to_server(JobsServicer(self.jobs), server)
+        jobs_service_pb2_grpc.add_JobsServiceServicer_to_server(JobsServicer(self.jobs), serving)
         # TF Serving and Open Inference Protocol clients, over the same inference path.
         compat.add_to_server(
-            server, self.inference, self.registry, s.max_request_elements, is_ready=lambda: not self._stopping
+            serving, self.inference, self.registry, s.max_request_elements, is_ready=lambda: not self._stopping
         )
-        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, serving)
         reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
             DocumentedReflectionServicer(
                 (
@@ -149,7 +153,7 @@ class Application:
                 ),
                 documented_files(),
             ),
-            server,
+            serving,
         )
         self.port = (
             server.add_secure_port(s.grpc_address, _server_credentials(s))

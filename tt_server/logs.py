@@ -1,7 +1,7 @@
 """Structured logging: one JSON object per line (or plain text for humans), with ``extra=`` fields kept.
 
 Every record emitted while serving an RPC carries that call's ``request_id`` (``RequestIdFilter`` reads the
-``request_id`` context variable, which the serving interceptor sets per call; asyncio copies it into tasks the
+``request_id`` context variable, which the serving middleware sets per call; asyncio copies it into tasks the
 call starts). The same id goes back to the client as ``x-request-id`` metadata and is the "error id" of an
 INTERNAL error, so a user can quote it and an operator can find every line of that call.
 """

@@ -1,12 +1,12 @@
 """Optional OpenTelemetry tracing: one SERVER span per RPC of our services, off unless ``TT_OTEL_ENABLED``.
 
-The spans come from ``opentelemetry-instrumentation-grpc``'s grpc.aio server interceptor, put first in the
-server's chain so that its span encloses our ``ServingInterceptor``: our error mapping aborts through the
-context it wraps, so each span gets the status code the client saw (``rpc.grpc.status_code``; span status ERROR
-for the server-fault codes, as the semantic conventions say), the method as its name, and the caller's trace
-context from ``traceparent`` metadata. It is given a filter that keeps it to our services: health's ``Watch``
-streams by writing to its context instead of being an async generator, which the instrumentation's stream
-wrapper cannot iterate (and probes every few seconds would only be noise in the traces).
+The spans come from ``opentelemetry-instrumentation-grpc``'s grpc.aio server interceptor, which runs around the
+handlers that ``api.middleware`` wrapped, so its span encloses all of the middleware's work: our error mapping
+aborts through the context it wraps, so each span gets the status code the client saw (``rpc.grpc.status_code``;
+span status ERROR for the server-fault codes, as the semantic conventions say), the method as its name, and the
+caller's trace context from ``traceparent`` metadata. It is given a filter that keeps it to our services:
+health's ``Watch`` streams by writing to its context instead of being an async generator, which the
+instrumentation's stream wrapper cannot iterate (and probes every few seconds would only be noise in the traces).
 
 The exporter is configured by the standard variables: ``OTEL_TRACES_EXPORTER`` (``otlp`` over gRPC, the default;
 ``console``; ``none``), ``OTEL_EXPORTER_OTLP_ENDPOINT`` / ``..._TRACES_ENDPOINT``, ``OTEL_SERVICE_NAME``,

@@ -71,8 +71,9 @@ async def test_client_id_is_returned(stub) -> None:
 async def test_fresh_id_when_the_client_sends_none(stub) -> None:
     first = await _trailing_id(stub.ListModels(rpb.ListModelsRequest()))
     second = await _trailing_id(stub.ListModels(rpb.ListModelsRequest()))
-    assert re.fullmatch(r"[0-9a-f]{16}", first)
+    assert re.fullmatch(r"[0-9a-f]{16}-[0-9a-f]+", first)
     assert first != second
+    assert first.split("-")[0] == second.split("-")[0]  # one random prefix per process, then a counter
 
 
 @pytest.mark.parametrize(
@@ -90,7 +91,7 @@ async def test_client_id_is_made_safe(stub, sent: str, returned: str) -> None:
 
 async def test_an_unusable_client_id_is_replaced(stub) -> None:
     call = stub.ListModels(rpb.ListModelsRequest(), metadata=((KEY, "   "),))
-    assert re.fullmatch(r"[0-9a-f]{16}", await _trailing_id(call))
+    assert re.fullmatch(r"[0-9a-f]{16}-[0-9a-f]+", await _trailing_id(call))
 
 
 async def test_errors_carry_the_id(stub) -> None:

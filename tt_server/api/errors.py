@@ -1,4 +1,4 @@
-"""The one place where exceptions become gRPC statuses (applied to every RPC by ``api.interceptor``).
+"""The one place where exceptions become gRPC statuses (applied to every RPC by ``api.middleware``).
 
 Domain errors (``tt_server.errors``) map straight to their status code with the domain message;
 ``InvalidArgument`` also carries a ``google.rpc.BadRequest`` with one field violation per offending field

@@ -24,7 +24,7 @@ _TYPED_FIELD: dict[DType, str] = {
     DType.BOOL: "bool_val",
     DType.STRING: "string_val",
 }
-_TYPED_FIELDS = frozenset(_TYPED_FIELD.values())
+_TYPED_FIELD_ORDER = tuple(f.name for f in tensor_pb2.Tensor.DESCRIPTOR.fields if f.name in set(_TYPED_FIELD.values()))
 
 
 def wire_tensor(tensor: tensor_pb2.Tensor, field: str) -> WireTensor:
@@ -32,17 +32,18 @@ def wire_tensor(tensor: tensor_pb2.Tensor, field: str) -> WireTensor:
     dtype = DTYPE_FROM_PB.get(tensor.dtype)
     if dtype is None:
         raise InvalidArgument.field(f"{field}.dtype", "dtype is unspecified or unknown")
-    shape = tuple(tensor.shape)
-    content = tensor.content
     typed = _TYPED_FIELD[dtype]
+    # Field by field rather than through ListFields(), which would copy ``content`` (this is the Predict path).
+    for name in _TYPED_FIELD_ORDER:
+        if name != typed and len(getattr(tensor, name)):
+            raise InvalidArgument.field(f"{field}.{name}", f"{dtype.value} values go in {typed}")
+    content = tensor.content
     typed_values = getattr(tensor, typed)
-    others = [f.name for f, _ in tensor.ListFields() if f.name in _TYPED_FIELDS and f.name != typed]
-    if others:
-        raise InvalidArgument.field(f"{field}.{others[0]}", f"{dtype.value} values go in {typed}")
     if content and len(typed_values):
         raise InvalidArgument.field(field, f"set either content or {typed}, not both")
     if dtype is DType.STRING and content:
         raise InvalidArgument.field(f"{field}.content", "string tensors use string_val")
+    shape = tuple(tensor.shape)
     if content or not len(typed_values):
         return WireTensor(dtype, shape, content=content)
     return WireTensor(dtype, shape, values=typed_values)
@@ -78,7 +79,13 @@ def fill_tensor(out: tensor_pb2.Tensor, array: np.ndarray, as_content: bool) -> 
         getattr(out, _TYPED_FIELD[dtype]).extend(array.ravel().tolist())
 
 
+_DTYPE_OF_NUMPY: dict[np.dtype, DType] = {np.dtype(d.value): d for d in DType if d is not DType.STRING}
+
+
 def _dtype_of(array: np.ndarray) -> DType:
+    dtype = _DTYPE_OF_NUMPY.get(array.dtype)  # dtype objects hash by value; byte order included
+    if dtype is not None:
+        return dtype
     if array.dtype.kind in ("O", "S", "U"):
         return DType.STRING
     return DType(array.dtype.name)

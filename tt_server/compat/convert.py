@@ -28,7 +28,7 @@ def deadline(context: grpc.aio.ServicerContext) -> float | None:
 async def unimplemented(context: grpc.aio.ServicerContext, why: str) -> None:
     """Fail the call with UNIMPLEMENTED and ``why``; the domain has no error for "this protocol feature is not
     served", so the compat servicers say it themselves."""
-    # abort() replaces the trailing metadata the interceptor set (x-request-id), so that goes in again.
+    # abort() replaces the trailing metadata the middleware set (x-request-id), so that goes in again.
     await context.abort(grpc.StatusCode.UNIMPLEMENTED, why, context.trailing_metadata() or ())
 
 

@@ -8,7 +8,7 @@ share a process (our tests do) and the wire format could drift from what ``trito
 
 Each RPC converts, awaits one domain call (``InferenceService.predict`` for inference: the same manager,
 validator and batcher as ``tensortrigger.v1``) and converts back; errors become statuses in
-``ServingInterceptor``. ``model_version`` is "" for the newest version or a version number; the protocol has no
+``api.middleware``. ``model_version`` is "" for the newest version or a version number; the protocol has no
 labels. Inputs come as typed ``contents`` or as ``raw_input_contents``; the answer uses the same form (FP16 has
 no typed field, so a response with an FP16 output is always raw). Triton's extensions (model repository,
 statistics, shared memory, trace, logging, model config) answer UNIMPLEMENTED.

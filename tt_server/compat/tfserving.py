@@ -3,7 +3,7 @@
 The messages and service bases are the generated modules of the ``tensorflow-serving-api`` package, so a client
 built on that package's stubs talks to Tensor Trigger exactly as to TF Serving. Each RPC converts the request to
 domain types, awaits one domain call (``InferenceService.predict`` for Predict: the same manager, validator and
-batcher as ``tensortrigger.v1``) and converts back; domain errors become statuses in ``ServingInterceptor``.
+batcher as ``tensortrigger.v1``) and converts back; domain errors become statuses in ``api.middleware``.
 
 Mapping: ``ModelSpec.name`` -> model, ``version`` -> version, ``version_label`` -> label, neither -> the newest
 version. Every version has exactly one signature, ``serving_default`` (a predict signature); another
