@@ -10,10 +10,11 @@ services the wrapper also applies the per-client rate limit, times the call, tur
 (``api.errors.status_for``) and counts the outcome by status code.
 
 Why not a ``grpc.aio.ServerInterceptor``: grpc.aio runs a server's interceptor chain as extra coroutines on every
-call, before the handler, and the Predict benchmark measured that machinery at ~25% of the event loop's time per
-call (the same work done here costs a fraction of that). Wrapping at registration does the work once per method:
-``Middleware.on(server)`` is handed to the generated ``add_*_to_server`` functions in place of the server, and
-wraps whatever they register. Interceptors still work on top (the optional tracing one encloses all of this).
+call, before the handler; on a Predict that returns a canned answer that machinery cost ~1/3 of the event loop's
+time per call. Wrapping at registration does the lookup work once per method: ``Middleware.on(server)`` is handed
+to the generated ``add_*_to_server`` functions in place of the server and wraps whatever they register (see
+``_Registrar`` for why it serves them as one generic handler). Interceptors still work on top: the optional
+tracing one encloses all of this.
 """
 
 from __future__ import annotations
@@ -208,28 +209,37 @@ class Middleware:
         return grpc.stream_stream_rpc_method_handler(wrapped, **kwargs)
 
 
-class _Registrar:
-    """What the generated ``add_*_to_server`` functions call on a server, wrapping each handler."""
+class _Registrar(grpc.GenericRpcHandler):
+    """What the generated ``add_*_to_server`` functions call on a server: collects their handlers, wrapped, and
+    serves them all as one generic handler (one dictionary lookup per call).
+
+    The generated functions register each service twice, as a generic handler and as "registered methods".
+    Registered methods are not passed on to grpc.aio: for them its server keeps one pending request future per
+    method and waits on all of them (``asyncio.wait``) for every call it accepts. With the ~50 methods of our
+    services that cost more than the whole echo server's work per call (measured on the Predict benchmark).
+    """
 
     def __init__(self, server: grpc.aio.Server, middleware: Middleware) -> None:
-        self._server = server
         self._middleware = middleware
-
-    def add_generic_rpc_handlers(self, handlers: Sequence[grpc.GenericRpcHandler]) -> None:
-        self._server.add_generic_rpc_handlers(tuple(_WrappedGeneric(h, self._middleware) for h in handlers))
+        self._table: dict[str, grpc.RpcMethodHandler] = {}  # full method name -> wrapped handler
+        self._generic: list[grpc.GenericRpcHandler] = []  # asked after the table, in order
+        server.add_generic_rpc_handlers((self,))
 
     def add_registered_method_handlers(self, service: str, handlers: dict[str, grpc.RpcMethodHandler]) -> None:
-        wrap = self._middleware.wrap
-        self._server.add_registered_method_handlers(
-            service, {name: wrap(h, f"/{service}/{name}") for name, h in handlers.items()}
-        )
+        for name, handler in handlers.items():
+            method = f"/{service}/{name}"
+            self._table[method] = self._middleware.wrap(handler, method)
 
-
-class _WrappedGeneric(grpc.GenericRpcHandler):
-    def __init__(self, inner: grpc.GenericRpcHandler, middleware: Middleware) -> None:
-        self._inner = inner
-        self._middleware = middleware
+    def add_generic_rpc_handlers(self, handlers: Sequence[grpc.GenericRpcHandler]) -> None:
+        self._generic.extend(handlers)
 
     def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
-        handler = self._inner.service(handler_call_details)
-        return None if handler is None else self._middleware.wrap(handler, handler_call_details.method)
+        method = handler_call_details.method
+        handler = self._table.get(method)
+        if handler is not None:
+            return handler
+        for generic in self._generic:
+            found = generic.service(handler_call_details)
+            if found is not None:
+                return self._middleware.wrap(found, method)
+        return None
