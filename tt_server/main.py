@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import sys
 
 from tt_server.app import Application
 from tt_server.config import Settings
@@ -32,6 +33,7 @@ async def serve(settings: Settings) -> None:
 def main() -> None:
     settings = Settings()
     configure_logging(settings.log_level, settings.log_json)
+    sys.setswitchinterval(settings.gil_switch_interval_seconds)
     if settings.event_loop == "uvloop":
         import uvloop
 
