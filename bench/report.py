@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,11 @@ def _errors(h2: dict[str, Any], counted: dict[str, Any], logged: int) -> str:
 
 
 def _pct(span: dict[str, Any]) -> str:
-    return f"{span['others_share']:.0%}"
+    """Others' share of the machine, and the hypervisor's steal when there was any (a VM's neighbours)."""
+    text = f"{span['others_share']:.0%}"
+    capacity = span["wall_s"] * (os.cpu_count() or 1)
+    stolen = span.get("steal_s", 0.0) / capacity if capacity else 0.0
+    return f"{text}, {stolen:.0%} stolen" if stolen >= 0.01 else text
 
 
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
@@ -120,7 +125,8 @@ def markdown(r: dict[str, Any]) -> str:
         "done minus DATA bytes / answer frame size), *h2* = h2load's failed + errored + timeout, *logged* = server "
         "ERROR log lines (every INTERNAL error is logged once). *requests per model call* = the batcher's merge "
         "factor (server metrics). *check diff* = max abs diff of a fresh Predict after the level vs in-process "
-        "Keras. *others' CPU* = share of the machine used by processes outside the benchmark meanwhile "
+        "Keras. *others' CPU* = share of the machine used by processes outside the benchmark meanwhile, and the "
+        "share the hypervisor gave to other guests (steal) when there was any "
         "(`bench.cpu`).",
         "",
         "## Unary Predict, Python client (grpc.aio, same process layout)",
