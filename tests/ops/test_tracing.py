@@ -3,6 +3,7 @@ caller's trace context continued, health probes left alone; with tracing off not
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 import textwrap
@@ -57,8 +58,26 @@ async def channel(app: Application) -> AsyncIterator[grpc.aio.Channel]:
         yield ch
 
 
-def _server_spans(exporter: InMemorySpanExporter, name: str) -> list[ReadableSpan]:
-    return [s for s in exporter.get_finished_spans() if s.name == name and s.kind == trace.SpanKind.SERVER]
+def _server_spans(exporter: InMemorySpanExporter, name: str, trace_id: int | None = None) -> list[ReadableSpan]:
+    return [
+        s
+        for s in exporter.get_finished_spans()
+        if s.name == name and s.kind == trace.SpanKind.SERVER and (trace_id is None or s.context.trace_id == trace_id)
+    ]
+
+
+async def _one_server_span(exporter: InMemorySpanExporter, name: str, trace_id: int | None = None) -> ReadableSpan:
+    """The span of a call that has just failed or ended. A server span ends after the status was sent (an abort
+    sends it, then unwinds through the interceptor that ends the span), so the client can see the status first:
+    wait for it, briefly."""
+    for _ in range(100):
+        found = _server_spans(exporter, name, trace_id)
+        if found:
+            await asyncio.sleep(0.05)  # a second span would show up now too
+            (span,) = _server_spans(exporter, name, trace_id)
+            return span
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"no server span for {name}")
 
 
 async def test_spans_carry_method_and_status(
@@ -74,20 +93,20 @@ async def test_spans_carry_method_and_status(
     download = stub.DownloadModelVersion(rpb.DownloadModelVersionRequest(model=model_pb2.ModelRef(name=name)))
     assert [chunk async for chunk in download]
 
-    (listed,) = _server_spans(spans, f"{REGISTRY}/ListModels")
+    listed = await _one_server_span(spans, f"{REGISTRY}/ListModels")
     assert listed.attributes is not None
     assert listed.attributes["rpc.method"] == "ListModels"
     assert listed.attributes["rpc.service"] == "tensortrigger.v1.ModelRegistryService"
     assert listed.attributes["rpc.grpc.status_code"] == grpc.StatusCode.OK.value[0]
-    (missing,) = _server_spans(spans, f"{REGISTRY}/GetModel")
+    missing = await _one_server_span(spans, f"{REGISTRY}/GetModel")
     assert missing.attributes is not None
     assert missing.attributes["rpc.grpc.status_code"] == grpc.StatusCode.NOT_FOUND.value[0]
     # NOT_FOUND is the client's mistake, not a server fault: the span status stays unset.
     assert missing.status.status_code == trace.StatusCode.UNSET
-    (streamed,) = _server_spans(spans, f"{REGISTRY}/DownloadModelVersion")  # server streaming
+    streamed = await _one_server_span(spans, f"{REGISTRY}/DownloadModelVersion")  # server streaming
     assert streamed.attributes is not None
     assert streamed.attributes["rpc.grpc.status_code"] == grpc.StatusCode.OK.value[0]
-    (uploaded,) = _server_spans(spans, f"{REGISTRY}/UploadModelVersion")  # client streaming
+    uploaded = await _one_server_span(spans, f"{REGISTRY}/UploadModelVersion")  # client streaming
     assert uploaded.attributes is not None
     assert uploaded.attributes["rpc.grpc.status_code"] == grpc.StatusCode.OK.value[0]
 
@@ -103,7 +122,7 @@ async def test_server_faults_mark_the_span_as_error(
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await registry_service_pb2_grpc.ModelRegistryServiceStub(channel).ListModels(rpb.ListModelsRequest())
     assert err.value.code() == grpc.StatusCode.INTERNAL
-    (failed,) = _server_spans(spans, f"{REGISTRY}/ListModels")
+    failed = await _one_server_span(spans, f"{REGISTRY}/ListModels")
     assert failed.attributes is not None
     assert failed.attributes["rpc.grpc.status_code"] == grpc.StatusCode.INTERNAL.value[0]
     assert failed.status.status_code == trace.StatusCode.ERROR
@@ -116,7 +135,7 @@ async def test_the_callers_trace_continues(channel: grpc.aio.Channel, spans: InM
     await registry_service_pb2_grpc.ModelRegistryServiceStub(channel).ListModels(
         rpb.ListModelsRequest(), metadata=(("traceparent", traceparent),)
     )
-    (span,) = _server_spans(spans, f"{REGISTRY}/ListModels")
+    span = await _one_server_span(spans, f"{REGISTRY}/ListModels", int(trace_id, 16))
     assert format(span.context.trace_id, "032x") == trace_id
     assert span.parent is not None and format(span.parent.span_id, "016x") == "00f067aa0ba902b7"
 
