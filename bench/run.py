@@ -39,6 +39,7 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 # (connections, streams per connection): 1, 8, 64, 128 (4 x 32, as the target says) and 256 in flight.
 LEVELS = ((1, 1), (1, 8), (2, 32), (4, 32), (8, 32))
 TARGET_IN_FLIGHT = 128
+TARGET_REPEATS = 3  # echo/server pairs at the target level; the median pair is reported
 BATCH_CHUNKS = (1024, 8192, 65536)
 LARGE_ROWS = 8192
 TOLERANCE = 1e-5
@@ -48,6 +49,7 @@ VARIANTS = (
     ("TT_BATCH_MAX_WAIT_SECONDS=0.002", {"TT_BATCH_MAX_WAIT_SECONDS": "0.002"}),
     ("TT_INFERENCE_INTRA_OP_THREADS=1", {"TT_INFERENCE_INTRA_OP_THREADS": "1"}),
     ("TT_EVENT_LOOP=asyncio", {"TT_EVENT_LOOP": "asyncio"}),
+    ("TT_GIL_SWITCH_INTERVAL_SECONDS=0.005 (Python's default)", {"TT_GIL_SWITCH_INTERVAL_SECONDS": "0.005"}),
 )
 
 
@@ -312,10 +314,17 @@ class Bench:
         for connections, streams in LEVELS:
             n = connections * streams
             self.log(f"h2load, {n} in flight ({connections} x {streams})")
-            echo = self.echo_h2load(echo_address, connections, streams, payload["echo_answer_bytes"] + 5)
-            result, seen, span = self.server_h2load(
-                server, f"tt-server, h2load at {n} in flight", connections, streams, payload["answer_bytes"] + 5
-            )
+            # The target level is measured as several echo/server pairs, alternating, and the pair with the
+            # median ratio is reported: on a VM whose neighbours take the CPU in bursts (steal), one pair can be
+            # off by 2-3x either way.
+            pairs = []
+            for _ in range(TARGET_REPEATS if n == TARGET_IN_FLIGHT else 1):
+                echo = self.echo_h2load(echo_address, connections, streams, payload["echo_answer_bytes"] + 5)
+                result, seen, span = self.server_h2load(
+                    server, f"tt-server, h2load at {n} in flight", connections, streams, payload["answer_bytes"] + 5
+                )
+                pairs.append((result.req_per_s / max(echo["req_per_s"], 1e-9), echo, result, seen, span))
+            _, echo, result, seen, span = sorted(pairs, key=lambda pair: pair[0])[len(pairs) // 2]
             diff = self.check(server.address, f"after h2load at {n}", seed=n)
             logged = server.process.error_lines()  # since start: this level's are those earlier levels did not see
             levels.append(
@@ -328,6 +337,7 @@ class Bench:
                     "echo_h2load": echo,
                     "check_max_abs_diff": diff,
                     "server_log_errors": logged - sum(level["server_log_errors"] for level in levels),
+                    "pair_ratios": [round(pair[0], 3) for pair in pairs],
                 }
             )
             self.log(
@@ -397,6 +407,8 @@ def _targets(r: dict[str, Any], diffs: list[float]) -> list[dict[str, Any]]:
     level = next(level for level in r["levels"] if level["in_flight"] == TARGET_IN_FLIGHT)
     server, echo = level["server_h2load"], level["echo_h2load"]
     ratio = server["req_per_s"] / echo["req_per_s"]
+    ratios = level.get("pair_ratios", [])
+    pairs = f" (the median of {len(ratios)} pairs: {', '.join(f'{x:.2f}' for x in ratios)})" if len(ratios) > 1 else ""
     compiled = max(
         (c for c in r["compute"] if c["function"] == "servable.run" and c["rows_per_call"] == LARGE_ROWS),
         key=lambda c: float(c["rows_per_s"]),
@@ -407,7 +419,7 @@ def _targets(r: dict[str, Any], diffs: list[float]) -> list[dict[str, Any]]:
     return [
         {
             "name": f"unary Predict at {TARGET_IN_FLIGHT} in flight vs echo (h2load)",
-            "measured": f"{server['req_per_s']:,.0f} / {echo['req_per_s']:,.0f} req/s = {ratio:.3f}x",
+            "measured": f"{server['req_per_s']:,.0f} / {echo['req_per_s']:,.0f} req/s = {ratio:.3f}x{pairs}",
             "goal": ">= 0.70x",
             "met": ratio >= 0.7,
         },
