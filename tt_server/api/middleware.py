@@ -77,8 +77,9 @@ class _Call:
         self.auth = auth if auth is not None and not auth.is_public(method) else None
         self.limiter = limiter if ours else None
         self.checks = self.auth is not None or self.limiter is not None  # else admit() has nothing to do
-        self._seconds = metrics.RPC_SECONDS.labels(method)
-        self._ok = metrics.RPCS.labels(method, "OK")
+        # Metric children exist for our methods only (no empty series for health and reflection).
+        self._seconds = metrics.RPC_SECONDS.labels(method) if ours else None
+        self._ok = metrics.RPCS.labels(method, "OK") if ours else None
 
     def start(self, context: grpc.aio.ServicerContext) -> Metadata:
         """Set the call's request id (for its logs and its trailers); return it as metadata."""
@@ -91,10 +92,10 @@ class _Call:
     async def admit(self, context: grpc.aio.ServicerContext, ids: Metadata) -> None:
         """Authenticate (aborting the call when refused) and apply the rate limit."""
         caller = None
-        metadata = context.invocation_metadata() if self.auth is not None else None
         if self.auth is not None:
+            authorization = _metadata_value(context.invocation_metadata(), "authorization")
             try:
-                caller = self.auth.authorize(self.method, _metadata_value(metadata, "authorization")).name
+                caller = self.auth.authorize(self.method, authorization).name
             except AuthError as e:
                 code = grpc.StatusCode.PERMISSION_DENIED if e.permission else grpc.StatusCode.UNAUTHENTICATED
                 metrics.RPCS.labels(self.method, code.name).inc()
@@ -105,7 +106,7 @@ class _Call:
                 raise ResourceExhausted("rate limit exceeded for this client; slow down and retry")
 
     def done(self, started: float, code: grpc.StatusCode | None) -> None:
-        if not self.ours:
+        if self._seconds is None or self._ok is None:  # not one of our services
             return
         self._seconds.observe(time.perf_counter() - started)
         if code is None:
