@@ -37,6 +37,7 @@ def server_settings(tmp: Path, **overrides: object) -> Settings:
         "data_dir": tmp,
         "log_json": False,
         "gc_interval_seconds": 3600.0,
+        "gc_freeze": False,  # tested in tests/runtime/test_manager.py; each settle is a full collection
         "shutdown_grace_seconds": 5.0,
     }
     values.update(overrides)

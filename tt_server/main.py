@@ -10,11 +10,14 @@ import sys
 from tt_server.app import Application
 from tt_server.config import Settings
 from tt_server.logs import configure_logging
+from tt_server.runtime.memory import settle
 
 log = logging.getLogger(__name__)
 
 
 async def serve(settings: Settings) -> None:
+    if settings.gc_freeze:
+        settle()  # TensorFlow, Keras and our modules, imported by now; the model manager settles after loads
     app = Application(settings)
     await app.start()
     loop = asyncio.get_running_loop()

@@ -50,7 +50,8 @@ async def make_manager(
     made: list[ModelManager] = []
 
     def make(executor: Executor | None = None, **settings: object) -> ModelManager:
-        values: dict = {"data_dir": tmp_path, "log_json": False, **settings}
+        # No gc.freeze() in the test process unless a test asks for it (test_the_collector_is_settled...).
+        values: dict = {"data_dir": tmp_path, "log_json": False, "gc_freeze": False, **settings}
         manager = ModelManager(metadata, blobs, tmp_path / "model-cache", Settings(**values), executor)
         made.append(manager)
         return manager

@@ -4,7 +4,9 @@ hot swaps under load."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
+import weakref
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -17,6 +19,7 @@ from tests.runtime.helpers import publish
 from tt_server.errors import FailedPrecondition, NotFound
 from tt_server.events import LocalEventBus
 from tt_server.runtime import manager as manager_module
+from tt_server.runtime import memory
 from tt_server.runtime.manager import ModelManager, parse_model_ref
 from tt_server.storage.local import LocalBlobStore
 from tt_server.storage.sqlite import SqliteMetadataStore
@@ -157,6 +160,32 @@ async def test_versions_are_unloaded_beyond_the_byte_budget(
     assert manager.loaded_bytes == 20
     await manager.get(ModelRef("m", version=2))
     assert manager.loaded_versions == [("m", 2)] and manager.loaded_bytes == 20
+
+
+async def test_the_collector_is_settled_after_loads_and_unloads(
+    make_manager: MakeManager,
+    metadata: SqliteMetadataStore,
+    blobs: LocalBlobStore,
+    constant_models: dict[int, Path],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What a load created is frozen (out of full collections); an unloaded model is still freed."""
+    monkeypatch.setattr(memory, "SETTLE_DELAY_SECONDS", 0.05)
+    for value in (1, 2):
+        await publish(metadata, blobs, constant_models[value])
+    manager = make_manager(model_cache_max_versions=1, gc_freeze=True)
+    try:
+        gc.unfreeze()
+        # The loaded Keras model: reference cycles (layers <-> model), so only the collector can free it.
+        first = weakref.ref((await manager.get(ModelRef("m", version=1))).servable._owner)
+        await asyncio.sleep(0.5)
+        assert gc.get_freeze_count() > 0
+        await manager.get(ModelRef("m", version=2))  # unloads version 1 (count budget)
+        await asyncio.sleep(0.5)
+        assert first() is None  # collected although its objects had been frozen
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
 
 
 async def test_requests_in_flight_finish_on_an_unloaded_version(

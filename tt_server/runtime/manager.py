@@ -39,6 +39,7 @@ from tt_server.events import EventBus
 from tt_server.registry.artifacts import ArchiveLimits
 from tt_server.runtime.batcher import DynamicBatcher
 from tt_server.runtime.loader import ARTIFACT_SUFFIX, Loader
+from tt_server.runtime.memory import Settler
 from tt_server.runtime.servable import Servable, configure_threads
 from tt_server.runtime.validation import InputDecoder
 from tt_server.storage.blobs import BlobStore
@@ -115,6 +116,7 @@ class ModelManager:
         self._resolution_epoch: dict[str, int] = {}
         self._load_epoch: dict[str, int] = {}
         self._background: set[asyncio.Task[None]] = set()
+        self._settler = Settler(settings.gc_freeze)  # freeze what a load created, free what an unload dropped
         self._closed = False
         self.loads_started = 0  # for tests and metrics
 
@@ -136,6 +138,7 @@ class ModelManager:
     async def close(self) -> None:
         """Stop loading, finish queued requests, unload everything."""
         self._closed = True
+        self._settler.cancel()
         tasks = [*self._background, *self._loads.values(), *self._resolving.values()]
         for task in tasks:
             task.cancel()
@@ -289,6 +292,7 @@ class ModelManager:
         )
         if self._load_epoch.get(name, 0) == epoch and not self._closed:
             self._insert(key, handle)
+            self._settler.soon()
         return handle  # a version deleted meanwhile still serves the requests that were waiting for it
 
     def _make_handle(self, version: ModelVersion, servable: Servable) -> ServableHandle:
@@ -336,6 +340,7 @@ class ModelManager:
         metrics.MODEL_UNLOADS.labels(reason).inc()
         metrics.forget_servable(f"{key[0]}:{key[1]}")
         log.info("model unloaded", extra={"model": key[0], "version": key[1], "reason": reason})
+        self._settler.soon()
 
     # --- registry events ----------------------------------------------------------------------------------
     async def handle_event(self, event: RegistryEvent) -> None:
