@@ -44,7 +44,7 @@ def since(start: Mark) -> Span:
     wall = end.wall - start.wall
     own = end.own - start.own
     others = max(end.busy - start.busy - own, 0.0)
-    capacity = wall * len(os.sched_getaffinity(0))
+    capacity = wall * cores()
     return Span(
         wall_s=round(wall, 2),
         benchmark_cpu_s=round(own, 2),
@@ -52,6 +52,11 @@ def since(start: Mark) -> Span:
         steal_s=round(end.steal - start.steal, 2),
         others_share=round(others / capacity, 3) if capacity else 0.0,
     )
+
+
+def cores() -> int:
+    """The cores this benchmark may use: what the shares are shares of."""
+    return len(os.sched_getaffinity(0))
 
 
 def _machine() -> tuple[float, float]:

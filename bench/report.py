@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
+
+from bench import cpu
 
 
 def write(results: dict[str, Any], out_dir: Path, name: str = "latest") -> list[Path]:
@@ -31,7 +32,7 @@ def _errors(h2: dict[str, Any], counted: dict[str, Any], logged: int) -> str:
 def _pct(span: dict[str, Any]) -> str:
     """Others' share of the machine, and the hypervisor's steal when there was any (a VM's neighbours)."""
     text = f"{span['others_share']:.0%}"
-    capacity = span["wall_s"] * (os.cpu_count() or 1)
+    capacity = span["wall_s"] * cpu.cores()
     stolen = span.get("steal_s", 0.0) / capacity if capacity else 0.0
     return f"{text}, {stolen:.0%} stolen" if stolen >= 0.01 else text
 

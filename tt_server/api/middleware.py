@@ -52,12 +52,11 @@ Metadata = tuple[tuple[str, str | bytes], ...]
 
 def _request_id(metadata: Sequence[tuple[str, str | bytes]] | None) -> str:
     """The client's ``x-request-id`` made safe and bounded, else a fresh one."""
-    for key, value in metadata or ():
-        if key == REQUEST_ID_KEY and isinstance(value, str):
-            safe = _UNSAFE_ID_CHARS.sub("_", value[:MAX_REQUEST_ID_LENGTH])
-            if safe.strip("_"):
-                return safe
-            break
+    sent = _metadata_value(metadata, REQUEST_ID_KEY)
+    if sent is not None:
+        safe = _UNSAFE_ID_CHARS.sub("_", sent[:MAX_REQUEST_ID_LENGTH])
+        if safe.strip("_"):
+            return safe
     return f"{_ID_PREFIX}-{next(_id_counter):x}"
 
 
