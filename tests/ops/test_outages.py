@@ -27,6 +27,7 @@ from tests.api.helpers import upload
 from tests.jobs.helpers import create_job, csv_bytes, features, spec
 from tests.ops.helpers import constant_artifacts, outcome, score, until_ok
 from tests.ops.proxy import TcpProxy
+from tests.services import service_missing
 from tests.serving import _fresh_database, server_settings, unique_name
 from tt_server.app import Application
 from tt_server.storage.amqp_events import AmqpEventBus
@@ -209,7 +210,7 @@ async def test_rabbitmq_unreachable_then_back(tmp_path: Path, artifacts: list[Pa
     try:
         await (await aio_pika.connect(f"amqp://guest:guest@{AMQP_HOST}:{AMQP_PORT}/", timeout=5)).close()
     except (OSError, aio_pika.exceptions.AMQPError) as e:
-        pytest.skip(f"RabbitMQ is not reachable at {AMQP_HOST}:{AMQP_PORT} ({e}); start: rabbitmq-server -detached")
+        service_missing(f"RabbitMQ is not reachable at {AMQP_HOST}:{AMQP_PORT} ({e}); start: rabbitmq-server -detached")
     direct = f"amqp://guest:guest@{AMQP_HOST}:{AMQP_PORT}/"
     queue = f"tt.jobs.ops-{uuid.uuid4().hex[:8]}"
     proxy = await TcpProxy(AMQP_HOST, AMQP_PORT).start()

@@ -25,6 +25,7 @@ from tensortrigger.v1 import inference_service_pb2 as ipb
 from tensortrigger.v1 import inference_service_pb2_grpc, model_pb2, registry_service_pb2_grpc
 
 from tests.api.helpers import upload
+from tests.services import service_missing
 from tests.serving import _fresh_database, unique_name
 from tests.training.helpers import Teacher, chunks, config, save, student, tensor
 
@@ -43,7 +44,7 @@ async def _amqp_or_skip(url: str) -> None:
     try:
         await (await aio_pika.connect(url, timeout=5)).close()
     except (OSError, aio_pika.exceptions.AMQPError) as e:
-        pytest.skip(f"RabbitMQ is not reachable ({e}); start it with: rabbitmq-server -detached")
+        service_missing(f"RabbitMQ is not reachable ({e}); start it with: rabbitmq-server -detached")
 
 
 async def test_sigterm_with_open_streams(postgres_dsn: str, s3_endpoint: str, tmp_path: Path) -> None:
