@@ -3,7 +3,8 @@
 #
 #   docker build -t tensortrigger:dev .
 #   docker run --rm -p 50051:50051 tensortrigger:dev                   # server, embedded storage
-#   docker run --rm tensortrigger:dev tt-worker                         # (ENTRYPOINT replaced in k8s by `command`)
+#   docker run --rm tensortrigger:dev tt-server --help                 # every setting, its variable and default
+#   docker run --rm -e TT_AMQP_URL=amqp://... tensortrigger:dev tt-worker   # the job worker (k8s: `command`)
 #
 # No HEALTHCHECK: Kubernetes ignores it. The pods' native gRPC probes ask the server's own grpc.health.v1
 # service, which knows about draining; a HEALTHCHECK would need a probe binary in the image for nothing.
@@ -21,17 +22,15 @@ RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
 
-# 1. The client package (generated contract) the server depends on; it changes rarely.
-COPY clients/python/ clients/python/
-RUN pip install --no-cache-dir ./clients/python
+# 1. Third-party dependencies from the committed runtime lock (exact versions, sha256-checked), so an image built
+#    tomorrow has the same packages as one built today; this slow layer (TensorFlow is ~600 MB) is rebuilt only
+#    when the lock changes. Wheels only: the builder has no compiler and needs none.
+COPY requirements/runtime.txt requirements/runtime.txt
+RUN pip install --no-cache-dir --only-binary=:all: --require-hashes --no-deps -r requirements/runtime.txt
 
-# 2. Third-party dependencies from pyproject.toml alone, so this slow layer (TensorFlow is ~600 MB) is rebuilt
-#    only when the dependencies change, not on every code change. Wheels only: the builder has no compiler
-#    and needs none; an sdist-only dependency fails here instead of half-building.
-COPY pyproject.toml README.md ./
-RUN python -c "import tomllib; deps = tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']; \
-print('\n'.join(d for d in deps if not d.startswith('tensortrigger-client')))" > /tmp/requirements.txt \
- && pip install --no-cache-dir --only-binary=:all: -r /tmp/requirements.txt
+# 2. The client package (generated contract) the server depends on.
+COPY clients/python/ clients/python/
+RUN pip install --no-cache-dir --no-deps --no-build-isolation ./clients/python
 
 # 3. Our code, without touching the dependencies installed above. A regular (not editable) install: the
 #    runtime stage gets the venv and nothing from /src. pip compiles the .pyc files here, which matters
@@ -39,7 +38,8 @@ print('\n'.join(d for d in deps if not d.startswith('tensortrigger-client')))" >
 #    runtime uses: a missing module or shared library fails the build, not the first pod start.
 COPY tt_server/ tt_server/
 COPY tt_worker/ tt_worker/
-RUN pip install --no-cache-dir --no-deps . \
+COPY pyproject.toml README.md ./
+RUN pip install --no-cache-dir --no-deps --no-build-isolation . \
  && python -c "import tt_server.main, tt_worker.main"
 
 # --- runtime: the base image, the venv, a non-root user. No pip cache, no sources, no build tools. ----------
@@ -63,4 +63,5 @@ VOLUME ["/var/lib/tt"]
 USER 10001:10001
 WORKDIR /var/lib/tt
 EXPOSE 50051 9090
-ENTRYPOINT ["tt-server"]
+# CMD, not ENTRYPOINT: `docker run IMAGE tt-worker` (and a pod's `command`) runs the worker instead.
+CMD ["tt-server"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -31,7 +32,7 @@ from tt_server import compat, metrics
 from tt_server.api.auth import RateLimiter, TokenAuthenticator
 from tt_server.api.inference import InferenceServicer
 from tt_server.api.jobs import JobsServicer
-from tt_server.api.middleware import Middleware
+from tt_server.api.middleware import AccessLog, Middleware
 from tt_server.api.reflection import DocumentedReflectionServicer, documented_files
 from tt_server.api.registry import RegistryServicer
 from tt_server.config import Settings
@@ -69,6 +70,45 @@ class Application:
         self._tracing: Tracing | None = None
 
     async def start(self) -> None:
+        """Open the stores, build the domain, listen and serve. On failure (a busy port, a database that cannot be
+        reached, ...) everything opened so far is closed again before the error propagates: nothing is left
+        running (SQLite's worker thread, for one, would keep the process alive)."""
+        try:
+            await self._start()
+        except BaseException:
+            await self._close_after_failed_start()
+            raise
+
+    async def _close_after_failed_start(self) -> None:
+        self._stopping = True
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        steps = (
+            ("_server", lambda server: server.stop(0)),
+            ("embedded_worker", lambda worker: worker.stop(0) if worker is not None else None),
+            ("broker", lambda broker: broker.close()),
+            ("events", lambda events: events.close() if isinstance(events, AmqpEventBus) else None),
+            ("models", lambda models: models.close()),
+            ("loader_executor", lambda executor: executor.shutdown(wait=False, cancel_futures=True)),
+            ("blobs", lambda blobs: blobs.close()),
+            ("metadata", lambda metadata: metadata.close()),
+            ("_tracing", lambda tracing: tracing.shutdown() if tracing is not None else None),
+        )
+        for attribute, close in steps:
+            if getattr(self, attribute, None) is None:
+                continue
+            try:
+                pending = close(getattr(self, attribute))
+                if inspect.isawaitable(pending):
+                    await pending
+            except Exception:
+                log.warning("closing %s after a failed start-up failed", attribute.strip("_"), exc_info=True)
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()
+            self._metrics_server.server_close()
+
+    async def _start(self) -> None:
         started = time.perf_counter()
         s = self.settings
         s.data_dir.mkdir(parents=True, exist_ok=True)
@@ -110,13 +150,17 @@ class Application:
             else None
         )
         limiter = RateLimiter(s.rate_limit_per_second, s.rate_limit_burst) if s.rate_limit_per_second > 0 else None
-        middleware = Middleware({*SERVICE_NAMES, *compat.SERVICE_NAMES}, auth, limiter)
+        access = AccessLog(s.access_log, s.access_log_sample_ratio) if s.access_log != "off" else None
+        middleware = Middleware({*SERVICE_NAMES, *compat.SERVICE_NAMES}, auth, limiter, access)
         # Tracing's interceptor runs around the (wrapped) handlers: its span encloses everything the middleware
         # does (auth, errors, metrics).
         self._tracing = start_tracing({*SERVICE_NAMES, *compat.SERVICE_NAMES}) if s.otel_enabled else None
         server = grpc.aio.server(
             interceptors=[self._tracing.interceptor] if self._tracing else None,
             options=[
+                # gRPC shares ports by default (SO_REUSEPORT): a second server on a busy port would start and
+                # take half the connections with a registry of its own. Off: a busy port fails the start-up.
+                ("grpc.so_reuseport", 0),
                 ("grpc.max_receive_message_length", s.max_message_bytes),
                 ("grpc.max_send_message_length", s.max_message_bytes),
                 *(
@@ -155,15 +199,18 @@ class Application:
             ),
             serving,
         )
-        self.port = (
-            server.add_secure_port(s.grpc_address, _server_credentials(s))
-            if s.tls_cert_file
-            else server.add_insecure_port(s.grpc_address)
-        )
-        if self.port == 0:
-            raise RuntimeError(f"cannot listen on {s.grpc_address}")
-        await server.start()
         self._server = server
+        try:
+            self.port = (
+                server.add_secure_port(s.grpc_address, _server_credentials(s))
+                if s.tls_cert_file
+                else server.add_insecure_port(s.grpc_address)
+            )
+        except RuntimeError:
+            self.port = 0
+        if self.port == 0:
+            raise RuntimeError(f"cannot listen on {s.grpc_address} (is the address in use?)")
+        await server.start()
         for name in ("", *SERVICE_NAMES, *compat.SERVICE_NAMES):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self._tasks.append(asyncio.create_task(self._collect_garbage_forever(), name="tt-blob-gc"))
@@ -234,7 +281,11 @@ class Application:
             try:
                 await self.models.check_loaded()
             except Exception:
-                log.warning("checking loaded models against the registry failed; will retry", exc_info=True)
+                log.warning(
+                    "checking loaded models against the registry failed; will retry",
+                    exc_info=True,
+                    extra={"throttle": True},
+                )
 
     async def _collect_garbage_forever(self) -> None:
         while True:
@@ -242,7 +293,7 @@ class Application:
                 while await self.registry.collect_garbage() > 0:
                     pass
             except Exception:
-                log.warning("blob garbage collection failed; will retry", exc_info=True)
+                log.warning("blob garbage collection failed; will retry", exc_info=True, extra={"throttle": True})
             await asyncio.sleep(self.settings.gc_interval_seconds)
 
 

@@ -7,10 +7,12 @@ an in-process broker and worker. Set ``TT_DATABASE_URL``, ``TT_S3_BUCKET`` (+ ``
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import Field
+from pydantic import Field, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MiB = 1 << 20
@@ -106,8 +108,27 @@ class Settings(BaseSettings):
     )
 
     # --- logging -----------------------------------------------------------------------------------------
-    log_level: str = Field("INFO", description="Root log level.")
-    log_json: bool = Field(True, description="One JSON object per log line (else plain text).")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field(
+        "INFO", description="Root log level: DEBUG, INFO, WARNING, ERROR or CRITICAL."
+    )
+    log_json: bool = Field(
+        True,
+        description="One JSON object per log line, for every line the process writes (TensorFlow's native "
+        "logging included); else plain text.",
+    )
+    access_log: Literal["off", "sampled", "all"] = Field(
+        "off",
+        description="A log line per call (method, model, version, status, duration, request id): off, all, or "
+        "sampled (every failed call, and access_log_sample_ratio of the others).",
+    )
+    access_log_sample_ratio: float = Field(
+        0.01, ge=0, le=1, description="With access_log=sampled: the share of successful calls logged."
+    )
+    log_repeat_interval_seconds: float = Field(
+        30.0,
+        description="A dependency that keeps failing (RabbitMQ reconnects, PostgreSQL, S3) logs the same warning "
+        "at most once per interval, with the count of repeats left out.",
+    )
 
     # --- inference ---------------------------------------------------------------------------------------
     inference_intra_op_threads: int = Field(
@@ -265,6 +286,53 @@ class Settings(BaseSettings):
         "for a reconnect, before UNAVAILABLE.",
     )
 
+    # --- validation: a bad value stops start-up with one line naming its variable (tt_server/cli.py) ----------
+    @field_validator("*", mode="after")
+    @classmethod
+    def _not_negative(cls, value: Any, info: ValidationInfo) -> Any:
+        # Sizes, counts and durations: a negative one is always a typo, never "unbounded".
+        if isinstance(value, int | float) and not isinstance(value, bool) and value < 0:
+            raise ValueError("must not be negative")
+        return value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _level_upper(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("grpc_address", "metrics_address")
+    @classmethod
+    def _host_port(cls, value: str, info: ValidationInfo) -> str:
+        if not value and info.field_name == "metrics_address":
+            return value
+        match = _HOST_PORT.fullmatch(value)
+        if match is None or int(match["port"]) > 65535:
+            raise ValueError("expected host:port, e.g. 127.0.0.1:50051, 0.0.0.0:50051 or [::]:50051")
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, value: str) -> str:
+        return _url(value, ("postgresql", "postgres"), "postgresql://user:password@host:5432/database")
+
+    @field_validator("amqp_url")
+    @classmethod
+    def _amqp_url(cls, value: str) -> str:
+        return _url(value, ("amqp", "amqps"), "amqp://user:password@host:5672/")
+
+    @field_validator("s3_endpoint_url")
+    @classmethod
+    def _s3_endpoint_url(cls, value: str) -> str:
+        return _url(value, ("http", "https"), "http://127.0.0.1:9000")
+
+    @field_validator("preload_models")
+    @classmethod
+    def _preload_models(cls, value: list[str]) -> list[str]:
+        for ref in value:
+            if not _MODEL_REF.fullmatch(ref):
+                raise ValueError(f'{ref!r} is not "name", "name:3" or "name@label"')
+        return value
+
     @property
     def embedded_database(self) -> bool:
         return not self.database_url
@@ -280,3 +348,20 @@ class Settings(BaseSettings):
     @property
     def scratch_dir(self) -> Path:
         return self.data_dir / "tmp"
+
+
+_HOST_PORT = re.compile(r"(?P<host>\[[0-9A-Fa-f:.]+\]|[^\s:\[\]]+):(?P<port>\d{1,5})")
+_MODEL_REF = re.compile(r"[^\s:@]+(:\d+|@[^\s:@]+)?")
+
+
+def _url(value: str, schemes: tuple[str, ...], example: str) -> str:
+    if not value:
+        return value
+    parts = urlsplit(value)
+    if parts.scheme not in schemes or not parts.hostname:
+        raise ValueError(f"expected a {' or '.join(s + '://' for s in schemes)} URL, e.g. {example}")
+    try:
+        parts.port  # noqa: B018 - raises on a port out of range or not a number
+    except ValueError as e:
+        raise ValueError(f"bad port in URL: {e}") from None
+    return value

@@ -1,5 +1,12 @@
 """Structured logging: one JSON object per line (or plain text for humans), with ``extra=`` fields kept.
 
+In the ``tt-server`` and ``tt-worker`` processes (``configure_process_logging``) every line the process writes
+goes through here, including what native code writes straight to file descriptors 1 and 2 (TensorFlow's C++
+logging and absl): those descriptors become pipes read by a thread that logs each line, so with ``TT_LOG_JSON``
+the process's output is JSON lines only. Native INFO lines are silenced at their source (TF_CPP_MIN_LOG_LEVEL=1);
+WARNING and above are kept, except CUDA's complaint that a host without a GPU has no GPU. A dependency that keeps
+failing logs its warning once per interval with a count (``RepeatFilter``), not once per reconnect.
+
 Every record emitted while serving an RPC carries that call's ``request_id`` (``RequestIdFilter`` reads the
 ``request_id`` context variable, which the serving middleware sets per call; asyncio copies it into tasks the
 call starts). The same id goes back to the client as ``x-request-id`` metadata and is the "error id" of an
@@ -9,15 +16,37 @@ INTERNAL error, so a user can quote it and an operator can find every line of th
 from __future__ import annotations
 
 import contextvars
+import io
 import json
 import logging
+import os
+import re
 import sys
+import threading
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime
+from types import TracebackType
 
 # Attributes every LogRecord has; anything else came from ``extra=`` (or a filter) and is emitted as a field.
-_STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName"}
+_STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName", "throttle"}
 
 request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("tt_request_id", default=None)
+# The model and version a call was served by, set where a request is resolved; the access log reads it.
+served_model: contextvars.ContextVar[tuple[str, int] | None] = contextvars.ContextVar("tt_served_model", default=None)
+
+# Loggers of the dependencies' client libraries and of our storage adapters: their warnings repeat for as long as
+# an outage lasts (one per reconnect attempt, per connection), so they are throttled.
+THROTTLED_LOGGERS = (
+    "aio_pika",
+    "aiormq",
+    "asyncpg",
+    "aiobotocore",
+    "botocore",
+    "aiosqlite",
+    "tt_server.storage",
+    "tt_server.events",
+)
 
 
 class RequestIdFilter(logging.Filter):
@@ -47,9 +76,47 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False)
 
 
-def configure_logging(level: str, json_lines: bool) -> None:
-    handler = logging.StreamHandler(sys.stderr)
+class RepeatFilter(logging.Filter):
+    """Lets a repeating warning through once per ``interval`` seconds, with ``repeated``: how many like it were
+    held back since. Applies to WARNING and above from ``THROTTLED_LOGGERS`` and to records logged with
+    ``extra={"throttle": True}`` (our retry loops); a repeat is the same logger and message template."""
+
+    def __init__(self, interval: float, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self._interval = interval
+        self._clock = clock
+        self._seen: dict[tuple[str, object], list[float]] = {}  # key -> [last emitted, held back since]
+        self._lock = threading.Lock()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self._interval <= 0 or record.levelno < logging.WARNING:
+            return True
+        if not (getattr(record, "throttle", False) or record.name.startswith(THROTTLED_LOGGERS)):
+            return True
+        key = (record.name, record.msg)
+        now = self._clock()
+        with self._lock:
+            seen = self._seen.get(key)
+            if seen is not None and now - seen[0] < self._interval:
+                seen[1] += 1
+                return False
+            held = 0 if seen is None else int(seen[1])
+            self._seen[key] = [now, 0]
+            if len(self._seen) > 1000:  # bounded: forget the oldest keys
+                for old in sorted(self._seen, key=lambda k: self._seen[k][0])[:500]:
+                    del self._seen[old]
+        if held:
+            record.repeated = held
+        return True
+
+
+def configure_logging(
+    level: str, json_lines: bool, repeat_interval: float = 0.0, stream: io.TextIOBase | None = None
+) -> None:
+    handler = logging.StreamHandler(stream or sys.stderr)
     handler.addFilter(RequestIdFilter())
+    if repeat_interval > 0:
+        handler.addFilter(RepeatFilter(repeat_interval))
     if json_lines:
         handler.setFormatter(JsonFormatter())
     else:
@@ -61,3 +128,63 @@ def configure_logging(level: str, json_lines: bool) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    logging.captureWarnings(True)  # warnings.warn (Keras, TensorFlow) as log records of "py.warnings"
+
+
+def configure_process_logging(level: str, json_lines: bool, repeat_interval: float) -> None:
+    """Logging for a server or worker process: everything written to fd 1 and 2 becomes log records."""
+    # Before TensorFlow is imported: its C++ INFO lines (CPU features, oneDNN, "no CUDA drivers") are noise.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+    # Our handler writes to a copy of the real stderr; fd 1 and 2 become pipes into NativeOutput.
+    out = os.fdopen(os.dup(2), "w", buffering=1, encoding="utf-8", errors="backslashreplace")
+    configure_logging(level, json_lines, repeat_interval, stream=out)
+    for fd, name in ((1, "stdout"), (2, "stderr")):
+        NativeOutput(fd, logging.getLogger(f"native.{name}")).start()
+    sys.stdout = os.fdopen(1, "w", buffering=1, encoding="utf-8", errors="backslashreplace", closefd=False)
+    sys.stderr = os.fdopen(2, "w", buffering=1, encoding="utf-8", errors="backslashreplace", closefd=False)
+    sys.excepthook = _log_uncaught
+    threading.excepthook = lambda args: _log_uncaught(args.exc_type, args.exc_value, args.exc_traceback)
+
+
+# glog/absl line: severity letter, MMDD, time, thread id, file:line] message
+_NATIVE_LINE = re.compile(r"^([IWEF])\d{4} [\d:.]+\s+\d+ ([^\]]+)\] (.*)$")
+_NATIVE_LEVELS = {"I": logging.INFO, "W": logging.WARNING, "E": logging.ERROR, "F": logging.CRITICAL}
+# Native lines that only say "this host has no GPU": expected on CPU hosts, so not the ERROR they claim to be.
+_NO_GPU = re.compile(r"failed call to cuInit|Could not find cuda drivers|cuda_diagnostics|kernel driver does not")
+_ABSL_PREAMBLE = "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR"
+
+
+class NativeOutput(threading.Thread):
+    """Reads what is written to file descriptor ``fd`` (which it replaces with a pipe) and logs it line by line."""
+
+    def __init__(self, fd: int, logger: logging.Logger) -> None:
+        super().__init__(name=f"tt-native-{fd}", daemon=True)
+        read, write = os.pipe()
+        os.dup2(write, fd)
+        os.close(write)
+        self._read = read
+        self._logger = logger
+
+    def run(self) -> None:
+        with os.fdopen(self._read, "rb") as pipe:
+            for raw in pipe:
+                line = raw.decode("utf-8", "backslashreplace").rstrip()
+                if line:
+                    self._log(line)
+
+    def _log(self, line: str) -> None:
+        match = _NATIVE_LINE.match(line)
+        if match is None:
+            level = logging.DEBUG if line == _ABSL_PREAMBLE else logging.INFO
+            self._logger.log(level, line)
+            return
+        level = _NATIVE_LEVELS[match[1]]
+        if _NO_GPU.search(match[3]):
+            level = logging.DEBUG
+        self._logger.log(level, match[3], extra={"source": match[2]})
+
+
+def _log_uncaught(exc_type: type[BaseException], exc: BaseException | None, tb: TracebackType | None) -> None:
+    if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
+        return
+    logging.getLogger("tt_server").critical("uncaught exception", exc_info=(exc_type, exc, tb))  # type: ignore[arg-type]

@@ -1,25 +1,69 @@
-"""``tt-server`` / ``python -m tt_server``: run the server until SIGTERM or SIGINT, then drain."""
+"""``tt-server`` / ``python -m tt_server``: run the server until SIGTERM or SIGINT, then drain.
+
+Start-up fails fast and cleanly: the command line and every setting are checked before anything is opened (exit 2),
+the listening port is checked before TensorFlow is even imported (a busy port exits 1 within a second or two), and a
+failure later in start-up closes what was opened and exits 1 with one log line.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import signal
+import socket
 import sys
 
-from tt_server.app import Application
+from tt_server.cli import SERVER_FLAGS, parse_settings
 from tt_server.config import Settings
-from tt_server.logs import configure_logging
-from tt_server.runtime.memory import settle
+from tt_server.logs import configure_process_logging
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("tt_server.main")
+
+DESCRIPTION = (
+    "Tensor Trigger server: stores, versions, serves and trains TensorFlow/Keras models over gRPC "
+    "(with the embedded defaults when nothing is configured). SIGTERM drains and stops it."
+)
 
 
-async def serve(settings: Settings) -> None:
+class StartupError(Exception):
+    """Start-up cannot go on; the message says why, for one log line (no traceback)."""
+
+
+def check_port_free(address: str) -> None:
+    """Fail fast on a port another process listens on. gRPC's port sharing is off (app.py), so the real bind would
+    fail too, but only after seconds of TensorFlow import; this answers before. A port freed in between is fine."""
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]")
+    if int(port) == 0:
+        return
+    try:
+        infos = socket.getaddrinfo(host or None, int(port), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as e:
+        raise StartupError(f"cannot listen on {address}: {e.strerror}") from None
+    family, kind, proto, _, sockaddr = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC does: TIME_WAIT is not "in use"
+        try:
+            probe.bind(sockaddr)
+        except OSError as e:
+            reason = "the address is already in use" if e.errno == errno.EADDRINUSE else e.strerror
+            raise StartupError(f"cannot listen on {address}: {reason}") from None
+
+
+async def serve(settings: Settings) -> int:
+    # Imported here, after the settings and the port were checked: this is where TensorFlow is loaded.
+    from tt_server.app import Application
+    from tt_server.runtime.memory import settle
+
     if settings.gc_freeze:
         settle()  # TensorFlow, Keras and our modules, imported by now; the model manager settles after loads
     app = Application(settings)
-    await app.start()
+    try:
+        await app.start()  # closes what it opened if it fails
+    except Exception as e:
+        log.error("start-up failed: %s", e or type(e).__name__, exc_info=not isinstance(e, OSError | RuntimeError))
+        return 1
     loop = asyncio.get_running_loop()
     stopping: list[asyncio.Task[None]] = []
 
@@ -31,18 +75,25 @@ async def serve(settings: Settings) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
     await app.wait()
+    return 0
 
 
-def main() -> None:
-    settings = Settings()
-    configure_logging(settings.log_level, settings.log_json)
+def main(argv: list[str] | None = None) -> None:
+    settings, _ = parse_settings("tt-server", DESCRIPTION, SERVER_FLAGS, argv)
+    configure_process_logging(settings.log_level, settings.log_json, settings.log_repeat_interval_seconds)
+    try:
+        check_port_free(settings.grpc_address)
+    except StartupError as e:
+        log.error("start-up failed: %s", e)
+        sys.exit(1)
     sys.setswitchinterval(settings.gil_switch_interval_seconds)
     if settings.event_loop == "uvloop":
         import uvloop
 
-        uvloop.run(serve(settings))
+        code = uvloop.run(serve(settings))
     else:
-        asyncio.run(serve(settings))
+        code = asyncio.run(serve(settings))
+    sys.exit(code)
 
 
 if __name__ == "__main__":

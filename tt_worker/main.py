@@ -4,74 +4,93 @@ Reads the same ``TT_*`` settings as the server (database, blob store, ``TT_AMQP_
 runs each job with the shared ``JobRunner`` (``tt_server/jobs/runner.py``). SIGTERM or SIGINT: running jobs
 are released at their next batch and their messages requeued, then the process exits; a second signal exits
 at once (the lease then runs out and another worker takes over). Logs are JSON lines unless TT_LOG_JSON=false.
+
+``tt-worker --help`` lists every setting; a bad one exits 2 with one line, a failed start-up exits 1.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import sys
 
-from tt_server import metrics
+from tt_server.cli import WORKER_FLAGS, parse_settings
 from tt_server.config import Settings
-from tt_server.jobs.runner import JobRunner, worker_id
-from tt_server.jobs.worker import JobWorker, worker_model_cache
-from tt_server.logs import configure_logging
-from tt_server.runtime.manager import ModelManager
-from tt_server.storage.factory import make_blob_store, make_broker, make_job_store, make_metadata_store
+from tt_server.logs import configure_process_logging
 
 log = logging.getLogger("tt_worker")
 
+DESCRIPTION = (
+    "Tensor Trigger job worker: consumes job ids from RabbitMQ (TT_AMQP_URL) and runs the batch jobs, with the "
+    "same metadata and blob settings as the servers. SIGTERM hands running jobs back to the queue."
+)
+
 
 async def run(settings: Settings) -> int:
-    if not settings.amqp_url:
-        log.error("TT_AMQP_URL is not set: without RabbitMQ the server runs jobs itself (embedded mode)")
-        return 2
+    # Imported here, after the settings were checked: this is where TensorFlow is loaded.
+    from tt_server import metrics
+    from tt_server.jobs.runner import JobRunner, worker_id
+    from tt_server.jobs.worker import JobWorker, worker_model_cache
+    from tt_server.runtime.manager import ModelManager
+    from tt_server.storage.factory import make_blob_store, make_broker, make_job_store, make_metadata_store
+
     owner = worker_id()
-    metadata = make_metadata_store(settings)
-    blobs = make_blob_store(settings)
-    broker = make_broker(settings, connection_name=f"tt-worker {owner}")
-    await metadata.open()
-    await blobs.open()
-    await broker.open()
-    models = ModelManager(metadata, blobs, worker_model_cache(settings), settings)
-    store = make_job_store(metadata)
-    runner = JobRunner(store, blobs, models, settings, owner=owner, concurrency=settings.worker_prefetch)
-    worker = JobWorker(runner, broker, store, settings, concurrency=settings.worker_prefetch)
-    loop = asyncio.get_running_loop()
-    stopping: list[asyncio.Task[None]] = []
+    # Whatever start-up opened is closed in reverse order, also when a later step fails.
+    async with contextlib.AsyncExitStack() as opened:
+        try:
+            metadata = make_metadata_store(settings)
+            await metadata.open()
+            opened.push_async_callback(metadata.close)
+            blobs = make_blob_store(settings)
+            await blobs.open()
+            opened.push_async_callback(blobs.close)
+            broker = make_broker(settings, connection_name=f"tt-worker {owner}")
+            await broker.open()
+            opened.push_async_callback(broker.close)
+            models = ModelManager(metadata, blobs, worker_model_cache(settings), settings)
+            opened.push_async_callback(models.close)
+            store = make_job_store(metadata)
+            runner = JobRunner(store, blobs, models, settings, owner=owner, concurrency=settings.worker_prefetch)
+            opened.callback(runner.close)
+            worker = JobWorker(runner, broker, store, settings, concurrency=settings.worker_prefetch)
+            if settings.metrics_address:
+                metrics_server = metrics.serve(settings.metrics_address)[0]
+                opened.callback(metrics_server.server_close)
+                opened.callback(metrics_server.shutdown)
+        except Exception as e:
+            log.error("start-up failed: %s", e or type(e).__name__, exc_info=not isinstance(e, OSError | RuntimeError))
+            return 1
+        loop = asyncio.get_running_loop()
+        stopping: list[asyncio.Task[None]] = []
 
-    def on_signal(signum: int) -> None:
-        log.info("signal received", extra={"signal": signal.Signals(signum).name})
-        if stopping:
-            sys.exit(1)  # second signal: stop now; leases run out and messages are redelivered
-        stopping.append(asyncio.create_task(worker.stop(settings.shutdown_grace_seconds)))
+        def on_signal(signum: int) -> None:
+            log.info("signal received", extra={"signal": signal.Signals(signum).name})
+            if stopping:
+                sys.exit(1)  # second signal: stop now; leases run out and messages are redelivered
+            stopping.append(asyncio.create_task(worker.stop(settings.shutdown_grace_seconds)))
 
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, on_signal, signum)
-    metrics_server = metrics.serve(settings.metrics_address)[0] if settings.metrics_address else None
-    log.info("worker started", extra={"owner": owner, "queue": settings.amqp_jobs_queue})
-    try:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, on_signal, signum)
+        log.info("worker started", extra={"owner": owner, "queue": settings.amqp_jobs_queue})
         await worker.run()
         if stopping:
             await stopping[0]
-    finally:
-        await broker.close()
-        await models.close()
-        runner.close()
-        await blobs.close()
-        await metadata.close()
-        if metrics_server is not None:
-            metrics_server.shutdown()
-            metrics_server.server_close()
     log.info("worker stopped", extra={"owner": owner})
     return 0
 
 
-def main() -> None:
-    settings = Settings()
-    configure_logging(settings.log_level, settings.log_json)
+def main(argv: list[str] | None = None) -> None:
+    settings, _ = parse_settings("tt-worker", DESCRIPTION, WORKER_FLAGS, argv)
+    if not settings.amqp_url:
+        print(
+            "tt-worker: invalid setting TT_AMQP_URL: must be set (without RabbitMQ the server runs jobs itself, in "
+            "embedded mode)",
+            file=sys.stderr,
+        )
+        sys.exit(2)
+    configure_process_logging(settings.log_level, settings.log_json, settings.log_repeat_interval_seconds)
     sys.exit(asyncio.run(run(settings)))
 
 

@@ -101,10 +101,22 @@ def test_runtime_stage_has_only_the_venv_and_a_non_root_user(stages: list) -> No
     assert not [k for k, _ in runtime[last_user:] if k in {"RUN", "COPY", "ADD"}]
 
 
-def test_no_add_and_an_exec_form_entrypoint(parsed: list[tuple[str, str]], stages: list) -> None:
+def test_no_add_and_an_exec_form_command(parsed: list[tuple[str, str]], stages: list) -> None:
     assert not [args for keyword, args in parsed if keyword == "ADD"], "COPY, never ADD (no URLs, no auto-extract)"
-    entrypoints = [json.loads(args) for keyword, args in stages[-1] if keyword == "ENTRYPOINT"]
-    assert entrypoints == [["tt-server"]]
+    # A CMD and no ENTRYPOINT: `docker run IMAGE tt-worker`, as the Dockerfile documents, runs the worker (with an
+    # ENTRYPOINT it would run `tt-server tt-worker`).
+    assert not [args for keyword, args in stages[-1] if keyword == "ENTRYPOINT"]
+    commands = [json.loads(args) for keyword, args in stages[-1] if keyword == "CMD"]
+    assert commands == [["tt-server"]]
+    documented = [line for line in (ROOT / "Dockerfile").read_text().splitlines() if "docker run" in line]
+    assert any(line.split("  #")[0].split()[-1:] == ["tt-worker"] for line in documented), documented
+
+
+def test_installs_from_the_runtime_lock(parsed: list[tuple[str, str]]) -> None:
+    runs = [args for keyword, args in parsed if keyword == "RUN" and "pip install" in args]
+    assert any("--require-hashes" in run and "requirements/runtime.txt" in run for run in runs), runs
+    # Everything else is installed without resolving anything (the lock has every dependency).
+    assert all("--no-deps" in run for run in runs if "pip install" in run), runs
 
 
 def test_image_matches_the_manifests_and_the_package(stages: list, rendered: dict[str, list[Manifest]]) -> None:

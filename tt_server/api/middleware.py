@@ -7,7 +7,8 @@ set in ``logs.request_id`` for the call's task, so every log line of the call ca
 run). Authentication (when a token file is configured) runs before the method does anything, for every service
 (health and reflection can be public); a stream is refused before any request message is read. For our own
 services the wrapper also applies the per-client rate limit, times the call, turns exceptions into statuses
-(``api.errors.status_for``) and counts the outcome by status code.
+(``api.errors.status_for``), counts the outcome by status code and, when ``TT_ACCESS_LOG`` asks, writes an access
+log line (method, model and version served, status, duration, request id).
 
 Why not a ``grpc.aio.ServerInterceptor``: grpc.aio runs a server's interceptor chain as extra coroutines on every
 call, before the handler; on a Predict that returns a canned answer that machinery cost ~1/3 of the event loop's
@@ -22,6 +23,8 @@ from __future__ import annotations
 import asyncio
 import inspect
 import itertools
+import logging
+import random
 import re
 import secrets
 import time
@@ -34,7 +37,7 @@ from tt_server import metrics
 from tt_server.api.auth import AuthError, RateLimiter, TokenAuthenticator
 from tt_server.api.errors import status_for
 from tt_server.errors import ResourceExhausted
-from tt_server.logs import request_id
+from tt_server.logs import request_id, served_model
 
 REQUEST_ID_KEY = "x-request-id"
 MAX_REQUEST_ID_LENGTH = 64
@@ -48,6 +51,31 @@ _ID_PREFIX = secrets.token_hex(8)
 _id_counter = itertools.count(1)
 
 Metadata = tuple[tuple[str, str | bytes], ...]
+
+access_log = logging.getLogger("tt_server.access")
+
+
+class AccessLog:
+    """``all``: a line per call; ``sampled``: every failed call and ``ratio`` of the successful ones."""
+
+    def __init__(self, mode: str, ratio: float = 0.01) -> None:
+        self._all = mode == "all"
+        self._ratio = ratio
+
+    def record(self, method: str, code: grpc.StatusCode | None, seconds: float) -> None:
+        if not self._all and code is None and random.random() >= self._ratio:
+            return
+        model = served_model.get()
+        access_log.info(
+            "call",
+            extra={
+                "method": method,
+                "model": model[0] if model else None,
+                "version": model[1] if model else None,
+                "status": code.name if code is not None else "OK",
+                "duration_ms": round(seconds * 1000, 3),
+            },
+        )
 
 
 def _request_id(metadata: Sequence[tuple[str, str | bytes]] | None) -> str:
@@ -70,8 +98,16 @@ def _metadata_value(metadata: Sequence[tuple[str, str | bytes]] | None, key: str
 class _Call:
     """Per-method state, resolved once at registration: metric children, who may call, the rate limiter."""
 
-    def __init__(self, method: str, ours: bool, auth: TokenAuthenticator | None, limiter: RateLimiter | None) -> None:
+    def __init__(
+        self,
+        method: str,
+        ours: bool,
+        auth: TokenAuthenticator | None,
+        limiter: RateLimiter | None,
+        access: AccessLog | None = None,
+    ) -> None:
         self.method = method
+        self.access = access if ours else None
         self.ours = ours  # our services: error mapping, metrics and rate limits apply
         self.auth = auth if auth is not None and not auth.is_public(method) else None
         self.limiter = limiter if ours else None
@@ -98,6 +134,8 @@ class _Call:
             except AuthError as e:
                 code = grpc.StatusCode.PERMISSION_DENIED if e.permission else grpc.StatusCode.UNAUTHENTICATED
                 metrics.RPCS.labels(self.method, code.name).inc()
+                if self.access is not None:
+                    self.access.record(self.method, code, 0.0)
                 await context.abort(code, e.message, ids)
         if self.limiter is not None:
             client = caller or context.peer().rsplit(":", 1)[0]  # "ipv4:1.2.3.4:port" -> without port
@@ -107,11 +145,14 @@ class _Call:
     def done(self, started: float, code: grpc.StatusCode | None) -> None:
         if self._seconds is None or self._ok is None:  # not one of our services
             return
-        self._seconds.observe(time.perf_counter() - started)
+        seconds = time.perf_counter() - started
+        self._seconds.observe(seconds)
         if code is None:
             self._ok.inc()
         else:
             metrics.RPCS.labels(self.method, code.name).inc()
+        if self.access is not None:
+            self.access.record(self.method, code, seconds)
 
     async def fail(self, context: grpc.aio.ServicerContext, exc: Exception, started: float, ids: Metadata) -> None:
         if not self.ours:
@@ -173,10 +214,12 @@ class Middleware:
         wrapped_services: set[str],
         auth: TokenAuthenticator | None = None,
         limiter: RateLimiter | None = None,
+        access: AccessLog | None = None,
     ) -> None:
         self._services = wrapped_services
         self._auth = auth
         self._limiter = limiter
+        self._access = access
         self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
 
     def on(self, server: grpc.aio.Server) -> _Registrar:
@@ -191,7 +234,7 @@ class Middleware:
         return wrapped
 
     def _build(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
-        call = _Call(method, method.split("/")[1] in self._services, self._auth, self._limiter)
+        call = _Call(method, method.split("/")[1] in self._services, self._auth, self._limiter, self._access)
         kwargs = {
             "request_deserializer": handler.request_deserializer,
             "response_serializer": handler.response_serializer,

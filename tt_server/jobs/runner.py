@@ -188,7 +188,7 @@ class JobRunner:
                 await delivery.nack(requeue=False)
                 return Outcome.UNKNOWN
             except Unavailable:
-                log.warning("job store unavailable; retrying", extra={"job": job_id})
+                log.warning("job store unavailable; retrying", extra={"throttle": True, "job": job_id})
                 await self._pause(1.0)
                 continue
             if attempt is None:
@@ -399,7 +399,7 @@ class JobRunner:
                     attempt.job_id, attempt.number, attempt.progress(), s.job_lease_seconds
                 )
             except Unavailable:
-                log.warning("could not write job progress; retrying", extra={"job": attempt.job_id})
+                log.warning("could not write job progress; retrying", extra={"throttle": True, "job": attempt.job_id})
                 continue
             if not held:
                 attempt.lost = True

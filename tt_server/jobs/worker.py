@@ -94,7 +94,7 @@ class JobWorker:
             try:
                 await self.republish(await self._store.stale_jobs(s.job_requeue_after_seconds, SWEEP_LIMIT))
             except Exception:
-                log.warning("stale job sweep failed; will retry", exc_info=True)
+                log.warning("stale job sweep failed; will retry", exc_info=True, extra={"throttle": True})
 
 
 class EmbeddedWorker:

@@ -19,6 +19,7 @@ import numpy as np
 
 from tt_server.config import Settings
 from tt_server.errors import FieldViolation, InvalidArgument
+from tt_server.logs import served_model
 from tt_server.runtime.classes import classified_output, top_classes
 from tt_server.runtime.manager import ModelManager, ServableHandle
 from tt_server.types import ClassifyRequest, ClassScore, ModelRef, ModelVersion, WireTensor
@@ -39,7 +40,9 @@ class InferenceService:
 
     async def resolve(self, ref: ModelRef) -> ModelVersion:
         """Load the version ``ref`` names (so the stream that pins it starts warm) and return it."""
-        return (await self._manager.get(ref)).model_version
+        version = (await self._manager.get(ref)).model_version
+        served_model.set((version.model_name, version.version))
+        return version
 
     async def predict(
         self,
@@ -57,6 +60,7 @@ class InferenceService:
         ``ResourceExhausted`` (queue full), ``DeadlineExceeded``.
         """
         handle = await self._manager.get(ref)
+        served_model.set((handle.model_name, handle.version))  # for the access log
         scored = classified_output(handle.model_version, classify) if classify is not None else None
         names, violations = _select_outputs(handle, output_filter)
         try:
