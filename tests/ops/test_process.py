@@ -1,0 +1,275 @@
+"""The `tt-server` and `tt-worker` processes as an operator meets them: the command line, settings errors, a busy port,
+a start-up that fails halfway, and the process's output (JSON lines only, access log, no GPU noise).
+
+Each test runs the real console scripts of this venv. --help, --version and bad settings answer before TensorFlow is
+imported, so those run in about a second each.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import resource
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from tensortrigger.v1 import inference_service_pb2 as ipb
+from tensortrigger.v1 import inference_service_pb2_grpc, model_pb2, registry_service_pb2_grpc, tensor_pb2
+
+from tests import models
+from tests.api.helpers import upload
+from tests.serving import server_settings
+from tt_server.app import Application
+from tt_server.cli import env_name
+from tt_server.config import Settings
+from tt_server.logs import RepeatFilter
+
+BIN = Path(sys.executable).parent
+
+
+def run(
+    command: str, *args: str, env: dict[str, str] | None = None, timeout: float = 30
+) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(BIN / command), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+        check=False,
+    )
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.parametrize("command", ["tt-server", "tt-worker"])
+def test_help_lists_every_setting_with_its_variable_default_and_description(command: str) -> None:
+    result = run(command, "--help")
+    assert result.returncode == 0, result.stderr
+    for name, field in Settings.model_fields.items():
+        assert env_name(name) in result.stdout, name
+        first_words = " ".join((field.description or "").split()[:3])
+        assert first_words in " ".join(result.stdout.split()), (name, first_words)
+    assert "[default: 127.0.0.1:50051]" in result.stdout
+    assert "--print-config" in result.stdout and "--version" in result.stdout
+
+
+@pytest.mark.parametrize("command", ["tt-server", "tt-worker"])
+def test_version_and_unknown_arguments(command: str) -> None:
+    version = run(command, "--version")
+    assert version.returncode == 0 and version.stdout.startswith(f"{command} 0.")
+    bogus = run(command, "--bogus")
+    assert bogus.returncode == 2
+    assert "unrecognized arguments: --bogus" in bogus.stderr and "Traceback" not in bogus.stderr
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "says"),
+    [
+        ("TT_PRELOAD_MODELS", "mlp", "expected a JSON list"),
+        ("TT_DATABASE_URL", "mysql://db/x", "expected a postgresql:// or postgres:// URL"),
+        ("TT_AMQP_URL", "localhost:5672", "expected a amqp:// or amqps:// URL"),
+        ("TT_MAX_UPLOAD_BYTES", "-1", "must not be negative"),
+        ("TT_BATCH_MAX_WAIT_SECONDS", "soon", "expected a number"),
+        ("TT_GRPC_ADDRESS", "50051", "expected host:port"),
+        ("TT_LOG_LEVEL", "loud", "expected one of DEBUG"),
+        ("TT_LOG_JSON", "maybe", "expected true or false"),
+    ],
+)
+def test_an_invalid_setting_is_one_line_and_exit_2(variable: str, value: str, says: str) -> None:
+    started = time.monotonic()
+    result = run("tt-server", env={variable: value})
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"tt-server: invalid setting {variable}") and says in lines[0], lines[0]
+    assert time.monotonic() - started < 10  # answered before TensorFlow is imported
+
+
+def test_a_flag_overrides_its_variable_and_is_named_when_bad() -> None:
+    result = run("tt-server", "--address", "nowhere", env={"TT_GRPC_ADDRESS": "127.0.0.1:1"})
+    assert result.returncode == 2 and "invalid setting --address=nowhere" in result.stderr
+
+
+def test_worker_needs_rabbitmq_and_says_so() -> None:
+    result = run("tt-worker", env={"TT_AMQP_URL": ""})
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "TT_AMQP_URL" in result.stderr
+
+
+def test_print_config_shows_effective_settings_with_secrets_masked(tmp_path: Path) -> None:
+    result = run(
+        "tt-server",
+        "--print-config",
+        "--data-dir",
+        str(tmp_path),
+        env={
+            "TT_DATABASE_URL": "postgresql://tt:hunter2@db.example:5432/tt",
+            "TT_PAGE_TOKEN_SECRET": "s3cret",
+            "TT_BATCH_MAX_ROWS": "64",
+        },
+    )
+    assert result.returncode == 0, result.stderr
+    config = dict(line.split("=", 1) for line in result.stdout.splitlines())
+    assert set(config) == {env_name(name) for name in Settings.model_fields}
+    assert config["TT_DATABASE_URL"] == "postgresql://tt:***@db.example:5432/tt"
+    assert config["TT_PAGE_TOKEN_SECRET"] == "***"
+    assert config["TT_BATCH_MAX_ROWS"] == "64" and config["TT_DATA_DIR"] == str(tmp_path)
+    assert "hunter2" not in result.stdout and "s3cret" not in result.stdout
+
+
+def test_a_busy_port_fails_fast_and_leaves_no_process(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        cpu_before = _children_cpu()
+        result = run("tt-server", "--address", f"127.0.0.1:{port}", "--data-dir", str(tmp_path), timeout=20)
+        cpu = _children_cpu() - cpu_before
+    assert result.returncode == 1
+    # Within 2 s on an idle machine (~0.5 s measured): CPU time, so a busy CI machine cannot fail it; TensorFlow's
+    # import alone would take several seconds of CPU, so this also shows the port is checked before it.
+    assert cpu < 2.0, cpu
+    (line,) = result.stderr.strip().splitlines()
+    entry = json.loads(line)
+    assert entry["level"] == "ERROR" and "address is already in use" in entry["message"]
+
+
+async def test_the_application_refuses_a_busy_port_and_closes_what_it_opened(tmp_path: Path) -> None:
+    """Without the command line's early check: the real bind fails (no SO_REUSEPORT), and start() closes the
+    SQLite store (whose thread would keep the process alive), the blob store and the rest before raising."""
+    before = {t.ident for t in threading.enumerate()}
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        app = Application(server_settings(tmp_path, grpc_address=f"127.0.0.1:{taken.getsockname()[1]}"))
+        with pytest.raises(RuntimeError, match="cannot listen"):
+            await app.start()
+    for _ in range(100):
+        # (asyncio_N: this test's event loop's own default executor, not the application's)
+        leftover = [
+            t
+            for t in threading.enumerate()
+            if t.ident not in before and not t.daemon and t.is_alive() and not t.name.startswith("asyncio_")
+        ]
+        if not leftover:
+            break
+        await asyncio.sleep(0.05)
+    assert not leftover, leftover
+
+
+async def test_a_start_up_failure_after_the_stores_opened_exits_non_zero(tmp_path: Path) -> None:
+    """The metrics port is busy: the SQLite store is open by then. The process must exit 1, not hang."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        env = {
+            **os.environ,
+            "TT_GRPC_ADDRESS": f"127.0.0.1:{free_port()}",
+            "TT_METRICS_ADDRESS": f"127.0.0.1:{taken.getsockname()[1]}",
+            "TT_DATA_DIR": str(tmp_path),
+        }
+        proc = await asyncio.create_subprocess_exec(
+            BIN / "tt-server", env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+        )
+        try:
+            out, err = await asyncio.wait_for(proc.communicate(), 90)
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+    assert proc.returncode == 1
+    lines = [json.loads(line) for line in (out + err).decode().splitlines()]
+    assert any(e["level"] == "ERROR" and e["message"].startswith("start-up failed") for e in lines), lines
+    assert (tmp_path / "tensortrigger.db").exists()  # it had got as far as opening the database
+
+
+async def test_every_line_the_process_writes_is_json(tmp_path: Path) -> None:
+    """Start-up (TensorFlow's import and its native logging), an upload, a model load and a Predict, SIGTERM:
+    stdout and stderr hold JSON objects only; the access log names the model and version; a host without a GPU
+    logs no GPU error."""
+    port = free_port()
+    env = {
+        **{k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"},
+        "TT_GRPC_ADDRESS": f"127.0.0.1:{port}",
+        "TT_DATA_DIR": str(tmp_path / "data"),
+        "TT_LOG_JSON": "true",
+        "TT_ACCESS_LOG": "all",
+        "TT_SHUTDOWN_GRACE_SECONDS": "5",
+    }
+    artifact = models.mlp_keras(tmp_path)
+    out_path, err_path = tmp_path / "stdout", tmp_path / "stderr"
+    with out_path.open("wb") as out, err_path.open("wb") as err:
+        proc = await asyncio.create_subprocess_exec(BIN / "tt-server", env=env, stdout=out, stderr=err)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            await health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(), wait_for_ready=True, timeout=90
+            )
+            registry = registry_service_pb2_grpc.ModelRegistryServiceStub(channel)
+            await upload(registry, "logged", artifact)
+            x = np.ones((2, 4), np.float32)
+            features = tensor_pb2.Tensor(dtype=tensor_pb2.DATA_TYPE_FLOAT32, shape=[2, 4], content=x.tobytes())
+            request = ipb.PredictRequest(model=model_pb2.ModelRef(name="logged"), inputs={"features": features})
+            await inference_service_pb2_grpc.InferenceServiceStub(channel).Predict(request, timeout=60)
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 30) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    entries = []
+    for path in (out_path, err_path):
+        for line in path.read_text().splitlines():
+            try:
+                entries.append(json.loads(line))
+            except json.JSONDecodeError:
+                pytest.fail(f"not a JSON line in {path.name}: {line!r}")
+    messages = [e["message"] for e in entries]
+    assert "server started" in messages and "server stopped" in messages
+    access = [e for e in entries if e["logger"] == "tt_server.access" and e["method"].endswith("/Predict")]
+    assert access and access[0]["model"] == "logged" and access[0]["version"] == 1 and access[0]["status"] == "OK"
+    assert "request_id" in access[0] and access[0]["duration_ms"] > 0
+    assert not [e for e in entries if e["level"] in ("ERROR", "CRITICAL")], entries
+    assert not [e for e in entries if "cuInit" in e["message"]]
+
+
+def test_repeated_dependency_warnings_are_throttled_with_a_count() -> None:
+    now = [0.0]
+    repeat = RepeatFilter(30.0, clock=lambda: now[0])
+
+    def record(name: str, msg: str, level: int = logging.WARNING, **extra: object) -> logging.LogRecord:
+        return logging.makeLogRecord({"name": name, "msg": msg, "levelno": level, **extra})
+
+    broker = "aio_pika.robust_connection"
+    assert repeat.filter(record(broker, "Connection attempt failed"))
+    for _ in range(53):  # one per second per connection during an outage
+        now[0] += 0.25
+        assert not repeat.filter(record(broker, "Connection attempt failed"))
+    assert repeat.filter(record(broker, "another message"))  # another template is not a repeat
+    assert repeat.filter(record(broker, "Connection attempt failed", logging.INFO))  # below WARNING: untouched
+    assert repeat.filter(record("tt_server.api", "Connection attempt failed"))  # not a dependency's logger
+    now[0] += 30
+    again = record(broker, "Connection attempt failed")
+    assert repeat.filter(again) and again.repeated == 53
+    loop = record("tt_server.app", "gc failed; will retry", throttle=True)
+    assert repeat.filter(loop) and not repeat.filter(record("tt_server.app", "gc failed; will retry", throttle=True))
