@@ -1,0 +1,344 @@
+"""Machinery of ``test_examples.py``: find the examples in the Markdown, build the files they name, and run one
+document's examples against a live server of its own. The conventions are in ``test_examples.py``'s docstring."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import select
+import shutil
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from tt_server.app import Application
+from tt_server.config import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+LANGUAGES = {"sh": "sh", "bash": "sh", "shell": "sh", "python": "python", "py": "python"}
+DEFAULT_ADDRESSES = ("127.0.0.1:50051", "localhost:50051")
+BLOCK_TIMEOUT_SECONDS = 120.0
+OUTPUT_TAIL = 6000  # characters of a failed block's output shown in the report
+
+_FENCE = re.compile(r"^(?P<indent>\s*)```(?P<lang>[\w+-]*)\s*$")
+_MARKER = re.compile(r"^\s*<!--\s*docs-test:\s*(?P<body>.*?)\s*(?P<end>-->)?\s*$")
+_SKIP = re.compile(r"^skip\s*\((?P<reason>.*\S.*)\)$")
+
+
+@dataclass(frozen=True)
+class Block:
+    """One fenced example: ``start``/``end`` are the 1-based lines of its opening and closing fences."""
+
+    document: Path
+    start: int
+    end: int
+    lang: str  # "sh" or "python"
+    code: str
+    skip: str | None = None  # the reason, for a block marked ``docs-test: skip (reason)``
+    setup: str = ""  # hidden code from a ``docs-test: setup`` comment, run first
+    problem: str | None = None  # a malformed marker: the test fails with this
+
+    @property
+    def name(self) -> str:
+        return f"{self.document.relative_to(ROOT)}:{self.start}-{self.end}"
+
+
+def extract(document: Path) -> list[Block]:
+    """The document's ``sh``/``bash``/``python`` blocks in order, with the marker comment right before each."""
+    lines = document.read_text().splitlines()
+    blocks: list[Block] = []
+    marker: tuple[str, int] | None = None  # (body, line of the marker) waiting for its fence
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        found = _MARKER.match(line)
+        if found:
+            body = found["body"]
+            start = i
+            if not found["end"]:  # a multi-line comment: the rest up to "-->" belongs to it
+                rest = []
+                i += 1
+                while i < len(lines) and "-->" not in lines[i]:
+                    rest.append(lines[i])
+                    i += 1
+                if i < len(lines):
+                    rest.append(lines[i].split("-->", 1)[0])
+                body = "\n".join([body, *rest])
+            marker = (body, start + 1)
+            i += 1
+            continue
+        fence = _FENCE.match(line)
+        if not fence:
+            if line.strip() and marker is not None:
+                blocks.append(_orphan(document, marker))
+                marker = None
+            i += 1
+            continue
+        indent, lang = fence["indent"], fence["lang"]
+        close = i + 1
+        while close < len(lines) and lines[close].strip() != "```":
+            close += 1
+        body_lines = [text[len(indent) :] if text.startswith(indent) else text.lstrip() for text in lines[i + 1 : close]]
+        if lang in LANGUAGES:
+            blocks.append(_block(document, i + 1, close + 1, LANGUAGES[lang], "\n".join(body_lines) + "\n", marker))
+        elif marker is not None:
+            blocks.append(_orphan(document, marker, f"it precedes a ```{lang} block, which is never run"))
+        marker = None
+        i = close + 1
+    if marker is not None:
+        blocks.append(_orphan(document, marker))
+    return blocks
+
+
+def _block(document: Path, start: int, end: int, lang: str, code: str, marker: tuple[str, int] | None) -> Block:
+    if marker is None:
+        return Block(document, start, end, lang, code)
+    body, line = marker
+    if body.startswith("setup"):
+        setup = body[len("setup") :].strip("\n ")
+        if not setup:
+            return Block(document, start, end, lang, code, problem=f"line {line}: `docs-test: setup` without code")
+        return Block(document, start, end, lang, code, setup=setup + "\n")
+    skip = _SKIP.match(body)
+    if skip:
+        return Block(document, start, end, lang, code, skip=skip["reason"].strip())
+    problem = f"line {line}: `<!-- docs-test: {body} -->` is not `skip (reason)` or `setup ...`"
+    if body.startswith("skip"):
+        problem = f"line {line}: a skip marker needs a reason: `<!-- docs-test: skip (why it cannot run) -->`"
+    return Block(document, start, end, lang, code, problem=problem)
+
+
+def _orphan(document: Path, marker: tuple[str, int], why: str = "no code block follows it") -> Block:
+    body, line = marker
+    problem = f"line {line}: the marker `docs-test: {body.splitlines()[0]}` applies to nothing: {why}"
+    return Block(document, line, line, "sh", "", problem=problem)
+
+
+def all_blocks() -> list[Block]:
+    return [block for document in DOCUMENTS for block in extract(document)]
+
+
+def for_server(text: str, address: str) -> str:
+    """The example as the reader runs it, aimed at the test server instead of the default address."""
+    for default in DEFAULT_ADDRESSES:
+        text = text.replace(default, address)
+    return text
+
+
+# --- the files the examples name ------------------------------------------------------------------------
+
+
+def build_example_files(out: Path) -> Path:
+    """Every file an example reads, in ``out``: the scratch directory each document starts from."""
+    from PIL import Image
+
+    from tests import models
+
+    out.mkdir(parents=True, exist_ok=True)
+    work = out.parent / f"{out.name}-build"
+    work.mkdir()
+    shutil.copyfile(models.mlp_keras(work), out / "mlp.keras")  # the MLP: input "features" (4,) -> "score" (1,)
+    shutil.copyfile(out / "mlp.keras", out / "model.keras")
+    shutil.copytree(models.mlp_export_dir(work), out / "exported_saved_model_dir")
+    shutil.copyfile(models.mlp_frozen_graph(work), out / "model.pb")
+    (out / "labels.txt").write_text("background\nsignal\n")  # the frozen MLP's one sigmoid column, read as binary
+    shutil.copyfile(models.colour_classifier_keras(work), out / "cnn.keras")  # 16x16 RGB -> red, green, blue
+    (out / "classes.txt").write_text("cat\ndog\ncar\n")
+    Image.new("RGB", (40, 30), (230, 20, 10)).save(out / "cat.png")
+    Image.new("RGB", (64, 48), (10, 200, 30)).save(out / "dog.jpg", quality=95)
+    rng = np.random.default_rng(12)
+    x = rng.random((200, 4), dtype=np.float32)
+    np.save(out / "x.npy", x)
+    rows = "".join(f"{i},{a:.4f},{b:.4f},{c:.4f},{d:.4f}\n" for i, (a, b, c, d) in enumerate(x))
+    (out / "rows.csv").write_text("id,a,b,c,d\n" + rows)
+    (out / "big.csv").write_text("id,a,b,c,d\n" + rows * 5)
+    labels = (x.sum(axis=1) > 2).astype(int)
+    labelled = "".join(f"{a:.4f},{b:.4f},{c:.4f},{d:.4f},{y}\n" for (a, b, c, d), y in zip(x, labels, strict=True))
+    (out / "labelled.csv").write_text("a,b,c,d,y\n" + labelled)
+    shutil.rmtree(work)
+    return out
+
+
+# --- a live server and a document's session -------------------------------------------------------------
+
+
+class LiveServer:
+    """The real server (``Application``) with embedded defaults, on a free loopback port, on a thread of its own.
+
+    In this process rather than a ``tt-server`` process: the process has imported TensorFlow already, and a
+    second import would cost each document ~9 s on two cores. The examples still reach it only over the
+    network, from their own processes.
+    """
+
+    def __init__(self, data_dir: Path) -> None:
+        # Only the address and the data folder differ from a fresh `make run`; no collector freeze inside pytest.
+        self._settings = Settings(grpc_address="127.0.0.1:0", data_dir=data_dir, gc_freeze=False)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="docs-server", daemon=True)
+        self._app: Application | None = None
+
+    def start(self) -> str:
+        self._thread.start()
+
+        async def start() -> Application:
+            app = Application(self._settings)
+            await app.start()
+            return app
+
+        self._app = asyncio.run_coroutine_threadsafe(start(), self._loop).result(60)
+        return self._app.address
+
+    def stop(self) -> None:
+        if self._app is not None:
+            asyncio.run_coroutine_threadsafe(self._app.stop(grace=1.0), self._loop).result(60)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self._loop.close()
+
+
+@dataclass
+class Outcome:
+    ok: bool
+    output: str
+
+
+@dataclass
+class DocumentSession:
+    """One document's server, scratch directory and Python session; runs its blocks in document order."""
+
+    document: Path
+    blocks: list[Block]
+    workdir: Path
+    files: Path
+    server: LiveServer | None = None
+    address: str = ""
+    python: subprocess.Popen[str] | None = None
+    outcomes: dict[Block, Outcome] = field(default_factory=dict)
+    _logs: int = 0
+
+    def run(self, block: Block) -> Outcome:
+        """Run ``block``, first running any earlier block of the document that has not run (e.g. under -k)."""
+        for earlier in self.blocks:
+            if earlier == block:
+                break
+            if earlier not in self.outcomes and earlier.skip is None and earlier.problem is None:
+                self.outcomes[earlier] = self._run(earlier)
+        failed = [b.name for b in self.blocks[: self.blocks.index(block)] if b in self.outcomes and not self.outcomes[b].ok]
+        outcome = self._run(block)
+        if not outcome.ok and failed:
+            outcome.output += f"\n(earlier blocks of this document failed too: {', '.join(failed)})"
+        self.outcomes[block] = outcome
+        return outcome
+
+    def close(self) -> None:
+        if self.python is not None:
+            _end(self.python)
+        if self.server is not None:
+            self.server.stop()
+
+    def _ensure_started(self) -> None:
+        if self.server is None:
+            shutil.copytree(self.files, self.workdir)
+            self.server = LiveServer(self.workdir.parent / f"{self.workdir.name}-server")
+            self.address = self.server.start()
+
+    def _env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TT_")}
+        env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+        env["TT_ADDRESS"] = self.address  # the `tt` command's default address is the test server's
+        env["PYTHONUNBUFFERED"] = "1"
+        return env
+
+    def _log(self) -> Path:
+        self._logs += 1
+        return self.workdir.parent / f"{self.workdir.name}-{self._logs}.log"
+
+    def _run(self, block: Block) -> Outcome:
+        self._ensure_started()
+        if block.lang == "sh":
+            return self._run_shell(block)
+        return self._run_python(block)
+
+    def _run_shell(self, block: Block) -> Outcome:
+        # Padding keeps bash's "line N" equal to the Markdown's line of the failing command.
+        padding = "\n" * max(0, block.start - 1 - block.setup.count("\n"))
+        script = "set -euo pipefail\n" + block.setup + padding + block.code
+        try:
+            done = subprocess.run(
+                ["bash", "-c", for_server(script, self.address), str(block.document.relative_to(ROOT))],
+                cwd=self.workdir,
+                env=self._env(),
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                text=True,
+                timeout=BLOCK_TIMEOUT_SECONDS,
+            )
+        except subprocess.TimeoutExpired as e:
+            return Outcome(False, f"timed out after {BLOCK_TIMEOUT_SECONDS:.0f} s\n{_text(e.stdout)}{_text(e.stderr)}")
+        output = done.stdout + done.stderr
+        return Outcome(done.returncode == 0, output if done.returncode == 0 else f"exit status {done.returncode}\n{output}")
+
+    def _run_python(self, block: Block) -> Outcome:
+        if self.python is None:
+            self.python = subprocess.Popen(
+                [sys.executable, str(Path(__file__).with_name("pysession.py"))],
+                cwd=self.workdir,
+                env=self._env(),
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        output = ""
+        error: str | None = None
+        for code, line in ((block.setup, block.start), (block.code, block.start + 1)):
+            if not code:
+                continue
+            log = self._log()
+            error = self._exec(code, line, log)
+            output += log.read_text() if log.exists() else ""
+            if error is not None:
+                break
+        return Outcome(error is None, output)
+
+    def _exec(self, code: str, line: int, log: Path) -> str | None:
+        assert self.python is not None and self.python.stdin is not None and self.python.stdout is not None
+        request = {"code": for_server(code, self.address), "file": str(self.document), "line": line, "log": str(log)}
+        self.python.stdin.write(json.dumps(request) + "\n")
+        self.python.stdin.flush()
+        ready, _, _ = select.select([self.python.stdout], [], [], BLOCK_TIMEOUT_SECONDS)
+        reply = self.python.stdout.readline() if ready else ""
+        if not reply:
+            _end(self.python)
+            self.python = None  # later blocks get a new session (and fail on what this one defined)
+            return f"the Python session died or timed out after {BLOCK_TIMEOUT_SECONDS:.0f} s"
+        error: str | None = json.loads(reply)["error"]
+        return error
+
+
+def _text(data: str | bytes | None) -> str:
+    if data is None:
+        return ""
+    return data.decode(errors="replace") if isinstance(data, bytes) else data
+
+
+def _end(session: subprocess.Popen[str]) -> None:
+    """End a Python session: EOF on its requests lets it leave by itself; a stuck one is killed."""
+    assert session.stdin is not None and session.stdout is not None
+    try:
+        session.stdin.close()
+    except BrokenPipeError:
+        pass
+    try:
+        session.wait(10)
+    except subprocess.TimeoutExpired:
+        session.kill()
+        session.wait()
+    session.stdout.close()

@@ -1,0 +1,98 @@
+"""Every example in README.md and docs/*.md runs as written, in order, on a fresh server.
+
+What runs: each fenced block tagged ``sh``, ``bash`` or ``python`` (other tags, such as ``json`` or none, are
+shown, never run). Each block is one test case, named by document and fence lines (``README.md:80-95``), and a
+failure shows the block's output.
+
+How a document runs: its blocks run in document order against a live server of its own, started with embedded
+defaults (a fresh data folder: SQLite, blob folder, in-process jobs) on a free loopback port, in a scratch
+directory of its own that starts with the files the examples name (``examples.build_example_files``:
+``mlp.keras`` and ``model.keras`` (the MLP, input ``features`` (4,) -> ``score`` (1,)), ``exported_saved_model_dir/``,
+``model.pb`` + ``labels.txt`` (the MLP as a TFaaS frozen graph, ``dense_1_input`` -> ``output_node0``), ``cnn.keras``
++ ``classes.txt`` + ``cat.png`` / ``dog.jpg`` (a 3-class image classifier), ``x.npy``, ``rows.csv`` / ``big.csv``
+(``id,a,b,c,d``) and ``labelled.csv`` (``a,b,c,d,y``)). An example that needs another file adds it there.
+
+- The examples are written for the default address ``127.0.0.1:50051`` (or ``localhost:50051``): that text is
+  replaced by the test server's address before a block runs, and ``TT_ADDRESS`` (the ``tt`` command's default)
+  is set to it.
+- Shell blocks run one by one under ``bash`` with ``set -euo pipefail``, with the development venv's ``bin``
+  (``python``, ``tt``, ``grpcurl``) first on ``PATH``: any failing command fails the block. Shell variables do
+  not carry over from one block to the next.
+- Python blocks of one document run in one Python process, in one namespace, like one script pasted block by
+  block: a later block may use what an earlier one defined (imports included), but each block must define what
+  it uses first. Top-level ``await`` is not available (wrap it in ``asyncio.run(...)``, as a script must).
+- A block that cannot run here (it runs ``make test`` itself, needs a Kubernetes cluster or Docker, installs
+  packages, runs a long benchmark) gets an HTML comment, invisible on GitHub, on the line right before its fence:
+  ``<!-- docs-test: skip (needs a Kubernetes cluster) -->``. The reason is required; the test case is skipped
+  with it, and the run's summary lists every skipped example with its reason. Keep skips few and honest.
+- A block that needs setup the reader does not see (e.g. a throwaway TLS certificate pair) may take it from a
+  comment right before its fence: ``<!-- docs-test: setup CODE -->`` (CODE may span lines up to ``-->``, in the
+  block's language); it runs just before the block, in the same shell or Python session. Prefer examples that
+  need no setup.
+- A marker that is malformed, lacks a reason or precedes no runnable block fails a test case of its own.
+
+If a test selection (``-k``) picks a later block, the document's earlier blocks run first, untested, so that
+the later one finds what they made.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.docs.examples import OUTPUT_TAIL, Block, DocumentSession, all_blocks, build_example_files
+
+BLOCKS = all_blocks()
+
+
+class Sessions:
+    """The session of the document being run; the previous document's server stops when the next one starts."""
+
+    def __init__(self, root: Path, files: Path) -> None:
+        self._root = root
+        self._files = files
+        self._current: DocumentSession | None = None
+        self._started = 0
+
+    def for_block(self, block: Block) -> DocumentSession:
+        if self._current is None or self._current.document != block.document:
+            self.close()
+            self._started += 1
+            blocks = [b for b in BLOCKS if b.document == block.document]
+            workdir = self._root / f"{self._started}-{block.document.stem}"
+            self._current = DocumentSession(block.document, blocks, workdir, self._files)
+        return self._current
+
+    def close(self) -> None:
+        if self._current is not None:
+            self._current.close()
+            self._current = None
+
+
+@pytest.fixture(scope="module")
+def sessions(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sessions]:
+    root = tmp_path_factory.mktemp("docs")
+    running = Sessions(root, build_example_files(root / "files"))
+    yield running
+    running.close()
+
+
+@pytest.mark.parametrize("block", BLOCKS, ids=[block.name for block in BLOCKS])
+def test_example(block: Block, sessions: Sessions) -> None:
+    if block.problem is not None:
+        pytest.fail(f"{block.name}: {block.problem}", pytrace=False)
+    if block.skip is not None:
+        pytest.skip(f"docs-test: skip ({block.skip})")
+    outcome = sessions.for_block(block).run(block)
+    if not outcome.ok:
+        output = outcome.output if len(outcome.output) <= OUTPUT_TAIL else "..." + outcome.output[-OUTPUT_TAIL:]
+        pytest.fail(f"{block.name} failed:\n{block.setup}{block.code}\n--- output ---\n{output}", pytrace=False)
+
+
+def test_examples_exist() -> None:
+    """The extraction finds the documents' examples (a broken fence pattern would otherwise pass vacuously)."""
+    names = {block.name.split(":")[0] for block in BLOCKS if block.skip is None and block.problem is None}
+    assert {"README.md", "docs/clients.md", "docs/compat.md", "docs/tfaas.md"} <= names
+    assert len([b for b in BLOCKS if b.skip is None]) >= 20
