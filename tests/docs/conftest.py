@@ -15,4 +15,3 @@ def pytest_terminal_summary(terminalreporter: TerminalReporter) -> None:
     for report in skipped:
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
         terminalreporter.write_line(f"{report.nodeid[len(EXAMPLES) : -1]}: {reason.removeprefix('Skipped: ')}")
-

@@ -4,14 +4,15 @@ document's examples against a live server of its own. The conventions are in ``t
 from __future__ import annotations
 
 import asyncio
-import json
+import contextlib
+import io
 import os
 import re
-import select
 import shutil
 import subprocess
 import sys
 import threading
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,7 +48,12 @@ class Block:
 
     @property
     def name(self) -> str:
-        return f"{self.document.relative_to(ROOT)}:{self.start}-{self.end}"
+        return f"{shown(self.document)}:{self.start}-{self.end}"
+
+
+def shown(document: Path) -> str:
+    """The document's name in test ids and messages: its path in the repository."""
+    return str(document.relative_to(ROOT)) if document.is_relative_to(ROOT) else document.name
 
 
 def extract(document: Path) -> list[Block]:
@@ -85,7 +91,9 @@ def extract(document: Path) -> list[Block]:
         close = i + 1
         while close < len(lines) and lines[close].strip() != "```":
             close += 1
-        body_lines = [text[len(indent) :] if text.startswith(indent) else text.lstrip() for text in lines[i + 1 : close]]
+        body_lines = [
+            text[len(indent) :] if text.startswith(indent) else text.lstrip() for text in lines[i + 1 : close]
+        ]
         if lang in LANGUAGES:
             blocks.append(_block(document, i + 1, close + 1, LANGUAGES[lang], "\n".join(body_lines) + "\n", marker))
         elif marker is not None:
@@ -156,6 +164,7 @@ def build_example_files(out: Path) -> Path:
     rng = np.random.default_rng(12)
     x = rng.random((200, 4), dtype=np.float32)
     np.save(out / "x.npy", x)
+    (out / "features.csv").write_text("a,b,c,d\n" + "".join(f"{a:.4f},{b:.4f},{c:.4f},{d:.4f}\n" for a, b, c, d in x))
     rows = "".join(f"{i},{a:.4f},{b:.4f},{c:.4f},{d:.4f}\n" for i, (a, b, c, d) in enumerate(x))
     (out / "rows.csv").write_text("id,a,b,c,d\n" + rows)
     (out / "big.csv").write_text("id,a,b,c,d\n" + rows * 5)
@@ -219,9 +228,8 @@ class DocumentSession:
     files: Path
     server: LiveServer | None = None
     address: str = ""
-    python: subprocess.Popen[str] | None = None
+    namespace: dict[str, object] = field(default_factory=lambda: {"__name__": "__main__"})
     outcomes: dict[Block, Outcome] = field(default_factory=dict)
-    _logs: int = 0
 
     def run(self, block: Block) -> Outcome:
         """Run ``block``, first running any earlier block of the document that has not run (e.g. under -k)."""
@@ -230,7 +238,9 @@ class DocumentSession:
                 break
             if earlier not in self.outcomes and earlier.skip is None and earlier.problem is None:
                 self.outcomes[earlier] = self._run(earlier)
-        failed = [b.name for b in self.blocks[: self.blocks.index(block)] if b in self.outcomes and not self.outcomes[b].ok]
+        failed = [
+            b.name for b in self.blocks[: self.blocks.index(block)] if b in self.outcomes and not self.outcomes[b].ok
+        ]
         outcome = self._run(block)
         if not outcome.ok and failed:
             outcome.output += f"\n(earlier blocks of this document failed too: {', '.join(failed)})"
@@ -238,8 +248,6 @@ class DocumentSession:
         return outcome
 
     def close(self) -> None:
-        if self.python is not None:
-            _end(self.python)
         if self.server is not None:
             self.server.stop()
 
@@ -256,10 +264,6 @@ class DocumentSession:
         env["PYTHONUNBUFFERED"] = "1"
         return env
 
-    def _log(self) -> Path:
-        self._logs += 1
-        return self.workdir.parent / f"{self.workdir.name}-{self._logs}.log"
-
     def _run(self, block: Block) -> Outcome:
         self._ensure_started()
         if block.lang == "sh":
@@ -272,7 +276,7 @@ class DocumentSession:
         script = "set -euo pipefail\n" + block.setup + padding + block.code
         try:
             done = subprocess.run(
-                ["bash", "-c", for_server(script, self.address), str(block.document.relative_to(ROOT))],
+                ["bash", "-c", for_server(script, self.address), shown(block.document)],
                 cwd=self.workdir,
                 env=self._env(),
                 stdin=subprocess.DEVNULL,
@@ -283,62 +287,43 @@ class DocumentSession:
         except subprocess.TimeoutExpired as e:
             return Outcome(False, f"timed out after {BLOCK_TIMEOUT_SECONDS:.0f} s\n{_text(e.stdout)}{_text(e.stderr)}")
         output = done.stdout + done.stderr
-        return Outcome(done.returncode == 0, output if done.returncode == 0 else f"exit status {done.returncode}\n{output}")
+        return Outcome(
+            done.returncode == 0, output if done.returncode == 0 else f"exit status {done.returncode}\n{output}"
+        )
 
     def _run_python(self, block: Block) -> Outcome:
-        if self.python is None:
-            self.python = subprocess.Popen(
-                [sys.executable, str(Path(__file__).with_name("pysession.py"))],
-                cwd=self.workdir,
-                env=self._env(),
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-            )
-        output = ""
+        output = io.StringIO()
         error: str | None = None
         for code, line in ((block.setup, block.start), (block.code, block.start + 1)):
-            if not code:
-                continue
-            log = self._log()
-            error = self._exec(code, line, log)
-            output += log.read_text() if log.exists() else ""
-            if error is not None:
-                break
-        return Outcome(error is None, output)
+            if code:
+                error = self._exec(for_server(code, self.address), line, output)
+                if error is not None:
+                    output.write(error)
+                    break
+        return Outcome(error is None, output.getvalue())
 
-    def _exec(self, code: str, line: int, log: Path) -> str | None:
-        assert self.python is not None and self.python.stdin is not None and self.python.stdout is not None
-        request = {"code": for_server(code, self.address), "file": str(self.document), "line": line, "log": str(log)}
-        self.python.stdin.write(json.dumps(request) + "\n")
-        self.python.stdin.flush()
-        ready, _, _ = select.select([self.python.stdout], [], [], BLOCK_TIMEOUT_SECONDS)
-        reply = self.python.stdout.readline() if ready else ""
-        if not reply:
-            _end(self.python)
-            self.python = None  # later blocks get a new session (and fail on what this one defined)
-            return f"the Python session died or timed out after {BLOCK_TIMEOUT_SECONDS:.0f} s"
-        error: str | None = json.loads(reply)["error"]
-        return error
+    def _exec(self, code: str, line: int, output: io.StringIO) -> str | None:
+        """Run one block in the document's namespace, on a thread of its own (the block may ``asyncio.run``),
+        with the scratch directory as the working directory and its output captured."""
+        errors: list[str] = []
+
+        def run() -> None:
+            source = "\n" * (line - 1) + code  # tracebacks name the Markdown's own line numbers
+            with contextlib.chdir(self.workdir), contextlib.redirect_stdout(output), contextlib.redirect_stderr(output):
+                try:
+                    exec(compile(source, str(self.document), "exec"), self.namespace)
+                except BaseException:  # SystemExit too: the block failed
+                    errors.append(traceback.format_exc())
+
+        thread = threading.Thread(target=run, name=f"docs-{self.document.stem}", daemon=True)
+        thread.start()
+        thread.join(BLOCK_TIMEOUT_SECONDS)
+        if thread.is_alive():
+            return f"timed out after {BLOCK_TIMEOUT_SECONDS:.0f} s"
+        return errors[0] if errors else None
 
 
 def _text(data: str | bytes | None) -> str:
     if data is None:
         return ""
     return data.decode(errors="replace") if isinstance(data, bytes) else data
-
-
-def _end(session: subprocess.Popen[str]) -> None:
-    """End a Python session: EOF on its requests lets it leave by itself; a stuck one is killed."""
-    assert session.stdin is not None and session.stdout is not None
-    try:
-        session.stdin.close()
-    except BrokenPipeError:
-        pass
-    try:
-        session.wait(10)
-    except subprocess.TimeoutExpired:
-        session.kill()
-        session.wait()
-    session.stdout.close()

@@ -18,9 +18,12 @@ directory of its own that starts with the files the examples name (``examples.bu
 - Shell blocks run one by one under ``bash`` with ``set -euo pipefail``, with the development venv's ``bin``
   (``python``, ``tt``, ``grpcurl``) first on ``PATH``: any failing command fails the block. Shell variables do
   not carry over from one block to the next.
-- Python blocks of one document run in one Python process, in one namespace, like one script pasted block by
-  block: a later block may use what an earlier one defined (imports included), but each block must define what
-  it uses first. Top-level ``await`` is not available (wrap it in ``asyncio.run(...)``, as a script must).
+- Python blocks of one document share one namespace, like one script pasted block by block: a later block may
+  use what an earlier one defined (imports included), and a block must define (or import) everything else it
+  uses. Top-level ``await`` is not available (wrap it in ``asyncio.run(...)``, as a script must). They run in
+  the test process (on a thread of their own, with the scratch directory as working directory), where
+  TensorFlow is imported already: a fresh interpreter would spend ~9 s of CPU importing it per document. The
+  suite's warning filters apply, so a warning the example triggers fails it.
 - A block that cannot run here (it runs ``make test`` itself, needs a Kubernetes cluster or Docker, installs
   packages, runs a long benchmark) gets an HTML comment, invisible on GitHub, on the line right before its fence:
   ``<!-- docs-test: skip (needs a Kubernetes cluster) -->``. The reason is required; the test case is skipped
@@ -42,7 +45,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.docs.examples import OUTPUT_TAIL, Block, DocumentSession, all_blocks, build_example_files
+from tests.docs.examples import OUTPUT_TAIL, Block, DocumentSession, all_blocks, build_example_files, extract
 
 BLOCKS = all_blocks()
 
@@ -52,7 +55,7 @@ class Sessions:
 
     def __init__(self, root: Path, files: Path) -> None:
         self._root = root
-        self._files = files
+        self.files = files
         self._current: DocumentSession | None = None
         self._started = 0
 
@@ -62,7 +65,7 @@ class Sessions:
             self._started += 1
             blocks = [b for b in BLOCKS if b.document == block.document]
             workdir = self._root / f"{self._started}-{block.document.stem}"
-            self._current = DocumentSession(block.document, blocks, workdir, self._files)
+            self._current = DocumentSession(block.document, blocks, workdir, self.files)
         return self._current
 
     def close(self) -> None:
@@ -96,3 +99,101 @@ def test_examples_exist() -> None:
     names = {block.name.split(":")[0] for block in BLOCKS if block.skip is None and block.problem is None}
     assert {"README.md", "docs/clients.md", "docs/compat.md", "docs/tfaas.md"} <= names
     assert len([b for b in BLOCKS if b.skip is None]) >= 20
+
+
+MARKERS = """\
+# Title
+
+<!-- docs-test: skip (needs a Kubernetes cluster) -->
+```sh
+kubectl apply -k k8s/overlays/dev
+```
+
+<!-- docs-test: skip -->
+```sh
+echo no reason
+```
+
+<!-- docs-test: setup
+printf 'reader t1\\n' > tokens
+-->
+```bash
+cat tokens
+```
+
+   ```python
+   print("indented, in a list")
+   ```
+
+```json
+{"shown": "never run"}
+```
+
+<!-- docs-test: skip (before a json block) -->
+```json
+{}
+```
+
+<!-- docs-test: skipp (typo) -->
+```sh
+true
+```
+"""
+
+
+def test_markers(tmp_path: Path) -> None:
+    document = tmp_path / "markers.md"
+    document.write_text(MARKERS)
+    blocks = extract(document)
+    assert [(b.start, b.lang) for b in blocks] == [
+        (4, "sh"),
+        (9, "sh"),
+        (16, "sh"),
+        (20, "python"),
+        (28, "sh"),
+        (34, "sh"),
+    ]
+    k8s, no_reason, setup, indented, before_json, typo = blocks
+    assert k8s.skip == "needs a Kubernetes cluster" and k8s.problem is None
+    assert no_reason.skip is None and "needs a reason" in (no_reason.problem or "")
+    assert setup.setup == "printf 'reader t1\\n' > tokens\n" and setup.code == "cat tokens\n" and setup.problem is None
+    assert indented.code == 'print("indented, in a list")\n'
+    assert "never run" in (before_json.problem or "")
+    assert typo.problem is not None and typo.skip is None
+
+
+FAILING = """\
+```sh
+grpcurl -plaintext 127.0.0.1:50051 grpc.health.v1.Health/Check
+```
+
+```sh
+true | false | true
+echo not reached
+```
+
+```python
+answer = 41
+```
+
+```python
+assert answer == 42, "off by one"
+```
+"""
+
+
+def test_failures_are_caught(tmp_path: Path, sessions: Sessions) -> None:
+    """A failing command anywhere in a pipe fails its shell block; a Python failure names the Markdown line;
+    the default address reaches the document's server."""
+    document = tmp_path / "failing.md"
+    document.write_text(FAILING)
+    blocks = extract(document)
+    session = DocumentSession(document, blocks, tmp_path / "work", sessions.files)
+    try:
+        health, pipe, define, check = (session.run(block) for block in blocks)
+    finally:
+        session.close()
+    assert health.ok and '"status": "SERVING"' in health.output
+    assert not pipe.ok and "exit status 1" in pipe.output and "not reached" not in pipe.output
+    assert define.ok
+    assert not check.ok and f'File "{document}", line 15' in check.output and "off by one" in check.output
