@@ -9,6 +9,7 @@ import io
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -26,11 +27,14 @@ DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 LANGUAGES = {"sh": "sh", "bash": "sh", "shell": "sh", "python": "python", "py": "python"}
 DEFAULT_ADDRESSES = ("127.0.0.1:50051", "localhost:50051")
 BLOCK_TIMEOUT_SECONDS = 120.0
+_PREFIX = "TT_DOCS_TEST_UNUSED_"  # the server reads its settings under this prefix: none from the environment
 OUTPUT_TAIL = 6000  # characters of a failed block's output shown in the report
 
 _FENCE = re.compile(r"^(?P<indent>\s*)```(?P<lang>[\w+-]*)\s*$")
 _MARKER = re.compile(r"^\s*<!--\s*docs-test:\s*(?P<body>.*?)\s*(?P<end>-->)?\s*$")
 _SKIP = re.compile(r"^skip\s*\((?P<reason>.*\S.*)\)$")
+_VARIABLE = re.compile(r"^TT_[A-Z0-9_]+=[^'\s]*$")
+_LOOPBACK = re.compile(r"^(?:127\.0\.0\.1|localhost):(?P<port>\d+)$")
 
 
 @dataclass(frozen=True)
@@ -58,8 +62,18 @@ def shown(document: Path) -> str:
 
 def extract(document: Path) -> list[Block]:
     """The document's ``sh``/``bash``/``python`` blocks in order, with the marker comment right before each."""
+    return _scan(document)[0]
+
+
+def server_variables(document: Path) -> dict[str, str]:
+    """The ``TT_*`` settings the document's ``docs-test: server`` comments ask its server to run with."""
+    return _scan(document)[1]
+
+
+def _scan(document: Path) -> tuple[list[Block], dict[str, str]]:
     lines = document.read_text().splitlines()
     blocks: list[Block] = []
+    variables: dict[str, str] = {}
     marker: tuple[str, int] | None = None  # (body, line of the marker) waiting for its fence
     i = 0
     while i < len(lines):
@@ -77,8 +91,18 @@ def extract(document: Path) -> list[Block]:
                 if i < len(lines):
                     rest.append(lines[i].split("-->", 1)[0])
                 body = "\n".join([body, *rest])
-            marker = (body, start + 1)
             i += 1
+            if body.split(maxsplit=1)[0:1] == ["server"]:  # for the whole document, not for the next block
+                pairs = body.split()[1:]
+                bad = [pair for pair in pairs if not _is_setting(pair)]
+                if bad or not pairs:
+                    problem = (
+                        f"line {start + 1}: `docs-test: server` takes TT_NAME=value settings, not {bad or 'nothing'}"
+                    )
+                    blocks.append(Block(document, start + 1, start + 1, "sh", "", problem=problem))
+                variables.update(pair.split("=", 1) for pair in pairs if _is_setting(pair))
+                continue
+            marker = (body, start + 1)
             continue
         fence = _FENCE.match(line)
         if not fence:
@@ -102,7 +126,13 @@ def extract(document: Path) -> list[Block]:
         i = close + 1
     if marker is not None:
         blocks.append(_orphan(document, marker))
-    return blocks
+    return blocks, variables
+
+
+def _is_setting(pair: str) -> bool:
+    """``TT_NAME=value`` naming a real setting (pydantic-settings would ignore a misspelt one)."""
+    name = pair.split("=", 1)[0]
+    return bool(_VARIABLE.match(pair)) and name.removeprefix("TT_").lower() in Settings.model_fields
 
 
 def _block(document: Path, start: int, end: int, lang: str, code: str, marker: tuple[str, int] | None) -> Block:
@@ -133,11 +163,17 @@ def all_blocks() -> list[Block]:
     return [block for document in DOCUMENTS for block in extract(document)]
 
 
-def for_server(text: str, address: str) -> str:
-    """The example as the reader runs it, aimed at the test server instead of the default address."""
-    for default in DEFAULT_ADDRESSES:
-        text = text.replace(default, address)
+def for_server(text: str, addresses: dict[str, str]) -> str:
+    """The example as the reader runs it, aimed at the test server's addresses instead of the documented ones."""
+    for documented, actual in addresses.items():
+        text = text.replace(documented, actual)
     return text
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 # --- the files the examples name ------------------------------------------------------------------------
@@ -186,9 +222,30 @@ class LiveServer:
     network, from their own processes.
     """
 
-    def __init__(self, data_dir: Path) -> None:
-        # Only the address and the data folder differ from a fresh `make run`; no collector freeze inside pytest.
-        self._settings = Settings(grpc_address="127.0.0.1:0", data_dir=data_dir, gc_freeze=False)
+    def __init__(self, data_dir: Path, variables: dict[str, str]) -> None:
+        # A fresh `make run`: the defaults, whatever TT_* variables the test run has (a prefix nothing uses), but
+        # a free port, a fresh data folder and no collector freeze inside pytest; plus the document's variables,
+        # read from a dotenv file exactly as from the environment, a loopback address on a free port instead.
+        self.addresses: dict[str, str] = {}
+        lines = []
+        for name, value in variables.items():
+            loopback = _LOOPBACK.match(value)
+            if loopback:
+                port = _free_port()
+                self.addresses.update(
+                    {f"{host}:{loopback['port']}": f"{host}:{port}" for host in ("127.0.0.1", "localhost")}
+                )
+                value = f"127.0.0.1:{port}"
+            lines.append(f"{_PREFIX}{name.removeprefix('TT_')}='{value}'\n")
+        env_file = data_dir.parent / f"{data_dir.name}.env"
+        env_file.write_text("".join(lines))
+        self._settings = Settings(
+            _env_prefix=_PREFIX,
+            _env_file=env_file,
+            grpc_address="127.0.0.1:0",
+            data_dir=data_dir,
+            gc_freeze=False,
+        )
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="docs-server", daemon=True)
         self._app: Application | None = None
@@ -202,6 +259,7 @@ class LiveServer:
             return app
 
         self._app = asyncio.run_coroutine_threadsafe(start(), self._loop).result(60)
+        self.addresses.update({default: self._app.address for default in DEFAULT_ADDRESSES})
         return self._app.address
 
     def stop(self) -> None:
@@ -254,8 +312,14 @@ class DocumentSession:
     def _ensure_started(self) -> None:
         if self.server is None:
             shutil.copytree(self.files, self.workdir)
-            self.server = LiveServer(self.workdir.parent / f"{self.workdir.name}-server")
+            self.server = LiveServer(
+                self.workdir.parent / f"{self.workdir.name}-server", server_variables(self.document)
+            )
             self.address = self.server.start()
+
+    @property
+    def addresses(self) -> dict[str, str]:
+        return self.server.addresses if self.server is not None else {}
 
     def _env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("TT_")}
@@ -276,7 +340,7 @@ class DocumentSession:
         script = "set -euo pipefail\n" + block.setup + padding + block.code
         try:
             done = subprocess.run(
-                ["bash", "-c", for_server(script, self.address), shown(block.document)],
+                ["bash", "-c", for_server(script, self.addresses), shown(block.document)],
                 cwd=self.workdir,
                 env=self._env(),
                 stdin=subprocess.DEVNULL,
@@ -296,7 +360,7 @@ class DocumentSession:
         error: str | None = None
         for code, line in ((block.setup, block.start), (block.code, block.start + 1)):
             if code:
-                error = self._exec(for_server(code, self.address), line, output)
+                error = self._exec(for_server(code, self.addresses), line, output)
                 if error is not None:
                     output.write(error)
                     break

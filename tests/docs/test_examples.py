@@ -32,6 +32,11 @@ directory of its own that starts with the files the examples name (``examples.bu
   comment right before its fence: ``<!-- docs-test: setup CODE -->`` (CODE may span lines up to ``-->``, in the
   block's language); it runs just before the block, in the same shell or Python session. Prefer examples that
   need no setup.
+- A document whose examples need the server configured otherwise says so once, anywhere in it:
+  ``<!-- docs-test: server TT_METRICS_ADDRESS=127.0.0.1:9090 TT_ACCESS_LOG=all -->`` (settings as in the
+  environment, names checked against ``tt_server.config.Settings``, no spaces in values). A loopback address
+  among them is given a free port instead, and the documented address in the examples is replaced by it, so
+  ``curl http://127.0.0.1:9090/metrics`` reaches that server.
 - A marker that is malformed, lacks a reason or precedes no runnable block fails a test case of its own.
 
 If a test selection (``-k``) picks a later block, the document's earlier blocks run first, untested, so that
@@ -45,7 +50,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.docs.examples import OUTPUT_TAIL, Block, DocumentSession, all_blocks, build_example_files, extract
+from tests.docs.examples import (
+    OUTPUT_TAIL,
+    Block,
+    DocumentSession,
+    all_blocks,
+    build_example_files,
+    extract,
+    server_variables,
+)
 
 BLOCKS = all_blocks()
 
@@ -138,6 +151,8 @@ cat tokens
 ```sh
 true
 ```
+
+<!-- docs-test: server TT_METRICS_ADDRESS=127.0.0.1:9090 TT_NO_SUCH_SETTING=1 -->
 """
 
 
@@ -152,19 +167,24 @@ def test_markers(tmp_path: Path) -> None:
         (20, "python"),
         (28, "sh"),
         (34, "sh"),
+        (38, "sh"),
     ]
-    k8s, no_reason, setup, indented, before_json, typo = blocks
+    k8s, no_reason, setup, indented, before_json, typo, server = blocks
     assert k8s.skip == "needs a Kubernetes cluster" and k8s.problem is None
     assert no_reason.skip is None and "needs a reason" in (no_reason.problem or "")
     assert setup.setup == "printf 'reader t1\\n' > tokens\n" and setup.code == "cat tokens\n" and setup.problem is None
     assert indented.code == 'print("indented, in a list")\n'
     assert "never run" in (before_json.problem or "")
     assert typo.problem is not None and typo.skip is None
+    assert "TT_NO_SUCH_SETTING=1" in (server.problem or "")
+    assert server_variables(document) == {"TT_METRICS_ADDRESS": "127.0.0.1:9090"}
 
 
 FAILING = """\
+<!-- docs-test: server TT_METRICS_ADDRESS=127.0.0.1:9090 -->
 ```sh
 grpcurl -plaintext 127.0.0.1:50051 grpc.health.v1.Health/Check
+curl -sf http://127.0.0.1:9090/metrics | grep '^tt_rpcs_total{'
 ```
 
 ```sh
@@ -184,7 +204,8 @@ assert answer == 42, "off by one"
 
 def test_failures_are_caught(tmp_path: Path, sessions: Sessions) -> None:
     """A failing command anywhere in a pipe fails its shell block; a Python failure names the Markdown line;
-    the default address reaches the document's server."""
+    the default address reaches the document's server, and a loopback address the document gives its server
+    is on a free port, which the example reaches at the documented address."""
     document = tmp_path / "failing.md"
     document.write_text(FAILING)
     blocks = extract(document)
@@ -194,6 +215,7 @@ def test_failures_are_caught(tmp_path: Path, sessions: Sessions) -> None:
     finally:
         session.close()
     assert health.ok and '"status": "SERVING"' in health.output
+    assert 'tt_rpcs_total{code="OK",method="/tensortrigger.v1.InferenceService/Predict"}' in health.output
     assert not pipe.ok and "exit status 1" in pipe.output and "not reached" not in pipe.output
     assert define.ok
-    assert not check.ok and f'File "{document}", line 15' in check.output and "off by one" in check.output
+    assert not check.ok and f'File "{document}", line 17' in check.output and "off by one" in check.output
