@@ -32,7 +32,7 @@ OUTPUT_TAIL = 6000  # characters of a failed block's output shown in the report
 
 _FENCE = re.compile(r"^(?P<indent>\s*)```(?P<lang>[\w+-]*)\s*$")
 _MARKER = re.compile(r"^\s*<!--\s*docs-test:\s*(?P<body>.*?)\s*(?P<end>-->)?\s*$")
-_SKIP = re.compile(r"^skip\s*\((?P<reason>.*\S.*)\)$")
+_SKIP = re.compile(r"^skip\s*\((?P<reason>.*\S.*)\)$", re.DOTALL)
 _VARIABLE = re.compile(r"^TT_[A-Z0-9_]+=[^'\s]*$")
 _LOOPBACK = re.compile(r"^(?:127\.0\.0\.1|localhost):(?P<port>\d+)$")
 
@@ -90,7 +90,7 @@ def _scan(document: Path) -> tuple[list[Block], dict[str, str]]:
                     i += 1
                 if i < len(lines):
                     rest.append(lines[i].split("-->", 1)[0])
-                body = "\n".join([body, *rest])
+                body = "\n".join([body, *rest]).rstrip()
             i += 1
             if body.split(maxsplit=1)[0:1] == ["server"]:  # for the whole document, not for the next block
                 pairs = body.split()[1:]
@@ -102,6 +102,8 @@ def _scan(document: Path) -> tuple[list[Block], dict[str, str]]:
                     blocks.append(Block(document, start + 1, start + 1, "sh", "", problem=problem))
                 variables.update(pair.split("=", 1) for pair in pairs if _is_setting(pair))
                 continue
+            if marker is not None:
+                blocks.append(_orphan(document, marker, "another marker follows it"))
             marker = (body, start + 1)
             continue
         fence = _FENCE.match(line)
@@ -146,7 +148,7 @@ def _block(document: Path, start: int, end: int, lang: str, code: str, marker: t
         return Block(document, start, end, lang, code, setup=setup + "\n")
     skip = _SKIP.match(body)
     if skip:
-        return Block(document, start, end, lang, code, skip=skip["reason"].strip())
+        return Block(document, start, end, lang, code, skip=" ".join(skip["reason"].split()))
     problem = f"line {line}: `<!-- docs-test: {body} -->` is not `skip (reason)` or `setup ...`"
     if body.startswith("skip"):
         problem = f"line {line}: a skip marker needs a reason: `<!-- docs-test: skip (why it cannot run) -->`"

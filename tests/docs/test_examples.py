@@ -153,6 +153,12 @@ true
 ```
 
 <!-- docs-test: server TT_METRICS_ADDRESS=127.0.0.1:9090 TT_NO_SUCH_SETTING=1 -->
+
+<!-- docs-test: skip (a reason
+   on two lines) -->
+```sh
+false
+```
 """
 
 
@@ -168,8 +174,9 @@ def test_markers(tmp_path: Path) -> None:
         (28, "sh"),
         (34, "sh"),
         (38, "sh"),
+        (42, "sh"),
     ]
-    k8s, no_reason, setup, indented, before_json, typo, server = blocks
+    k8s, no_reason, setup, indented, before_json, typo, server, two_lines = blocks
     assert k8s.skip == "needs a Kubernetes cluster" and k8s.problem is None
     assert no_reason.skip is None and "needs a reason" in (no_reason.problem or "")
     assert setup.setup == "printf 'reader t1\\n' > tokens\n" and setup.code == "cat tokens\n" and setup.problem is None
@@ -178,6 +185,7 @@ def test_markers(tmp_path: Path) -> None:
     assert typo.problem is not None and typo.skip is None
     assert "TT_NO_SUCH_SETTING=1" in (server.problem or "")
     assert server_variables(document) == {"TT_METRICS_ADDRESS": "127.0.0.1:9090"}
+    assert two_lines.skip == "a reason on two lines" and two_lines.code == "false\n"
 
 
 FAILING = """\
