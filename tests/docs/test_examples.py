@@ -36,7 +36,7 @@ directory of its own that starts with the files the examples name (``examples.bu
   ``<!-- docs-test: server TT_METRICS_ADDRESS=127.0.0.1:9090 TT_ACCESS_LOG=all -->`` (settings as in the
   environment, names checked against ``tt_server.config.Settings``, no spaces in values). A loopback address
   among them is given a free port instead, and the documented address in the examples is replaced by it, so
-  ``curl http://127.0.0.1:9090/metrics`` reaches that server.
+  ``curl http://127.0.0.1:9090/metrics`` in an example reaches that server.
 - A marker that is malformed, lacks a reason or precedes no runnable block fails a test case of its own.
 
 If a test selection (``-k``) picks a later block, the document's earlier blocks run first, untested, so that
@@ -192,7 +192,8 @@ FAILING = """\
 <!-- docs-test: server TT_METRICS_ADDRESS=127.0.0.1:9090 -->
 ```sh
 grpcurl -plaintext 127.0.0.1:50051 grpc.health.v1.Health/Check
-curl -sf http://127.0.0.1:9090/metrics | grep '^tt_rpcs_total{'
+python -c 'import urllib.request as u; print(u.urlopen("http://127.0.0.1:9090/metrics").read().decode())' |
+  grep '^tt_rpcs_total{'
 ```
 
 ```sh
@@ -226,4 +227,4 @@ def test_failures_are_caught(tmp_path: Path, sessions: Sessions) -> None:
     assert 'tt_rpcs_total{code="OK",method="/tensortrigger.v1.InferenceService/Predict"}' in health.output
     assert not pipe.ok and "exit status 1" in pipe.output and "not reached" not in pipe.output
     assert define.ok
-    assert not check.ok and f'File "{document}", line 17' in check.output and "off by one" in check.output
+    assert not check.ok and f'File "{document}", line 18' in check.output and "off by one" in check.output
