@@ -62,10 +62,12 @@ run: $(VENV)/.installed
 services:
 	bash scripts/ensure-services.sh
 
-# Debian tools some tests drive (make stubs needs protoc and the gRPC plugins); installed when missing.
+# Debian tools some tests drive (make stubs needs protoc and the gRPC plugins; the docs examples use jq);
+# installed when missing.
 tools:
 	@for tool in $(STUBS_TOOLS); do command -v $$tool >/dev/null || { \
 	  echo "installing $(STUBS_INSTALL_PKGS)"; apt-get update -qq && apt-get install -y -qq $(STUBS_INSTALL_PKGS) >/dev/null; break; }; done
+	@command -v jq >/dev/null || { echo "installing jq"; apt-get update -qq && apt-get install -y -qq jq >/dev/null; }
 
 test: $(DEV_VENV)/.installed $(CHECKOV_VENV)/.installed services tools
 	$(DEV_VENV)/bin/pytest -q $(PYTEST_ARGS)
