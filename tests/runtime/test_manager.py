@@ -337,8 +337,9 @@ async def test_preload_at_start(
     manager = make_manager(preload_models=["m@prod", "m", "missing:1"])
     await manager.start()  # the missing model is logged and skipped
     assert manager.loaded_versions == [("m", 1), ("m", 2)]
-    with pytest.raises(ValueError, match="not a model reference"):
-        await make_manager(preload_models=["m:latest"]).start()
+    # A malformed reference is refused when the settings are read, before anything starts.
+    with pytest.raises(ValueError, match='is not "name", "name:3" or "name@label"'):
+        make_manager(preload_models=["m:latest"])
 
 
 def _settings(tmp_path: Path, **values: object) -> manager_module.Settings:
