@@ -56,8 +56,9 @@ lock: $(UV)
 	cd requirements && ../$(UV) pip compile --quiet --generate-hashes --python-version 3.11 $(LOCK_ARGS) checkov.in -o checkov.txt
 	cd requirements && ../$(UV) pip compile --quiet --generate-hashes --universal --python-version 3.11 $(LOCK_ARGS) uv.in -o uv.txt
 
+# The HTTP/JSON front is on by default here (TT_HTTP_ADDRESS= turns it off); tt-server alone serves gRPC only.
 run: $(VENV)/.installed
-	$(VENV)/bin/tt-server $(ARGS)
+	TT_HTTP_ADDRESS=$${TT_HTTP_ADDRESS-127.0.0.1:8501} $(VENV)/bin/tt-server $(ARGS)
 
 services:
 	bash scripts/ensure-services.sh
