@@ -30,6 +30,18 @@ async def curl(*args: str) -> tuple[int, Any]:
         return int(status), text
 
 
+async def curl_raw(*args: str) -> bytes:
+    """curl's raw output (binary answers)."""
+    binary = shutil.which("curl")
+    assert binary, "curl is needed (Debian package curl)"
+    process = await asyncio.create_subprocess_exec(
+        binary, "-sS", *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    out, err = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode == 0, err.decode()
+    return out
+
+
 class HalfPlusTwo(tf.Module):
     """TF Serving's documented example model: y = 0.5 * x + 2, input "x" and output "y", shape [batch]."""
 

@@ -22,6 +22,7 @@ from tt_server.registry.service import Registry
 from tt_server.rest.core import Front, Route
 from tt_server.rest.oip import OpenInferenceRoutes
 from tt_server.rest.server import HttpServer
+from tt_server.rest.tfaas import TfaasRoutes
 from tt_server.rest.tfserving import TfServingRoutes
 from tt_server.runtime.service import InferenceService
 
@@ -40,6 +41,7 @@ def build_http_server(
     routes: list[Route] = [
         *OpenInferenceRoutes(inference, registry, settings.max_request_elements, is_ready).routes(),
         *TfServingRoutes(inference, registry).routes(),
+        *TfaasRoutes(inference, registry, settings).routes(),
     ]
     front = Front(auth, limiter, settings.max_concurrent_rpcs)
     return HttpServer(routes, front, settings.max_message_bytes, settings.shutdown_grace_seconds)
