@@ -20,6 +20,7 @@ from tt_server.config import Settings
 from tt_server.jobs.service import JobsService
 from tt_server.registry.service import Registry
 from tt_server.rest.core import Front, Route
+from tt_server.rest.native import NativeRoutes
 from tt_server.rest.oip import OpenInferenceRoutes
 from tt_server.rest.server import HttpServer
 from tt_server.rest.tfaas import TfaasRoutes
@@ -42,6 +43,7 @@ def build_http_server(
         *OpenInferenceRoutes(inference, registry, settings.max_request_elements, is_ready).routes(),
         *TfServingRoutes(inference, registry).routes(),
         *TfaasRoutes(inference, registry, settings).routes(),
+        *NativeRoutes(registry, jobs).routes(),
     ]
     front = Front(auth, limiter, settings.max_concurrent_rpcs)
     return HttpServer(routes, front, settings.max_message_bytes, settings.shutdown_grace_seconds)
