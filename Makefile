@@ -67,6 +67,9 @@ services:
 tools:
 	@for tool in $(STUBS_TOOLS); do command -v $$tool >/dev/null || { \
 	  echo "installing $(STUBS_INSTALL_PKGS)"; apt-get update -qq && apt-get install -y -qq $(STUBS_INSTALL_PKGS) >/dev/null; break; }; done
+	@# tests/rest renders the HTTP front's /docs page in headless Chromium (and screenshots it).
+	@command -v chromium >/dev/null || { echo "installing chromium"; apt-get update -qq && \
+	  apt-get install -y -qq -o DPkg::Lock::Timeout=600 chromium >/dev/null; }
 
 test: $(DEV_VENV)/.installed $(CHECKOV_VENV)/.installed services tools
 	$(DEV_VENV)/bin/pytest -q $(PYTEST_ARGS)

@@ -199,9 +199,10 @@ class Application:
 
     @property
     def http_url(self) -> str:
-        """``http://host:port`` of the HTTP front (TT_HTTP_ADDRESS must be set)."""
+        """``http(s)://host:port`` of the HTTP front (TT_HTTP_ADDRESS must be set)."""
         host = self.settings.http_address.rsplit(":", 1)[0]
-        return f"http://{host}:{self.http_port}"
+        scheme = "https" if self.settings.tls_cert_file else "http"
+        return f"{scheme}://{host}:{self.http_port}"
 
     async def wait(self) -> None:
         await self._stopped.wait()

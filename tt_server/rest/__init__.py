@@ -22,7 +22,7 @@ from tt_server.registry.service import Registry
 from tt_server.rest.core import Front, Route
 from tt_server.rest.native import NativeRoutes
 from tt_server.rest.oip import OpenInferenceRoutes
-from tt_server.rest.server import HttpServer
+from tt_server.rest.server import HttpServer, server_ssl_context
 from tt_server.rest.tfaas import TfaasRoutes
 from tt_server.rest.tfserving import TfServingRoutes
 from tt_server.runtime.service import InferenceService
@@ -46,4 +46,9 @@ def build_http_server(
         *NativeRoutes(registry, jobs).routes(),
     ]
     front = Front(auth, limiter, settings.max_concurrent_rpcs)
-    return HttpServer(routes, front, settings.max_message_bytes, settings.shutdown_grace_seconds)
+    tls = (
+        server_ssl_context(settings.tls_cert_file, settings.tls_key_file, settings.tls_client_ca_file)
+        if settings.tls_cert_file is not None and settings.tls_key_file is not None
+        else None
+    )
+    return HttpServer(routes, front, settings.max_message_bytes, settings.shutdown_grace_seconds, tls)

@@ -126,6 +126,14 @@ async def body_chunks(request: web.Request, size: int = 1 << 20) -> AsyncIterato
         yield chunk
 
 
+def peer_key(remote: str | None) -> str:
+    """The rate limiter's key for an unauthenticated client, spelled as gRPC's peer address without its port
+    ("ipv4:1.2.3.4", "ipv6:[::1]"), so one client has one bucket whichever transport it uses."""
+    if not remote:
+        return ""
+    return f"ipv6:[{remote}]" if ":" in remote else f"ipv4:{remote}"
+
+
 class Front:
     """Wraps route handlers with the checks above; ``in_flight`` counts requests being served."""
 
@@ -159,7 +167,7 @@ class Front:
                 caller = None
                 if auth is not None:
                     caller = auth.authorize(rpc, request.headers.get("Authorization")).name
-                if limiter is not None and not limiter.allow(caller or request.remote or ""):
+                if limiter is not None and not limiter.allow(caller or peer_key(request.remote)):
                     raise ResourceExhausted("rate limit exceeded for this client; slow down and retry")
                 if self._max_in_flight is not None and self.in_flight > self._max_in_flight:
                     raise ResourceExhausted("too many requests in progress; retry later")

@@ -8,6 +8,8 @@ after the drain delay, like the gRPC server's.
 from __future__ import annotations
 
 import logging
+import ssl
+from pathlib import Path
 
 import grpc
 from aiohttp import web
@@ -20,7 +22,14 @@ log = logging.getLogger(__name__)
 
 
 class HttpServer:
-    def __init__(self, routes: list[Route], front: Front, max_body_bytes: int, shutdown_grace: float) -> None:
+    def __init__(
+        self,
+        routes: list[Route],
+        front: Front,
+        max_body_bytes: int,
+        shutdown_grace: float,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
         # client_max_size caps bodies read whole (JSON requests); streamed bodies (uploads, job inputs) are read
         # in chunks and capped by the domain (TT_MAX_UPLOAD_BYTES, TT_JOB_MAX_INPUT_BYTES).
         self.app = web.Application(client_max_size=max_body_bytes, handler_args={"max_field_size": 16384})
@@ -30,6 +39,7 @@ class HttpServer:
         self.routes = all_routes
         self.app.router.add_route("*", "/{tail:.*}", _not_found)
         self._shutdown_grace = shutdown_grace
+        self._ssl = ssl_context
         self._runner: web.AppRunner | None = None
         self.port = 0
 
@@ -39,7 +49,7 @@ class HttpServer:
         # where such lines belong).
         runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=self._shutdown_grace)
         await runner.setup()
-        site = web.TCPSite(runner, host.strip("[]"), int(port))
+        site = web.TCPSite(runner, host.strip("[]"), int(port), ssl_context=self._ssl)
         try:
             await site.start()
         except OSError:
@@ -53,6 +63,17 @@ class HttpServer:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+
+
+def server_ssl_context(cert_file: Path, key_file: Path, client_ca_file: Path | None) -> ssl.SSLContext:
+    """The gRPC port's TLS for the HTTP port: the same certificate, and with a client CA, client certificates
+    required (mTLS). Plain HTTP next to a TLS gRPC port would be a way around it."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert_file, key_file)
+    if client_ca_file is not None:
+        context.load_verify_locations(client_ca_file)
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
 
 
 async def _not_found(request: web.Request) -> web.Response:
