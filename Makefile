@@ -92,15 +92,17 @@ fmt: $(DEV_VENV)/.installed
 	$(DEV_VENV)/bin/ruff check --fix .
 	$(DEV_VENV)/bin/ruff format .
 
-# Three benchmarks into bench/results: the Predict hot path (embedded backends; waits up to 2 min for a quiet
+# Four benchmarks into bench/results: the Predict hot path (embedded backends; waits up to 2 min for a quiet
 # machine first; BENCH_ARGS=--quick for a smoke run into /tmp/tt-bench-quick), online training (train.json) and a
-# 1M-row batch job through PostgreSQL + RabbitMQ + tt-worker (jobs.json).
+# 1M-row batch job through PostgreSQL + RabbitMQ + tt-worker (jobs.json), and REST inference next to gRPC Predict
+# on one server at 128 in flight (rest.json).
 BENCH_ARGS ?= --wait-quiet 120
 bench: $(DEV_VENV)/.installed services
 	command -v h2load >/dev/null || (apt-get update && apt-get install -y nghttp2-client)
 	$(PY) -m bench $(BENCH_ARGS)
 	$(PY) -m bench.train > bench/results/train.json
 	$(PY) -m bench.jobs > bench/results/jobs.json
+	$(PY) -m bench.rest
 
 clean:
 	rm -rf $(VENV) $(DEV_VENV) $(CHECKOV_VENV) $(UV_VENV) var build .pytest_cache .mypy_cache .ruff_cache
