@@ -113,7 +113,7 @@ async def read_json(request: web.Request, what: str = "body") -> Any:
     raw = await request.read()
     try:
         return json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as e:
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
         raise InvalidArgument.field(what, f"not valid JSON: {e}") from None
 
 

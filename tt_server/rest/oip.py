@@ -62,7 +62,7 @@ def parse_infer(
         head, binary = body, memoryview(b"")
     try:
         request = _object(json.loads(head), "body")
-    except (ValueError, UnicodeDecodeError) as e:
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
         raise InvalidArgument.field("body", f"not valid JSON: {e}") from None
     inputs = request.get("inputs")
     if not isinstance(inputs, list):

@@ -92,7 +92,7 @@ class _Bundle:
 def _params(raw: bytes, field: str) -> dict[str, Any]:
     try:
         params = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as e:
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
         raise InvalidArgument.field(field, f"not valid JSON: {e}") from None
     if not isinstance(params, dict):
         raise InvalidArgument.field(field, "a JSON object is required")
