@@ -224,7 +224,7 @@ class Application:
         # Both transports drain at once: no new connections, in-flight calls get the grace period.
         await asyncio.gather(
             *([self._server.stop(grace)] if self._server is not None else []),
-            *([self._http.stop()] if self._http is not None else []),
+            *([self._http.stop(grace)] if self._http is not None else []),
         )
         for task in self._tasks:
             task.cancel()

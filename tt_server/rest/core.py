@@ -17,6 +17,7 @@ Metrics use the gRPC families (``tt_rpcs_total``, ``tt_rpc_duration_seconds``) w
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -147,6 +148,8 @@ class Front:
         self._limiter = limiter
         self._max_in_flight = max_in_flight
         self.in_flight = 0
+        self.idle = asyncio.Event()  # set while no request is in flight (the drain waits for it)
+        self.idle.set()
 
     def wrap(self, route: Route) -> Handler:
         label = f"HTTP {route.method} {route.path}"
@@ -163,6 +166,7 @@ class Front:
             rid = request_id_for(request.headers.get(REQUEST_ID_KEY))
             request_id.set(rid)
             self.in_flight += 1
+            self.idle.clear()
             try:
                 caller = None
                 if auth is not None:
@@ -179,6 +183,8 @@ class Front:
                 return response
             finally:
                 self.in_flight -= 1
+                if not self.in_flight:
+                    self.idle.set()
             if not response.prepared:  # a streamed response sent its headers already
                 response.headers[REQUEST_ID_KEY] = rid
             ok.inc()

@@ -7,6 +7,8 @@ after the drain delay, like the gRPC server's.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import ssl
 from pathlib import Path
@@ -39,6 +41,7 @@ class HttpServer:
         self.routes = all_routes
         self.app.router.add_route("*", "/{tail:.*}", _not_found)
         self._shutdown_grace = shutdown_grace
+        self._front = front
         self._ssl = ssl_context
         self._runner: web.AppRunner | None = None
         self.port = 0
@@ -59,10 +62,24 @@ class HttpServer:
         self.port = runner.addresses[0][1]  # the bound port, for port 0
         return self.port
 
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop taking connections, give requests in flight ``grace`` seconds, then close every connection.
+
+        aiohttp's own shutdown ignores the rest of a request body still arriving once it starts (a streamed
+        upload would hang until the timeout and fail), so requests in flight are waited for first.
+        """
+        if self._runner is None:
+            return
+        grace = self._shutdown_grace if grace is None else grace
+        for site in list(self._runner.sites):
+            await site.stop()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._front.idle.wait(), grace)
+        self._runner._shutdown_timeout = max(deadline - loop.time(), 0.0)  # what is left of the grace period
+        await self._runner.cleanup()
+        self._runner = None
 
 
 def server_ssl_context(cert_file: Path, key_file: Path, client_ca_file: Path | None) -> ssl.SSLContext:

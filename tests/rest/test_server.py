@@ -1,0 +1,63 @@
+"""The HTTP front's lifecycle and limits: in-flight bound, graceful drain, metrics, request ids."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+
+from tests.compat.helpers import Served
+from tests.serving import server_settings
+from tt_server import metrics
+from tt_server.app import Application
+
+
+async def _slow_body(data: bytes, release: asyncio.Event) -> AsyncIterator[bytes]:
+    yield data[: len(data) // 2]
+    await release.wait()
+    yield data[len(data) // 2 :]
+
+
+async def test_in_flight_bound_and_graceful_drain(tmp_path: Path, compat_model_files) -> None:
+    application = Application(
+        server_settings(tmp_path, http_address="127.0.0.1:0", max_concurrent_rpcs=1, drain_delay_seconds=0.3)
+    )
+    await application.start()
+    artifact = compat_model_files["mlp_v1"].read_bytes()
+    release = asyncio.Event()
+    async with aiohttp.ClientSession(application.http_url) as http:
+        upload = asyncio.ensure_future(http.post("/api/v1/models/slow/versions", data=_slow_body(artifact, release)))
+        for _ in range(100):  # until the upload is being served
+            await asyncio.sleep(0.02)
+            async with http.get("/api/v1/models") as response:
+                if response.status == 429:
+                    body = await response.json()
+                    break
+        assert body["code"] == "RESOURCE_EXHAUSTED"
+        # Stop while the upload is still in flight: it finishes within the grace period.
+        stopping = asyncio.ensure_future(application.stop(grace=5.0))
+        await asyncio.sleep(0.5)  # past the drain delay: the port is closed, the upload goes on
+        release.set()
+        response = await upload
+        assert response.status == 200, await response.text()
+        assert (await response.json())["version"]["version"] == "1"
+        response.release()
+        await stopping
+
+
+async def test_metrics_and_request_ids(http: aiohttp.ClientSession, served: Served) -> None:
+    ok = metrics.RPCS.labels("HTTP GET /v2/models/{model}", "OK")
+    missing = metrics.RPCS.labels("HTTP GET /v2/models/{model}", "NOT_FOUND")
+    before_ok, before_missing = ok._value.get(), missing._value.get()
+    async with http.get(f"/v2/models/{served.mlp}", headers={"X-Request-Id": "bad id;<x>"}) as response:
+        assert response.status == 200
+        assert response.headers["X-Request-Id"] == "bad_id__x_"  # made safe, as on gRPC
+    async with http.get("/v2/models/no-such-model") as response:
+        rid = response.headers["X-Request-Id"]
+        assert rid and (await response.json())["request_id"] == rid
+    assert ok._value.get() == before_ok + 1
+    assert missing._value.get() == before_missing + 1
+    async with http.get("/no/such/route") as response:
+        assert response.status == 404 and (await response.json())["code"] == "NOT_FOUND"
