@@ -21,6 +21,7 @@ from tests.serving import server_settings
 from tt_server.app import Application
 
 READER, WRITER, ADMIN = "r-secret-123", "w-secret-456", "a-secret-789"
+BIG = 300 * 1024  # over the server's 256 KiB TT_MAX_MESSAGE_BYTES
 
 
 class Grpc:
@@ -58,6 +59,11 @@ class Grpc:
         request.inputs.add(name="x", datatype="FP32", shape=[1]).contents.fp32_contents.append(1.0)
         return await self._code(lambda md: self._oip.ModelInfer(request, metadata=md), token)
 
+    async def too_big(self, token: str | None) -> str:
+        request = oip.ModelInferRequest(model_name="m", raw_input_contents=[b"\0" * BIG])
+        request.inputs.add(name="x", datatype="FP32", shape=[BIG // 4])
+        return await self._code(lambda md: self._oip.ModelInfer(request, metadata=md), token)
+
 
 class Http:
     def __init__(self, session: aiohttp.ClientSession) -> None:
@@ -88,6 +94,10 @@ class Http:
         body = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [1.0]}]}
         return await self._code("POST", "/v2/models/no-such-model/infer", token, json=body)
 
+    async def too_big(self, token: str | None) -> str:
+        body = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [BIG], "data": [0] * BIG}]}
+        return await self._code("POST", "/v2/models/m/infer", token, json=body)
+
 
 @pytest.fixture(scope="module")
 async def secured(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Application]:
@@ -100,6 +110,7 @@ async def secured(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[App
             auth_tokens_file=folder / "tokens",
             rate_limit_per_second=0.5,
             rate_limit_burst=1000,  # the rate limit test below uses its own server
+            max_message_bytes=256 * 1024,
         )
     )
     await application.start()
@@ -131,6 +142,7 @@ SCENARIOS = [
     ("health", None, "OK"),  # health is public by default
     ("infer", None, "UNAUTHENTICATED"),
     ("infer", READER, "NOT_FOUND"),
+    ("too_big", READER, "RESOURCE_EXHAUSTED"),  # gRPC: message size; HTTP: 413 for the body
 ]
 
 

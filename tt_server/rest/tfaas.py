@@ -49,6 +49,7 @@ _PREDICT = "/tensortrigger.v1.InferenceService/Predict"
 _GZIP_MAGIC = b"\x1f\x8b"
 MAX_SMALL_PART = 1 << 20  # params.json, labels.txt and form fields: text files, never large
 TOP_CLASSES = 5  # TFaaS's /image answers its five best labels
+MAX_FORM_PARTS = 16  # TFaaS's forms have 2-5 fields; more is abuse, refused before it costs anything
 # Where the TFaaS view of a version (file names, options) is kept: version metadata, shown by GetModelVersion.
 META_MODEL, META_LABELS, META_OPTIONS = "tfaas.model", "tfaas.labels", "tfaas.options"
 
@@ -261,7 +262,9 @@ class TfaasRoutes:
         filenames: dict[str, str] = {}
         artifact = work / "model"
         seen_model = False
+        parts = 0
         while (part := await reader.next()) is not None:
+            parts = _count_part(parts)
             if not isinstance(part, BodyPartReader) or not part.name:
                 continue
             filenames[part.name] = posixpath.basename(part.filename or "")
@@ -357,7 +360,9 @@ class TfaasRoutes:
         reader = await request.multipart()
         fields: dict[str, bytes] = {}
         filename = "input"
+        parts = 0
         while (part := await reader.next()) is not None:
+            parts = _count_part(parts)
             if not isinstance(part, BodyPartReader) or part.name not in ("image", "model"):
                 continue
             limit = self._settings.max_message_bytes if part.name == "image" else MAX_SMALL_PART
@@ -375,6 +380,12 @@ class TfaasRoutes:
         )
         [row] = result.classifications or [()]
         return json_response({"filename": filename, "labels": [{"label": c.name, "probability": c.score} for c in row]})
+
+
+def _count_part(seen: int) -> int:
+    if seen >= MAX_FORM_PARTS:
+        raise InvalidArgument.field("body", f"the form has more than {MAX_FORM_PARTS} fields")
+    return seen + 1
 
 
 async def _part_chunks(part: BodyPartReader) -> AsyncIterator[bytes]:
