@@ -7,7 +7,7 @@ the same form (``predictions`` / ``outputs``); strings may be ``{"b64": "..."}``
 ``examples`` (plus a shared ``context``) of named features: a version uploaded with feature names reads each
 example's features in that order as one row of its input, others take features named after their inputs. It
 answers every class, best first, as ``[name, score]`` pairs. ``:regress`` needs a regression signature, which no
-version has: FAILED_PRECONDITION-like UNIMPLEMENTED, as over gRPC.
+version has: UNIMPLEMENTED (501) after the model is found, as over gRPC.
 """
 
 from __future__ import annotations
