@@ -27,6 +27,8 @@ async def test_openapi_lists_every_route_with_its_grpc_method(app: Application, 
     served = {(r.method.lower(), r.resource.canonical) for r in app._http.app.router.routes() if r.resource}  # type: ignore[union-attr]
     documented = {(method, path) for path, ops in paths.items() for method in ops}
     assert documented == {(m, p) for m, p in served if p != "/{tail}"}
+    infer = paths["/v2/models/{model}/infer"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert infer["required"] == ["inputs"]
     operation_ids = [op["operationId"] for ops in paths.values() for op in ops.values()]
     assert len(operation_ids) == len(set(operation_ids))
 

@@ -21,7 +21,7 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -74,7 +74,7 @@ class Route:
     body: str | None = None  # request body media type, for the OpenAPI document
     query: tuple[str, ...] = ()  # query parameters, for the OpenAPI document
     response: str = "application/json"
-    extra: dict[str, Any] = field(default_factory=dict)
+    schema: dict[str, Any] | None = None  # JSON Schema of the request body, for the OpenAPI document
 
 
 class HttpError(Exception):

@@ -136,7 +136,8 @@ class NativeRoutes:
             ),
             Route("GET", lbl, self.get_version, _REGISTRY + "GetModelVersion", r, "The version a label points at."),
             Route("PUT", lbl, self.set_label, _REGISTRY + "SetLabel", r, 'Point a label: {"version": N}.',
-                  body="application/json"),
+                  body="application/json",
+                  schema={"type": "object", "required": ["version"], "properties": {"version": {"type": "integer"}}}),
             Route("DELETE", lbl, self.delete_label, _REGISTRY + "DeleteLabel", r, "Delete a label."),
             Route(
                 "POST", "/api/v1/jobs", self.create_job, _JOBS + "CreateJob", j,

@@ -37,6 +37,36 @@ from tt_server.types import DType, TensorSpec, WireTensor
 HEADER_LENGTH = "Inference-Header-Content-Length"
 _SERVICE = "/inference.GRPCInferenceService/"
 EXTENSIONS = ["binary_tensor_data"]
+_TENSOR = {
+    "type": "object",
+    "required": ["name", "shape", "datatype"],
+    "properties": {
+        "name": {"type": "string"},
+        "shape": {"type": "array", "items": {"type": "integer"}},
+        "datatype": {"enum": list(DTYPE_FROM_OIP)},
+        "data": {"description": "flat or nested, row-major"},
+        "parameters": {"type": "object", "properties": {"binary_data_size": {"type": "integer"}}},
+    },
+}
+INFER_SCHEMA = {
+    "type": "object",
+    "required": ["inputs"],
+    "properties": {
+        "id": {"type": "string"},
+        "inputs": {"type": "array", "items": _TENSOR},
+        "outputs": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "name": {"type": "string"},
+                    "parameters": {"type": "object", "properties": {"binary_data": {"type": "boolean"}}},
+                },
+            },
+        },
+        "parameters": {"type": "object", "properties": {"binary_data_output": {"type": "boolean"}}},
+    },
+}
 
 
 def _spec(spec: TensorSpec) -> dict[str, Any]:
@@ -169,7 +199,7 @@ class OpenInferenceRoutes:
                     tag,
                     "Inference: JSON tensors, or binary tensor data after a JSON header.",
                     body="application/json",
-                    response="application/json",
+                    schema=INFER_SCHEMA,
                 ),
             ]
         return routes

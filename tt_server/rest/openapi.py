@@ -40,7 +40,8 @@ def openapi_document(routes: list[Route]) -> dict[str, Any]:
             },
         }
         if route.body is not None:
-            operation["requestBody"] = {"required": True, "content": {route.body: {}}}
+            media = {"schema": route.schema} if route.schema else {}
+            operation["requestBody"] = {"required": True, "content": {route.body: media}}
         paths.setdefault(path, {})[route.method.lower()] = operation
     return {
         "openapi": "3.1.0",

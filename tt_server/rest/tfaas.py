@@ -54,6 +54,17 @@ MAX_FORM_PARTS = 16  # TFaaS's forms have 2-5 fields; more is abuse, refused bef
 META_MODEL, META_LABELS, META_OPTIONS = "tfaas.model", "tfaas.labels", "tfaas.options"
 
 
+ROW_SCHEMA = {
+    "type": "object",
+    "required": ["values", "model"],
+    "properties": {
+        "keys": {"type": "array", "items": {"type": "string"}},
+        "values": {"type": "array", "items": {"type": "number"}},
+        "model": {"type": "string"},
+    },
+}
+
+
 def _tfaas_messages() -> tuple[type, type]:
     """TFaaS's ``tfaaspb.Row`` and ``tfaaspb.Predictions`` (its tfaas.proto), built from a descriptor here."""
     f = descriptor_pb2.FileDescriptorProto(name="tensortrigger/tfaaspb.proto", package="tfaaspb", syntax="proto3")
@@ -167,7 +178,14 @@ class TfaasRoutes:
         for prefix in ("", "/predict"):
             routes += [
                 Route(
-                    "POST", prefix + "/json", self.json, _PREDICT, tag, "One row of values.", body="application/json"
+                    "POST",
+                    prefix + "/json",
+                    self.json,
+                    _PREDICT,
+                    tag,
+                    "One row of values.",
+                    body="application/json",
+                    schema=ROW_SCHEMA,
                 ),
                 Route(
                     "POST",

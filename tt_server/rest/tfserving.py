@@ -38,6 +38,23 @@ from tt_server.types import ClassifyRequest, ModelRef, ModelVersion, WireTensor
 _PREDICTION = "/tensorflow.serving.PredictionService/"
 CLASSIFY_METHOD_NAME = "tensorflow/serving/classify"  # TF Serving's default classify signature key
 _MODEL = "/tensorflow.serving.ModelService/GetModelStatus"
+PREDICT_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "signature_name": {"type": "string"},
+        "instances": {"type": "array", "description": "row form: one value, or one object of named inputs, per row"},
+        "inputs": {"description": "columnar form: one value, or an object of named values"},
+    },
+}
+CLASSIFY_SCHEMA = {
+    "type": "object",
+    "required": ["examples"],
+    "properties": {
+        "signature_name": {"type": "string"},
+        "context": {"type": "object", "description": "features every example shares"},
+        "examples": {"type": "array", "items": {"type": "object"}},
+    },
+}
 _SELECTORS = ("/v1/models/{model}", "/v1/models/{model}/versions/{version}", "/v1/models/{model}/labels/{label}")
 
 
@@ -116,6 +133,7 @@ class TfServingRoutes:
                     tag,
                     "Predict: row (instances) or columnar (inputs) form.",
                     body="application/json",
+                    schema=PREDICT_SCHEMA,
                 ),
                 Route(
                     "POST",
@@ -125,6 +143,7 @@ class TfServingRoutes:
                     tag,
                     "Classify examples (models uploaded with class names).",
                     body="application/json",
+                    schema=CLASSIFY_SCHEMA,
                 ),
                 Route(
                     "POST",
