@@ -176,6 +176,9 @@ class Front:
                 if self._max_in_flight is not None and self.in_flight > self._max_in_flight:
                     raise ResourceExhausted("too many requests in progress; retry later")
                 response = await handler(request)
+            except asyncio.CancelledError:  # the client went away (or the drain's grace ran out)
+                metrics.RPCS.labels(label, "CANCELLED").inc()
+                raise
             except Exception as exc:
                 response, code = self._failure(exc, rpc, rid)
                 metrics.RPCS.labels(label, code.name).inc()
