@@ -124,3 +124,27 @@ async def test_image(app: Application, registry_stub, tmp_path: Path) -> None:
     (tmp_path / "bad.png").write_bytes(b"\x89PNG not really")
     status, body = await curl(f"{app.http_url}/image", "-F", f"image=@{tmp_path}/bad.png", "-F", f"model={name}")
     assert status == 400 and body["field_violations"]
+
+
+async def test_bundle_of_a_frozen_graph_with_params_and_labels(app: Application, files, tmp_path: Path) -> None:
+    model, folder = files
+    name = unique_name("fg")
+    bundle = tmp_path / name
+    bundle.mkdir()
+    (bundle / "model.pb").write_bytes((folder / "model.pb").read_bytes())
+    (bundle / "labels.txt").write_text("background\nsignal\n")
+    params = {"model": "model.pb", "labels": "labels.txt", "inputNode": models.FROZEN_INPUT,
+              "outputNode": models.FROZEN_OUTPUT, "description": "bundled"}  # fmt: skip
+    (bundle / "params.json").write_text(json.dumps(params))
+    archive = tmp_path / "models.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(bundle, arcname=name)
+    status, body = await curl("-X", "POST", "-H", "content-type: application/octet-stream",
+                              "--data-binary", f"@{archive}", f"{app.http_url}/upload")  # fmt: skip
+    assert (status, body["name"]) == (200, name), body
+    status, listed = await curl(f"{app.http_url}/models")
+    [entry] = [e for e in listed if e["name"] == name]
+    assert (entry["model"], entry["inputNode"], entry["description"]) == ("model.pb", models.FROZEN_INPUT, "bundled")
+    row = json.dumps({"values": ROW, "model": name})
+    status, answer = await curl("-H", "Content-type: application/json", "-d", row, f"{app.http_url}/json")
+    assert answer == [pytest.approx(expected_score(model), abs=1e-6)]
