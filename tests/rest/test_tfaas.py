@@ -132,8 +132,8 @@ async def test_bundle_of_a_frozen_graph_with_params_and_labels(app: Application,
     bundle = tmp_path / name
     bundle.mkdir()
     (bundle / "model.pb").write_bytes((folder / "model.pb").read_bytes())
-    (bundle / "labels.txt").write_text("background\nsignal\n")
-    params = {"model": "model.pb", "labels": "labels.txt", "inputNode": models.FROZEN_INPUT,
+    (bundle / "classes.txt").write_text("background\nsignal\n")
+    params = {"model": "model.pb", "labels": "classes.txt", "inputNode": models.FROZEN_INPUT,
               "outputNode": models.FROZEN_OUTPUT, "description": "bundled"}  # fmt: skip
     (bundle / "params.json").write_text(json.dumps(params))
     archive = tmp_path / "models.tar.gz"
@@ -144,7 +144,12 @@ async def test_bundle_of_a_frozen_graph_with_params_and_labels(app: Application,
     assert (status, body["name"]) == (200, name), body
     status, listed = await curl(f"{app.http_url}/models")
     [entry] = [e for e in listed if e["name"] == name]
-    assert (entry["model"], entry["inputNode"], entry["description"]) == ("model.pb", models.FROZEN_INPUT, "bundled")
+    assert (entry["model"], entry["labels"], entry["inputNode"], entry["description"]) == (
+        "model.pb",
+        "classes.txt",
+        models.FROZEN_INPUT,
+        "bundled",
+    )
     row = json.dumps({"values": ROW, "model": name})
     status, answer = await curl("-H", "Content-type: application/json", "-d", row, f"{app.http_url}/json")
     assert answer == [pytest.approx(expected_score(model), abs=1e-6)]

@@ -97,6 +97,7 @@ class _Bundle:
 
     name: str
     params: dict[str, Any]
+    labels_file: str  # "" when the bundle has none
     labels_text: str
     frozen_graph: Path | None  # set when the directory holds a .pb named by params.json, not a SavedModel
 
@@ -225,7 +226,7 @@ class TfaasRoutes:
                         "name": v.model_name,
                         "model": v.metadata.get(META_MODEL) or f"{v.model_name}:{v.version} ({v.format.value})",
                         "labels": v.metadata.get(META_LABELS, ""),
-                        "options": json.loads(v.metadata.get(META_OPTIONS, "null")),
+                        "options": _options(v.metadata.get(META_OPTIONS)),
                         "inputNode": ",".join(nodes.inputs if nodes else [s.name for s in v.signature.inputs]),
                         "outputNode": ",".join(nodes.outputs if nodes else [s.name for s in v.signature.outputs]),
                         "description": v.description,
@@ -311,7 +312,8 @@ class TfaasRoutes:
         params = bundle.params
         named = params.get("name")
         name = named if isinstance(named, str) and named else bundle.name
-        spec = _spec(name, params, bundle.labels_text, bundle.frozen_graph.name if bundle.frozen_graph else "", "")
+        model_file = bundle.frozen_graph.name if bundle.frozen_graph else ""
+        spec = _spec(name, params, bundle.labels_text, model_file, bundle.labels_file)
         if bundle.frozen_graph is not None:
             return spec, bundle.frozen_graph
         saved_model = UploadSpec(
@@ -400,6 +402,14 @@ class TfaasRoutes:
         return json_response({"filename": filename, "labels": [{"label": c.name, "probability": c.score} for c in row]})
 
 
+def _options(stored: str | None) -> Any:
+    """TFaaS's options as stored at upload (JSON); null when absent or not ours (metadata is free-form)."""
+    try:
+        return json.loads(stored) if stored else None
+    except ValueError:
+        return None
+
+
 def _count_part(seen: int) -> int:
     if seen >= MAX_FORM_PARTS:
         raise InvalidArgument.field("body", f"the form has more than {MAX_FORM_PARTS} fields")
@@ -451,7 +461,9 @@ def _read_bundle(archive: Path, work: Path) -> _Bundle:
                 top.add(path.split("/", 1)[0])
                 names.append(path)
                 base = posixpath.basename(path)
-                if member.isfile() and base in ("params.json", "labels.txt") and member.size <= MAX_SMALL_PART:
+                # params.json and the labels file, directly in the model's directory
+                small_text = path.count("/") == 1 and (base == "params.json" or base.endswith(".txt"))
+                if member.isfile() and small_text and member.size <= MAX_SMALL_PART and len(small) < MAX_FORM_PARTS:
                     f = tar.extractfile(member)
                     if f is not None:
                         small[base] = f.read()
@@ -461,9 +473,10 @@ def _read_bundle(archive: Path, work: Path) -> _Bundle:
         raise InvalidArgument.field("body", "the bundle must hold one directory, named after the model")
     [name] = top
     params = _params(small["params.json"], "params.json") if "params.json" in small else {}
-    labels = small.get("labels.txt", b"")
-    if isinstance(params.get("labels"), str) and posixpath.basename(params["labels"]) != "labels.txt":
-        labels = b""  # named otherwise: read below with the model file
+    named = params.get("labels")
+    labels_file = posixpath.basename(named) if isinstance(named, str) and named else "labels.txt"
+    if labels_file not in small:
+        labels_file = ""
     frozen: Path | None = None
     if f"{name}/saved_model.pb" not in names:
         model_file = params.get("model")
@@ -480,7 +493,7 @@ def _read_bundle(archive: Path, work: Path) -> _Bundle:
             with source, frozen.open("wb") as out:
                 while chunk := source.read(1 << 20):
                     out.write(chunk)
-    return _Bundle(name, params, _text(labels, "labels.txt"), frozen)
+    return _Bundle(name, params, labels_file, _text(small.get(labels_file, b""), labels_file or "labels"), frozen)
 
 
 def _member_name(tar: tarfile.TarFile, path: str) -> str:
