@@ -83,3 +83,20 @@ async def test_junk_bodies_never_get_a_5xx(app: Application, http: aiohttp.Clien
                 ok = response.status == expected or 400 <= response.status < 500
                 assert ok, (route.path, junk[:40], response.status, await response.text())
                 assert (await response.json())["error"]
+
+
+async def test_a_taken_http_port_is_a_clear_start_up_error(tmp_path: Path) -> None:
+    import socket
+
+    import pytest
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        application = Application(server_settings(tmp_path, http_address=f"127.0.0.1:{port}"))
+        try:
+            with pytest.raises(RuntimeError, match=rf"cannot listen on 127.0.0.1:{port} \(TT_HTTP_ADDRESS\)"):
+                await application.start()
+        finally:
+            await application.stop(grace=0.5)

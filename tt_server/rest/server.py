@@ -55,9 +55,9 @@ class HttpServer:
         site = web.TCPSite(runner, host.strip("[]"), int(port), ssl_context=self._ssl)
         try:
             await site.start()
-        except OSError:
+        except OSError as e:
             await runner.cleanup()
-            raise
+            raise RuntimeError(f"cannot listen on {address} (TT_HTTP_ADDRESS): {e.strerror or e}") from e
         self._runner = runner
         self.port = runner.addresses[0][1]  # the bound port, for port 0
         return self.port
