@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
+import pytest
 
 from tests.compat.helpers import Served
 from tests.serving import server_settings
@@ -86,10 +88,6 @@ async def test_junk_bodies_never_get_a_5xx(app: Application, http: aiohttp.Clien
 
 
 async def test_a_taken_http_port_is_a_clear_start_up_error(tmp_path: Path) -> None:
-    import socket
-
-    import pytest
-
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
