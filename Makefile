@@ -56,18 +56,22 @@ lock: $(UV)
 	cd requirements && ../$(UV) pip compile --quiet --generate-hashes --python-version 3.11 $(LOCK_ARGS) checkov.in -o checkov.txt
 	cd requirements && ../$(UV) pip compile --quiet --generate-hashes --universal --python-version 3.11 $(LOCK_ARGS) uv.in -o uv.txt
 
+# The HTTP/JSON front is on by default here (TT_HTTP_ADDRESS= turns it off); tt-server alone serves gRPC only.
 run: $(VENV)/.installed
-	$(VENV)/bin/tt-server $(ARGS)
+	TT_HTTP_ADDRESS=$${TT_HTTP_ADDRESS-127.0.0.1:8501} $(VENV)/bin/tt-server $(ARGS)
 
 services:
 	bash scripts/ensure-services.sh
 
-# Debian tools some tests drive (make stubs needs protoc and the gRPC plugins; the docs examples use jq);
-# installed when missing.
+# Debian tools some tests drive, installed when missing (one apt-get for all): make stubs needs protoc and the gRPC
+# plugins; the docs examples use jq; tests/rest renders the HTTP front's /docs page in headless Chromium.
+TEST_TOOLS := jq=jq chromium=chromium
 tools:
-	@for tool in $(STUBS_TOOLS); do command -v $$tool >/dev/null || { \
-	  echo "installing $(STUBS_INSTALL_PKGS)"; apt-get update -qq && apt-get install -y -qq $(STUBS_INSTALL_PKGS) >/dev/null; break; }; done
-	@command -v jq >/dev/null || { echo "installing jq"; apt-get update -qq && apt-get install -y -qq jq >/dev/null; }
+	@missing=""; \
+	for tool in $(STUBS_TOOLS); do command -v $$tool >/dev/null || { missing="$(STUBS_INSTALL_PKGS)"; break; }; done; \
+	for pair in $(TEST_TOOLS); do command -v $${pair%%=*} >/dev/null || missing="$$missing $${pair#*=}"; done; \
+	if [ -n "$$missing" ]; then echo "installing$$missing"; apt-get update -qq && \
+	  apt-get install -y -qq -o DPkg::Lock::Timeout=600 $$missing >/dev/null; fi
 
 test: $(DEV_VENV)/.installed $(CHECKOV_VENV)/.installed services tools
 	$(DEV_VENV)/bin/pytest -q $(PYTEST_ARGS)
@@ -90,15 +94,17 @@ fmt: $(DEV_VENV)/.installed
 	$(DEV_VENV)/bin/ruff check --fix .
 	$(DEV_VENV)/bin/ruff format .
 
-# Three benchmarks into bench/results: the Predict hot path (embedded backends; waits up to 2 min for a quiet
+# Four benchmarks into bench/results: the Predict hot path (embedded backends; waits up to 2 min for a quiet
 # machine first; BENCH_ARGS=--quick for a smoke run into /tmp/tt-bench-quick), online training (train.json) and a
-# 1M-row batch job through PostgreSQL + RabbitMQ + tt-worker (jobs.json).
+# 1M-row batch job through PostgreSQL + RabbitMQ + tt-worker (jobs.json), and REST inference next to gRPC Predict
+# on one server at 128 in flight (rest.json).
 BENCH_ARGS ?= --wait-quiet 120
 bench: $(DEV_VENV)/.installed services
 	command -v h2load >/dev/null || (apt-get update && apt-get install -y nghttp2-client)
 	$(PY) -m bench $(BENCH_ARGS)
 	$(PY) -m bench.train > bench/results/train.json
 	$(PY) -m bench.jobs > bench/results/jobs.json
+	$(PY) -m bench.rest
 
 clean:
 	rm -rf $(VENV) $(DEV_VENV) $(CHECKOV_VENV) $(UV_VENV) var build .pytest_cache .mypy_cache .ruff_cache

@@ -40,6 +40,7 @@ from tt_server.events import EventBus, LocalEventBus
 from tt_server.jobs.service import JobsService
 from tt_server.jobs.worker import EmbeddedWorker
 from tt_server.registry.service import Registry
+from tt_server.rest import HttpServer, build_http_server
 from tt_server.runtime.manager import ModelManager
 from tt_server.runtime.service import InferenceService
 from tt_server.storage.amqp_events import AmqpEventBus
@@ -68,6 +69,8 @@ class Application:
         self._stopping = False
         self._metrics_server: WSGIServer | None = None
         self._tracing: Tracing | None = None
+        self._http: HttpServer | None = None
+        self.http_port: int = 0
 
     async def start(self) -> None:
         """Open the stores, build the domain, listen and serve. On failure (a busy port, a database that cannot be
@@ -219,11 +222,17 @@ class Application:
             await self.embedded_worker.start()
         if s.metrics_address:
             self._metrics_server, _ = metrics.serve(s.metrics_address)
+        if s.http_address:
+            self._http = build_http_server(
+                s, self.inference, self.registry, self.jobs, auth, limiter, is_ready=lambda: not self._stopping
+            )
+            self.http_port = await self._http.start(s.http_address)
         log.info(
             "server started",
             extra={
                 "address": s.grpc_address,
                 "port": self.port,
+                "http_port": self.http_port or None,
                 "database": "postgresql" if s.database_url else "sqlite",
                 "blobs": "s3" if s.s3_bucket else "local",
                 "startup_seconds": round(time.perf_counter() - started, 3),
@@ -234,6 +243,13 @@ class Application:
     def address(self) -> str:
         host = self.settings.grpc_address.rsplit(":", 1)[0]
         return f"{host}:{self.port}"
+
+    @property
+    def http_url(self) -> str:
+        """``http(s)://host:port`` of the HTTP front (TT_HTTP_ADDRESS must be set)."""
+        host = self.settings.http_address.rsplit(":", 1)[0]
+        scheme = "https" if self.settings.tls_cert_file else "http"
+        return f"{scheme}://{host}:{self.http_port}"
 
     async def wait(self) -> None:
         await self._stopped.wait()
@@ -252,8 +268,11 @@ class Application:
         # Training streams end first, while the server can still tell their clients UNAVAILABLE: each
         # checkpoints as its on_abort says and releases its lease.
         await self.training.close()
-        if self._server is not None:
-            await self._server.stop(grace)
+        # Both transports drain at once: no new connections, in-flight calls get the grace period.
+        await asyncio.gather(
+            *([self._server.stop(grace)] if self._server is not None else []),
+            *([self._http.stop(grace)] if self._http is not None else []),
+        )
         for task in self._tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -23,7 +23,15 @@ class Settings(BaseSettings):
 
     # --- network -------------------------------------------------------------------------------------------
     grpc_address: str = Field("127.0.0.1:50051", description="host:port the gRPC server listens on.")
-    max_message_bytes: int = Field(64 * MiB, description="Largest gRPC message accepted or sent.")
+    http_address: str = Field(
+        "",
+        description="host:port of the HTTP/JSON front (Open Inference Protocol REST, TF Serving REST, TFaaS routes, "
+        "registry and jobs JSON, /openapi.json, /docs), served on the gRPC server's event loop with the same auth, "
+        "limits and errors; empty = off (`make run` serves it on 127.0.0.1:8501).",
+    )
+    max_message_bytes: int = Field(
+        64 * MiB, description="Largest gRPC message accepted or sent; also the largest HTTP body read whole (JSON)."
+    )
     max_concurrent_rpcs: int | None = Field(
         None, description="Calls in progress at once; more get RESOURCE_EXHAUSTED. None = unbounded."
     )

@@ -80,7 +80,11 @@ class AccessLog:
 
 def _request_id(metadata: Sequence[tuple[str, str | bytes]] | None) -> str:
     """The client's ``x-request-id`` made safe and bounded, else a fresh one."""
-    sent = _metadata_value(metadata, REQUEST_ID_KEY)
+    return request_id_for(_metadata_value(metadata, REQUEST_ID_KEY))
+
+
+def request_id_for(sent: str | None) -> str:
+    """``sent`` (a client's id, from metadata or an HTTP header) made safe and bounded, else a fresh id."""
     if sent is not None:
         safe = _UNSAFE_ID_CHARS.sub("_", sent[:MAX_REQUEST_ID_LENGTH])
         if safe.strip("_"):
