@@ -88,6 +88,7 @@ class Application:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         steps = (
+            ("_http", lambda http: http.stop(0)),
             ("_server", lambda server: server.stop(0)),
             ("embedded_worker", lambda worker: worker.stop(0) if worker is not None else None),
             ("broker", lambda broker: broker.close()),
@@ -110,6 +111,7 @@ class Application:
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
             self._metrics_server.server_close()
+        self._stopped.set()  # a later stop() (or wait()) returns at once
 
     async def _start(self) -> None:
         started = time.perf_counter()

@@ -308,10 +308,10 @@ class Settings(BaseSettings):
     def _level_upper(cls, value: Any) -> Any:
         return value.upper() if isinstance(value, str) else value
 
-    @field_validator("grpc_address", "metrics_address")
+    @field_validator("grpc_address", "metrics_address", "http_address")
     @classmethod
     def _host_port(cls, value: str, info: ValidationInfo) -> str:
-        if not value and info.field_name == "metrics_address":
+        if not value and info.field_name != "grpc_address":  # empty: that server is off
             return value
         match = _HOST_PORT.fullmatch(value)
         if match is None or int(match["port"]) > 65535:

@@ -82,7 +82,9 @@ def main(argv: list[str] | None = None) -> None:
     settings, _ = parse_settings("tt-server", DESCRIPTION, SERVER_FLAGS, argv)
     configure_process_logging(settings.log_level, settings.log_json, settings.log_repeat_interval_seconds)
     try:
-        check_port_free(settings.grpc_address)
+        for address in (settings.grpc_address, settings.http_address):
+            if address:
+                check_port_free(address)
     except StartupError as e:
         log.error("start-up failed: %s", e)
         sys.exit(1)
