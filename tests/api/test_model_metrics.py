@@ -180,6 +180,32 @@ async def test_failures_by_status_and_the_overflow_bucket(
     assert moved("tt_model_request_duration_seconds_count", model=metrics.OTHER_MODEL, version="") == 40
 
 
+async def test_names_of_models_not_loaded_are_capped(
+    server: tuple[Application, int], channel: grpc.aio.Channel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Failures other than NOT_FOUND for models with no loaded version get their own series (version "") up to
+    the cap; past it they go to the overflow bucket."""
+    port = server[1]
+    native = inference_service_pb2_grpc.InferenceServiceStub(channel)
+    monkeypatch.setattr(metrics, "MAX_UNLOADED_MODELS", len(metrics._unloaded_names) + 2)
+    names = [f"capped-{i}-{uuid.uuid4().hex[:6]}" for i in range(5)]
+    before = await scrape(port)
+    for name in names:
+        malformed = inference_service_pb2.PredictRequest(
+            model=model_pb2.ModelRef(name=name),
+            inputs={"x": tensor_pb2.Tensor(shape=[1])},  # no dtype
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await native.Predict(malformed)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    after = await scrape(port)
+    for name in names[:2]:
+        assert after.value("tt_model_requests_total", model=name, version="", status="INVALID_ARGUMENT") == 1
+    assert not after.label_values("model") & set(names[2:])
+    other = {"model": metrics.OTHER_MODEL, "version": "", "status": "INVALID_ARGUMENT"}
+    assert after.value("tt_model_requests_total", **other) - before.value("tt_model_requests_total", **other) == 3
+
+
 async def test_timing_trailer_on_request(channel: grpc.aio.Channel, model: str) -> None:
     native = inference_service_pb2_grpc.InferenceServiceStub(channel)
     call = native.Predict(_native(model, 3), metadata=(("x-tt-timing", "1"),))

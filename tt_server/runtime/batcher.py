@@ -216,11 +216,11 @@ class DynamicBatcher:
             if item.observation is not None:
                 item.observation.queue = max(0.0, started - item.queued_at)
                 item.observation.compute = seconds
-        series.calls.inc()
+        series.calls += 1
         series.call.observe(seconds)
         series.batch_rows.observe(rows)
         series.batch_requests.observe(len(batch))
-        series.queue_rows.set(self._queued_rows)
+        series.queue_rows = self._queued_rows
 
     def _run_merged(self, parts: list[Arrays]) -> tuple[Arrays, float, float]:
         """On the inference thread: concatenate (off the event loop: it copies), run. Returns the outputs, when

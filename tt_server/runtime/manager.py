@@ -331,7 +331,7 @@ class ModelManager:
     def _insert(self, key: VersionKey, handle: ServableHandle) -> None:
         self._loaded[key] = handle
         metrics.MODELS_LOADED.inc()
-        metrics.MODEL_LOADED.labels(*handle.series.labels).set(1)
+        handle.series.loaded = True
         self._loaded_bytes += handle.servable.estimated_bytes
         s = self._settings
         # The newest entry is never evicted, even when it alone is over the byte budget.

@@ -91,21 +91,20 @@ class RequestObservation:
         series = self.series
         encode = now - self.encoding_from if self.encoding_from else 0.0
         if exc is None and series is not None:
-            series.ok.inc()
-            series.rows.inc(self.rows)
-            series.decode.inc(self.decode)
-            series.encode.inc(encode)
+            series.count("OK")
+            series.rows += self.rows
+            series.decode += self.decode
+            series.encode += encode
             series.queue.observe(self.queue)
         else:
             code = status_code(exc) if exc is not None else "INTERNAL"
             if series is None:
                 series = metrics.unloaded_series(self.model, code)
-            series.status(code).inc()
-        latency = now - self.started
+            series.count(code)
         if metrics.exemplars:
-            series.latency.observe(latency, _trace_exemplar())
+            series.latency.observe_with(now - self.started, _trace_exemplar())
         else:
-            series.latency.observe(latency)
+            series.latency.observe(now - self.started)
         sink = timing_sink.get()
         if sink is not None:
             sink.decode += self.decode
