@@ -62,10 +62,15 @@ run: $(VENV)/.installed
 services:
 	bash scripts/ensure-services.sh
 
-# Debian tools some tests drive (make stubs needs protoc and the gRPC plugins); installed when missing.
+# Debian tools some tests drive (make stubs needs protoc and the gRPC plugins; the monitoring tests promtool,
+# from Debian's prometheus package; the `tt top` test tmux); installed when missing.
+TEST_TOOLS := promtool tmux
+TEST_INSTALL_PKGS := prometheus tmux
 tools:
 	@for tool in $(STUBS_TOOLS); do command -v $$tool >/dev/null || { \
 	  echo "installing $(STUBS_INSTALL_PKGS)"; apt-get update -qq && apt-get install -y -qq $(STUBS_INSTALL_PKGS) >/dev/null; break; }; done
+	@for tool in $(TEST_TOOLS); do command -v $$tool >/dev/null || { \
+	  echo "installing $(TEST_INSTALL_PKGS)"; apt-get update -qq && apt-get install -y -qq --no-install-recommends $(TEST_INSTALL_PKGS) >/dev/null; break; }; done
 
 test: $(DEV_VENV)/.installed $(CHECKOV_VENV)/.installed services tools
 	$(DEV_VENV)/bin/pytest -q $(PYTEST_ARGS)
