@@ -17,6 +17,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from rich import box
 from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
@@ -186,7 +187,7 @@ def render(view: View, source: str, error: str | None) -> Group:
         f"[bold]tt top[/] {source}  {time.strftime('%H:%M:%S')}  server {ready}  "
         f"versions loaded {view.loaded_versions:.0f}  rpc/s {_num(view.rpc_rate)}"
     )
-    table = Table(expand=False, header_style="bold")
+    table = Table(expand=False, header_style="bold", box=box.SIMPLE_HEAD, pad_edge=False)  # fits 80 columns
     for column, justify in (
         ("MODEL", "left"),
         ("VER", "right"),
@@ -200,7 +201,9 @@ def render(view: View, source: str, error: str | None) -> Group:
         ("QUEUE ms", "right"),
         ("CALL ms", "right"),
     ):
-        table.add_column(column, justify=justify, no_wrap=True)  # type: ignore[arg-type]
+        # Model names are never cut (up to 40 characters); numbers give way first on a narrow terminal.
+        width = min(40, max([5, *(len(r.model) for r in view.rows)])) if column == "MODEL" else len(column)
+        table.add_column(column, justify=justify, no_wrap=True, min_width=width)  # type: ignore[arg-type]
     for row in view.rows:
         state = "loaded" if row.loaded else ("-" if row.version else "unresolved")
         errors = _num(row.errors)
