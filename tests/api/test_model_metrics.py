@@ -116,21 +116,32 @@ async def test_every_protocol_moves_the_per_model_series(
     answers = [r async for r in native.PredictBatch(chunks())]  # 3 requests, 9 rows
     assert len(answers) == 3
     await prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(_tfserving(model, 4))  # 1, 4 rows
-    await oip_grpc.GRPCInferenceServiceStub(channel).ModelInfer(_oip(model, 1))  # 1, 1 row
+    oip = oip_grpc.GRPCInferenceServiceStub(channel)
+    await oip.ModelInfer(_oip(model, 1))  # 1, 1 row
+    wrong = _oip(model, 1)
+    wrong.inputs[0].shape[:] = [1, 5]  # INVALID_ARGUMENT, reported inside the stream
+
+    async def stream() -> AsyncIterator[oip_pb2.ModelInferRequest]:
+        yield _oip(model, 2)
+        yield wrong
+
+    streamed = [r async for r in oip.ModelStreamInfer(stream())]  # 1 OK (2 rows), 1 failed
+    assert [bool(r.error_message) for r in streamed] == [False, True]
     after = await scrape(port)
 
     def moved(name: str, **labels: str) -> float:
         return after.value(name, **series, **labels) - before.value(name, **series, **labels)
 
-    assert moved("tt_model_requests_total", status="OK") == 10
-    assert moved("tt_model_rows_total") == 24
-    assert moved("tt_model_request_duration_seconds_count") == 10
-    assert moved("tt_model_queue_duration_seconds_count") == 10
-    assert moved("tt_batch_rows_sum") == 24
+    assert moved("tt_model_requests_total", status="OK") == 11
+    assert moved("tt_model_requests_total", status="INVALID_ARGUMENT") == 1
+    assert moved("tt_model_rows_total") == 26
+    assert moved("tt_model_request_duration_seconds_count") == 12
+    assert moved("tt_model_queue_duration_seconds_count") == 11
+    assert moved("tt_batch_rows_sum") == 26
     calls = moved("tt_model_calls_total")
-    assert 1 <= calls <= 10
+    assert 1 <= calls <= 11
     assert moved("tt_model_call_duration_seconds_count") == calls == moved("tt_batch_rows_count")
-    assert moved("tt_batch_requests_sum") == 10
+    assert moved("tt_batch_requests_sum") == 11
     assert moved("tt_model_decode_seconds_total") > 0
     assert moved("tt_model_encode_seconds_total") > 0
     assert moved("tt_model_call_duration_seconds_sum") > 0
