@@ -73,7 +73,7 @@ class ServableHandle:
     servable: Servable
     batcher: DynamicBatcher
     decoder: InputDecoder
-    series: metrics.ServingSeries  # its per-model metric children
+    series: metrics.ServingSeries  # its per-model series (requests, batches, queue, timings)
 
     @property
     def model_name(self) -> str:
