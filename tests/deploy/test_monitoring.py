@@ -170,6 +170,19 @@ def test_promtool_accepts_the_rules(tmp_path: Path) -> None:
     } <= alerts
 
 
+def test_alerts_fire_on_their_series(tmp_path: Path) -> None:
+    """promtool's rule unit tests (tests/deploy/alerts_test.yaml): synthetic series in, the alerts expected out."""
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        service_missing("promtool is not installed; install it with: make tools (Debian's prometheus package)")
+    (tmp_path / "rules.yaml").write_text(yaml.safe_dump(_rules()))
+    shutil.copy(Path(__file__).parent / "alerts_test.yaml", tmp_path / "alerts_test.yaml")
+    result = subprocess.run(
+        [promtool, "test", "rules", "alerts_test.yaml"], cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 def _dashboard_exprs() -> list[str]:
     dashboard = json.loads((COMPONENT / "dashboard.json").read_text())
     exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
