@@ -64,8 +64,9 @@ services:
 	bash scripts/ensure-services.sh
 
 # Debian tools some tests drive, installed when missing (one apt-get for all): make stubs needs protoc and the gRPC
-# plugins; the docs examples use jq; tests/rest renders the HTTP front's /docs page in headless Chromium.
-TEST_TOOLS := jq=jq chromium=chromium
+# plugins; the docs examples use jq; tests/rest renders the HTTP front's /docs page in headless Chromium; the
+# monitoring tests run promtool (Debian's prometheus package); the `tt top` test runs in tmux.
+TEST_TOOLS := jq=jq chromium=chromium promtool=prometheus tmux=tmux
 tools:
 	@missing=""; \
 	for tool in $(STUBS_TOOLS); do command -v $$tool >/dev/null || { missing="$(STUBS_INSTALL_PKGS)"; break; }; done; \

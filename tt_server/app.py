@@ -160,6 +160,7 @@ class Application:
         # Tracing's interceptor runs around the (wrapped) handlers: its span encloses everything the middleware
         # does (auth, errors, metrics).
         self._tracing = start_tracing({*SERVICE_NAMES, *compat.SERVICE_NAMES}) if s.otel_enabled else None
+        metrics.exemplars = self._tracing is not None  # trace ids on the per-model latency histograms
         server = grpc.aio.server(
             interceptors=[self._tracing.interceptor] if self._tracing else None,
             options=[
@@ -218,6 +219,7 @@ class Application:
         await server.start()
         for name in ("", *SERVICE_NAMES, *compat.SERVICE_NAMES):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        metrics.SERVER_READY.set(1)
         self._tasks.append(asyncio.create_task(self._collect_garbage_forever(), name="tt-blob-gc"))
         self._tasks.append(asyncio.create_task(self._check_models_forever(), name="tt-model-check"))
         if self.embedded_worker is not None:
@@ -265,6 +267,7 @@ class Application:
         grace = self.settings.shutdown_grace_seconds if grace is None else grace
         log.info("draining", extra={"grace_seconds": grace})
         await self._health.enter_graceful_shutdown()  # every service NOT_SERVING, Watch streams told
+        metrics.SERVER_READY.set(0)
         if self.settings.drain_delay_seconds > 0:
             await asyncio.sleep(self.settings.drain_delay_seconds)
         # Training streams end first, while the server can still tell their clients UNAVAILABLE: each

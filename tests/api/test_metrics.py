@@ -19,6 +19,7 @@ from tensortrigger.v1 import (
 
 from tests import models
 from tests.api.helpers import upload
+from tests.api.scrape import parse
 from tests.serving import server_settings
 from tt_server.app import Application
 
@@ -69,8 +70,8 @@ async def test_metrics_exposed_and_moving(tmp_path) -> None:
     missing = 'tt_rpcs_total{code="NOT_FOUND",method="/tensortrigger.v1.InferenceService/Predict"}'
     assert _value(after, ok) - _value(before, ok) == 20
     assert _value(after, missing) - _value(before, missing) == 1
-    assert _value(after, 'tt_batch_rows_sum{servable="metered:1"}') >= 40
-    assert _value(after, 'tt_model_loads_total{model="metered",outcome="loaded"}') >= 1
+    assert _value(after, 'tt_batch_rows_sum{model="metered",version="1"}') >= 40
+    assert _value(after, 'tt_model_loads_total{model="metered",version="1"}') == 1
     assert "tt_rpc_duration_seconds_bucket" in after
 
 
@@ -107,8 +108,22 @@ async def test_job_and_training_metrics(tmp_path) -> None:
     def moved(series: str) -> float:
         return _value(after, series) - _value(before, series)
 
-    assert moved('tt_jobs_finished_total{state="SUCCEEDED"}') == 1
-    assert moved("tt_job_rows_total") == 50
-    assert moved('tt_training_steps_total{model="metered-jobs"}') == 4
-    assert moved('tt_training_examples_total{model="metered-jobs"}') == 64
-    assert 'tt_training_loss{model="metered-jobs"}' in after
+    v1 = {"model": "metered-jobs", "version": "1"}
+    parsed_before, parsed_after = parse(before), parse(after)
+
+    def delta(name: str, **labels: str) -> float:
+        return parsed_after.value(name, **v1, **labels) - parsed_before.value(name, **v1, **labels)
+
+    assert delta("tt_jobs_finished_total", state="SUCCEEDED") == 1
+    assert delta("tt_job_rows_total") == 50
+    assert delta("tt_job_attempts_total") == 1
+    assert parsed_after.value("tt_jobs_running", **v1) == 0
+    assert delta("tt_job_lease_expiries_total") == 0
+    assert parsed_after.has("tt_broker_queue_messages", queue="jobs")
+    assert parsed_after.has("tt_broker_queue_messages", queue="dead_letter")
+    # The session trained from version 1 (its checkpoint is version 2).
+    assert delta("tt_training_steps_total") == 4
+    assert delta("tt_training_examples_total") == 64
+    assert delta("tt_training_sessions_ended_total", outcome="ok") == 1
+    assert parsed_after.value("tt_training_sessions", **v1) == 0
+    assert not parsed_after.has("tt_training_loss", **v1)  # a finished session's loss is not left behind

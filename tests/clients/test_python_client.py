@@ -134,6 +134,18 @@ async def test_predict_equals_keras(client: AnyClient, mlp: str, model_files: di
 
     listed = await call(client, "predict", mlp, x64.tolist())  # anything np.asarray takes
     np.testing.assert_allclose(listed["score"], expected, atol=1e-5)
+    assert listed.timing is None  # not asked for
+
+
+async def test_predict_with_server_timing(client: AnyClient, mlp: str) -> None:
+    x = np.ones((5, 4), np.float32)
+    timed = await call(client, "predict", mlp, x, timing=True)
+    assert isinstance(timed, tt.Prediction) and timed["score"].shape == (5, 1)
+    t = timed.timing
+    assert isinstance(t, tt.ServerTiming)
+    assert t.compute > 0 and t.queue >= 0 and t.decode > 0 and t.encode > 0
+    assert t.total >= t.queue + t.compute + t.decode + t.encode
+    assert t.total < 5  # seconds: the units are right
 
 
 async def test_predict_several_inputs(client: AnyClient, model_files: dict[str, Path]) -> None:

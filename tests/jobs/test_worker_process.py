@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from tensortrigger.v1 import jobs_service_pb2 as pb
 
+from tests.api.scrape import free_port, scrape
 from tests.jobs.helpers import create_job, csv_bytes, features, parse_results_csv, predict, results, spec, wait_for
 from tt_server.app import Application
 from tt_server.config import Settings
@@ -124,9 +125,18 @@ async def test_killed_worker_job_is_finished_by_another_with_one_result(
     assert await holder_pid(bare_server, job.id) == first.pid
     first.process.send_signal(signal.SIGKILL)
     assert await first.process.wait() == -signal.SIGKILL
-    await start_workers()
+    metrics_port = free_port()
+    await start_workers(metrics_address=f"127.0.0.1:{metrics_port}")
     done = await wait_for(jobs, job.id, seconds=120)
     assert done.state == pb.JOB_STATE_SUCCEEDED, done.error
+    # The second worker's /metrics: it took the job over from a lease that ran out, and ran all of it.
+    version = {"model": slow, "version": "1"}  # the job pinned the newest version, the only one
+    taken_over = await scrape(metrics_port)
+    assert taken_over.value("tt_job_lease_expiries_total", **version) == 1
+    assert taken_over.value("tt_job_attempts_total", **version) == 1
+    assert taken_over.value("tt_jobs_finished_total", **version, state="SUCCEEDED") == 1
+    assert taken_over.value("tt_job_rows_total", **version) == ROWS
+    assert taken_over.has("tt_broker_queue_messages", queue="dead_letter")
     assert (done.attempts, done.rows_done, done.rows_total) == (2, ROWS, ROWS)
     # Exactly one result: the second attempt's; the first never completed its upload.
     assert await bare_server.blobs.list_keys(f"jobs/{job.id}/attempt-") == [f"jobs/{job.id}/attempt-2/results.csv"]

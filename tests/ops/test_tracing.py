@@ -11,12 +11,20 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
+import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from tensortrigger.v1 import model_pb2, registry_service_pb2_grpc
+from tensortrigger.v1 import (
+    inference_service_pb2,
+    inference_service_pb2_grpc,
+    model_pb2,
+    registry_service_pb2_grpc,
+    tensor_pb2,
+)
 from tensortrigger.v1 import registry_service_pb2 as rpb
 
 from tests.api.helpers import upload
+from tests.api.scrape import free_port, scrape
 from tests.ops.helpers import constant_artifacts
 from tests.serving import server_settings, unique_name
 from tt_server.app import Application
@@ -29,6 +37,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 REGISTRY = "/tensortrigger.v1.ModelRegistryService"
+METRICS_PORT = free_port()
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +55,11 @@ def spans() -> InMemorySpanExporter:
 
 @pytest.fixture(scope="module")
 async def app(spans: InMemorySpanExporter, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Application]:
-    application = Application(server_settings(tmp_path_factory.mktemp("traced"), otel_enabled=True))
+    application = Application(
+        server_settings(
+            tmp_path_factory.mktemp("traced"), otel_enabled=True, metrics_address=f"127.0.0.1:{METRICS_PORT}"
+        )
+    )
     await application.start()
     yield application
     await application.stop(grace=1.0)
@@ -138,6 +151,32 @@ async def test_the_callers_trace_continues(channel: grpc.aio.Channel, spans: InM
     span = await _one_server_span(spans, f"{REGISTRY}/ListModels", int(trace_id, 16))
     assert format(span.context.trace_id, "032x") == trace_id
     assert span.parent is not None and format(span.parent.span_id, "016x") == "00f067aa0ba902b7"
+
+
+async def test_latency_exemplars_carry_the_trace_id(channel: grpc.aio.Channel, tmp_path: Path) -> None:
+    """With tracing on, the per-model latency histogram's exemplars (OpenMetrics) name the request's trace."""
+    name = unique_name("exemplar")
+    await upload(
+        registry_service_pb2_grpc.ModelRegistryServiceStub(channel), name, constant_artifacts(tmp_path, 1.0)[0]
+    )
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    x = np.ones((1, 4), np.float32)
+    request = inference_service_pb2.PredictRequest(
+        model=model_pb2.ModelRef(name=name),
+        inputs={"features": tensor_pb2.Tensor(dtype=tensor_pb2.DATA_TYPE_FLOAT32, shape=[1, 4], content=x.tobytes())},
+    )
+    await inference_service_pb2_grpc.InferenceServiceStub(channel).Predict(
+        request, metadata=(("traceparent", f"00-{trace_id}-00f067aa0ba902b7-01"),)
+    )
+    text = (await scrape(METRICS_PORT, accept="application/openmetrics-text; version=1.0.0")).text
+    lines = [
+        line
+        for line in text.splitlines()
+        if line.startswith("tt_model_request_duration_seconds_bucket{") and f'model="{name}"' in line
+    ]
+    assert any(f'# {{trace_id="{trace_id}"}}' in line for line in lines), lines
+    plain = (await scrape(METRICS_PORT)).text  # the classic text format has no exemplars
+    assert "trace_id" not in plain
 
 
 async def test_health_is_not_traced_and_still_works(channel: grpc.aio.Channel, spans: InMemorySpanExporter) -> None:

@@ -14,6 +14,7 @@ from tt_server.api import convert
 from tt_server.api.tensors import fill_tensor, uses_content, wire_tensors
 from tt_server.api.training import train_inputs, train_response
 from tt_server.errors import InvalidArgument
+from tt_server.runtime.observe import RequestObservation
 from tt_server.runtime.service import InferenceService
 from tt_server.training.service import TrainingService
 from tt_server.types import ModelRef
@@ -40,18 +41,20 @@ class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
         self._training = training
 
     async def Predict(self, request: pb.PredictRequest, context: grpc.aio.ServicerContext) -> pb.PredictResponse:
-        inputs = wire_tensors(request.inputs)
-        classify = convert.classify_request(request.classify) if request.HasField("classify") else None
-        result = await self._inference.predict(
-            convert.model_ref(request.model), inputs, list(request.output_filter), _deadline(context), classify
-        )
-        response = pb.PredictResponse(model_name=result.model_name, model_version=result.version)
-        as_content = _as_content(request.output_encoding, uses_content(inputs))
-        for name, array in result.outputs.items():
-            fill_tensor(response.outputs[name], array, as_content)
-        if result.classifications is not None:
-            response.classifications.extend(convert.classification(row) for row in result.classifications)
-        return response
+        with RequestObservation(request.model.name) as observation:
+            inputs = wire_tensors(request.inputs)
+            classify = convert.classify_request(request.classify) if request.HasField("classify") else None
+            ref = convert.model_ref(request.model)
+            result = await self._inference.predict(
+                ref, inputs, list(request.output_filter), _deadline(context), classify, observation
+            )
+            response = pb.PredictResponse(model_name=result.model_name, model_version=result.version)
+            as_content = _as_content(request.output_encoding, uses_content(inputs))
+            for name, array in result.outputs.items():
+                fill_tensor(response.outputs[name], array, as_content)
+            if result.classifications is not None:
+                response.classifications.extend(convert.classification(row) for row in result.classifications)
+            return response
 
     async def PredictBatch(
         self, request_iterator: AsyncIterator[pb.PredictBatchRequest], context: grpc.aio.ServicerContext
@@ -116,16 +119,22 @@ class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
         one_at_a_time: asyncio.Lock,
         context: grpc.aio.ServicerContext,
     ) -> pb.PredictBatchResponse:
-        inputs = wire_tensors(request.inputs)
-        async with one_at_a_time:
-            result = await self._inference.predict(pinned, inputs, output_filter, _deadline(context))
-        response = pb.PredictBatchResponse(
-            request_id=request.request_id, model_name=result.model_name, model_version=result.version, sequence=sequence
-        )
-        as_content = _as_content(encoding, uses_content(inputs))
-        for name, array in result.outputs.items():
-            fill_tensor(response.outputs[name], array, as_content)
-        return response
+        with RequestObservation(pinned.name) as observation:
+            inputs = wire_tensors(request.inputs)
+            async with one_at_a_time:
+                result = await self._inference.predict(
+                    pinned, inputs, output_filter, _deadline(context), observation=observation
+                )
+            response = pb.PredictBatchResponse(
+                request_id=request.request_id,
+                model_name=result.model_name,
+                model_version=result.version,
+                sequence=sequence,
+            )
+            as_content = _as_content(encoding, uses_content(inputs))
+            for name, array in result.outputs.items():
+                fill_tensor(response.outputs[name], array, as_content)
+            return response
 
     async def Train(
         self, request_iterator: AsyncIterator[pb.TrainRequest], context: grpc.aio.ServicerContext

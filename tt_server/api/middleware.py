@@ -4,7 +4,11 @@ authentication, rate limits, error mapping, metrics.
 Every call gets a request id: the client's ``x-request-id`` metadata (made safe and bounded) or a fresh one. It is
 set in ``logs.request_id`` for the call's task, so every log line of the call carries it, and sent back as
 ``x-request-id`` trailing metadata (streams also get it in their initial metadata, so it is known while they
-run). Authentication (when a token file is configured) runs before the method does anything, for every service
+run). A call that sends ``x-tt-timing: 1`` also gets ``server-timing`` trailing metadata (W3C Server-Timing form,
+milliseconds): the time its inference requests spent in the batcher queue, in model calls, decoding and encoding,
+and the call's total time in the handler.
+
+Authentication (when a token file is configured) runs before the method does anything, for every service
 (health and reflection can be public); a stream is refused before any request message is read. For our own
 services the wrapper also applies the per-client rate limit, times the call, turns exceptions into statuses
 (``api.errors.status_for``), counts the outcome by status code and, when ``TT_ACCESS_LOG`` asks, writes an access
@@ -38,8 +42,11 @@ from tt_server.api.auth import AuthError, RateLimiter, TokenAuthenticator
 from tt_server.api.errors import status_for
 from tt_server.errors import ResourceExhausted
 from tt_server.logs import request_id, served_model
+from tt_server.runtime.observe import ServerTiming, timing_sink
 
 REQUEST_ID_KEY = "x-request-id"
+TIMING_KEY = "x-tt-timing"  # a request asks for server-timing trailers
+SERVER_TIMING_KEY = "server-timing"
 MAX_REQUEST_ID_LENGTH = 64
 # A client's id lands in log lines and metadata: anything outside this set (newlines, quotes, non-ASCII) is
 # replaced, so it can neither forge log lines nor break a header.
@@ -76,11 +83,6 @@ class AccessLog:
                 "duration_ms": round(seconds * 1000, 3),
             },
         )
-
-
-def _request_id(metadata: Sequence[tuple[str, str | bytes]] | None) -> str:
-    """The client's ``x-request-id`` made safe and bounded, else a fresh one."""
-    return request_id_for(_metadata_value(metadata, REQUEST_ID_KEY))
 
 
 def request_id_for(sent: str | None) -> str:
@@ -120,13 +122,21 @@ class _Call:
         self._seconds = metrics.RPC_SECONDS.labels(method) if ours else None
         self._ok = metrics.RPCS.labels(method, "OK") if ours else None
 
-    def start(self, context: grpc.aio.ServicerContext) -> Metadata:
-        """Set the call's request id (for its logs and its trailers); return it as metadata."""
-        rid = _request_id(context.invocation_metadata())
+    def start(self, context: grpc.aio.ServicerContext) -> tuple[Metadata, ServerTiming | None]:
+        """Set the call's request id (for its logs and its trailers) and, when asked for, its timing sink;
+        return the id as metadata and the sink."""
+        sent = timing = None
+        for k, value in context.invocation_metadata() or ():  # one scan for both keys
+            if k == REQUEST_ID_KEY and isinstance(value, str) and sent is None:
+                sent = value
+            elif k == TIMING_KEY and value not in ("", "0", "false"):
+                timing = ServerTiming()
+                timing_sink.set(timing)
+        rid = request_id_for(sent)
         request_id.set(rid)
         ids: Metadata = ((REQUEST_ID_KEY, rid),)
         context.set_trailing_metadata(ids)
-        return ids
+        return ids, timing
 
     async def admit(self, context: grpc.aio.ServicerContext, ids: Metadata) -> None:
         """Authenticate (aborting the call when refused) and apply the rate limit."""
@@ -158,19 +168,32 @@ class _Call:
         if self.access is not None:
             self.access.record(self.method, code, seconds)
 
-    async def fail(self, context: grpc.aio.ServicerContext, exc: Exception, started: float, ids: Metadata) -> None:
+    async def fail(
+        self,
+        context: grpc.aio.ServicerContext,
+        exc: Exception,
+        started: float,
+        ids: Metadata,
+        timing: ServerTiming | None,
+    ) -> None:
         if not self.ours:
             raise exc
         status = status_for(exc, self.method)
         self.done(started, status.code)
         # abort()'s metadata replaces what set_trailing_metadata() set, so the id goes in again.
-        await context.abort(status.code, status.details, (*status.trailing_metadata, *ids))
+        await context.abort(status.code, status.details, (*status.trailing_metadata, *_trailers(ids, timing, started)))
+
+
+def _trailers(ids: Metadata, timing: ServerTiming | None, started: float) -> Metadata:
+    if timing is None:
+        return ids
+    return (*ids, (SERVER_TIMING_KEY, timing.header(time.perf_counter() - started)))
 
 
 def _wrap_unary(behavior: Callable[..., Any], call: _Call) -> Callable[..., Any]:
     async def handler(request_or_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
         started = time.perf_counter()
-        ids = call.start(context)
+        ids, timing = call.start(context)
         try:
             if call.checks:
                 await call.admit(context, ids)
@@ -181,7 +204,9 @@ def _wrap_unary(behavior: Callable[..., Any], call: _Call) -> Callable[..., Any]
             call.done(started, grpc.StatusCode.CANCELLED)
             raise
         except Exception as exc:
-            await call.fail(context, exc, started, ids)
+            await call.fail(context, exc, started, ids, timing)
+        if timing is not None:
+            context.set_trailing_metadata(_trailers(ids, timing, started))
         call.done(started, None)
         return response
 
@@ -191,7 +216,7 @@ def _wrap_unary(behavior: Callable[..., Any], call: _Call) -> Callable[..., Any]
 def _wrap_stream(behavior: Callable[..., Any], call: _Call) -> Callable[..., Any]:
     async def handler(request_or_iterator: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         started = time.perf_counter()
-        ids = call.start(context)
+        ids, timing = call.start(context)
         try:
             if call.checks:
                 await call.admit(context, ids)
@@ -204,7 +229,9 @@ def _wrap_stream(behavior: Callable[..., Any], call: _Call) -> Callable[..., Any
             call.done(started, grpc.StatusCode.CANCELLED)
             raise
         except Exception as exc:
-            await call.fail(context, exc, started, ids)
+            await call.fail(context, exc, started, ids, timing)
+        if timing is not None:
+            context.set_trailing_metadata(_trailers(ids, timing, started))
         call.done(started, None)
 
     return handler

@@ -39,6 +39,7 @@ from tt_server.compat.convert import (
 )
 from tt_server.errors import FieldViolation, InvalidArgument, NotFound, TensorTriggerError
 from tt_server.registry.service import Registry
+from tt_server.runtime.observe import RequestObservation
 from tt_server.runtime.service import InferenceService
 from tt_server.types import DType, ModelFormat, ModelRef, TensorSpec, WireTensor
 
@@ -260,10 +261,13 @@ class GRPCInferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             yield pb.ModelStreamInferResponse(infer_response=response)
 
     async def _infer(self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext) -> Any:
-        ref = oip_ref(request.model_name, request.model_version, "model_name", "model_version")
-        inputs = wire_tensors(request, self._max_elements)
-        result = await self._inference.predict(ref, inputs, [o.name for o in request.outputs], deadline(context))
-        return infer_response(request, result.model_name, result.version, result.outputs)
+        with RequestObservation(request.model_name) as observation:
+            ref = oip_ref(request.model_name, request.model_version, "model_name", "model_version")
+            inputs = wire_tensors(request, self._max_elements)
+            result = await self._inference.predict(
+                ref, inputs, [o.name for o in request.outputs], deadline(context), observation=observation
+            )
+            return infer_response(request, result.model_name, result.version, result.outputs)
 
     async def _triton_extension(self, request: Any, context: grpc.aio.ServicerContext) -> None:
         await unimplemented(

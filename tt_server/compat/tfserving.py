@@ -43,6 +43,7 @@ from tt_server.compat.convert import (
 )
 from tt_server.errors import FailedPrecondition, FieldViolation, InvalidArgument
 from tt_server.registry.service import Registry
+from tt_server.runtime.observe import RequestObservation
 from tt_server.runtime.service import InferenceService
 from tt_server.types import DType, ModelRef, Signature, TensorSpec, WireTensor
 
@@ -205,14 +206,17 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
     async def Predict(
         self, request: predict_pb2.PredictRequest, context: grpc.aio.ServicerContext
     ) -> predict_pb2.PredictResponse:
-        check_signature(request.model_spec)
-        ref = spec_ref(request.model_spec)
-        inputs = wire_tensors(request.inputs, self._max_elements)
-        result = await self._inference.predict(ref, inputs, list(request.output_filter), deadline(context))
-        response = predict_pb2.PredictResponse(model_spec=response_spec(result.model_name, result.version))
-        for name, array in result.outputs.items():
-            fill_tensor_proto(response.outputs[name], array)
-        return response
+        with RequestObservation(request.model_spec.name) as observation:
+            check_signature(request.model_spec)
+            ref = spec_ref(request.model_spec)
+            inputs = wire_tensors(request.inputs, self._max_elements)
+            result = await self._inference.predict(
+                ref, inputs, list(request.output_filter), deadline(context), observation=observation
+            )
+            response = predict_pb2.PredictResponse(model_spec=response_spec(result.model_name, result.version))
+            for name, array in result.outputs.items():
+                fill_tensor_proto(response.outputs[name], array)
+            return response
 
     async def GetModelMetadata(
         self, request: get_model_metadata_pb2.GetModelMetadataRequest, context: grpc.aio.ServicerContext

@@ -177,6 +177,7 @@ class JobRunner:
                 leasable = job.state is JobState.QUEUED or (job.lease_until_us or 0) < now_us
                 if leasable and job.attempts >= s.job_max_attempts:
                     if await self._store.give_up_job(job_id, s.job_max_attempts, _give_up_message(job)):
+                        metrics.JOBS_FINISHED.labels(job.model_name, str(job.model_version), "FAILED").inc()
                         log.error("job failed: out of attempts; message dead-lettered", extra={"job": job_id})
                         self._notify(job_id)
                         await delivery.nack(requeue=False)
@@ -228,6 +229,18 @@ class JobRunner:
         self.attempts_run.append((job.id, number))
         context = {"job": job.id, "attempt": number, "model": job.model_name, "version": job.model_version}
         log.info("job attempt started", extra=context)
+        labels = (job.model_name, str(job.model_version))
+        metrics.JOB_ATTEMPTS.labels(*labels).inc()
+        if job.state is JobState.RUNNING:  # leased while RUNNING: the attempt that held it let its lease run out
+            metrics.JOB_LEASE_EXPIRIES.labels(*labels).inc()
+        running = metrics.JOBS_RUNNING.labels(*labels)
+        running.inc()
+        try:
+            return await self._attempt(job, number, attempt, context)
+        finally:
+            running.dec()
+
+    async def _attempt(self, job: Job, number: int, attempt: _Attempt, context: dict[str, object]) -> Outcome:
         started = time.perf_counter()
         heartbeat = asyncio.create_task(self._heartbeat(attempt), name=f"tt-job-heartbeat-{job.id}")
         key = ""
@@ -243,7 +256,7 @@ class JobRunner:
                 await self._discard(key)
                 return await self._lost(job.id, context)
             self._notify(job.id)
-            metrics.JOBS_FINISHED.labels("SUCCEEDED").inc()
+            metrics.JOBS_FINISHED.labels(job.model_name, str(job.model_version), "SUCCEEDED").inc()
             await self._discard_other_attempts(job.id, key)
             log.info(
                 "job succeeded", extra={**context, "rows": attempt.rows_done, "bytes": info.size, **attempt.timings}
@@ -292,6 +305,7 @@ class JobRunner:
         """The result file's bytes, batch by batch (consumed by the blob store's streaming upload)."""
         loop = asyncio.get_running_loop()
         batches: asyncio.Queue[_Batch | BaseException | None] = asyncio.Queue(maxsize=2)
+        rows_metric = metrics.JOB_ROWS.labels(job.model_name, str(job.model_version))
         parser = asyncio.create_task(self._parse(job, attempt, plan, batches), name=f"tt-job-parse-{job.id}")
         wrote_header = False
         try:
@@ -322,7 +336,7 @@ class JobRunner:
                 yield text  # the upload runs while the generator is suspended here
                 attempt.add_time("upload_seconds", time.perf_counter() - began)
                 attempt.rows_done += item.rows
-                metrics.JOB_ROWS.inc(item.rows)
+                rows_metric.inc(item.rows)
             if not wrote_header:
                 yield encoder.header(None)
         finally:
@@ -419,7 +433,7 @@ class JobRunner:
         self, job_id: str, number: int, error: str, attempt: _Attempt, context: dict[str, object]
     ) -> Outcome:
         if await self._store.fail_job(job_id, number, error, attempt.progress()):
-            metrics.JOBS_FINISHED.labels("FAILED").inc()
+            metrics.JOBS_FINISHED.labels(str(context["model"]), str(context["version"]), "FAILED").inc()
             log.warning("job failed", extra={**context, "error": error})
             self._notify(job_id)
             return Outcome.FAILED

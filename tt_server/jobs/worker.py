@@ -17,6 +17,7 @@ import contextlib
 import logging
 from pathlib import Path
 
+from tt_server import metrics
 from tt_server.config import Settings
 from tt_server.jobs.notify import JobNotifier
 from tt_server.jobs.runner import JobRunner, Outcome
@@ -28,6 +29,7 @@ from tt_server.storage.jobs import JobStore
 log = logging.getLogger(__name__)
 
 SWEEP_LIMIT = 1000
+QUEUE_SAMPLE_SECONDS = 5.0
 
 
 class JobWorker:
@@ -45,6 +47,7 @@ class JobWorker:
     async def run(self) -> None:
         """Consume until ``stop()``; returns once every delivery taken is settled."""
         sweeper = asyncio.create_task(self._sweep_forever(), name="tt-job-sweeper")
+        sampler = asyncio.create_task(self._sample_queues_forever(), name="tt-job-queue-sampler")
         try:
             async for delivery in self._broker.consume(self._concurrency):
                 task = asyncio.create_task(self._handle(delivery), name=f"tt-job-{delivery.job_id}")
@@ -54,7 +57,8 @@ class JobWorker:
                 await asyncio.gather(*self._tasks, return_exceptions=True)
         finally:
             sweeper.cancel()
-            await asyncio.gather(sweeper, return_exceptions=True)
+            sampler.cancel()
+            await asyncio.gather(sweeper, sampler, return_exceptions=True)
 
     async def stop(self, grace: float) -> None:
         """Release running jobs at their next batch, wait up to ``grace`` seconds, then cancel the rest."""
@@ -86,6 +90,17 @@ class JobWorker:
             await self._broker.publish(job_id)
         if job_ids:
             log.info("jobs republished", extra={"count": len(job_ids)})
+
+    async def _sample_queues_forever(self) -> None:
+        """The broker's queue depths as gauges (every worker samples the same queues: read them with max())."""
+        waiting, dead = metrics.BROKER_QUEUE.labels("jobs"), metrics.BROKER_QUEUE.labels("dead_letter")
+        while True:
+            try:
+                waiting.set(await self._broker.queued())
+                dead.set(await self._broker.dead_lettered())
+            except Exception:  # the broker is down: keep the last values, the outage shows elsewhere
+                log.debug("could not sample the broker's queues", exc_info=True)
+            await asyncio.sleep(QUEUE_SAMPLE_SECONDS)
 
     async def _sweep_forever(self) -> None:
         s = self._settings

@@ -29,9 +29,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from tt_server import metrics
 from tt_server.errors import DeadlineExceeded, ResourceExhausted, TensorTriggerError, Unavailable
+from tt_server.metrics import ServingSeries
 from tt_server.runtime.activity import SERVING
+from tt_server.runtime.observe import RequestObservation
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,7 @@ class _Item:
     deadline: float | None  # time.monotonic() seconds
     future: asyncio.Future[Arrays]
     queued_at: float  # time.monotonic(), read only when max_wait_s > 0
+    observation: RequestObservation | None
     taken: bool = field(default=False)  # out of the queue (running, or failed before running)
 
 
@@ -69,6 +71,7 @@ class DynamicBatcher:
         *,
         merge: bool = True,
         name: str = "",
+        series: ServingSeries | None = None,
     ) -> None:
         self._run = servable_run
         self._max_batch_rows = max_batch_rows
@@ -78,10 +81,7 @@ class DynamicBatcher:
         self._merge = merge
         self._name = name
         self._last_batch_requests = 0
-        servable = name or "unnamed"
-        self._batch_rows = metrics.BATCH_ROWS.labels(servable)
-        self._batch_requests = metrics.BATCH_REQUESTS.labels(servable)
-        self._queue_gauge = metrics.QUEUE_ROWS.labels(servable)
+        self._series = series  # None: not counted (tests)
         self._queue: deque[_Item] = deque()
         self._queued_rows = 0
         self._drain_task: asyncio.Task[None] | None = None
@@ -98,8 +98,11 @@ class DynamicBatcher:
     def queued_rows(self) -> int:
         return self._queued_rows
 
-    async def submit(self, arrays: Arrays, rows: int, deadline: float | None = None) -> Arrays:
+    async def submit(
+        self, arrays: Arrays, rows: int, deadline: float | None = None, observation: RequestObservation | None = None
+    ) -> Arrays:
         """Run ``arrays`` (``rows`` rows, validated) in the next batch; return this request's outputs.
+        ``observation`` gets the time the request waited in the queue and its model call's time.
 
         Raises ``ResourceExhausted`` when the queue is full, ``DeadlineExceeded`` when ``deadline`` passes
         before the request runs, ``Unavailable`` once the batcher is closed.
@@ -114,8 +117,8 @@ class DynamicBatcher:
                 f"{self._name or 'the model'}'s queue is full ({self._queued_rows} rows waiting); retry later"
             )
         loop = asyncio.get_running_loop()
-        queued_at = time.monotonic() if self._max_wait_s > 0 else 0.0
-        item = _Item(arrays, rows, deadline, loop.create_future(), queued_at)
+        queued_at = time.monotonic() if self._max_wait_s > 0 or observation is not None else 0.0
+        item = _Item(arrays, rows, deadline, loop.create_future(), queued_at, observation)
         self._queue.append(item)
         self._queued_rows += rows
         if self._drain_task is None:
@@ -183,13 +186,14 @@ class DynamicBatcher:
     async def _run_batch(self, batch: list[_Item]) -> None:
         loop = asyncio.get_running_loop()
         try:
-            outputs = await loop.run_in_executor(self._executor, self._run_merged, [i.arrays for i in batch])
+            outputs, started, seconds = await loop.run_in_executor(
+                self._executor, self._run_merged, [i.arrays for i in batch]
+            )
             self.batches_run += 1
             self.items_run += len(batch)
             self._last_batch_requests = len(batch)
-            self._batch_rows.observe(sum(i.rows for i in batch))
-            self._batch_requests.observe(len(batch))
-            self._queue_gauge.set(self._queued_rows)
+            if self._series is not None:
+                self._observe(batch, started, seconds)
             self._deliver(batch, outputs)
         except asyncio.CancelledError:
             self._fail(batch, Unavailable(f"{self._name or 'the model'} stopped serving"))
@@ -203,12 +207,31 @@ class DynamicBatcher:
                 return
             self._fail(batch, e)
 
-    def _run_merged(self, parts: list[Arrays]) -> Arrays:
-        """On the inference thread: concatenate (off the event loop: it copies), run."""
+    def _observe(self, batch: list[_Item], started: float, seconds: float) -> None:
+        series = self._series
+        assert series is not None
+        rows = 0
+        for item in batch:
+            rows += item.rows
+            if item.observation is not None:
+                item.observation.queue = max(0.0, started - item.queued_at)
+                item.observation.compute = seconds
+        series.calls += 1
+        series.call.observe(seconds)
+        series.batch_rows.observe(rows)
+        series.batch_requests.observe(len(batch))
+        series.queue_rows = self._queued_rows
+
+    def _run_merged(self, parts: list[Arrays]) -> tuple[Arrays, float, float]:
+        """On the inference thread: concatenate (off the event loop: it copies), run. Returns the outputs, when
+        the call started (``time.monotonic()``, the end of the requests' queueing) and how long it took."""
+        started = time.monotonic()
         if len(parts) == 1:
-            return self._run(parts[0])
-        merged = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
-        return self._run(merged)
+            outputs = self._run(parts[0])
+        else:
+            merged = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+            outputs = self._run(merged)
+        return outputs, started, time.monotonic() - started
 
     def _deliver(self, batch: list[_Item], outputs: Arrays) -> None:
         if len(batch) == 1:

@@ -73,6 +73,7 @@ class ServableHandle:
     servable: Servable
     batcher: DynamicBatcher
     decoder: InputDecoder
+    series: metrics.ServingSeries  # its per-model series (requests, batches, queue, timings)
 
     @property
     def model_name(self) -> str:
@@ -149,6 +150,8 @@ class ModelManager:
         for handle in handles:
             await handle.batcher.close(drain=True)
             handle.servable.unload()
+            handle.series.remove()
+            metrics.MODELS_LOADED.dec()
             if handle.batcher.executor is not self._executor:  # inference_thread_per_model
                 handle.batcher.executor.shutdown(wait=False)
         self._load_executor.shutdown(wait=False, cancel_futures=True)
@@ -267,20 +270,20 @@ class ModelManager:
             loader = Loader(version, artifact, work, self._limits)
             servable = await loop.run_in_executor(self._load_executor, loader.load)
         except TensorTriggerError as e:
-            metrics.MODEL_LOADS.labels(name, "failed").inc()
+            metrics.MODEL_LOAD_FAILURES.labels(name, str(number)).inc()
             log.warning("model load failed", extra={"model": name, "version": number, "error": e.message})
             raise
         except asyncio.CancelledError:
             raise
         except Exception:
-            metrics.MODEL_LOADS.labels(name, "failed").inc()
+            metrics.MODEL_LOAD_FAILURES.labels(name, str(number)).inc()
             log.exception("model load failed", extra={"model": name, "version": number})
             raise
         finally:
             await asyncio.to_thread(shutil.rmtree, work, True)
         handle = self._make_handle(version, servable)
-        metrics.MODEL_LOADS.labels(name, "loaded").inc()
-        metrics.MODEL_LOAD_SECONDS.observe(time.perf_counter() - started)
+        metrics.MODEL_LOADS.labels(name, str(number)).inc()
+        metrics.MODEL_LOAD_SECONDS.labels(name, str(number)).observe(time.perf_counter() - started)
         log.info(
             "model loaded",
             extra={
@@ -293,10 +296,15 @@ class ModelManager:
         if self._load_epoch.get(name, 0) == epoch and not self._closed:
             self._insert(key, handle)
             self._settler.soon()
+        else:
+            handle.series.remove()  # never listed as loaded: it serves only the requests already waiting
         return handle  # a version deleted meanwhile still serves the requests that were waiting for it
 
     def _make_handle(self, version: ModelVersion, servable: Servable) -> ServableHandle:
         s = self._settings
+        series = metrics.serving_series(
+            version.model_name, version.version, s.batch_max_queue_rows, servable.estimated_bytes
+        )
         executor = self._executor
         if s.inference_thread_per_model:
             # Dropped with the handle; its idle thread exits when the executor is collected.
@@ -309,6 +317,7 @@ class ModelManager:
             executor=executor,
             merge=servable.batchable,
             name=f"{version.model_name}:{version.version}",
+            series=series,
         )
         decoder = InputDecoder(
             version.signature,
@@ -317,11 +326,12 @@ class ModelManager:
             image_scaling=version.image_scaling,
             max_image_pixels=s.max_image_pixels,
         )
-        return ServableHandle(version, servable, batcher, decoder)
+        return ServableHandle(version, servable, batcher, decoder, series)
 
     def _insert(self, key: VersionKey, handle: ServableHandle) -> None:
         self._loaded[key] = handle
         metrics.MODELS_LOADED.inc()
+        handle.series.loaded = True
         self._loaded_bytes += handle.servable.estimated_bytes
         s = self._settings
         # The newest entry is never evicted, even when it alone is over the byte budget.
@@ -337,8 +347,8 @@ class ModelManager:
             return
         self._loaded_bytes -= handle.servable.estimated_bytes
         metrics.MODELS_LOADED.dec()
-        metrics.MODEL_UNLOADS.labels(reason).inc()
-        metrics.forget_servable(f"{key[0]}:{key[1]}")
+        metrics.MODEL_UNLOADS.labels(key[0], str(key[1]), reason).inc()
+        handle.series.remove()
         log.info("model unloaded", extra={"model": key[0], "version": key[1], "reason": reason})
         self._settler.soon()
 
@@ -358,10 +368,12 @@ class ModelManager:
         if event.kind is EventKind.VERSION_DELETED and event.version is not None:
             self._load_epoch[name] = self._load_epoch.get(name, 0) + 1
             self._unload((name, event.version), "version deleted")
+            metrics.forget_version(name, event.version)
         elif event.kind is EventKind.MODEL_DELETED:
             self._load_epoch[name] = self._load_epoch.get(name, 0) + 1
             for key in [k for k in self._loaded if k[0] == name]:
                 self._unload(key, "model deleted")
+            metrics.forget_model(name)
         elif (
             event.kind in (EventKind.LABEL_MOVED, EventKind.VERSION_CREATED)
             and event.version is not None

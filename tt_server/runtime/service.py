@@ -12,6 +12,7 @@ are decoded on asyncio's default executor, so decoding overlaps model calls on t
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -22,6 +23,7 @@ from tt_server.errors import FieldViolation, InvalidArgument
 from tt_server.logs import served_model
 from tt_server.runtime.classes import classified_output, top_classes
 from tt_server.runtime.manager import ModelManager, ServableHandle
+from tt_server.runtime.observe import RequestObservation
 from tt_server.types import ClassifyRequest, ClassScore, ModelRef, ModelVersion, WireTensor
 
 
@@ -51,16 +53,21 @@ class InferenceService:
         output_filter: Sequence[str],
         deadline: float | None,
         classify: ClassifyRequest | None = None,
+        observation: RequestObservation | None = None,
     ) -> PredictResult:
         """Run ``ref`` on ``inputs``; ``output_filter`` names the outputs to return (empty = all);
         ``deadline`` is a ``time.monotonic()`` instant or None; ``classify`` asks for the top classes of each row.
 
         Raises ``NotFound`` (model, version, label), ``InvalidArgument`` (inputs, images, output_filter, classify;
         every violation at once), ``FailedPrecondition`` (classes asked of a version without class names),
-        ``ResourceExhausted`` (queue full), ``DeadlineExceeded``.
+        ``ResourceExhausted`` (queue full), ``DeadlineExceeded``. ``observation`` gets the version's series and
+        the request's decode, queue and compute times.
         """
         handle = await self._manager.get(ref)
         served_model.set((handle.model_name, handle.version))  # for the access log
+        if observation is not None:
+            observation.series = handle.series
+            decoding = time.perf_counter()
         scored = classified_output(handle.model_version, classify) if classify is not None else None
         names, violations = _select_outputs(handle, output_filter)
         try:
@@ -73,7 +80,10 @@ class InferenceService:
         if handle.decoder.has_encoded_images(arrays):
             loop = asyncio.get_running_loop()
             arrays = await loop.run_in_executor(None, handle.decoder.decode_images, arrays)
-        outputs = await handle.batcher.submit(arrays, rows, deadline)
+        if observation is not None:
+            observation.decode = time.perf_counter() - decoding
+            observation.rows = rows
+        outputs = await handle.batcher.submit(arrays, rows, deadline, observation)
         classifications = None
         if classify is not None and scored is not None:  # scored is set whenever classify is
             classes = handle.model_version.class_names
@@ -82,6 +92,8 @@ class InferenceService:
                 outputs = {}
         if names is not None and outputs:
             outputs = {name: outputs[name] for name in names}
+        if observation is not None:
+            observation.encoding_from = time.perf_counter()
         return PredictResult(handle.model_name, handle.version, outputs, classifications)
 
 

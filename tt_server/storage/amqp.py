@@ -174,6 +174,16 @@ class AmqpBroker:
         finally:
             await channel.close()
 
+    async def dead_lettered(self) -> int:
+        if self._connection is None:
+            raise Unavailable("the job queue is not open")
+        channel = await self._connection.channel(publisher_confirms=False)
+        try:
+            queue = await channel.declare_queue(f"{self._queue_name}.dead", durable=True, passive=True)
+            return int(queue.declaration_result.message_count or 0)
+        finally:
+            await channel.close()
+
     async def _peek(self, queue_name: str) -> list[str]:
         """Read every message of a queue without consuming it: gets without acks on a temporary channel,
         whose closing hands them all back."""

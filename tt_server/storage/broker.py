@@ -58,3 +58,7 @@ class Broker(Protocol):
     async def queued(self) -> int:
         """Messages ready in the queue (not counting unsettled deliveries)."""
         ...
+
+    async def dead_lettered(self) -> int:
+        """Messages in the dead-letter queue (counted, not read)."""
+        ...

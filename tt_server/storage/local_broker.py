@@ -106,6 +106,9 @@ class LocalBroker:
     async def queued(self) -> int:
         return len(self._ready)
 
+    async def dead_lettered(self) -> int:
+        return len(self._dead)
+
     async def _settle(self, delivery: LocalDelivery, requeue: bool | None) -> None:
         async with self._changed:
             consumer = delivery._consumer

@@ -207,6 +207,8 @@ class TrainingSession:
         finally:
             # The lease is free before the client hears the end, so it can start its next session at once.
             await self._cleanup()
+            if self._base is not None:
+                _session_ended(self._base, "ok" if error is None and finished is not None else "error")
             if finished is not None:
                 self.events.put_nowait(finished)
             self.events.close(error)
@@ -224,6 +226,7 @@ class TrainingSession:
             check_trainable(base)
         self._base = base
         self._parent = base.version
+        metrics.TRAINING_SESSIONS.labels(base.model_name, str(base.version)).inc()
         await asyncio.to_thread(self._scratch.mkdir, parents=True, exist_ok=True)
         artifact = self._scratch / f"base{ARTIFACT_SUFFIX[base.format]}"
         try:
@@ -310,14 +313,14 @@ class TrainingSession:
     async def _train(self, batches: list[Batch]) -> None:
         if not batches:
             return
-        assert self._trainer is not None and self._spec is not None
-        model = self._spec.model.name
+        assert self._trainer is not None and self._base is not None and self._spec is not None
+        labels = (self._base.model_name, str(self._base.version))  # the version the session started from
         for result in await self._in_thread(self._trainer.train, batches):
             self._steps += 1
             self._examples += result.rows
-            metrics.TRAINING_STEPS.labels(model).inc()
-            metrics.TRAINING_EXAMPLES.labels(model).inc(result.rows)
-            metrics.TRAINING_LOSS.labels(model).set(result.loss)
+            metrics.TRAINING_STEPS.labels(*labels).inc()
+            metrics.TRAINING_EXAMPLES.labels(*labels).inc(result.rows)
+            metrics.TRAINING_LOSS.labels(*labels).set(result.loss)
             await self._emit(Progress(self._steps, self._examples, result.loss, result.prequential, result.metrics))
         policy = self._spec.checkpoint
         if (policy.every_examples and self._examples - self._saved_examples >= policy.every_examples) or (
@@ -442,6 +445,14 @@ def _checkpoint_metadata(snapshot: Snapshot) -> dict[str, str]:
         metadata.update({f"training.prequential.{k}": f"{v:.6g}" for k, v in last.prequential.items()})
         metadata.update({f"training.metrics.{k}": f"{v:.6g}" for k, v in last.metrics.items()})
     return metadata
+
+
+def _session_ended(base: ModelVersion, outcome: str) -> None:
+    labels = (base.model_name, str(base.version))
+    metrics.TRAINING_SESSIONS.labels(*labels).dec()
+    metrics.TRAINING_SESSIONS_ENDED.labels(*labels, outcome).inc()
+    with contextlib.suppress(KeyError):  # a finished session's last loss would mislead
+        metrics.TRAINING_LOSS.remove(*labels)
 
 
 def _nothing() -> None:

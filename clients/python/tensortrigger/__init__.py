@@ -23,7 +23,16 @@ from tensortrigger._errors import (
     UnavailableError,
     UnimplementedError,
 )
-from tensortrigger._messages import ClassScore, JobOptions, TrainOptions, TrainResult, model_ref, read_images
+from tensortrigger._messages import (
+    ClassScore,
+    JobOptions,
+    Prediction,
+    ServerTiming,
+    TrainOptions,
+    TrainResult,
+    model_ref,
+    read_images,
+)
 from tensortrigger._retry import RetryPolicy
 
 try:
@@ -43,8 +52,10 @@ __all__ = [
     "JobOptions",
     "NotFoundError",
     "PermissionDeniedError",
+    "Prediction",
     "ResourceExhaustedError",
     "RetryPolicy",
+    "ServerTiming",
     "TensorTriggerError",
     "TrainOptions",
     "TrainResult",

@@ -92,12 +92,19 @@ class AsyncClient(BaseClient):
         *,
         idempotent: bool,
         upload: bool = False,
+        metadata: tuple[tuple[str, str], ...] = (),
+        trailers: list[Any] | None = None,
     ) -> T:
-        """One call (retried if ``idempotent``); an ``upload`` (a client stream) has no default deadline."""
+        """One call (retried if ``idempotent``); an ``upload`` (a client stream) has no default deadline.
+        ``trailers`` gets the successful call's trailing metadata appended."""
         attempts = Attempts(self.retry if idempotent else None, timeout if upload else self._timeout(timeout))
         while True:
             try:
-                return await method(request, timeout=attempts.timeout(), metadata=self._metadata)
+                call: Any = method(request, timeout=attempts.timeout(), metadata=self._metadata + metadata)
+                response = await call
+                if trailers is not None:
+                    trailers.extend(await call.trailing_metadata() or ())
+                return response
             except grpc.RpcError as error:
                 delay = attempts.next_delay(error)
                 if delay is None:
@@ -149,16 +156,24 @@ class AsyncClient(BaseClient):
         outputs: Sequence[str] | None = None,
         *,
         timeout: float | None = None,
-    ) -> dict[str, np.ndarray]:
+        timing: bool = False,
+    ) -> m.Prediction:
         """See ``Client.predict``."""
         ref = m.model_ref(model)
         request = m.predict_request(ref, await self.signature(ref, timeout=timeout), inputs, outputs)
+        trailers: list[Any] | None = [] if timing else None
+        extra = m.TIMING_METADATA if timing else ()
         try:
-            response = await self._unary(self._inference.Predict, request, timeout, idempotent=True)
+            response = await self._unary(
+                self._inference.Predict, request, timeout, idempotent=True, metadata=extra, trailers=trailers
+            )
         except TensorTriggerError as error:
             self._forget_signature(ref, error)
             raise
-        return m.decode_tensors(response.outputs)
+        result = m.Prediction(m.decode_tensors(response.outputs))
+        if trailers is not None:
+            result.timing = m.ServerTiming.from_metadata(trailers)
+        return result
 
     async def classify(
         self,

@@ -63,13 +63,20 @@ class Client(BaseClient):
     # --- calling ----------------------------------------------------------------------------------------
 
     def _unary(
-        self, method: Callable[..., T], request: Any, timeout: float | None, *, idempotent: bool, upload: bool = False
+        self,
+        method: Callable[..., T],
+        request: Any,
+        timeout: float | None,
+        *,
+        idempotent: bool,
+        upload: bool = False,
+        metadata: tuple[tuple[str, str], ...] = (),
     ) -> T:
         """One call (retried if ``idempotent``); an ``upload`` (a client stream) has no default deadline."""
         attempts = Attempts(self.retry if idempotent else None, timeout if upload else self._timeout(timeout))
         while True:
             try:
-                return method(request, timeout=attempts.timeout(), metadata=self._metadata)
+                return method(request, timeout=attempts.timeout(), metadata=self._metadata + metadata)
             except grpc.RpcError as error:
                 delay = attempts.next_delay(error)
                 if delay is None:
@@ -117,21 +124,29 @@ class Client(BaseClient):
         outputs: Sequence[str] | None = None,
         *,
         timeout: float | None = None,
-    ) -> dict[str, np.ndarray]:
+        timing: bool = False,
+    ) -> m.Prediction:
         """Run ``model`` on ``inputs`` (one array for a single-input model, else arrays by input name).
 
         Inputs are cast to the declared dtypes when numpy's "same_kind" rule allows (float64 -> float32). An image
         input also takes encoded PNG/JPEG images, ``read_images(paths)``, which the server decodes and resizes.
         Returns the outputs by name (only ``outputs`` when given), as read-only arrays over the received bytes.
+        With ``timing``, the result's ``timing`` says where the server spent the call's time (``ServerTiming``).
         """
         ref = m.model_ref(model)
         request = m.predict_request(ref, self.signature(ref, timeout=timeout), inputs, outputs)
+        extra = m.TIMING_METADATA if timing else ()
         try:
-            response = self._unary(self._inference.Predict, request, timeout, idempotent=True)
+            response, call = self._unary(
+                self._inference.Predict.with_call, request, timeout, idempotent=True, metadata=extra
+            )
         except TensorTriggerError as error:
             self._forget_signature(ref, error)
             raise
-        return m.decode_tensors(response.outputs)
+        result = m.Prediction(m.decode_tensors(response.outputs))
+        if timing:
+            result.timing = m.ServerTiming.from_metadata(call.trailing_metadata())
+        return result
 
     def classify(
         self,

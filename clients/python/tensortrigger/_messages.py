@@ -138,6 +138,41 @@ def decode_tensors(tensors: Mapping[str, tensor_pb2.Tensor]) -> dict[str, np.nda
     return {name: decode_tensor(tensor) for name, tensor in tensors.items()}
 
 
+TIMING_METADATA = (("x-tt-timing", "1"),)  # asks the server for its ``server-timing`` trailer
+
+
+@dataclass(frozen=True)
+class ServerTiming:
+    """Where the server spent one call's time, in seconds (its ``server-timing`` trailing metadata)."""
+
+    queue: float
+    """Waiting in the model's batcher queue for the model call."""
+    compute: float
+    """In the model call (the batch the request ran in)."""
+    decode: float
+    """Validating and decoding the inputs."""
+    encode: float
+    """Encoding the outputs."""
+    total: float
+    """The whole call in the server's handler (the rest of the client's latency is network and client)."""
+
+    @classmethod
+    def from_metadata(cls, metadata: Iterable[tuple[str, str | bytes]] | None) -> ServerTiming | None:
+        """Parsed from trailing metadata; None when the server sent none."""
+        for key, value in metadata or ():
+            if key == "server-timing" and isinstance(value, str):
+                parts = dict(part.strip().split(";dur=", 1) for part in value.split(",") if ";dur=" in part)
+                ms = {name: float(parts.get(name, 0.0)) / 1e3 for name in ("queue", "compute", "decode", "encode")}
+                return cls(**ms, total=float(parts.get("total", 0.0)) / 1e3)
+        return None
+
+
+class Prediction(dict[str, np.ndarray]):
+    """A prediction's outputs by name (a plain dict) and, when ``timing=True`` asked for it, ``timing``."""
+
+    timing: ServerTiming | None = None
+
+
 def named_arrays(values: Arrays, specs: Sequence[tensor_pb2.TensorSpec], what: str) -> dict[str, np.ndarray]:
     """Name a bare array after the model's only input (or output), and cast to the declared dtypes.
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import sys
@@ -690,6 +691,27 @@ def jobs_cancel(settings: Settings, job_id: str) -> None:
 
 
 # --- train -----------------------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option(
+    "--metrics",
+    "metrics_url",
+    default="",
+    help="The server's Prometheus endpoint (TT_METRICS_ADDRESS) [default: http://ADDRESS-HOST:9090/metrics].",
+)
+@click.option("--interval", type=float, default=1.0, show_default=True, help="Seconds between refreshes.")
+@click.option("--iterations", type=int, default=0, help="Stop after this many refreshes (default: until Ctrl-C).")
+@pass_settings
+def top(settings: Settings, metrics_url: str, interval: float, iterations: int) -> None:
+    """Live view of the server: per model and version req/s, errors, p50/p99, rows per call, queue, state."""
+    from tensortrigger._cli import top as live_view  # rich's live display only when asked for
+
+    if not metrics_url:
+        host = settings.address.rsplit(":", 1)[0] if ":" in settings.address else settings.address
+        metrics_url = f"http://{host}:9090/metrics"
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how a live view ends
+        live_view.run(metrics_url, max(0.1, interval), iterations)
 
 
 def _training_batches(path: Path, label_column: str | None, rows: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
