@@ -72,9 +72,7 @@ def checkov_report(rendered: dict[str, list[Manifest]], tmp_path_factory: pytest
     """
     checkov = Path(os.environ.get("TT_CHECKOV", CHECKOV_VENV / "bin" / "checkov"))
     if not checkov.is_file():
-        service_missing(
-            f"checkov not found at {checkov}; install it with: make {CHECKOV_VENV.relative_to(ROOT)}"
-        )
+        service_missing(f"checkov not found at {checkov}; install it with: make {CHECKOV_VENV.relative_to(ROOT)}")
     scan = tmp_path_factory.mktemp("checkov")
     for overlay in OVERLAYS:
         (scan / overlay).mkdir()

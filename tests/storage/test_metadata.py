@@ -85,7 +85,10 @@ async def test_model_summarises_its_versions_and_labels(metadata_store: SqlMetad
     assert model.labels == {"prod": 1, "canary": 2}
     assert model.created_at <= model.updated_at
 
+    # Only the version that creates the model describes it; SetModelDescription changes it later.
     await publish(metadata_store, "iris", description="irises")
+    assert (await metadata_store.get_model("iris")).description == "flowers"
+    await metadata_store.set_description("iris", "irises")
     assert (await metadata_store.get_model("iris")).description == "irises"
 
 

@@ -87,3 +87,29 @@ class RegistryServicer(registry_service_pb2_grpc.ModelRegistryServiceServicer):
         yield pb.DownloadModelVersionResponse(version=convert.model_version(version))
         async for chunk in chunks:
             yield pb.DownloadModelVersionResponse(chunk=chunk)
+
+    async def SetServingPolicy(
+        self, request: pb.SetServingPolicyRequest, context: grpc.aio.ServicerContext
+    ) -> pb.SetServingPolicyResponse:
+        previous, served = await self._registry.set_serving_policy(request.name, convert.serving_policy(request.policy))
+        return pb.SetServingPolicyResponse(
+            previous_policy=convert.serving_policy_to_pb(previous), served_version=served or 0
+        )
+
+    async def PromoteModelVersion(
+        self, request: pb.PromoteModelVersionRequest, context: grpc.aio.ServicerContext
+    ) -> pb.PromoteModelVersionResponse:
+        version, served = await self._registry.promote(request.name, request.version)
+        return pb.PromoteModelVersionResponse(version=convert.model_version(version), served_version=served or 0)
+
+    async def SetModelDescription(
+        self, request: pb.SetModelDescriptionRequest, context: grpc.aio.ServicerContext
+    ) -> pb.SetModelDescriptionResponse:
+        model = await self._registry.set_description(request.name, request.description)
+        return pb.SetModelDescriptionResponse(model=convert.model(model))
+
+    async def SetRetentionPolicy(
+        self, request: pb.SetRetentionPolicyRequest, context: grpc.aio.ServicerContext
+    ) -> pb.SetRetentionPolicyResponse:
+        policy, pruned = await self._registry.set_retention(request.name, convert.retention(request.retention))
+        return pb.SetRetentionPolicyResponse(retention=convert.retention_to_pb(policy), pruned_versions=pruned)

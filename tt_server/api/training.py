@@ -90,6 +90,7 @@ def train_spec(config: pb.TrainConfig) -> TrainSpec:
         on_abort=OnAbort.DISCARD if config.on_abort == pb.ON_ABORT_DISCARD else OnAbort.CHECKPOINT,
         wait_for_lease=config.wait_for_lease,
         metrics=tuple(config.metrics),
+        promote=config.promote,
     )
 
 

@@ -41,6 +41,8 @@ from tt_server.types import (
     ModelVersion,
     Page,
     RegistryEvent,
+    RetentionPolicy,
+    ServingPolicy,
     Signature,
     VersionSource,
     tensor_display_name,
@@ -75,6 +77,7 @@ class UploadSpec:
     frozen_graph: FrozenGraphNodes | None = None  # given for frozen graphs only
     class_names: tuple[str, ...] = ()  # the labels file's lines, trailing blank ones dropped
     image_scaling: ImageScaling = ImageScaling.RAW
+    serving_policy: ServingPolicy | None = None  # the model's, when the upload creates it
 
 
 def check_model_name(name: str, field_name: str = "name") -> None:
@@ -92,6 +95,13 @@ def check_label(label: str, field_name: str = "label") -> None:
             field_name,
             f"invalid label {label[:80]!r}: use 1-63 lowercase letters, digits, '_' or '-', starting with a letter",
         )
+
+
+def check_serving_policy(policy: ServingPolicy, field_name: str = "policy") -> None:
+    if policy.label is not None:
+        check_label(policy.label, f"{field_name}.label")
+    if policy.version is not None and policy.version <= 0:
+        raise InvalidArgument.field(f"{field_name}.version", "versions are numbered from 1")
 
 
 def _now_us() -> int:
@@ -186,6 +196,14 @@ class Registry:
         check(metadata_size <= MAX_METADATA_BYTES, "header.metadata", f"over {MAX_METADATA_BYTES} bytes")
         if spec.expected_sha256 is not None:
             check(bool(SHA256_HEX.match(spec.expected_sha256)), "header.expected_sha256", "not a hex SHA-256")
+        if spec.serving_policy is not None and spec.serving_policy.label is not None:
+            check(
+                bool(LABEL_NAME.match(spec.serving_policy.label)),
+                "header.serving_policy.label",
+                f"invalid label {spec.serving_policy.label[:80]!r}",
+            )
+        if spec.serving_policy is not None and spec.serving_policy.version is not None:
+            check(spec.serving_policy.version > 0, "header.serving_policy.version", "versions are numbered from 1")
         violations += _frozen_graph_violations(spec)
         violations += _class_name_violations(spec.class_names)
         if violations:
@@ -268,7 +286,13 @@ class Registry:
                 image_scaling=spec.image_scaling,
             )
             version = await self._metadata.create_version(
-                NewVersion(draft, set_labels=spec.labels, model_description=spec.description)
+                NewVersion(
+                    draft,
+                    set_labels=spec.labels,
+                    # Training never names the model's description (a deleted model is recreated without one).
+                    model_description=spec.description if source is not VersionSource.TRAINING else "",
+                    serving_policy=spec.serving_policy,
+                )
             )
             committed = True
         except Unavailable:
@@ -372,13 +396,56 @@ class Registry:
         return await self._metadata.list_versions(name, page_size, page_token)
 
     async def resolve(self, ref: ModelRef) -> ModelVersion:
-        """The version a reference selects: explicit version, label, or the newest."""
+        """The version a reference selects: explicit version, label, or what the model's serving policy says."""
         check_model_name(ref.name, "model.name")
         if ref.version is not None:
             return await self._metadata.get_version(ref.name, ref.version)
         if ref.label is not None:
             return await self._metadata.get_labelled_version(ref.name, ref.label)
-        return await self._metadata.get_latest_version(ref.name)
+        return await self._metadata.get_served_version(ref.name)
+
+    async def served_version(self, name: str) -> int | None:
+        """The version the serving policy selects now, None when none does."""
+        try:
+            return (await self._metadata.get_served_version(name)).version
+        except NotFound:
+            await self._metadata.get_model(name)  # an unknown model stays NOT_FOUND
+            return None
+
+    # --- model settings -------------------------------------------------------------------------------------
+    async def set_serving_policy(self, name: str, policy: ServingPolicy) -> tuple[ServingPolicy, int | None]:
+        """Replace the model's serving policy; returns the previous one and the version now served."""
+        check_model_name(name)
+        check_serving_policy(policy)
+        previous = await self._metadata.set_serving_policy(name, policy)
+        await self._events.publish(RegistryEvent(EventKind.POLICY_CHANGED, name))
+        log.info("serving policy set", extra={"model": name, "policy": str(policy), "previous": str(previous)})
+        return previous, await self.served_version(name)
+
+    async def promote(self, name: str, version: int) -> tuple[ModelVersion, int | None]:
+        """Let the ``latest`` policy select a training checkpoint; returns it and the version now served."""
+        check_model_name(name)
+        if version <= 0:
+            raise InvalidArgument.field("version", "versions are numbered from 1")
+        promoted = await self._metadata.promote_version(name, version)
+        await self._events.publish(RegistryEvent(EventKind.POLICY_CHANGED, name, version))
+        return promoted, await self.served_version(name)
+
+    async def set_description(self, name: str, description: str) -> Model:
+        check_model_name(name)
+        if len(description) > MAX_METADATA_BYTES:
+            raise InvalidArgument.field("description", f"over {MAX_METADATA_BYTES} characters")
+        await self._metadata.set_description(name, description)
+        return await self._metadata.get_model(name)
+
+    async def set_retention(self, name: str, retention: RetentionPolicy) -> tuple[RetentionPolicy, list[int]]:
+        """Replace how many versions are kept and prune now; returns the policy and the pruned versions."""
+        check_model_name(name)
+        await self._metadata.set_retention(name, retention)
+        return retention, await self.prune(name)
+
+    async def prune(self, name: str) -> list[int]:
+        return []
 
     async def download(self, ref: ModelRef) -> tuple[ModelVersion, AsyncIterator[bytes]]:
         version = await self.resolve(ref)

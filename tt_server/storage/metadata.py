@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from tt_server.types import Model, ModelVersion, Page
+from tt_server.types import Model, ModelVersion, Page, RetentionPolicy, ServingPolicy
 
 
 @dataclass(frozen=True, slots=True)
@@ -19,7 +19,9 @@ class NewVersion:
 
     version: ModelVersion  # ``version.version`` is ignored; the store allocates the next number
     set_labels: tuple[str, ...] = ()
-    model_description: str = ""
+    model_description: str = ""  # set only when this version creates the model
+    # The model's policy when this creates it; for an existing model it must equal the policy (or be None).
+    serving_policy: ServingPolicy | None = None
 
 
 class MetadataStore(Protocol):
@@ -50,6 +52,20 @@ class MetadataStore(Protocol):
     async def get_latest_version(self, name: str) -> ModelVersion: ...
 
     async def get_labelled_version(self, name: str, label: str) -> ModelVersion: ...
+
+    async def get_served_version(self, name: str) -> ModelVersion:
+        """The version the model's serving policy selects (``ServingPolicy``); ``NotFound`` when none does."""
+
+    # --- model settings -----------------------------------------------------------------------------------
+    async def set_serving_policy(self, name: str, policy: ServingPolicy) -> ServingPolicy:
+        """Replace the policy (its label or version must exist: ``FailedPrecondition``); returns the old one."""
+
+    async def promote_version(self, name: str, version: int) -> ModelVersion:
+        """Mark a training checkpoint promoted (no change for other sources); returns the version."""
+
+    async def set_description(self, name: str, description: str) -> None: ...
+
+    async def set_retention(self, name: str, retention: RetentionPolicy) -> None: ...
 
     async def list_versions(self, name: str, page_size: int, page_token: str) -> Page[ModelVersion]: ...
 

@@ -60,6 +60,7 @@ class TrainSpec:
     on_abort: OnAbort = OnAbort.CHECKPOINT
     wait_for_lease: bool = False
     metrics: tuple[str, ...] = ()
+    promote: bool = False  # promote the last checkpoint when the session ends normally
 
 
 @dataclass(frozen=True, slots=True)

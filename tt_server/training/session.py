@@ -301,6 +301,8 @@ class TrainingSession:
                 assert self._spec is not None
                 if self._spec.checkpoint.on_end:
                     await self._checkpoint()
+                if self._spec.promote and self._last_version:
+                    await self._deps.registry.promote(self._spec.model.name, self._last_version)
                 log.info(
                     "training session finished",
                     extra={"session": self.session_id, "examples": self._examples, "steps": self._steps},

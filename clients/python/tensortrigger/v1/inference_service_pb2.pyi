@@ -159,7 +159,7 @@ class CheckpointPolicy(_message.Message):
     def __init__(self, every_examples: _Optional[int] = ..., every_seconds: _Optional[float] = ..., on_end: _Optional[bool] = ...) -> None: ...
 
 class TrainConfig(_message.Message):
-    __slots__ = ("model", "loss", "optimizer", "learning_rate", "momentum", "micro_batch_size", "checkpoint", "move_label", "on_abort", "wait_for_lease", "metrics")
+    __slots__ = ("model", "loss", "optimizer", "learning_rate", "momentum", "micro_batch_size", "checkpoint", "move_label", "on_abort", "wait_for_lease", "metrics", "promote")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     LOSS_FIELD_NUMBER: _ClassVar[int]
     OPTIMIZER_FIELD_NUMBER: _ClassVar[int]
@@ -171,6 +171,7 @@ class TrainConfig(_message.Message):
     ON_ABORT_FIELD_NUMBER: _ClassVar[int]
     WAIT_FOR_LEASE_FIELD_NUMBER: _ClassVar[int]
     METRICS_FIELD_NUMBER: _ClassVar[int]
+    PROMOTE_FIELD_NUMBER: _ClassVar[int]
     model: _model_pb2.ModelRef
     loss: str
     optimizer: Optimizer
@@ -182,7 +183,8 @@ class TrainConfig(_message.Message):
     on_abort: OnAbort
     wait_for_lease: bool
     metrics: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, model: _Optional[_Union[_model_pb2.ModelRef, _Mapping]] = ..., loss: _Optional[str] = ..., optimizer: _Optional[_Union[Optimizer, str]] = ..., learning_rate: _Optional[float] = ..., momentum: _Optional[float] = ..., micro_batch_size: _Optional[int] = ..., checkpoint: _Optional[_Union[CheckpointPolicy, _Mapping]] = ..., move_label: _Optional[str] = ..., on_abort: _Optional[_Union[OnAbort, str]] = ..., wait_for_lease: _Optional[bool] = ..., metrics: _Optional[_Iterable[str]] = ...) -> None: ...
+    promote: bool
+    def __init__(self, model: _Optional[_Union[_model_pb2.ModelRef, _Mapping]] = ..., loss: _Optional[str] = ..., optimizer: _Optional[_Union[Optimizer, str]] = ..., learning_rate: _Optional[float] = ..., momentum: _Optional[float] = ..., micro_batch_size: _Optional[int] = ..., checkpoint: _Optional[_Union[CheckpointPolicy, _Mapping]] = ..., move_label: _Optional[str] = ..., on_abort: _Optional[_Union[OnAbort, str]] = ..., wait_for_lease: _Optional[bool] = ..., metrics: _Optional[_Iterable[str]] = ..., promote: _Optional[bool] = ...) -> None: ...
 
 class TrainExamples(_message.Message):
     __slots__ = ("features", "labels", "evaluate_only")
