@@ -66,6 +66,11 @@ class Settings(BaseSettings):
         default_factory=list,
         description="Fully qualified Keras classes (module.Class) allowed besides Keras's own layers.",
     )
+    allow_non_finite_weights: bool = Field(
+        False,
+        description="Accept uploaded or imported versions whose weights hold NaN or infinite values (refused by "
+        "default: such a model answers NaN to every request).",
+    )
 
     event_loop: Literal["uvloop", "asyncio"] = Field(
         "uvloop", description="Event loop implementation; uvloop measured ~25-50% faster on the Predict path."

@@ -91,6 +91,7 @@ def train_spec(config: pb.TrainConfig) -> TrainSpec:
         wait_for_lease=config.wait_for_lease,
         metrics=tuple(config.metrics),
         promote=config.promote,
+        drop_non_finite=config.drop_non_finite,
     )
 
 
@@ -103,6 +104,7 @@ def train_response(event: TrainEvent) -> pb.TrainResponse:
                 loss=event.loss,
                 prequential=event.prequential,
                 metrics=event.metrics,
+                dropped_examples=event.dropped_examples,
             )
         )
     if isinstance(event, Started):

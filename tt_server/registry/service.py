@@ -234,7 +234,15 @@ class Registry:
     ) -> tuple[ModelFormat, Signature]:
         fmt = detect_format(artifact, declared)
         work.mkdir(exist_ok=True)
-        signature = inspect_artifact(artifact, fmt, work, self._limits, self._allowed_custom, nodes)
+        signature = inspect_artifact(
+            artifact,
+            fmt,
+            work,
+            self._limits,
+            self._allowed_custom,
+            nodes,
+            allow_non_finite=self._settings.allow_non_finite_weights,
+        )
         return fmt, signature
 
     @staticmethod

@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import enum
 import logging
+import math
 import os
 import shutil
 import threading
@@ -33,7 +34,14 @@ from typing import Any, TypeVar
 
 from tt_server import metrics
 from tt_server.config import Settings
-from tt_server.errors import FailedPrecondition, InvalidArgument, NotFound, TensorTriggerError, Unavailable
+from tt_server.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    TensorTriggerError,
+    TrainingDiverged,
+    Unavailable,
+)
 from tt_server.registry.service import Registry
 from tt_server.runtime.loader import ARTIFACT_SUFFIX
 from tt_server.storage.blobs import BlobStore
@@ -162,6 +170,8 @@ class TrainingSession:
         self._parent: int | None = None
         self._last_version = 0
         self._publishing: asyncio.Future[ModelVersion | None] | None = None
+        self._diverged = False  # the loss or weights went NaN/Inf: nothing more is published
+        self._dropped = 0  # examples dropped for holding NaN/Inf (drop_non_finite)
 
     def start(self) -> asyncio.Task[None]:
         self.task = asyncio.create_task(self._run(), name=f"tt-train-{self.session_id}")
@@ -195,6 +205,9 @@ class TrainingSession:
                 error = Unavailable("the server is shutting down; progress was kept or discarded as on_abort says")
         except Exception as e:
             error = e
+            if isinstance(e, TrainingDiverged):
+                self._diverged = True
+                log.warning("training session diverged", extra={"session": self.session_id, "error": e.message})
         # Set with no await since the try block: a later stop() waits for the ending instead of cancelling it.
         self._ending = True
         try:
@@ -240,7 +253,9 @@ class TrainingSession:
         recipe = await self._in_thread(trainer.load)
         self._trainer = trainer
         s = self._settings
-        decoder = ExampleDecoder(base.signature, trainer.label_specs, s.max_request_rows, s.max_request_elements)
+        decoder = ExampleDecoder(
+            base.signature, trainer.label_specs, s.max_request_rows, s.max_request_elements, spec.drop_non_finite
+        )
         self._batcher = MicroBatcher(spec.micro_batch_size)
         self._last_checkpoint_at = time.monotonic()
         log.info(
@@ -287,10 +302,14 @@ class TrainingSession:
                 raise item
             if isinstance(item, tuple):
                 batch, evaluate_only = item
+                self._dropped += batch.dropped
                 if not evaluate_only:
                     await self._train(batcher.add(batch))
                     continue
                 await self._train(batcher.flush())  # an evaluation sees every example sent before it
+                if not batch.rows:  # every example was dropped
+                    await self._emit(Evaluated(0, math.nan, {}))
+                    continue
                 result = await self._in_thread(trainer.evaluate, batch)
                 await self._emit(Evaluated(result.rows, result.loss, result.metrics))
             elif item is Control.CHECKPOINT:
@@ -315,12 +334,19 @@ class TrainingSession:
         assert self._trainer is not None and self._spec is not None
         model = self._spec.model.name
         for result in await self._in_thread(self._trainer.train, batches):
+            if not math.isfinite(result.loss):
+                raise TrainingDiverged(
+                    f"training diverged: the loss became {result.loss} at step {self._steps + 1}; the session "
+                    "publishes nothing more (whatever on_abort says). Try a lower learning rate"
+                )
             self._steps += 1
             self._examples += result.rows
             metrics.TRAINING_STEPS.labels(model).inc()
             metrics.TRAINING_EXAMPLES.labels(model).inc(result.rows)
             metrics.TRAINING_LOSS.labels(model).set(result.loss)
-            await self._emit(Progress(self._steps, self._examples, result.loss, result.prequential, result.metrics))
+            await self._emit(
+                Progress(self._steps, self._examples, result.loss, result.prequential, result.metrics, self._dropped)
+            )
         policy = self._spec.checkpoint
         if (policy.every_examples and self._examples - self._saved_examples >= policy.every_examples) or (
             policy.every_seconds and time.monotonic() - self._last_checkpoint_at >= policy.every_seconds
@@ -383,7 +409,8 @@ class TrainingSession:
                 version = await self._publishing
                 if version is not None:
                     await self._emit(Checkpointed(version))
-        if spec is not None and trainer is not None and spec.on_abort is OnAbort.CHECKPOINT:
+        # Weights that went NaN or infinite are never published, whatever on_abort says.
+        if spec is not None and trainer is not None and spec.on_abort is OnAbort.CHECKPOINT and not self._diverged:
             await self._checkpoint()
 
     async def _cleanup(self) -> None:

@@ -466,6 +466,8 @@ class TrainOptions(TypedDict, total=False):
     """Extra Keras metrics to report, e.g. "accuracy"."""
     promote: bool
     """Promote the last checkpoint at the end, so the model's ``latest`` serving policy serves it."""
+    drop_non_finite: bool
+    """Drop examples holding NaN or infinite values (counted in progress) instead of failing the stream."""
 
 
 _OPTIMIZERS = {
@@ -501,6 +503,7 @@ def train_config_request(model: str | model_pb2.ModelRef, options: TrainOptions)
         wait_for_lease=options.get("wait_for_lease", False),
         metrics=list(options.get("metrics", [])),
         promote=options.get("promote", False),
+        drop_non_finite=options.get("drop_non_finite", False),
     )
     return inference_service_pb2.TrainRequest(config=config)
 
