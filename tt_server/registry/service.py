@@ -31,6 +31,7 @@ from tt_server.registry.frozen_graph import INPUT_FIELD, NODE_NAME, OUTPUT_FIELD
 from tt_server.registry.inspect import inspect_artifact
 from tt_server.storage.blobs import BlobStore
 from tt_server.storage.metadata import MetadataStore, NewVersion
+from tt_server.storage.pins import VersionPins
 from tt_server.types import (
     EventKind,
     FrozenGraphNodes,
@@ -128,6 +129,7 @@ class Registry:
             max_ratio=settings.max_compression_ratio,
         )
         self._allowed_custom = frozenset(settings.allowed_custom_objects)
+        self.pins = VersionPins(metadata)  # versions open Train sessions use; retention keeps them
 
     # --- upload -------------------------------------------------------------------------------------------
     async def upload(self, spec: UploadSpec, chunks: AsyncIterator[bytes]) -> tuple[ModelVersion, bool]:
@@ -171,6 +173,7 @@ class Registry:
                 "format": fmt.value,
             },
         )
+        await self._prune_quietly(version.model_name)
         return version, version.version == 1
 
     def _check_upload_spec(self, spec: UploadSpec) -> None:
@@ -329,13 +332,15 @@ class Registry:
         labels: tuple[str, ...] = (),
         description: str = "",
         feature_names: tuple[str, ...] = (),
+        pin: str | None = None,
     ) -> ModelVersion:
         """Publish a training checkpoint (a .keras file the trainer wrote) as a new version, moving ``labels``
         to it, with the same guarantees and events as an upload.
 
         The artifact is not inspected again: the server wrote it from a model that passed inspection, and
         training changes weights, never the architecture, so the parent's ``signature`` still holds, and so do
-        its class names and image scaling, which the checkpoint inherits.
+        its class names and image scaling, which the checkpoint inherits. ``pin``: a holder of ``pins`` moved to
+        the new version before retention prunes, so a session's newest checkpoint is never pruned under it.
         """
         class_names: tuple[str, ...] = ()
         image_scaling = ImageScaling.RAW
@@ -381,6 +386,9 @@ class Registry:
             "model version published by training",
             extra={"model": model_name, "version": version.version, "parent": parent_version, "session": session_id},
         )
+        if pin is not None:
+            await self.pins.pin(model_name, version.version, pin)
+        await self._prune_quietly(model_name)
         return version
 
     async def _discard_blob(self, blob_key: str) -> None:
@@ -453,7 +461,22 @@ class Registry:
         return retention, await self.prune(name)
 
     async def prune(self, name: str) -> list[int]:
-        return []
+        """Delete the versions the model's retention policy no longer keeps; their blobs go through the GC."""
+        pruned = await self._metadata.prune_versions(name)
+        for version in pruned:
+            await self._events.publish(RegistryEvent(EventKind.VERSION_DELETED, name, version))
+        if pruned:
+            log.info("model versions pruned", extra={"model": name, "versions": pruned})
+        return pruned
+
+    async def _prune_quietly(self, name: str) -> None:
+        """Retention after a new version: its failure must not fail the upload or checkpoint that ran it."""
+        try:
+            await self.prune(name)
+        except Exception:
+            log.warning(
+                "pruning versions failed; the next new version tries again", extra={"model": name}, exc_info=True
+            )
 
     async def download(self, ref: ModelRef) -> tuple[ModelVersion, AsyncIterator[bytes]]:
         version = await self.resolve(ref)

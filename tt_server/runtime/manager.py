@@ -46,6 +46,7 @@ from tt_server.runtime.servable import Servable, configure_threads
 from tt_server.runtime.validation import InputDecoder
 from tt_server.storage.blobs import BlobStore
 from tt_server.storage.metadata import MetadataStore
+from tt_server.storage.pins import VersionPins
 from tt_server.types import EventKind, ModelRef, ModelVersion, RegistryEvent
 
 log = logging.getLogger(__name__)
@@ -121,6 +122,7 @@ class ModelManager:
         self._settler = Settler(settings.gc_freeze)  # freeze what a load created, free what an unload dropped
         self._closed = False
         self.loads_started = 0  # for tests and metrics
+        self.pins = VersionPins(metadata_store)  # versions open PredictBatch streams use; retention keeps them
 
     # --- lifecycle ------------------------------------------------------------------------------------------
     async def start(self, events: EventBus | None = None) -> None:
@@ -141,6 +143,7 @@ class ModelManager:
         """Stop loading, finish queued requests, unload everything."""
         self._closed = True
         self._settler.cancel()
+        await self.pins.close()
         tasks = [*self._background, *self._loads.values(), *self._resolving.values()]
         for task in tasks:
             task.cancel()

@@ -7,6 +7,7 @@ Errors: unknown things raise ``NotFound``; a lost database connection raises ``U
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -79,6 +80,18 @@ class MetadataStore(Protocol):
 
     async def delete_label(self, name: str, label: str) -> int:
         """Remove a label; returns the version it pointed at."""
+
+    # --- retention ----------------------------------------------------------------------------------------------
+    async def pin_version(self, holder: str, name: str, version: int, expires_us: int) -> None:
+        """Record that ``holder`` uses the version until ``expires_us`` (refreshed while it lives)."""
+
+    async def refresh_pins(self, holders: Sequence[str], expires_us: int) -> None: ...
+
+    async def unpin(self, holder: str) -> None: ...
+
+    async def prune_versions(self, name: str) -> list[int]:
+        """Delete the versions the model's retention policy no longer keeps (never labelled, served, pinned or
+        job-used ones), queueing their blobs for the GC, in one transaction; returns their numbers."""
 
     # --- blob garbage collection (outbox) ----------------------------------------------------------------
     async def add_blob_gc(self, blob_key: str, not_before_us: int) -> None:

@@ -420,6 +420,84 @@ class SqlMetadataStore(SqlJobStore):  # jobs live in sql_jobs.py: same database,
                 raise NotFound(f"label {label!r} of model {name!r} not found")
         return int(row["version"])
 
+    # --- retention ----------------------------------------------------------------------------------------------
+    async def pin_version(self, holder: str, name: str, version: int, expires_us: int) -> None:
+        await self._db.execute(
+            "INSERT INTO version_pins (holder, model_name, version, expires_at) VALUES ($1, $2, $3, $4) "
+            "ON CONFLICT (holder) DO UPDATE SET version = excluded.version, expires_at = excluded.expires_at",
+            holder,
+            name,
+            version,
+            expires_us,
+        )
+
+    async def refresh_pins(self, holders: Sequence[str], expires_us: int) -> None:
+        for holder in holders:
+            await self._db.execute("UPDATE version_pins SET expires_at = $2 WHERE holder = $1", holder, expires_us)
+
+    async def unpin(self, holder: str) -> None:
+        await self._db.execute("DELETE FROM version_pins WHERE holder = $1", holder)
+
+    async def prune_versions(self, name: str) -> list[int]:
+        now = _now_us()
+        async with self._db.transaction() as tx:
+            row = await tx.fetchrow(
+                "SELECT serving_policy, keep_training_checkpoints, keep_versions FROM models WHERE name = $1", name
+            )
+            if row is None:
+                raise _model_not_found(name)
+            keep_checkpoints, keep_versions = int(row["keep_training_checkpoints"]), int(row["keep_versions"])
+            if keep_checkpoints < 0 and keep_versions <= 0:
+                return []
+            versions = await tx.fetch(
+                "SELECT version, source, promoted FROM model_versions WHERE model_name = $1 ORDER BY version DESC",
+                name,
+            )
+            # Never pruned: labelled versions, what the serving policy serves, what an unfinished job, an open
+            # Train session or a PredictBatch stream (on any replica) uses.
+            protected = {r["version"] for r in await tx.fetch("SELECT version FROM labels WHERE model_name = $1", name)}
+            protected |= {
+                r["version"]
+                for r in await tx.fetch(
+                    "SELECT version FROM version_pins WHERE model_name = $1 AND expires_at > $2", name, now
+                )
+            }
+            protected |= {
+                r["model_version"]
+                for r in await tx.fetch(
+                    "SELECT DISTINCT model_version FROM jobs WHERE model_name = $1 AND state IN ('QUEUED', 'RUNNING')",
+                    name,
+                )
+            }
+            policy = ServingPolicy.parse(row["serving_policy"])
+            if policy.version is not None:
+                protected.add(policy.version)
+            elif policy.label is None:
+                served = next((r["version"] for r in versions if r["source"] != "training" or r["promoted"]), None)
+                protected.add(served)
+            victims: set[int] = set()
+            if keep_checkpoints >= 0:
+                checkpoints = [r["version"] for r in versions if r["source"] == "training" and not r["promoted"]]
+                victims |= set(checkpoints[keep_checkpoints:])
+            if keep_versions > 0:
+                victims |= {r["version"] for r in versions[keep_versions:]}
+            victims -= protected
+            if not victims:
+                return []
+            await _lock_model(tx, name, now)
+            for version in sorted(victims):
+                # Queued for the blob GC sweeper in the same transaction, as delete_version does.
+                await tx.execute(
+                    "INSERT INTO blob_gc (blob_key, not_before) "
+                    "SELECT blob_key, CAST($3 AS BIGINT) FROM model_versions WHERE model_name = $1 AND version = $2 "
+                    "ON CONFLICT (blob_key) DO UPDATE SET not_before = excluded.not_before",
+                    name,
+                    version,
+                    now,
+                )
+                await tx.execute("DELETE FROM model_versions WHERE model_name = $1 AND version = $2", name, version)
+        return sorted(victims)
+
     # --- blob garbage collection (outbox) ----------------------------------------------------------------
     async def add_blob_gc(self, blob_key: str, not_before_us: int) -> None:
         await self._db.execute(_UPSERT_BLOB_GC, blob_key, not_before_us)

@@ -172,6 +172,7 @@ class TrainingSession:
         self._publishing: asyncio.Future[ModelVersion | None] | None = None
         self._diverged = False  # the loss or weights went NaN/Inf: nothing more is published
         self._dropped = 0  # examples dropped for holding NaN/Inf (drop_non_finite)
+        self._pins: list[str] = []  # the base version's and the newest checkpoint's: retention keeps them
 
     def start(self) -> asyncio.Task[None]:
         self.task = asyncio.create_task(self._run(), name=f"tt-train-{self.session_id}")
@@ -237,6 +238,8 @@ class TrainingSession:
             check_trainable(base)
         self._base = base
         self._parent = base.version
+        # The second pin moves to each checkpoint as it is published (so retention never prunes the newest).
+        self._pins = [await registry.pins.pin(base.model_name, base.version) for _ in range(2)]
         await asyncio.to_thread(self._scratch.mkdir, parents=True, exist_ok=True)
         artifact = self._scratch / f"base{ARTIFACT_SUFFIX[base.format]}"
         try:
@@ -384,6 +387,7 @@ class TrainingSession:
                 labels=(spec.move_label,) if spec.move_label else (),
                 description=f"online training session {self.session_id}, from version {base.version}",
                 feature_names=base.feature_names,
+                pin=self._pins[1],
             )
         finally:
             await asyncio.to_thread(path.unlink, True)
@@ -420,6 +424,8 @@ class TrainingSession:
                 await self._reader
         if self._lease is not None:
             await asyncio.shield(self._lease.release())
+        for holder in self._pins:
+            await asyncio.shield(self._deps.registry.pins.unpin(holder))
         if self._executor is not None:
             # Queued behind any job still on the thread (a step or load whose wait was cancelled), so the
             # scratch files go only once nothing uses them; the model is dropped on its own thread.

@@ -8,3 +8,13 @@ ALTER TABLE models ADD COLUMN keep_training_checkpoints BIGINT NOT NULL DEFAULT 
 ALTER TABLE models ADD COLUMN keep_versions BIGINT NOT NULL DEFAULT 0;
 ALTER TABLE model_versions ADD COLUMN promoted INTEGER NOT NULL DEFAULT 0;
 CREATE INDEX model_versions_by_source ON model_versions (model_name, source, version);
+
+-- Versions in use by an open Train session or PredictBatch stream on some replica: retention never prunes them.
+-- A holder refreshes expires_at while it lives, so a crashed replica's pins lapse on their own.
+CREATE TABLE version_pins (
+    holder     TEXT PRIMARY KEY,
+    model_name TEXT NOT NULL,
+    version    BIGINT NOT NULL,
+    expires_at BIGINT NOT NULL
+);
+CREATE INDEX version_pins_by_model ON version_pins (model_name, version);

@@ -5,3 +5,11 @@ ALTER TABLE models ADD COLUMN keep_training_checkpoints INTEGER NOT NULL DEFAULT
 ALTER TABLE models ADD COLUMN keep_versions INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE model_versions ADD COLUMN promoted INTEGER NOT NULL DEFAULT 0;
 CREATE INDEX model_versions_by_source ON model_versions (model_name, source, version);
+
+CREATE TABLE version_pins (
+    holder     TEXT NOT NULL PRIMARY KEY,
+    model_name TEXT NOT NULL,
+    version    INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL
+) STRICT;
+CREATE INDEX version_pins_by_model ON version_pins (model_name, version);
