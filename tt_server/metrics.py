@@ -34,6 +34,9 @@ MODEL_UNLOADS = Counter("tt_model_unloads_total", "Model version unloads by reas
 MODELS_LOADED = Gauge("tt_models_loaded", "Model versions currently loaded.")
 JOBS_FINISHED = Counter("tt_jobs_finished_total", "Job attempts that reached a terminal state, by state.", ["state"])
 JOB_ROWS = Counter("tt_job_rows_total", "Input rows processed by batch jobs (rate() gives rows/s).")
+REPOSITORY_IMPORTS = Counter(
+    "tt_repository_imports_total", "Model repository version folders imported or refused.", ["model", "outcome"]
+)
 TRAINING_STEPS = Counter("tt_training_steps_total", "Online-learning train steps, by model.", ["model"])
 TRAINING_EXAMPLES = Counter("tt_training_examples_total", "Examples trained on, by model.", ["model"])
 TRAINING_LOSS = Gauge("tt_training_loss", "Loss of the last train step, by model.", ["model"])

@@ -132,8 +132,11 @@ class Registry:
         self.pins = VersionPins(metadata)  # versions open Train sessions use; retention keeps them
 
     # --- upload -------------------------------------------------------------------------------------------
-    async def upload(self, spec: UploadSpec, chunks: AsyncIterator[bytes]) -> tuple[ModelVersion, bool]:
-        """Store a new version from streamed bytes; returns it and whether the model was created."""
+    async def upload(
+        self, spec: UploadSpec, chunks: AsyncIterator[bytes], source: VersionSource = VersionSource.UPLOAD
+    ) -> tuple[ModelVersion, bool]:
+        """Store a new version from streamed bytes (``source``: an upload, or the model repository); returns it
+        and whether the model was created."""
         self._check_upload_spec(spec)
         scratch = self._settings.scratch_dir
         scratch.mkdir(parents=True, exist_ok=True)
@@ -161,7 +164,7 @@ class Registry:
             self._check_feature_names(spec.feature_names, signature)
             _check_class_names(spec.class_names, signature)
             _check_image_scaling(spec.image_scaling, signature)
-            version = await self._publish(spec, artifact, fmt, size, sha256, signature)
+            version = await self._publish(spec, artifact, fmt, size, sha256, signature, source=source)
         finally:
             await asyncio.to_thread(_remove_tree, work)
         log.info(

@@ -1,0 +1,324 @@
+"""ModelRepository: a folder of models as a source of versions (TF Serving's file-system storage path source).
+
+Layout, as TF Serving's model base paths, one folder per model and one numbered folder per version::
+
+    <root>/<model>/<version>/saved_model.pb + variables/   a SavedModel (packed as .tar.gz for the registry)
+    <root>/<model>/<version>/model.keras | model.h5         a Keras file (any one *.keras or *.h5 file)
+    <root>/<model>/<version>/<graph>.pb + params.json       a TF1 frozen graph; params.json as TFaaS writes it
+                                                            ("inputNode", "outputNode", "labels": "labels.txt")
+    <root>/<model>/tensortrigger.json                       optional model config (below)
+
+``tensortrigger.json``: ``{"description": "...", "serving_policy": "latest" | "label:stable" | "version:<n>",
+"labels": {"stable": <n>}, "feature_names": [...], "class_names": [...] | "labels.txt", "image_scaling": "unit"}``
+where ``<n>`` are the repository's version numbers. A TFaaS ``params.json`` + ``labels.txt`` in the model or
+version folder are read as they are.
+
+Each sync imports version folders not yet imported through the registry's upload path (the same safety checks,
+NaN/Inf weights included), as versions of source REPOSITORY whose metadata records the repository version and
+a sha256 of the folder's files: an unchanged folder never makes a new version, a changed one makes one. Labels
+and the serving policy from the config are applied after. A bad folder is logged, counted
+(``tt_repository_imports_total{outcome="refused"}``), kept in ``problems`` and skipped; it never stops the server
+or the other models. A folder that disappears leaves its version in the registry (never deleted).
+
+One replica syncs at a time: the sync runs under a lease (a PostgreSQL advisory lock in production; a file lock
+in the data folder in embedded mode), and the digest check makes the second replica's pass a no-op.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import hashlib
+import io
+import json
+import logging
+import re
+import shutil
+import tarfile
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tt_server import metrics
+from tt_server.config import Settings
+from tt_server.errors import NotFound, TensorTriggerError
+from tt_server.registry.service import MODEL_NAME, Registry, UploadSpec
+from tt_server.storage.leases import LeaseManager
+from tt_server.types import FrozenGraphNodes, ImageScaling, ModelFormat, ModelRef, ServingPolicy, VersionSource
+
+log = logging.getLogger(__name__)
+
+CONFIG_FILE = "tensortrigger.json"
+TFAAS_PARAMS = "params.json"
+REPOSITORY_VERSION = "repository.version"  # metadata keys recorded on imported versions
+REPOSITORY_SHA256 = "repository.sha256"
+LEASE_NAME = "tt-model-repository"
+_VERSION_DIR = re.compile(r"^[1-9][0-9]{0,17}$")
+_CHUNK = 1 << 20
+
+
+@dataclass(slots=True)
+class SyncReport:
+    """What one sync did: versions imported (model, repository version, registry version) and refused folders."""
+
+    imported: list[tuple[str, int, int]] = field(default_factory=list)
+    refused: dict[str, str] = field(default_factory=dict)  # folder -> why
+    models: list[str] = field(default_factory=list)  # every model the repository holds
+
+
+class ModelRepository:
+    def __init__(self, root: Path, registry: Registry, leases: LeaseManager, settings: Settings) -> None:
+        self._root = root
+        self._registry = registry
+        self._leases = leases
+        self._settings = settings
+        self.problems: dict[str, str] = {}  # folder -> why it was refused at the last sync
+
+    # --- lifecycle -----------------------------------------------------------------------------------------
+    async def sync(self) -> SyncReport:
+        """Import what is new, apply the configs; one replica at a time."""
+        async with self._exclusive():
+            report = await self._sync()
+        self.problems = dict(report.refused)
+        return report
+
+    async def run_forever(self, poll_seconds: float) -> None:
+        while True:
+            await asyncio.sleep(poll_seconds)
+            try:
+                await self.sync()
+            except Exception:
+                log.warning("model repository sync failed; will retry", exc_info=True)
+
+    @contextlib.asynccontextmanager
+    async def _exclusive(self) -> AsyncIterator[None]:
+        lease = await self._leases.acquire(LEASE_NAME, wait=True)
+        try:
+            if self._settings.database_url:
+                yield
+            else:
+                # Embedded servers sharing a data folder are separate processes: an in-process lease is not enough.
+                lock_path = self._settings.data_dir / "model-repository.lock"
+                handle = await asyncio.to_thread(_lock_file, lock_path)
+                try:
+                    yield
+                finally:
+                    handle.close()  # releases the flock
+        finally:
+            await lease.release()
+
+    # --- one pass ------------------------------------------------------------------------------------------
+    async def _sync(self) -> SyncReport:
+        report = SyncReport()
+        if not await asyncio.to_thread(self._root.is_dir):
+            report.refused[str(self._root)] = "the model repository folder does not exist"
+            log.warning("model repository folder missing", extra={"path": str(self._root)})
+            return report
+        for model_dir in sorted(await asyncio.to_thread(_subdirs, self._root)):
+            name = model_dir.name
+            if not MODEL_NAME.match(name):
+                self._refuse(report, model_dir, name, "not a valid model name")
+                continue
+            report.models.append(name)
+            try:
+                config = await asyncio.to_thread(_read_config, model_dir)
+            except (OSError, ValueError) as e:
+                self._refuse(report, model_dir / CONFIG_FILE, name, str(e))
+                continue
+            imported = await self._imported(name)
+            for version_dir in sorted(
+                (d for d in await asyncio.to_thread(_subdirs, model_dir) if _VERSION_DIR.match(d.name)),
+                key=lambda d: int(d.name),
+            ):
+                await self._import_version(report, name, version_dir, config, imported)
+            try:
+                await self._apply_config(name, config, imported)
+            except TensorTriggerError as e:
+                self._refuse(report, model_dir / CONFIG_FILE, name, e.message)
+        return report
+
+    async def _imported(self, name: str) -> dict[int, tuple[int, str]]:
+        """Repository version -> (newest registry version imported from it, its folder digest)."""
+        found: dict[int, tuple[int, str]] = {}
+        token = ""
+        try:
+            while True:
+                page = await self._registry.list_versions(name, 1000, token)
+                for v in page.items:
+                    if v.source is VersionSource.REPOSITORY and REPOSITORY_VERSION in v.metadata:
+                        repo_version = int(v.metadata[REPOSITORY_VERSION])
+                        if repo_version not in found or found[repo_version][0] < v.version:
+                            found[repo_version] = (v.version, v.metadata.get(REPOSITORY_SHA256, ""))
+                token = page.next_page_token
+                if not token:
+                    return found
+        except NotFound:
+            return found
+
+    async def _import_version(
+        self,
+        report: SyncReport,
+        name: str,
+        version_dir: Path,
+        config: dict[str, Any],
+        imported: dict[int, tuple[int, str]],
+    ) -> None:
+        repo_version = int(version_dir.name)
+        scratch = self._settings.scratch_dir / f"repository-{uuid.uuid4().hex}"
+        try:
+            digest = await asyncio.to_thread(_folder_sha256, version_dir)
+            if repo_version in imported and imported[repo_version][1] == digest:
+                return  # unchanged: never a new version
+            await asyncio.to_thread(scratch.mkdir, parents=True)
+            artifact, fmt, nodes, version_params = await asyncio.to_thread(_artifact, version_dir, scratch)
+            params = {**config, **version_params}
+            spec = UploadSpec(
+                model_name=name,
+                format=fmt,
+                description=str(params.get("description", "")),
+                feature_names=tuple(params.get("feature_names", ())),
+                metadata={REPOSITORY_VERSION: str(repo_version), REPOSITORY_SHA256: digest},
+                frozen_graph=nodes,
+                class_names=tuple(params.get("class_names", ())),
+                image_scaling=ImageScaling(params.get("image_scaling", "raw")),
+            )
+            version, _ = await self._registry.upload(spec, _file_chunks(artifact), source=VersionSource.REPOSITORY)
+        except (TensorTriggerError, OSError, ValueError, KeyError, TypeError) as e:
+            message = e.message if isinstance(e, TensorTriggerError) else f"{type(e).__name__}: {e}"
+            self._refuse(report, version_dir, name, message)
+            return
+        finally:
+            await asyncio.to_thread(shutil.rmtree, scratch, True)
+        imported[repo_version] = (version.version, digest)
+        report.imported.append((name, repo_version, version.version))
+        metrics.REPOSITORY_IMPORTS.labels(name, "imported").inc()
+        log.info(
+            "model repository version imported",
+            extra={"model": name, "repository_version": repo_version, "version": version.version},
+        )
+
+    async def _apply_config(self, name: str, config: dict[str, Any], imported: dict[int, tuple[int, str]]) -> None:
+        if not imported:
+            return
+        model = await self._registry.get_model(name)
+        for label, repo_version in dict(config.get("labels", {})).items():
+            target = imported.get(int(repo_version))
+            if target is not None and model.labels.get(label) != target[0]:
+                await self._registry.set_label(name, label, target[0])
+        text = config.get("serving_policy")
+        if text:
+            policy = ServingPolicy.parse(str(text))
+            if policy.version is not None:  # the config names repository versions
+                target = imported.get(policy.version)
+                if target is None:
+                    raise ValueError(f"serving policy {policy}: no repository version {policy.version}")
+                policy = ServingPolicy(version=target[0])
+            if policy != model.serving_policy:
+                await self._registry.set_serving_policy(name, policy)
+
+    def _refuse(self, report: SyncReport, path: Path, name: str, why: str) -> None:
+        report.refused[str(path)] = why
+        if self.problems.get(str(path)) != why:  # once per problem, not once per poll
+            log.warning("model repository entry refused", extra={"model": name, "path": str(path), "error": why})
+            metrics.REPOSITORY_IMPORTS.labels(name, "refused").inc()
+
+    async def preload(self, manager: Any, names: list[str]) -> None:
+        """Load and warm what each model's serving policy serves, before the server reports SERVING."""
+        for name in names:
+            try:
+                await manager.get(ModelRef(name))
+            except Exception as e:
+                log.warning("model repository preload failed", extra={"model": name, "error": str(e)})
+
+
+# --- files (worker threads) -----------------------------------------------------------------------------
+def _subdirs(path: Path) -> list[Path]:
+    return [p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")]
+
+
+def _lock_file(path: Path) -> io.BufferedWriter:
+    handle = path.open("ab")
+    fcntl.flock(handle, fcntl.LOCK_EX)  # blocks this worker thread, not the event loop
+    return handle
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    data = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(data, dict):
+        raise ValueError(f"{path.name} must hold a JSON object")
+    return data
+
+
+def _read_config(model_dir: Path) -> dict[str, Any]:
+    """The model's config: tensortrigger.json, else TFaaS's params.json (+ its labels file)."""
+    for name in (CONFIG_FILE, TFAAS_PARAMS):
+        if (model_dir / name).is_file():
+            return _normalised(_read_json(model_dir / name), model_dir)
+    return {}
+
+
+def _normalised(params: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """TFaaS's params.json keys and a labels file name -> our config keys."""
+    config = dict(params)
+    labels_file = config.pop("class_names", None) if isinstance(config.get("class_names"), str) else None
+    if isinstance(config.get("labels"), str):  # TFaaS: "labels": "labels.txt"
+        labels_file = config.pop("labels")
+    if labels_file:
+        lines = [line.strip() for line in (folder / labels_file).read_text(encoding="utf-8").splitlines()]
+        while lines and not lines[-1]:
+            lines.pop()
+        config["class_names"] = lines
+    return config
+
+
+def _folder_sha256(folder: Path) -> str:
+    """Over every file's relative path and bytes, in path order: the same folder always hashes the same."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        digest.update(path.relative_to(folder).as_posix().encode() + b"\0")
+        with path.open("rb") as f:
+            while chunk := f.read(_CHUNK):
+                digest.update(chunk)
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
+def _artifact(version_dir: Path, scratch: Path) -> tuple[Path, ModelFormat, FrozenGraphNodes | None, dict[str, Any]]:
+    """The file to upload for a version folder, its format, a frozen graph's nodes and the folder's params."""
+    if (version_dir / "saved_model.pb").is_file():
+        packed = scratch / "saved_model.tar.gz"
+        with tarfile.open(packed, "w:gz") as tar:
+            for path in sorted(version_dir.rglob("*")):
+                tar.add(path, arcname=path.relative_to(version_dir).as_posix(), recursive=False)
+        return packed, ModelFormat.SAVED_MODEL_TAR_GZ, None, {}
+    files = sorted(p for p in version_dir.iterdir() if p.is_file())
+    for suffix, fmt in ((".keras", ModelFormat.KERAS), (".h5", ModelFormat.H5)):
+        matches = [p for p in files if p.suffix == suffix]
+        if len(matches) == 1:
+            return matches[0], fmt, None, {}
+        if matches:
+            raise ValueError(f"more than one {suffix} file: {', '.join(p.name for p in matches)}")
+    params = _read_config(version_dir) if (version_dir / TFAAS_PARAMS).is_file() else {}
+    graphs = [p for p in files if p.suffix == ".pb"]
+    if params.get("model"):
+        graphs = [version_dir / str(params["model"])]
+    if len(graphs) == 1:
+        inputs, outputs = params.get("inputNode"), params.get("outputNode")
+        if not inputs or not outputs:
+            raise ValueError(f"the frozen graph {graphs[0].name} needs params.json with inputNode and outputNode")
+        nodes = FrozenGraphNodes(tuple(_names(inputs)), tuple(_names(outputs)))
+        return graphs[0], ModelFormat.FROZEN_GRAPH, nodes, params
+    raise ValueError("no model found: expected saved_model.pb, one .keras or .h5 file, or a frozen graph .pb")
+
+
+def _names(value: Any) -> list[str]:
+    return [value] if isinstance(value, str) else [str(v) for v in value]
+
+
+async def _file_chunks(path: Path) -> AsyncIterator[bytes]:
+    with path.open("rb") as f:
+        while chunk := await asyncio.to_thread(f.read, _CHUNK):
+            yield chunk
