@@ -123,6 +123,10 @@ async def test_repository_is_served_at_start_and_followed(settings_for, stubs, r
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await registry.GetModel(rpb.GetModelRequest(name="broken"))
         assert err.value.code() == grpc.StatusCode.NOT_FOUND
+        listed = await registry.ListModels(rpb.ListModelsRequest())
+        assert [m.name for m in listed.models] == ["churn", "mlp"]
+        (problem,) = listed.repository_problems
+        assert problem.path == str(repository / "broken" / "1") and "unrecognised model file" in problem.reason
 
         # A new version folder (written elsewhere, then moved in, as a deployment would) is served within a poll.
         staging = repository.parent / "staging-2"

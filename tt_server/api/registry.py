@@ -38,8 +38,11 @@ class RegistryServicer(registry_service_pb2_grpc.ModelRegistryServiceServicer):
         self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListModelsResponse:
         page = await self._registry.list_models(request.page_size, request.page_token)
+        problems = [] if request.page_token else sorted(self._registry.repository_problems.items())
         return pb.ListModelsResponse(
-            models=[convert.model(m) for m in page.items], next_page_token=page.next_page_token
+            models=[convert.model(m) for m in page.items],
+            next_page_token=page.next_page_token,
+            repository_problems=[pb.RepositoryProblem(path=path, reason=reason) for path, reason in problems],
         )
 
     async def GetModel(self, request: pb.GetModelRequest, context: grpc.aio.ServicerContext) -> pb.GetModelResponse:

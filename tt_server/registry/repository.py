@@ -66,7 +66,7 @@ class SyncReport:
 
     imported: list[tuple[str, int, int]] = field(default_factory=list)
     refused: dict[str, str] = field(default_factory=dict)  # folder -> why
-    models: list[str] = field(default_factory=list)  # every model the repository holds
+    models: list[str] = field(default_factory=list)  # every repository model with a version in the registry
 
 
 class ModelRepository:
@@ -76,6 +76,7 @@ class ModelRepository:
         self._leases = leases
         self._settings = settings
         self.problems: dict[str, str] = {}  # folder -> why it was refused at the last sync
+        self._refused: dict[str, str] = {}  # folder -> digest refused: not tried again until its files change
 
     # --- lifecycle -----------------------------------------------------------------------------------------
     async def sync(self) -> SyncReport:
@@ -83,6 +84,7 @@ class ModelRepository:
         async with self._exclusive():
             report = await self._sync()
         self.problems = dict(report.refused)
+        self._registry.repository_problems = dict(report.refused)
         return report
 
     async def run_forever(self, poll_seconds: float) -> None:
@@ -122,7 +124,6 @@ class ModelRepository:
             if not MODEL_NAME.match(name):
                 self._refuse(report, model_dir, name, "not a valid model name")
                 continue
-            report.models.append(name)
             try:
                 config = await asyncio.to_thread(_read_config, model_dir)
             except (OSError, ValueError) as e:
@@ -134,6 +135,8 @@ class ModelRepository:
                 key=lambda d: int(d.name),
             ):
                 await self._import_version(report, name, version_dir, config, imported)
+            if imported:
+                report.models.append(name)
             try:
                 await self._apply_config(name, config, imported)
             except TensorTriggerError as e:
@@ -168,10 +171,14 @@ class ModelRepository:
     ) -> None:
         repo_version = int(version_dir.name)
         scratch = self._settings.scratch_dir / f"repository-{uuid.uuid4().hex}"
+        digest = ""
         try:
             digest = await asyncio.to_thread(_folder_sha256, version_dir)
             if repo_version in imported and imported[repo_version][1] == digest:
                 return  # unchanged: never a new version
+            if self._refused.get(str(version_dir)) == digest:
+                report.refused[str(version_dir)] = self.problems.get(str(version_dir), "refused")
+                return  # refused before and unchanged since: not loaded again every poll
             await asyncio.to_thread(scratch.mkdir, parents=True)
             artifact, fmt, nodes, version_params = await asyncio.to_thread(_artifact, version_dir, scratch)
             params = {**config, **version_params}
@@ -189,6 +196,8 @@ class ModelRepository:
         except (TensorTriggerError, OSError, ValueError, KeyError, TypeError) as e:
             message = e.message if isinstance(e, TensorTriggerError) else f"{type(e).__name__}: {e}"
             self._refuse(report, version_dir, name, message)
+            if digest:
+                self._refused[str(version_dir)] = digest
             return
         finally:
             await asyncio.to_thread(shutil.rmtree, scratch, True)

@@ -130,6 +130,8 @@ class Registry:
         )
         self._allowed_custom = frozenset(settings.allowed_custom_objects)
         self.pins = VersionPins(metadata)  # versions open Train sessions use; retention keeps them
+        # Set by the model repository after each scan: entries it refused, path -> why (shown by ListModels).
+        self.repository_problems: dict[str, str] = {}
 
     # --- upload -------------------------------------------------------------------------------------------
     async def upload(

@@ -335,6 +335,12 @@ class AsyncClient(BaseClient):
         request = registry_service_pb2.ListModelsRequest(page_size=page_size)
         return self._paged(self._registry.ListModels, request, "models")
 
+    async def repository_problems(self, *, timeout: float | None = None) -> dict[str, str]:
+        """See ``Client.repository_problems``."""
+        request = registry_service_pb2.ListModelsRequest(page_size=1)
+        response = await self._unary(self._registry.ListModels, request, timeout, idempotent=True)
+        return {p.path: p.reason for p in response.repository_problems}
+
     async def get_model(self, name: str, *, timeout: float | None = None) -> model_pb2.Model:
         request = registry_service_pb2.GetModelRequest(name=name)
         return (await self._unary(self._registry.GetModel, request, timeout, idempotent=True)).model

@@ -318,6 +318,12 @@ class Client(BaseClient):
         request = registry_service_pb2.ListModelsRequest(page_size=page_size)
         return self._paged(self._registry.ListModels, request, "models")
 
+    def repository_problems(self, *, timeout: float | None = None) -> dict[str, str]:
+        """Model repository entries the server refused at its last scan: path -> why."""
+        request = registry_service_pb2.ListModelsRequest(page_size=1)
+        response = self._unary(self._registry.ListModels, request, timeout, idempotent=True)
+        return {p.path: p.reason for p in response.repository_problems}
+
     def get_model(self, name: str, *, timeout: float | None = None) -> model_pb2.Model:
         request = registry_service_pb2.GetModelRequest(name=name)
         return self._unary(self._registry.GetModel, request, timeout, idempotent=True).model

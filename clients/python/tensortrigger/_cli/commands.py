@@ -157,8 +157,10 @@ def models() -> None:
 @models.command("list")
 @pass_settings
 def models_list(settings: Settings) -> None:
-    """List models."""
+    """List models (and, on stderr, model repository entries the server refused)."""
     found = list(settings.client().list_models())
+    for path, reason in settings.client().repository_problems().items():
+        out.stderr.print(f"model repository: {path} refused: {reason}", markup=False)
     if settings.json:
         out.emit_json([out.plain(model) for model in found])
         return
