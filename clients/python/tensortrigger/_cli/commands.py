@@ -472,24 +472,36 @@ def models_describe(settings: Settings, name: str, description: str) -> None:
 @click.option(
     "--keep-training-checkpoints",
     type=int,
-    default=0,
-    help="Unpromoted training checkpoints kept, newest first (0: the default 5; -1: all).",
+    help="Unpromoted training checkpoints kept, newest first (0: the default 5; -1: all). Unset: unchanged.",
 )
-@click.option("--keep-versions", type=int, default=0, help="Versions of any source kept (0: all).")
+@click.option("--keep-versions", type=int, help="Versions of any source kept (0: all). Unset: unchanged.")
 @pass_settings
-def models_retention(settings: Settings, name: str, keep_training_checkpoints: int, keep_versions: int) -> None:
-    """Set how many versions of model NAME are kept, and prune now (labelled, served and in-use versions stay)."""
-    response = settings.client().set_retention(
-        name, keep_training_checkpoints=keep_training_checkpoints, keep_versions=keep_versions
-    )
-    pruned = list(response.pruned_versions)
-    keep = response.retention.keep_training_checkpoints
+def models_retention(
+    settings: Settings, name: str, keep_training_checkpoints: int | None, keep_versions: int | None
+) -> None:
+    """Show or set how many versions of model NAME are kept, and prune now (labelled, served and in-use versions
+    stay)."""
+    client = settings.client()
+    current = client.get_model(name).retention
+    if keep_training_checkpoints is None and keep_versions is None:
+        pruned: list[int] = []
+        retention = current
+    else:
+        response = client.set_retention(
+            name,
+            keep_training_checkpoints=current.keep_training_checkpoints
+            if keep_training_checkpoints is None
+            else keep_training_checkpoints,
+            keep_versions=current.keep_versions if keep_versions is None else keep_versions,
+        )
+        pruned, retention = list(response.pruned_versions), response.retention
+    keep = retention.keep_training_checkpoints
     if settings.json:
-        out.emit_json({"model": name, "retention": out.plain(response.retention), "pruned_versions": pruned})
+        out.emit_json({"model": name, "retention": out.plain(retention), "pruned_versions": pruned})
     else:
         out.stdout.print(
             f"{name}: keep {'all' if keep < 0 else keep} training checkpoints, "
-            f"{response.retention.keep_versions or 'all'} versions; pruned: {', '.join(map(str, pruned)) or 'none'}"
+            f"{retention.keep_versions or 'all'} versions; pruned: {', '.join(map(str, pruned)) or 'none'}"
         )
 
 
