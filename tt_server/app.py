@@ -12,7 +12,6 @@ import contextlib
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 from wsgiref.simple_server import WSGIServer
 
@@ -98,7 +97,7 @@ class Application:
         # The model repository (TT_MODEL_REPOSITORY): imported, and what its policies serve warmed, before SERVING.
         self.repository: ModelRepository | None = None
         if s.model_repository:
-            self.repository = ModelRepository(Path(s.model_repository), self.registry, self.leases, s)
+            self.repository = ModelRepository(s.model_repository, self.registry, self.leases, s)
             report = await self.repository.sync()
             await self.repository.preload(self.models, report.models)
         # Jobs: RabbitMQ and tt-worker processes when TT_AMQP_URL is set, else an in-process queue and worker.

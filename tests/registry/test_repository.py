@@ -24,6 +24,7 @@ from tests import models
 from tests.serving import BACKENDS, _fresh_database, server_settings
 from tests.training.helpers import tensor
 from tt_server.app import Application
+from tt_server.storage.s3 import S3BlobStore
 
 X = np.random.default_rng(1).normal(size=(2, 4)).astype(np.float32)
 
@@ -68,12 +69,8 @@ async def settings_for(request: pytest.FixtureRequest, tmp_path: Path, repositor
         }
 
     def make(data: str, **overrides: object):
-        return server_settings(
-            tmp_path / data,
-            model_repository=str(repository),
-            model_repository_poll_seconds=0.3,
-            **{**shared, **overrides},
-        )
+        values = {"model_repository": str(repository), "model_repository_poll_seconds": 0.3, **shared, **overrides}
+        return server_settings(tmp_path / data, **values)
 
     return make
 
@@ -160,3 +157,34 @@ async def test_two_replicas_import_once(settings_for, stubs) -> None:
         assert await served(other, "churn") == 1
     finally:
         await asyncio.gather(*(app.stop(grace=1.0) for app in apps))
+
+
+@pytest.mark.parametrize("settings_for", ["production"], indirect=True)  # PostgreSQL + S3, the repository in S3
+async def test_an_s3_repository_is_mirrored_and_served(settings_for, stubs, repository: Path, s3_endpoint: str) -> None:
+    bucket = f"repo-{uuid.uuid4().hex[:10]}"
+    store = S3BlobStore(bucket=bucket, endpoint_url=s3_endpoint, region="us-east-1", prefix="models")
+    await store.open()
+    try:
+        for key, path in _files(repository):
+            await store.put_file(key, path)
+        app = await started(settings_for("s3", model_repository=f"s3://{bucket}/models"))
+        try:
+            registry, inference = stubs["make"](app)
+            assert await served(inference, "mlp") == 1 and await served(inference, "churn") == 1
+            listed = await registry.ListModels(rpb.ListModelsRequest())
+            assert [p.path for p in listed.repository_problems] == [f"s3://{bucket}/models/broken/1"]
+            # A new version uploaded to the bucket is served within a poll.
+            for key, path in _files(repository / "mlp" / "1"):
+                await store.put_file(f"mlp/2/{key}", path)
+            deadline = time.monotonic() + 10
+            while await served(inference, "mlp") != 2:
+                assert time.monotonic() < deadline, "version 2 not served after 10 s"
+                await asyncio.sleep(0.1)
+        finally:
+            await app.stop(grace=1.0)
+    finally:
+        await store.close()
+
+
+def _files(root: Path) -> list[tuple[str, Path]]:
+    return [(p.relative_to(root).as_posix(), p) for p in sorted(root.rglob("*")) if p.is_file()]

@@ -20,6 +20,10 @@ and the serving policy from the config are applied after. A bad folder is logged
 (``tt_repository_imports_total{outcome="refused"}``), kept in ``problems`` and skipped; it never stops the server
 or the other models. A folder that disappears leaves its version in the registry (never deleted).
 
+``s3://bucket/prefix`` works the same way: each sync first mirrors the prefix into ``<data dir>/model-repository``
+(downloading only objects whose ETag changed, removing local files whose object is gone), then imports from the
+mirror; problems name the ``s3://`` path. The bucket is read only, never created.
+
 One replica syncs at a time: the sync runs under a lease (a PostgreSQL advisory lock in production; a file lock
 in the data folder in embedded mode), and the digest check makes the second replica's pass a no-op.
 """
@@ -70,8 +74,15 @@ class SyncReport:
 
 
 class ModelRepository:
-    def __init__(self, root: Path, registry: Registry, leases: LeaseManager, settings: Settings) -> None:
-        self._root = root
+    def __init__(self, location: str, registry: Registry, leases: LeaseManager, settings: Settings) -> None:
+        """``location``: a folder, or ``s3://bucket/prefix`` (mirrored into the data folder at each sync)."""
+        self._location = location.rstrip("/")
+        self._s3: S3Mirror | None = None
+        if location.startswith("s3://"):
+            self._s3 = S3Mirror(location, settings.data_dir / "model-repository", settings)
+            self._root = self._s3.local_root
+        else:
+            self._root = Path(location)
         self._registry = registry
         self._leases = leases
         self._settings = settings
@@ -82,7 +93,12 @@ class ModelRepository:
     async def sync(self) -> SyncReport:
         """Import what is new, apply the configs; one replica at a time."""
         async with self._exclusive():
+            if self._s3 is not None:
+                await self._s3.mirror()
             report = await self._sync()
+        if self._s3 is not None:  # name what the operator wrote, not the mirror
+            local = str(self._root)
+            report.refused = {self._location + path.removeprefix(local): why for path, why in report.refused.items()}
         self.problems = dict(report.refused)
         self._registry.repository_problems = dict(report.refused)
         return report
@@ -241,6 +257,72 @@ class ModelRepository:
                 await manager.get(ModelRef(name))
             except Exception as e:
                 log.warning("model repository preload failed", extra={"model": name, "error": str(e)})
+
+
+class S3Mirror:
+    """Keeps a local copy of ``s3://bucket/prefix`` (TT_S3_ENDPOINT_URL, TT_S3_REGION and the usual AWS_*
+    credentials apply)."""
+
+    def __init__(self, url: str, local_root: Path, settings: Settings) -> None:
+        bucket, _, prefix = url.removeprefix("s3://").partition("/")
+        self.local_root = local_root
+        self._settings = settings
+        self._bucket = bucket
+        self._prefix = prefix.strip("/")
+        self._etags = local_root.parent / "model-repository.etags.json"
+
+    async def mirror(self) -> None:
+        from tt_server.storage.s3 import S3BlobStore
+
+        s = self._settings
+        store = S3BlobStore(
+            bucket=self._bucket,
+            endpoint_url=s.s3_endpoint_url or None,
+            region=s.s3_region,
+            prefix=self._prefix,
+            connect_timeout=s.s3_connect_timeout_seconds,
+            read_timeout=s.s3_read_timeout_seconds,
+            max_attempts=s.s3_max_attempts,
+            create_bucket=False,
+        )
+        await store.open()
+        try:
+            objects = await store.list_objects("")
+            known: dict[str, str] = await asyncio.to_thread(_read_etags, self._etags)
+            wanted = {key for key, _, _ in objects if not key.endswith("/")}
+            for key, _size, etag in objects:
+                if key not in wanted:
+                    continue
+                target = self.local_root / key
+                if not target.resolve().is_relative_to(self.local_root.resolve()):
+                    continue  # "../" in a key: never written outside the mirror
+                if known.get(key) == etag and await asyncio.to_thread(target.is_file):
+                    continue
+                await asyncio.to_thread(target.parent.mkdir, parents=True, exist_ok=True)
+                await store.get_file(key, target)
+                known[key] = etag
+            for key in [k for k in known if k not in wanted]:
+                await asyncio.to_thread((self.local_root / key).unlink, True)
+                del known[key]
+            await asyncio.to_thread(_write_etags, self._etags, known, self.local_root)
+        finally:
+            await store.close()
+
+
+def _read_etags(path: Path) -> dict[str, str]:
+    try:
+        return dict(json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_etags(path: Path, etags: dict[str, str], root: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(etags, sort_keys=True), encoding="utf-8")
+    # Folders left empty by removed objects go too, so a removed version folder is gone locally as well.
+    for folder in sorted((p for p in root.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+        with contextlib.suppress(OSError):
+            folder.rmdir()  # only succeeds when empty
 
 
 # --- files (worker threads) -----------------------------------------------------------------------------
