@@ -37,6 +37,7 @@ def artifacts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "saved_model_1": models.mlp_export_dir(out / "one"),
         "saved_model_2": models.mlp_export_dir(out / "two"),
         "keras": models.mlp_keras(out),
+        "frozen": models.mlp_frozen_graph(out),
     }
 
 
@@ -54,6 +55,12 @@ def repository(tmp_path: Path, artifacts: dict[str, Path]) -> Path:
     config = {"description": "churn", "labels": {"stable": 3}, "serving_policy": "label:stable"}
     (root / "churn" / "tensortrigger.json").write_text(json.dumps(config))
     (root / "broken" / "1" / "model.keras").write_bytes(b"not a model")
+    # A TFaaS model folder as it is: the graph, params.json naming its nodes, and labels.txt.
+    _mkdirs(root / "tfaas")
+    shutil.copy(artifacts["frozen"], root / "tfaas" / "model.pb")
+    params = {"model": "model.pb", "labels": "labels.txt", "inputNode": "dense_1_input", "outputNode": "output_node0"}
+    (root / "tfaas" / "params.json").write_text(json.dumps(params))
+    (root / "tfaas" / "labels.txt").write_text("background\nsignal\n")
     return root
 
 
@@ -108,7 +115,7 @@ async def test_repository_is_served_at_start_and_followed(settings_for, stubs, r
     try:
         registry, inference = stubs["make"](app)
         # Loaded and warm before the server reported SERVING.
-        assert {name for name, _ in app.models.loaded_versions} == {"mlp", "churn"}
+        assert {name for name, _ in app.models.loaded_versions} == {"mlp", "churn", "tfaas"}
         assert await served(inference, "mlp") == 1 and await served(inference, "churn") == 1
         mlp = (await registry.GetModelVersion(rpb.GetModelVersionRequest(model=model_pb2.ModelRef(name="mlp")))).version
         assert mlp.source == model_pb2.VERSION_SOURCE_REPOSITORY and mlp.metadata["repository.version"] == "1"
@@ -121,7 +128,11 @@ async def test_repository_is_served_at_start_and_followed(settings_for, stubs, r
             await registry.GetModel(rpb.GetModelRequest(name="broken"))
         assert err.value.code() == grpc.StatusCode.NOT_FOUND
         listed = await registry.ListModels(rpb.ListModelsRequest())
-        assert [m.name for m in listed.models] == ["churn", "mlp"]
+        assert [m.name for m in listed.models] == ["churn", "mlp", "tfaas"]
+        tfaas = await registry.GetModelVersion(rpb.GetModelVersionRequest(model=model_pb2.ModelRef(name="tfaas")))
+        assert tfaas.version.format == model_pb2.MODEL_FORMAT_FROZEN_GRAPH
+        assert list(tfaas.version.class_names) == ["background", "signal"]
+        assert list(tfaas.version.frozen_graph.input_nodes) == ["dense_1_input"]
         (problem,) = listed.repository_problems
         assert problem.path == str(repository / "broken" / "1") and "unrecognised model file" in problem.reason
 

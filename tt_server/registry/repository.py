@@ -146,11 +146,8 @@ class ModelRepository:
                 self._refuse(report, model_dir / CONFIG_FILE, name, str(e))
                 continue
             imported = await self._imported(name)
-            for version_dir in sorted(
-                (d for d in await asyncio.to_thread(_subdirs, model_dir) if _VERSION_DIR.match(d.name)),
-                key=lambda d: int(d.name),
-            ):
-                await self._import_version(report, name, version_dir, config, imported)
+            for repo_version, version_dir in await asyncio.to_thread(_version_dirs, model_dir):
+                await self._import_version(report, name, repo_version, version_dir, config, imported)
             if imported:
                 report.models.append(name)
             try:
@@ -181,11 +178,11 @@ class ModelRepository:
         self,
         report: SyncReport,
         name: str,
+        repo_version: int,
         version_dir: Path,
         config: dict[str, Any],
         imported: dict[int, tuple[int, str]],
     ) -> None:
-        repo_version = int(version_dir.name)
         scratch = self._settings.scratch_dir / f"repository-{uuid.uuid4().hex}"
         digest = ""
         try:
@@ -196,8 +193,7 @@ class ModelRepository:
                 report.refused[str(version_dir)] = self.problems.get(str(version_dir), "refused")
                 return  # refused before and unchanged since: not loaded again every poll
             await asyncio.to_thread(scratch.mkdir, parents=True)
-            artifact, fmt, nodes, version_params = await asyncio.to_thread(_artifact, version_dir, scratch)
-            params = {**config, **version_params}
+            artifact, fmt, nodes, params = await asyncio.to_thread(_artifact, version_dir, scratch, config)
             spec = UploadSpec(
                 model_name=name,
                 format=fmt,
@@ -377,22 +373,34 @@ def _folder_sha256(folder: Path) -> str:
     return digest.hexdigest()
 
 
-def _artifact(version_dir: Path, scratch: Path) -> tuple[Path, ModelFormat, FrozenGraphNodes | None, dict[str, Any]]:
-    """The file to upload for a version folder, its format, a frozen graph's nodes and the folder's params."""
+def _version_dirs(model_dir: Path) -> list[tuple[int, Path]]:
+    """Numbered version folders, oldest first; a TFaaS folder (a model file beside params.json, no version
+    folders) is version 1 itself."""
+    numbered = sorted((int(d.name), d) for d in _subdirs(model_dir) if _VERSION_DIR.match(d.name))
+    if not numbered and (model_dir / TFAAS_PARAMS).is_file():
+        return [(1, model_dir)]
+    return numbered
+
+
+def _artifact(
+    version_dir: Path, scratch: Path, config: dict[str, Any]
+) -> tuple[Path, ModelFormat, FrozenGraphNodes | None, dict[str, Any]]:
+    """The file to upload for a version folder, its format, a frozen graph's nodes, and the model's config
+    overlaid with the version folder's own params.json."""
     if (version_dir / "saved_model.pb").is_file():
         packed = scratch / "saved_model.tar.gz"
         with tarfile.open(packed, "w:gz") as tar:
             for path in sorted(version_dir.rglob("*")):
                 tar.add(path, arcname=path.relative_to(version_dir).as_posix(), recursive=False)
-        return packed, ModelFormat.SAVED_MODEL_TAR_GZ, None, {}
+        return packed, ModelFormat.SAVED_MODEL_TAR_GZ, None, config
     files = sorted(p for p in version_dir.iterdir() if p.is_file())
     for suffix, fmt in ((".keras", ModelFormat.KERAS), (".h5", ModelFormat.H5)):
         matches = [p for p in files if p.suffix == suffix]
         if len(matches) == 1:
-            return matches[0], fmt, None, {}
+            return matches[0], fmt, None, config
         if matches:
             raise ValueError(f"more than one {suffix} file: {', '.join(p.name for p in matches)}")
-    params = _read_config(version_dir) if (version_dir / TFAAS_PARAMS).is_file() else {}
+    params = {**config, **_read_config(version_dir)}
     graphs = [p for p in files if p.suffix == ".pb"]
     if params.get("model"):
         graphs = [version_dir / str(params["model"])]
