@@ -200,10 +200,11 @@ class ModelVersion:
     frozen_graph: FrozenGraphNodes | None = None  # set for ModelFormat.FROZEN_GRAPH only
     image_scaling: ImageScaling = ImageScaling.RAW
     promoted: bool = False  # a training checkpoint the ``latest`` serving policy may select
+    retired: bool = False  # a repository version whose folder was removed: ``latest`` skips it
 
     @property
     def eligible_for_latest(self) -> bool:
-        return self.source is not VersionSource.TRAINING or self.promoted
+        return (self.source is not VersionSource.TRAINING or self.promoted) and not self.retired
 
 
 @dataclass(frozen=True, slots=True)
@@ -267,7 +268,7 @@ class EventKind(enum.StrEnum):
     LABEL_MOVED = "label_moved"  # set or moved; version is the new target
     LABEL_DELETED = "label_deleted"
     MODEL_DELETED = "model_deleted"
-    POLICY_CHANGED = "policy_changed"  # the serving policy changed or a version was promoted
+    POLICY_CHANGED = "policy_changed"  # the serving policy changed, a version was promoted or retired
 
 
 @dataclass(frozen=True, slots=True)

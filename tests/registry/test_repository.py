@@ -110,6 +110,13 @@ async def served(inference, name: str) -> int:
     return int((await inference.Predict(request)).model_version)
 
 
+async def until_served(inference, name: str, version: int, within: float = 10.0) -> None:
+    deadline = time.monotonic() + within
+    while await served(inference, name) != version:
+        assert time.monotonic() < deadline, f"{name} does not serve version {version} after {within} s"
+        await asyncio.sleep(0.1)
+
+
 async def test_repository_is_served_at_start_and_followed(settings_for, stubs, repository: Path, artifacts) -> None:
     app = await started(settings_for("one"))
     try:
@@ -140,10 +147,18 @@ async def test_repository_is_served_at_start_and_followed(settings_for, stubs, r
         staging = repository.parent / "staging-2"
         shutil.copytree(artifacts["saved_model_2"], staging)
         staging.rename(repository / "mlp" / "2")
-        deadline = time.monotonic() + 10
-        while await served(inference, "mlp") != 2:
-            assert time.monotonic() < deadline, "version folder 2 not served after 10 s"
-            await asyncio.sleep(0.1)
+        await until_served(inference, "mlp", 2)
+
+        # A removed version folder retires its version: unpinned callers go back to 1, pinned ones still reach 2.
+        (repository / "mlp" / "2").rename(staging)
+        await until_served(inference, "mlp", 1)
+        ref = model_pb2.ModelRef(name="mlp", version=2)
+        assert (await registry.GetModelVersion(rpb.GetModelVersionRequest(model=ref))).version.retired
+        request = pb.PredictRequest(model=ref, inputs={"features": tensor(X)})
+        assert (await inference.Predict(request)).model_version == 2
+        staging.rename(repository / "mlp" / "2")  # back with the same files: un-retired, no new version
+        await until_served(inference, "mlp", 2)
+        assert (await registry.GetModel(rpb.GetModelRequest(name="mlp"))).model.version_count == 2
     finally:
         await app.stop(grace=1.0)
 

@@ -127,6 +127,7 @@ def model_version(v: ModelVersion) -> model_pb2.ModelVersion:
         frozen_graph=frozen_graph_nodes(v.frozen_graph) if v.frozen_graph is not None else None,
         image_scaling=SCALING_TO_PB[v.image_scaling],  # type: ignore[arg-type]
         promoted=v.promoted,
+        retired=v.retired,
     )
 
 

@@ -18,7 +18,8 @@ NaN/Inf weights included), as versions of source REPOSITORY whose metadata recor
 a sha256 of the folder's files: an unchanged folder never makes a new version, a changed one makes one. Labels
 and the serving policy from the config are applied after. A bad folder is logged, counted
 (``tt_repository_imports_total{outcome="refused"}``), kept in ``problems`` and skipped; it never stops the server
-or the other models. A folder that disappears leaves its version in the registry (never deleted).
+or the other models. A folder that disappears retires its version: the ``latest`` policy skips it (pins and labels
+still reach it) and nothing is deleted; the same folder coming back un-retires it.
 
 ``s3://bucket/prefix`` works the same way: each sync first mirrors the prefix into ``<data dir>/model-repository``
 (downloading only objects whose ETag changed, removing local files whose object is gone), then imports from the
@@ -71,6 +72,15 @@ class SyncReport:
     imported: list[tuple[str, int, int]] = field(default_factory=list)
     refused: dict[str, str] = field(default_factory=dict)  # folder -> why
     models: list[str] = field(default_factory=list)  # every repository model with a version in the registry
+
+
+@dataclass(slots=True)
+class Imported:
+    """A registry version imported from a repository version folder."""
+
+    version: int
+    digest: str
+    retired: bool
 
 
 class ModelRepository:
@@ -146,8 +156,10 @@ class ModelRepository:
                 self._refuse(report, model_dir / CONFIG_FILE, name, str(e))
                 continue
             imported = await self._imported(name)
-            for repo_version, version_dir in await asyncio.to_thread(_version_dirs, model_dir):
+            present = await asyncio.to_thread(_version_dirs, model_dir)
+            for repo_version, version_dir in present:
                 await self._import_version(report, name, repo_version, version_dir, config, imported)
+            await self._retire_removed(name, {number for number, _ in present}, imported)
             if imported:
                 report.models.append(name)
             try:
@@ -156,9 +168,9 @@ class ModelRepository:
                 self._refuse(report, model_dir / CONFIG_FILE, name, e.message)
         return report
 
-    async def _imported(self, name: str) -> dict[int, tuple[int, str]]:
-        """Repository version -> (newest registry version imported from it, its folder digest)."""
-        found: dict[int, tuple[int, str]] = {}
+    async def _imported(self, name: str) -> dict[int, Imported]:
+        """Repository version -> the newest registry version imported from it."""
+        found: dict[int, Imported] = {}
         token = ""
         try:
             while True:
@@ -166,8 +178,8 @@ class ModelRepository:
                 for v in page.items:
                     if v.source is VersionSource.REPOSITORY and REPOSITORY_VERSION in v.metadata:
                         repo_version = int(v.metadata[REPOSITORY_VERSION])
-                        if repo_version not in found or found[repo_version][0] < v.version:
-                            found[repo_version] = (v.version, v.metadata.get(REPOSITORY_SHA256, ""))
+                        if repo_version not in found or found[repo_version].version < v.version:
+                            found[repo_version] = Imported(v.version, v.metadata.get(REPOSITORY_SHA256, ""), v.retired)
                 token = page.next_page_token
                 if not token:
                     return found
@@ -181,13 +193,17 @@ class ModelRepository:
         repo_version: int,
         version_dir: Path,
         config: dict[str, Any],
-        imported: dict[int, tuple[int, str]],
+        imported: dict[int, Imported],
     ) -> None:
         scratch = self._settings.scratch_dir / f"repository-{uuid.uuid4().hex}"
         digest = ""
         try:
             digest = await asyncio.to_thread(_folder_sha256, version_dir)
-            if repo_version in imported and imported[repo_version][1] == digest:
+            known = imported.get(repo_version)
+            if known is not None and known.digest == digest:
+                if known.retired:  # its folder is back
+                    await self._registry.set_retired(name, known.version, False)
+                    known.retired = False
                 return  # unchanged: never a new version
             if self._refused.get(str(version_dir)) == digest:
                 report.refused[str(version_dir)] = self.problems.get(str(version_dir), "refused")
@@ -213,7 +229,7 @@ class ModelRepository:
             return
         finally:
             await asyncio.to_thread(shutil.rmtree, scratch, True)
-        imported[repo_version] = (version.version, digest)
+        imported[repo_version] = Imported(version.version, digest, False)
         report.imported.append((name, repo_version, version.version))
         metrics.REPOSITORY_IMPORTS.labels(name, "imported").inc()
         log.info(
@@ -221,14 +237,14 @@ class ModelRepository:
             extra={"model": name, "repository_version": repo_version, "version": version.version},
         )
 
-    async def _apply_config(self, name: str, config: dict[str, Any], imported: dict[int, tuple[int, str]]) -> None:
+    async def _apply_config(self, name: str, config: dict[str, Any], imported: dict[int, Imported]) -> None:
         if not imported:
             return
         model = await self._registry.get_model(name)
         for label, repo_version in dict(config.get("labels", {})).items():
             target = imported.get(int(repo_version))
-            if target is not None and model.labels.get(label) != target[0]:
-                await self._registry.set_label(name, label, target[0])
+            if target is not None and model.labels.get(label) != target.version:
+                await self._registry.set_label(name, label, target.version)
         text = config.get("serving_policy")
         if text:
             policy = ServingPolicy.parse(str(text))
@@ -236,9 +252,23 @@ class ModelRepository:
                 target = imported.get(policy.version)
                 if target is None:
                     raise ValueError(f"serving policy {policy}: no repository version {policy.version}")
-                policy = ServingPolicy(version=target[0])
+                policy = ServingPolicy(version=target.version)
             if policy != model.serving_policy:
                 await self._registry.set_serving_policy(name, policy)
+
+    async def _retire_removed(self, name: str, present: set[int], imported: dict[int, Imported]) -> None:
+        """A removed version folder retires its version (``latest`` skips it); nothing is deleted."""
+        for repo_version, known in imported.items():
+            if repo_version not in present and not known.retired:
+                try:
+                    await self._registry.set_retired(name, known.version, True)
+                except NotFound:
+                    continue  # deleted from the registry meanwhile
+                known.retired = True
+                log.info(
+                    "model repository version folder removed; version retired",
+                    extra={"model": name, "repository_version": repo_version, "version": known.version},
+                )
 
     def _refuse(self, report: SyncReport, path: Path, name: str, why: str) -> None:
         report.refused[str(path)] = why

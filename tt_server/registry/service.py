@@ -452,6 +452,11 @@ class Registry:
         await self._events.publish(RegistryEvent(EventKind.POLICY_CHANGED, name, version))
         return promoted, await self.served_version(name)
 
+    async def set_retired(self, name: str, version: int, retired: bool) -> None:
+        """Retire a repository version whose folder was removed (``latest`` skips it), or bring it back."""
+        await self._metadata.set_retired(name, version, retired)
+        await self._events.publish(RegistryEvent(EventKind.POLICY_CHANGED, name, version))
+
     async def set_description(self, name: str, description: str) -> Model:
         check_model_name(name)
         if len(description) > MAX_METADATA_BYTES:

@@ -64,6 +64,9 @@ class MetadataStore(Protocol):
     async def promote_version(self, name: str, version: int) -> ModelVersion:
         """Mark a training checkpoint promoted (no change for other sources); returns the version."""
 
+    async def set_retired(self, name: str, version: int, retired: bool) -> None:
+        """Mark a model repository version whose folder was removed (or is back): ``latest`` skips retired ones."""
+
     async def set_description(self, name: str, description: str) -> None: ...
 
     async def set_retention(self, name: str, retention: RetentionPolicy) -> None: ...

@@ -75,11 +75,12 @@ class SqlDatabase(SqlConnection, Protocol):
 _VERSION_COLUMNS = (
     "model_name, version, format, sha256, size_bytes, blob_key, signature, feature_names, description, "
     "metadata, source, parent_version, training_session_id, created_at, class_names, frozen_graph, image_scaling, "
-    "promoted"
+    "promoted, retired"
 )
 
-# Versions the ``latest`` serving policy may select: anything but an unpromoted training checkpoint.
-_ELIGIBLE_FOR_LATEST = "(source <> 'training' OR promoted = 1)"
+# Versions the ``latest`` serving policy may select: anything but an unpromoted training checkpoint or a retired
+# repository version.
+_ELIGIBLE_FOR_LATEST = "(source <> 'training' OR promoted = 1) AND retired = 0"
 
 # Correlated subqueries rather than a GROUP BY join: simple, and fast with the primary key on model_versions.
 _SELECT_MODELS = """
@@ -90,7 +91,7 @@ SELECT m.name, m.description, m.created_at, m.updated_at,
        CASE
          WHEN m.serving_policy = 'latest' THEN
            (SELECT max(v.version) FROM model_versions v
-            WHERE v.model_name = m.name AND (v.source <> 'training' OR v.promoted = 1))
+            WHERE v.model_name = m.name AND (v.source <> 'training' OR v.promoted = 1) AND v.retired = 0)
          WHEN m.serving_policy LIKE 'label:%' THEN
            (SELECT l.version FROM labels l WHERE l.model_name = m.name AND l.label = substr(m.serving_policy, 7))
          ELSE
@@ -236,7 +237,7 @@ class SqlMetadataStore(SqlJobStore):  # jobs live in sql_jobs.py: same database,
                 )
             await tx.execute(
                 f"INSERT INTO model_versions ({_VERSION_COLUMNS}) "
-                "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)",
+                "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)",
                 v.model_name,
                 number,
                 v.format.value,
@@ -255,6 +256,7 @@ class SqlMetadataStore(SqlJobStore):  # jobs live in sql_jobs.py: same database,
                 None if v.frozen_graph is None else json.dumps(v.frozen_graph.to_json()),
                 v.image_scaling.value,
                 int(v.promoted),
+                int(v.retired),
             )
             # The registry may have queued the blob for collection while it was uploading; it is claimed now.
             await tx.execute("DELETE FROM blob_gc WHERE blob_key = $1", v.blob_key)
@@ -324,6 +326,16 @@ class SqlMetadataStore(SqlJobStore):  # jobs live in sql_jobs.py: same database,
             ):
                 raise NotFound(f"version {version} of model {name!r} not found")
         return await self.get_version(name, version)
+
+    async def set_retired(self, name: str, version: int, retired: bool) -> None:
+        async with self._db.transaction() as tx:
+            await _lock_model(tx, name, _now_us())
+            await tx.execute(
+                "UPDATE model_versions SET retired = $3 WHERE model_name = $1 AND version = $2",
+                name,
+                version,
+                int(retired),
+            )
 
     async def set_description(self, name: str, description: str) -> None:
         async with self._db.transaction() as tx:
@@ -450,7 +462,8 @@ class SqlMetadataStore(SqlJobStore):  # jobs live in sql_jobs.py: same database,
             if keep_checkpoints < 0 and keep_versions <= 0:
                 return []
             versions = await tx.fetch(
-                "SELECT version, source, promoted FROM model_versions WHERE model_name = $1 ORDER BY version DESC",
+                "SELECT version, source, promoted, retired FROM model_versions WHERE model_name = $1 "
+                "ORDER BY version DESC",
                 name,
             )
             # Never pruned: labelled versions, what the serving policy serves, what an unfinished job, an open
@@ -473,7 +486,14 @@ class SqlMetadataStore(SqlJobStore):  # jobs live in sql_jobs.py: same database,
             if policy.version is not None:
                 protected.add(policy.version)
             elif policy.label is None:
-                served = next((r["version"] for r in versions if r["source"] != "training" or r["promoted"]), None)
+                served = next(
+                    (
+                        r["version"]
+                        for r in versions
+                        if (r["source"] != "training" or r["promoted"]) and not r["retired"]
+                    ),
+                    None,
+                )
                 protected.add(served)
             victims: set[int] = set()
             if keep_checkpoints >= 0:
@@ -704,4 +724,5 @@ def _version_from_row(row: Row, labels: Sequence[str]) -> ModelVersion:
         else FrozenGraphNodes.from_json(json.loads(row["frozen_graph"])),
         image_scaling=ImageScaling(row["image_scaling"]),
         promoted=bool(row["promoted"]),
+        retired=bool(row["retired"]),
     )

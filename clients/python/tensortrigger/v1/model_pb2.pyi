@@ -88,7 +88,7 @@ class RetentionPolicy(_message.Message):
     def __init__(self, keep_training_checkpoints: _Optional[int] = ..., keep_versions: _Optional[int] = ...) -> None: ...
 
 class ModelVersion(_message.Message):
-    __slots__ = ("model_name", "version", "format", "sha256", "size_bytes", "signature", "source", "parent_version", "training_session_id", "description", "feature_names", "metadata", "labels", "create_time", "class_names", "frozen_graph", "image_scaling", "promoted")
+    __slots__ = ("model_name", "version", "format", "sha256", "size_bytes", "signature", "source", "parent_version", "training_session_id", "description", "feature_names", "metadata", "labels", "create_time", "class_names", "frozen_graph", "image_scaling", "promoted", "retired")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -114,6 +114,7 @@ class ModelVersion(_message.Message):
     FROZEN_GRAPH_FIELD_NUMBER: _ClassVar[int]
     IMAGE_SCALING_FIELD_NUMBER: _ClassVar[int]
     PROMOTED_FIELD_NUMBER: _ClassVar[int]
+    RETIRED_FIELD_NUMBER: _ClassVar[int]
     model_name: str
     version: int
     format: ModelFormat
@@ -132,7 +133,8 @@ class ModelVersion(_message.Message):
     frozen_graph: FrozenGraphNodes
     image_scaling: ImageScaling
     promoted: bool
-    def __init__(self, model_name: _Optional[str] = ..., version: _Optional[int] = ..., format: _Optional[_Union[ModelFormat, str]] = ..., sha256: _Optional[str] = ..., size_bytes: _Optional[int] = ..., signature: _Optional[_Union[_tensor_pb2.Signature, _Mapping]] = ..., source: _Optional[_Union[VersionSource, str]] = ..., parent_version: _Optional[int] = ..., training_session_id: _Optional[str] = ..., description: _Optional[str] = ..., feature_names: _Optional[_Iterable[str]] = ..., metadata: _Optional[_Mapping[str, str]] = ..., labels: _Optional[_Iterable[str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., class_names: _Optional[_Iterable[str]] = ..., frozen_graph: _Optional[_Union[FrozenGraphNodes, _Mapping]] = ..., image_scaling: _Optional[_Union[ImageScaling, str]] = ..., promoted: _Optional[bool] = ...) -> None: ...
+    retired: bool
+    def __init__(self, model_name: _Optional[str] = ..., version: _Optional[int] = ..., format: _Optional[_Union[ModelFormat, str]] = ..., sha256: _Optional[str] = ..., size_bytes: _Optional[int] = ..., signature: _Optional[_Union[_tensor_pb2.Signature, _Mapping]] = ..., source: _Optional[_Union[VersionSource, str]] = ..., parent_version: _Optional[int] = ..., training_session_id: _Optional[str] = ..., description: _Optional[str] = ..., feature_names: _Optional[_Iterable[str]] = ..., metadata: _Optional[_Mapping[str, str]] = ..., labels: _Optional[_Iterable[str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., class_names: _Optional[_Iterable[str]] = ..., frozen_graph: _Optional[_Union[FrozenGraphNodes, _Mapping]] = ..., image_scaling: _Optional[_Union[ImageScaling, str]] = ..., promoted: _Optional[bool] = ..., retired: _Optional[bool] = ...) -> None: ...
 
 class Model(_message.Message):
     __slots__ = ("name", "description", "latest_version", "version_count", "labels", "create_time", "update_time", "serving_policy", "served_version", "retention")

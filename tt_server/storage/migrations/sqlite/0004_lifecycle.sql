@@ -4,6 +4,7 @@ ALTER TABLE models ADD COLUMN serving_policy TEXT NOT NULL DEFAULT 'latest';
 ALTER TABLE models ADD COLUMN keep_training_checkpoints INTEGER NOT NULL DEFAULT 5;
 ALTER TABLE models ADD COLUMN keep_versions INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE model_versions ADD COLUMN promoted INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE model_versions ADD COLUMN retired INTEGER NOT NULL DEFAULT 0;
 CREATE INDEX model_versions_by_source ON model_versions (model_name, source, version);
 
 CREATE TABLE version_pins (
