@@ -853,6 +853,9 @@ def _training_batches(path: Path, label_column: str | None, rows: int) -> Iterat
     is_flag=True,
     help="Promote the last version at the end, so callers that name only the model get it (policy latest).",
 )
+@click.option(
+    "--drop-non-finite", is_flag=True, help="Drop rows holding NaN or Inf (counted) instead of failing the session."
+)
 @click.option("--metric", "metrics", multiple=True, help="Extra Keras metric to report (repeatable).")
 @pass_settings
 def train(
@@ -868,6 +871,7 @@ def train(
     checkpoint_every: int,
     move_label: str,
     promote: bool,
+    drop_non_finite: bool,
     metrics: tuple[str, ...],
 ) -> None:
     """Train MODEL online on the CSV file PATH (features, then the label column); prints live metrics."""
@@ -891,6 +895,7 @@ def train(
         "move_label": move_label,
         "metrics": metrics,
         "promote": promote,
+        "drop_non_finite": drop_non_finite,
     }
     if optimizer:
         options["optimizer"] = optimizer
@@ -907,3 +912,6 @@ def train(
     out.stdout.print(
         f"trained on {result.examples_seen} examples in {result.steps} steps; published versions: {published}"
     )
+    dropped = result.last_progress.dropped_examples if result.last_progress else 0
+    if dropped:
+        out.stdout.print(f"dropped {dropped} rows holding NaN or infinite values")
