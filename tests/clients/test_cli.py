@@ -117,8 +117,6 @@ async def test_models_policy_retention_and_description(app: Application, model_f
     assert shown.out.strip() == f"{name}: label:stable, serves version 1"
     changed = await tt_cli("--json", "models", "policy", name, "latest", address=a)
     assert changed.json() == {"model": name, "policy": "latest", "previous_policy": "label:stable", "served_version": 2}
-    bad = await tt_cli("models", "policy", name, "newest", address=a)
-    assert bad.code == 2 and "not a serving policy" in bad.err
     missing = await tt_cli("models", "policy", name, "label:nope", address=a)
     assert missing.code == 1 and "FAILED_PRECONDITION" in missing.err
 
@@ -129,9 +127,6 @@ async def test_models_policy_retention_and_description(app: Application, model_f
     human = await tt_cli("models", "show", name, address=a)
     assert "serving policy: latest (serves version 2)" in human.out
     assert "retention: keep 5 training checkpoints, 1 versions" in human.out
-    assert (await tt_cli("models", "promote", name, "2", address=a)).out.strip() == (
-        f"promoted {name}:2; {name} serves version 2"
-    )
 
 
 @embedded_only

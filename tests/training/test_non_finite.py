@@ -105,8 +105,7 @@ async def test_drop_non_finite_drops_and_counts_them(registry_stub, inference_st
     assert (await accuracy(inference_stub, model_pb2.ModelRef(name=name, version=2), held_x, held_y))[1] == 2
 
 
-@pytest.mark.parametrize("on_abort", [pb.ON_ABORT_CHECKPOINT, pb.ON_ABORT_DISCARD])
-async def test_a_diverging_session_fails_and_publishes_nothing(registry_stub, inference_stub, files, on_abort) -> None:
+async def test_a_diverging_session_fails_and_publishes_nothing(registry_stub, inference_stub, files) -> None:
     name = unique_name("diverge")
     await upload(registry_stub, name, files["linear"])
     # Finite but huge features with a big SGD step: the weights overflow after the first step.
@@ -121,7 +120,7 @@ async def test_a_diverging_session_fails_and_publishes_nothing(registry_stub, in
                 learning_rate=1.0,
                 micro_batch_size=16,
                 move_label="online",
-                on_abort=on_abort,
+                on_abort=pb.ON_ABORT_CHECKPOINT,  # would publish the progress of a broken stream: not this one
                 checkpoint=pb.CheckpointPolicy(every_examples=16, on_end=True),
             ),
             examples(x, y),
