@@ -167,9 +167,10 @@ class Settings(BaseSettings):
     )
     model_repository: str = Field(
         "",
-        description="A folder laid out as TF Serving's model base paths (<model>/<version>/saved_model.pb + "
-        "variables/, or model.keras, model.h5, a frozen graph .pb with params.json) imported as versions at "
-        "start-up and every model_repository_poll_seconds; empty = none. See docs/lifecycle.md.",
+        description="A folder or s3://bucket/prefix laid out as TF Serving's model base paths "
+        "(<model>/<version>/saved_model.pb + variables/, or model.keras, model.h5, a frozen graph .pb with "
+        "params.json) imported as versions at start-up and every model_repository_poll_seconds; empty = none. "
+        "See docs/lifecycle.md.",
     )
     model_repository_poll_seconds: float = Field(
         30.0, description="How often the model repository is scanned for new versions; 0 = only at start-up."
