@@ -39,6 +39,7 @@ from tt_server.config import Settings
 from tt_server.events import EventBus, LocalEventBus
 from tt_server.jobs.service import JobsService
 from tt_server.jobs.worker import EmbeddedWorker
+from tt_server.registry.repository import ModelRepository
 from tt_server.registry.service import Registry
 from tt_server.rest import HttpServer, build_http_server
 from tt_server.runtime.manager import ModelManager
@@ -138,6 +139,12 @@ class Application:
         # Online learning: one session per model across replicas (Postgres advisory locks, else in-process).
         self.leases = make_lease_manager(s)
         self.training = TrainingService(self.registry, self.blobs, self.leases, s)
+        # The model repository (TT_MODEL_REPOSITORY): imported, and what its policies serve warmed, before SERVING.
+        self.repository: ModelRepository | None = None
+        if s.model_repository:
+            self.repository = ModelRepository(s.model_repository, self.registry, self.leases, s)
+            report = await self.repository.sync()
+            await self.repository.preload(self.models, report.models)
         # Jobs: RabbitMQ and tt-worker processes when TT_AMQP_URL is set, else an in-process queue and worker.
         self.broker = make_broker(s)
         await self.broker.open()
@@ -222,6 +229,9 @@ class Application:
         metrics.SERVER_READY.set(1)
         self._tasks.append(asyncio.create_task(self._collect_garbage_forever(), name="tt-blob-gc"))
         self._tasks.append(asyncio.create_task(self._check_models_forever(), name="tt-model-check"))
+        if self.repository is not None and s.model_repository_poll_seconds > 0:
+            poll = self.repository.run_forever(s.model_repository_poll_seconds)
+            self._tasks.append(asyncio.create_task(poll, name="tt-model-repository"))
         if self.embedded_worker is not None:
             await self.embedded_worker.start()
         if s.metrics_address:

@@ -76,6 +76,11 @@ class Settings(BaseSettings):
         default_factory=list,
         description="Fully qualified Keras classes (module.Class) allowed besides Keras's own layers.",
     )
+    allow_non_finite_weights: bool = Field(
+        False,
+        description="Accept uploaded or imported versions whose weights hold NaN or infinite values (refused by "
+        "default: such a model answers NaN to every request).",
+    )
 
     event_loop: Literal["uvloop", "asyncio"] = Field(
         "uvloop", description="Event loop implementation; uvloop measured ~25-50% faster on the Predict path."
@@ -188,6 +193,16 @@ class Settings(BaseSettings):
         5.0,
         description="How long a label or 'newest' resolution is reused; registry events invalidate it "
         "sooner, this bounds staleness if an event is lost.",
+    )
+    model_repository: str = Field(
+        "",
+        description="A folder or s3://bucket/prefix laid out as TF Serving's model base paths "
+        "(<model>/<version>/saved_model.pb + variables/, or model.keras, model.h5, a frozen graph .pb with "
+        "params.json) imported as versions at start-up and every model_repository_poll_seconds; empty = none. "
+        "See docs/lifecycle.md.",
+    )
+    model_repository_poll_seconds: float = Field(
+        30.0, description="How often the model repository is scanned for new versions; 0 = only at start-up."
     )
     registry_poll_seconds: float = Field(
         30.0,

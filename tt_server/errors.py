@@ -7,6 +7,7 @@ Hierarchy::
     ├── NotFound               a named model, version, label or job does not exist
     ├── AlreadyExists          the thing being created exists already
     ├── FailedPrecondition     the request is well formed but the system is not in a state to do it
+    │   └── TrainingDiverged   a training session's loss or weights became NaN or infinite
     ├── ResourceExhausted      a size, queue or rate limit was hit
     ├── Unavailable            a dependency is down or the server is draining; retrying later may work
     └── DeadlineExceeded       the caller's deadline passed before the work could be done
@@ -56,6 +57,10 @@ class AlreadyExists(TensorTriggerError):
 
 class FailedPrecondition(TensorTriggerError):
     """Raised when the request is valid but the current state forbids it (e.g. an unsafe artifact)."""
+
+
+class TrainingDiverged(FailedPrecondition):
+    """Raised when a training session's loss or weights become NaN or infinite: it publishes nothing more."""
 
 
 class ResourceExhausted(TensorTriggerError):

@@ -74,6 +74,10 @@ BROKER_QUEUE = Gauge(
     "tt_broker_queue_messages", "Messages in the broker's job queues (jobs: waiting; dead_letter: poison).", ["queue"]
 )
 
+REPOSITORY_IMPORTS = Counter(
+    "tt_repository_imports_total", "Model repository version folders imported or refused.", ["model", "outcome"]
+)
+
 # --- online training ----------------------------------------------------------------------------------------
 TRAINING_STEPS = Counter("tt_training_steps_total", "Online-learning train steps.", MV)
 TRAINING_EXAMPLES = Counter("tt_training_examples_total", "Examples trained on.", MV)

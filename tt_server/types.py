@@ -124,6 +124,48 @@ class VersionSource(enum.StrEnum):
 
     UPLOAD = "upload"
     TRAINING = "training"
+    REPOSITORY = "repository"  # imported from TT_MODEL_REPOSITORY
+
+
+@dataclass(frozen=True, slots=True)
+class ServingPolicy:
+    """What a request naming only the model resolves to: a label, a version, or (neither) ``latest``, the newest
+    upload, repository import or promoted training checkpoint. Written as text: ``latest``, ``label:<name>``,
+    ``version:<n>``."""
+
+    label: str | None = None
+    version: int | None = None
+
+    def __str__(self) -> str:
+        if self.label is not None:
+            return f"label:{self.label}"
+        if self.version is not None:
+            return f"version:{self.version}"
+        return "latest"
+
+    @classmethod
+    def parse(cls, text: str) -> ServingPolicy:
+        """The inverse of ``str()``; raises ``ValueError`` for anything else."""
+        kind, _, value = text.strip().partition(":")
+        if kind == "latest" and not value:
+            return cls()
+        if kind == "label" and value:
+            return cls(label=value)
+        if kind == "version" and value.isascii() and value.isdigit() and int(value) > 0:
+            return cls(version=int(value))
+        raise ValueError(f"not a serving policy: {text[:80]!r} (use latest, label:<name> or version:<n>)")
+
+
+DEFAULT_KEEP_TRAINING_CHECKPOINTS = 5
+
+
+@dataclass(frozen=True, slots=True)
+class RetentionPolicy:
+    """How many versions of a model are kept: unpromoted training checkpoints (None = all) and versions of any
+    source (None = all). Labelled, served and in-use versions are always kept."""
+
+    keep_training_checkpoints: int | None = DEFAULT_KEEP_TRAINING_CHECKPOINTS
+    keep_versions: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +199,12 @@ class ModelVersion:
     class_names: tuple[str, ...] = ()  # class i of the classification output is class_names[i]
     frozen_graph: FrozenGraphNodes | None = None  # set for ModelFormat.FROZEN_GRAPH only
     image_scaling: ImageScaling = ImageScaling.RAW
+    promoted: bool = False  # a training checkpoint the ``latest`` serving policy may select
+    retired: bool = False  # a repository version whose folder was removed: ``latest`` skips it
+
+    @property
+    def eligible_for_latest(self) -> bool:
+        return (self.source is not VersionSource.TRAINING or self.promoted) and not self.retired
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,6 +218,9 @@ class Model:
     latest_version: int | None  # newest existing version, None when all were deleted
     version_count: int
     labels: dict[str, int]  # label -> version
+    serving_policy: ServingPolicy = field(default_factory=ServingPolicy)
+    served_version: int | None = None  # what the serving policy selects now
+    retention: RetentionPolicy = field(default_factory=RetentionPolicy)
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,6 +268,7 @@ class EventKind(enum.StrEnum):
     LABEL_MOVED = "label_moved"  # set or moved; version is the new target
     LABEL_DELETED = "label_deleted"
     MODEL_DELETED = "model_deleted"
+    POLICY_CHANGED = "policy_changed"  # the serving policy changed, a version was promoted or retired
 
 
 @dataclass(frozen=True, slots=True)

@@ -120,3 +120,32 @@ async def test_polling_unloads_versions_deleted_without_an_event(replicas: list[
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await _score(inf_b, ref)
         assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_serving_policy_changes_and_promotions_reach_the_other_replica(
+    replicas: list[Application], tmp_path: Path
+) -> None:
+    a, b = replicas
+    paths = []
+    for value in (1.0, 2.0):
+        path = tmp_path / f"p{value}.keras"
+        constant_model(value).save(path)
+        paths.append(path)
+    async with grpc.aio.insecure_channel(a.address) as ch_a, grpc.aio.insecure_channel(b.address) as ch_b:
+        reg_a = registry_service_pb2_grpc.ModelRegistryServiceStub(ch_a)
+        inf_b = inference_service_pb2_grpc.InferenceServiceStub(ch_b)
+        name = f"policy-{uuid.uuid4().hex[:8]}"
+        await upload(reg_a, name, paths[0])
+        await upload(reg_a, name, paths[1])
+        unpinned = model_pb2.ModelRef(name=name)
+        assert await _score(inf_b, unpinned) == 2.0  # resolved and cached on b (TTL 600 s)
+
+        policy = model_pb2.ServingPolicy(version=1)
+        await reg_a.SetServingPolicy(registry_service_pb2.SetServingPolicyRequest(name=name, policy=policy))
+
+        async def serves(value: float) -> bool:
+            return await _score(inf_b, unpinned) == value
+
+        await _eventually(lambda: serves(1.0))
+        await reg_a.SetServingPolicy(registry_service_pb2.SetServingPolicyRequest(name=name))
+        await _eventually(lambda: serves(2.0))

@@ -104,6 +104,32 @@ async def test_models_lifecycle(app: Application, model_files: dict[str, Path], 
 
 
 @embedded_only
+async def test_models_policy_retention_and_description(app: Application, model_files: dict[str, Path]) -> None:
+    name = unique_name("cli")
+    a = app.address
+    first = await tt_cli(
+        "models", "upload", name, str(model_files["keras"]), "-l", "stable", "-d", "first",
+        "--serving-policy", "label:stable", address=a,
+    )  # fmt: skip
+    assert first.code == 0, first.err
+    assert (await tt_cli("models", "upload", name, str(model_files["keras"]), address=a)).code == 0
+    shown = await tt_cli("models", "policy", name, address=a)
+    assert shown.out.strip() == f"{name}: label:stable, serves version 1"
+    changed = await tt_cli("--json", "models", "policy", name, "latest", address=a)
+    assert changed.json() == {"model": name, "policy": "latest", "previous_policy": "label:stable", "served_version": 2}
+    missing = await tt_cli("models", "policy", name, "label:nope", address=a)
+    assert missing.code == 1 and "FAILED_PRECONDITION" in missing.err
+
+    described = await tt_cli("models", "describe", name, "churn model", address=a)
+    assert described.out.strip() == f"{name}: churn model"
+    retention = await tt_cli("--json", "models", "retention", name, "--keep-versions", "1", address=a)
+    assert retention.json()["pruned_versions"] == []  # 1 is labelled, 2 is served
+    human = await tt_cli("models", "show", name, address=a)
+    assert "serving policy: latest (serves version 2)" in human.out
+    assert "retention: keep 5 training checkpoints, 1 versions" in human.out
+
+
+@embedded_only
 async def test_predict_from_json_csv_and_npy(
     app: Application, mlp: str, model_files: dict[str, Path], tmp_path: Path
 ) -> None:

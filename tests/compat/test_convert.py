@@ -175,7 +175,8 @@ def test_raw_bytes_match_tritons_encoding() -> None:
         ("", ModelRef("m")),
         ("3", ModelRef("m", version=3)),
         ("0", None),
-        ("latest", None),
+        ("stable", ModelRef("m", label="stable")),  # a label: the protocol's version is a string
+        ("Latest!", None),
         ("٣", None),
         ("9" * 30, None),
     ],

@@ -199,7 +199,7 @@ BAD_REQUESTS: dict[str, tuple[Callable[[str], pb.ModelInferRequest], str]] = {
         "raw_input_contents",
     ),
     "no values": (lambda m: _request(m, name="features", datatype="FP32", shape=[1, 4]), 'inputs["features"].values'),
-    "version label": (lambda m: pb.ModelInferRequest(model_name=m, model_version="stable"), "model_version"),
+    "version not a label": (lambda m: pb.ModelInferRequest(model_name=m, model_version="Stable!"), "model_version"),
 }
 
 
@@ -218,7 +218,8 @@ async def test_triton_client_sees_the_same_codes(client, served: Served) -> None
     cases = [
         ((served.mlp, [infer_input("features", x.astype(np.int32), "INT32")]), {}, "INVALID_ARGUMENT"),
         ((served.mlp, [infer_input("features", np.zeros((1, 5), np.float32), "FP32")]), {}, "INVALID_ARGUMENT"),
-        ((served.mlp, [infer_input("features", x, "FP32")]), {"model_version": "latest"}, "INVALID_ARGUMENT"),
+        ((served.mlp, [infer_input("features", x, "FP32")]), {"model_version": "Latest!"}, "INVALID_ARGUMENT"),
+        ((served.mlp, [infer_input("features", x, "FP32")]), {"model_version": "latest"}, "NOT_FOUND"),  # a label
         (("no-such-model", [infer_input("features", x, "FP32")]), {}, "NOT_FOUND"),
         ((served.mlp, [infer_input("features", x, "FP32")]), {"model_version": "99"}, "NOT_FOUND"),
     ]

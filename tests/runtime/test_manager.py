@@ -77,7 +77,7 @@ async def test_a_thousand_concurrent_first_requests_share_one_load(
         handles = await asyncio.gather(*[manager.get(ModelRef("m")) for _ in range(1000)])
         assert manager.loads_started == 1
         assert len({id(h) for h in handles}) == 1
-        assert counting.calls == {"get_latest_version": 1}
+        assert counting.calls == {"get_served_version": 1}
         assert await answer(manager, ModelRef("m")) == (1, 1.0)
         assert not any((tmp_path / "cache").iterdir())  # downloads are removed once loaded
     finally:

@@ -85,7 +85,10 @@ async def test_model_summarises_its_versions_and_labels(metadata_store: SqlMetad
     assert model.labels == {"prod": 1, "canary": 2}
     assert model.created_at <= model.updated_at
 
+    # Only the version that creates the model describes it; SetModelDescription changes it later.
     await publish(metadata_store, "iris", description="irises")
+    assert (await metadata_store.get_model("iris")).description == "flowers"
+    await metadata_store.set_description("iris", "irises")
     assert (await metadata_store.get_model("iris")).description == "irises"
 
 
@@ -340,3 +343,39 @@ async def test_postgres_unreachable_is_unavailable() -> None:
     store = PostgresMetadataStore("postgresql://postgres@127.0.0.1:1/test", pool_size=1, token_secret=b"s")
     with pytest.raises(Unavailable):
         await store.open()
+
+
+# --- serving policy and retention ---------------------------------------------------------------------------
+async def test_prune_removes_exactly_what_retention_allows(metadata_store: SqlMetadataStore) -> None:
+    import dataclasses
+
+    from tests.jobs.test_store import new_job
+    from tt_server.types import RetentionPolicy, ServingPolicy
+
+    await publish(metadata_store, "m")  # 1: upload
+    for _ in range(7):  # 2..8: training checkpoints
+        await publish(metadata_store, "m", source=VersionSource.TRAINING)
+    await metadata_store.set_label("m", "keep", 2)
+    await metadata_store.pin_version("stream", "m", 3, now_us() + 60_000_000)
+    await metadata_store.pin_version("lapsed", "m", 4, now_us() - 1)  # a crashed holder's pin: no protection
+    await metadata_store.create_job(dataclasses.replace(new_job("m"), model_version=5), owns_input=False)
+    await metadata_store.set_retention("m", RetentionPolicy(keep_training_checkpoints=2))
+    blobs = {n: (await metadata_store.get_version("m", n)).blob_key for n in (4, 6)}
+    # Checkpoints newest first: 8, 7 kept; 2 labelled, 3 pinned, 5 used by a queued job; 1 is served.
+    assert await metadata_store.prune_versions("m") == [4, 6]
+    assert await metadata_store.prune_versions("m") == []
+    # Their blobs go through the GC outbox, due at once.
+    assert set(blobs.values()) <= set(await metadata_store.due_blob_gc(now_us() + 1, 100))
+    await metadata_store.unpin("stream")
+    await metadata_store.promote_version("m", 8)  # promoted: served by latest, no longer a checkpoint
+    await metadata_store.set_retention("m", RetentionPolicy(keep_training_checkpoints=None, keep_versions=2))
+    # Newest first: 8 (served), 7 kept by the count; 1, 3 go; 2 labelled and 5 job-used stay.
+    assert await metadata_store.prune_versions("m") == [1, 3]
+    assert [v.version for v in (await metadata_store.list_versions("m", 0, "")).items] == [8, 7, 5, 2]
+    assert (await metadata_store.get_served_version("m")).version == 8
+
+    await metadata_store.set_serving_policy("m", ServingPolicy(version=5))
+    with pytest.raises(FailedPrecondition, match="serving policy"):
+        await metadata_store.delete_version("m", 5, force=True)
+    with pytest.raises(FailedPrecondition, match="no version 99"):
+        await metadata_store.set_serving_policy("m", ServingPolicy(version=99))

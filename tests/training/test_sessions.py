@@ -84,14 +84,14 @@ async def test_one_writer_per_model(app: Application, registry_stub, inference_s
     name = unique_name("race")
     await upload(registry_stub, name, compiled_model)
     first = inference_stub.Train()
-    await first.write(config(name, move_label="online"))
+    await first.write(config(name, move_label="online", promote=True))  # promoted: unpinned sessions start from it
     assert (await first.read()).started.base_version == 1
 
     _, error = await run_until_error(inference_stub, [config(name)])
     assert error.code() == grpc.StatusCode.FAILED_PRECONDITION, error.details()
 
     waiting = inference_stub.Train()
-    await waiting.write(config(name, wait_for_lease=True))  # newest version: resolved again once it gets the lease
+    await waiting.write(config(name, wait_for_lease=True))  # resolved again once it gets the lease
     waiting_started = asyncio.ensure_future(waiting.read())
     quitter = inference_stub.Train()  # waits too, then gives up: it must never end up holding the lease
     await quitter.write(config(name, wait_for_lease=True))
@@ -174,8 +174,12 @@ async def test_server_stop_during_training(
     lease = await replica.leases.acquire(name, wait=False)
     await lease.release()
     if app.settings.database_url:
-        # On the replica that stayed: the model is trainable again, and the kept checkpoint is served.
-        assert (await start_when_free(inference_stub, name)).base_version == (2 if on_abort == KEEP else 1)
+        # On the replica that stayed: the model is trainable again, and the kept checkpoint serves when pinned;
+        # unpinned callers (and sessions) keep the upload, as the serving policy says.
+        assert (await start_when_free(inference_stub, name)).base_version == 1
         held_x, held_y = TEACHER.data(200, seed=13)
         _, served = await accuracy(inference_stub, model_pb2.ModelRef(name=name), held_x, held_y)
-        assert served == (2 if on_abort == KEEP else 1)
+        assert served == 1
+        if on_abort == KEEP:
+            _, pinned = await accuracy(inference_stub, model_pb2.ModelRef(name=name, version=2), held_x, held_y)
+            assert pinned == 2

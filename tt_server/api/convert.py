@@ -20,6 +20,8 @@ from tt_server.types import (
     ModelFormat,
     ModelRef,
     ModelVersion,
+    RetentionPolicy,
+    ServingPolicy,
     Signature,
     TensorSpec,
     VersionSource,
@@ -62,6 +64,7 @@ SCALING_FROM_PB: dict[int, ImageScaling] = {
 SOURCE_TO_PB: dict[VersionSource, int] = {
     VersionSource.UPLOAD: model_pb2.VERSION_SOURCE_UPLOAD,
     VersionSource.TRAINING: model_pb2.VERSION_SOURCE_TRAINING,
+    VersionSource.REPOSITORY: model_pb2.VERSION_SOURCE_REPOSITORY,
 }
 
 
@@ -123,6 +126,8 @@ def model_version(v: ModelVersion) -> model_pb2.ModelVersion:
         class_names=v.class_names,
         frozen_graph=frozen_graph_nodes(v.frozen_graph) if v.frozen_graph is not None else None,
         image_scaling=SCALING_TO_PB[v.image_scaling],  # type: ignore[arg-type]
+        promoted=v.promoted,
+        retired=v.retired,
     )
 
 
@@ -139,6 +144,49 @@ def model(m: Model) -> model_pb2.Model:
         labels=m.labels,
         create_time=timestamp(m.created_at),
         update_time=timestamp(m.updated_at),
+        serving_policy=serving_policy_to_pb(m.serving_policy),
+        served_version=m.served_version or 0,
+        retention=retention_to_pb(m.retention),
+    )
+
+
+def serving_policy(policy: model_pb2.ServingPolicy, field: str = "policy") -> ServingPolicy:
+    mode = policy.WhichOneof("mode")
+    if mode == "label":
+        if not policy.label:
+            raise InvalidArgument.field(f"{field}.label", "the label is empty")
+        return ServingPolicy(label=policy.label)
+    if mode == "version":
+        if policy.version <= 0:
+            raise InvalidArgument.field(f"{field}.version", "versions are numbered from 1")
+        return ServingPolicy(version=policy.version)
+    return ServingPolicy()
+
+
+def serving_policy_to_pb(policy: ServingPolicy) -> model_pb2.ServingPolicy:
+    if policy.label is not None:
+        return model_pb2.ServingPolicy(label=policy.label)
+    if policy.version is not None:
+        return model_pb2.ServingPolicy(version=policy.version)
+    return model_pb2.ServingPolicy(latest=model_pb2.ServingPolicy.Latest())
+
+
+def retention(policy: model_pb2.RetentionPolicy, field: str = "retention") -> RetentionPolicy:
+    if policy.keep_training_checkpoints < -1:
+        raise InvalidArgument.field(f"{field}.keep_training_checkpoints", "use a count, 0 (default 5) or -1 (all)")
+    if policy.keep_versions < 0:
+        raise InvalidArgument.field(f"{field}.keep_versions", "use a count, or 0 to keep all")
+    keep_checkpoints: int | None = policy.keep_training_checkpoints or RetentionPolicy().keep_training_checkpoints
+    return RetentionPolicy(
+        keep_training_checkpoints=None if keep_checkpoints == -1 else keep_checkpoints,
+        keep_versions=policy.keep_versions or None,
+    )
+
+
+def retention_to_pb(policy: RetentionPolicy) -> model_pb2.RetentionPolicy:
+    return model_pb2.RetentionPolicy(
+        keep_training_checkpoints=-1 if policy.keep_training_checkpoints is None else policy.keep_training_checkpoints,
+        keep_versions=policy.keep_versions or 0,
     )
 
 
@@ -165,6 +213,9 @@ def upload_spec(header: registry_service_pb2.UploadHeader) -> UploadSpec:
         frozen_graph=nodes,
         class_names=class_names(header.class_names_text),
         image_scaling=SCALING_FROM_PB[header.image_scaling],
+        serving_policy=serving_policy(header.serving_policy, "header.serving_policy")
+        if header.HasField("serving_policy")
+        else None,
     )
 
 

@@ -66,7 +66,8 @@ class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
         # chunk of a stream is in the batcher at a time (the model runs one call at a time anyway): a stream
         # never fills the queue by itself, while decoding and answering overlap with the model call.
         started: asyncio.Queue[asyncio.Future[pb.PredictBatchResponse] | None] = asyncio.Queue(PREDICT_BATCH_WINDOW)
-        reader = asyncio.ensure_future(self._read_chunks(request_iterator, started, context))
+        pins: list[str] = []  # the pinned version is kept from retention while the stream is open
+        reader = asyncio.ensure_future(self._read_chunks(request_iterator, started, context, pins))
         try:
             while (chunk := await started.get()) is not None:
                 yield await chunk
@@ -79,12 +80,15 @@ class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
                     if pending.done() and not pending.cancelled():
                         pending.exception()  # retrieved: moot once the stream has ended
                     pending.cancel()
+            for holder in pins:
+                self._inference.unpin(holder)
 
     async def _read_chunks(
         self,
         request_iterator: AsyncIterator[pb.PredictBatchRequest],
         started: asyncio.Queue[asyncio.Future[pb.PredictBatchResponse] | None],
         context: grpc.aio.ServicerContext,
+        pins: list[str],
     ) -> None:
         pinned: ModelRef | None = None
         output_filter: list[str] = []
@@ -98,6 +102,7 @@ class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
                         raise InvalidArgument.field("model", "the first message of a stream must name the model")
                     first = await self._inference.resolve(convert.model_ref(request.model))
                     pinned = ModelRef(first.model_name, version=first.version)
+                    pins.append(self._inference.pin(first))
                     output_filter = list(request.output_filter)
                     encoding = request.output_encoding
                 chunk = self._predict_chunk(request, pinned, output_filter, encoding, sequence, one_at_a_time, context)

@@ -38,8 +38,11 @@ class RegistryServicer(registry_service_pb2_grpc.ModelRegistryServiceServicer):
         self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListModelsResponse:
         page = await self._registry.list_models(request.page_size, request.page_token)
+        problems = [] if request.page_token else sorted(self._registry.repository_problems.items())
         return pb.ListModelsResponse(
-            models=[convert.model(m) for m in page.items], next_page_token=page.next_page_token
+            models=[convert.model(m) for m in page.items],
+            next_page_token=page.next_page_token,
+            repository_problems=[pb.RepositoryProblem(path=path, reason=reason) for path, reason in problems],
         )
 
     async def GetModel(self, request: pb.GetModelRequest, context: grpc.aio.ServicerContext) -> pb.GetModelResponse:
@@ -87,3 +90,29 @@ class RegistryServicer(registry_service_pb2_grpc.ModelRegistryServiceServicer):
         yield pb.DownloadModelVersionResponse(version=convert.model_version(version))
         async for chunk in chunks:
             yield pb.DownloadModelVersionResponse(chunk=chunk)
+
+    async def SetServingPolicy(
+        self, request: pb.SetServingPolicyRequest, context: grpc.aio.ServicerContext
+    ) -> pb.SetServingPolicyResponse:
+        previous, served = await self._registry.set_serving_policy(request.name, convert.serving_policy(request.policy))
+        return pb.SetServingPolicyResponse(
+            previous_policy=convert.serving_policy_to_pb(previous), served_version=served or 0
+        )
+
+    async def PromoteModelVersion(
+        self, request: pb.PromoteModelVersionRequest, context: grpc.aio.ServicerContext
+    ) -> pb.PromoteModelVersionResponse:
+        version, served = await self._registry.promote(request.name, request.version)
+        return pb.PromoteModelVersionResponse(version=convert.model_version(version), served_version=served or 0)
+
+    async def SetModelDescription(
+        self, request: pb.SetModelDescriptionRequest, context: grpc.aio.ServicerContext
+    ) -> pb.SetModelDescriptionResponse:
+        model = await self._registry.set_description(request.name, request.description)
+        return pb.SetModelDescriptionResponse(model=convert.model(model))
+
+    async def SetRetentionPolicy(
+        self, request: pb.SetRetentionPolicyRequest, context: grpc.aio.ServicerContext
+    ) -> pb.SetRetentionPolicyResponse:
+        policy, pruned = await self._registry.set_retention(request.name, convert.retention(request.retention))
+        return pb.SetRetentionPolicyResponse(retention=convert.retention_to_pb(policy), pruned_versions=pruned)

@@ -90,6 +90,8 @@ def train_spec(config: pb.TrainConfig) -> TrainSpec:
         on_abort=OnAbort.DISCARD if config.on_abort == pb.ON_ABORT_DISCARD else OnAbort.CHECKPOINT,
         wait_for_lease=config.wait_for_lease,
         metrics=tuple(config.metrics),
+        promote=config.promote,
+        drop_non_finite=config.drop_non_finite,
     )
 
 
@@ -102,6 +104,7 @@ def train_response(event: TrainEvent) -> pb.TrainResponse:
                 loss=event.loss,
                 prequential=event.prequential,
                 metrics=event.metrics,
+                dropped_examples=event.dropped_examples,
             )
         )
     if isinstance(event, Started):

@@ -49,7 +49,7 @@ def raw_bytes(array: np.ndarray, dtype: DType) -> bytes:
 
 
 def model_ref(name: str, version: int | None, name_field: str, version_field: str) -> ModelRef:
-    """A reference to ``version`` of ``name`` (None = the newest), with field paths for the errors."""
+    """A reference to ``version`` of ``name`` (None = what its serving policy selects), with field paths for errors."""
     if not name:
         raise InvalidArgument.field(name_field, "a model name is required")
     if version is None:

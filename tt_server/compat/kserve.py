@@ -8,10 +8,11 @@ share a process (our tests do) and the wire format could drift from what ``trito
 
 Each RPC converts, awaits one domain call (``InferenceService.predict`` for inference: the same manager,
 validator and batcher as ``tensortrigger.v1``) and converts back; errors become statuses in
-``api.middleware``. ``model_version`` is "" for the newest version or a version number; the protocol has no
-labels. Inputs come as typed ``contents`` or as ``raw_input_contents``; the answer uses the same form (FP16 has
-no typed field, so a response with an FP16 output is always raw). Triton's extensions (model repository,
-statistics, shared memory, trace, logging, model config) answer UNIMPLEMENTED.
+``api.middleware``. ``model_version`` is "" for what the model's serving policy selects, a version number, or a
+label name (the protocol's version is a string, so a label fits). Inputs come as typed ``contents`` or as
+``raw_input_contents``; the answer uses the same form (FP16 has no typed field, so a response with an FP16
+output is always raw). Triton's extensions (model repository, statistics, shared memory, trace, logging, model
+config) answer UNIMPLEMENTED.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from tt_server.compat.convert import (
     unimplemented,
 )
 from tt_server.errors import FieldViolation, InvalidArgument, NotFound, TensorTriggerError
-from tt_server.registry.service import Registry
+from tt_server.registry.service import LABEL_NAME, Registry
 from tt_server.runtime.observe import RequestObservation
 from tt_server.runtime.service import InferenceService
 from tt_server.types import DType, ModelFormat, ModelRef, TensorSpec, WireTensor
@@ -74,15 +75,22 @@ _LENGTH = struct.Struct("<I")  # raw BYTES elements: a little-endian uint32 leng
 
 # --- conversions -----------------------------------------------------------------------------------------
 def oip_ref(name: str, version: str, name_field: str, version_field: str) -> ModelRef:
+    """``model_version`` is a string: empty for what the serving policy selects, a number for that version, or a
+    label name ("stable"), which Triton and KServe clients can send as is."""
     if not version:
         return model_ref(name, None, name_field, version_field)
-    if not (version.isascii() and version.isdigit()) or int(version) > MAX_VERSION:
+    if version.isascii() and version.isdigit():
+        if int(version) > MAX_VERSION:
+            raise InvalidArgument.field(version_field, f"{version[:40]!r} is over the largest version number")
+        return model_ref(name, int(version), name_field, version_field)
+    if not LABEL_NAME.match(version):
         raise InvalidArgument.field(
             version_field,
-            f"{version[:40]!r} is not a version number; leave it empty for the newest version "
-            "(labels are not part of the Open Inference Protocol: use tensortrigger.v1 or TF Serving's version_label)",
+            f"{version[:40]!r} is neither a version number nor a label name (1-63 lowercase letters, digits, '_' "
+            "or '-', starting with a letter); leave it empty for what the model's serving policy selects",
         )
-    return model_ref(name, int(version), name_field, version_field)
+    ref = model_ref(name, None, name_field, version_field)
+    return ModelRef(ref.name, label=version)
 
 
 def split_bytes(data: bytes, path: str, limit: int) -> list[bytes]:

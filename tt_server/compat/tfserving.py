@@ -5,9 +5,10 @@ built on that package's stubs talks to Tensor Trigger exactly as to TF Serving. 
 domain types, awaits one domain call (``InferenceService.predict`` for Predict: the same manager, validator and
 batcher as ``tensortrigger.v1``) and converts back; domain errors become statuses in ``api.middleware``.
 
-Mapping: ``ModelSpec.name`` -> model, ``version`` -> version, ``version_label`` -> label, neither -> the newest
-version. Every version has exactly one signature, ``serving_default`` (a predict signature); another
-``signature_name`` fails with FAILED_PRECONDITION, as TF Serving answers for a signature key it does not have.
+Mapping: ``ModelSpec.name`` -> model, ``version`` -> version, ``version_label`` -> label, neither -> what the
+model's serving policy selects. Every version has exactly one signature, ``serving_default`` (a predict
+signature); another ``signature_name`` fails with FAILED_PRECONDITION, as TF Serving answers for a signature
+key it does not have.
 """
 
 from __future__ import annotations
@@ -95,7 +96,7 @@ def spec_ref(spec: model_pb2.ModelSpec) -> ModelRef:
     choice = spec.WhichOneof("version_choice")
     version = spec.version.value if choice == "version" else None
     ref = model_ref(spec.name, version, "model_spec.name", "model_spec.version")
-    # An empty label (set explicitly, e.g. from JSON) counts as no choice: the newest version.
+    # An empty label (set explicitly, e.g. from JSON) counts as no choice: the serving policy decides.
     return ModelRef(ref.name, label=spec.version_label) if spec.version_label else ref
 
 

@@ -52,28 +52,45 @@ def inspect_artifact(
     limits: ArchiveLimits,
     allowed_custom_objects: frozenset[str],
     frozen_graph: FrozenGraphNodes | None = None,
+    allow_non_finite: bool = False,
 ) -> Signature:
     """Check the artifact at ``path`` (already identified as ``fmt``) and return its signature.
 
     ``work_dir`` is an existing scratch directory the caller removes afterwards; ``frozen_graph`` names the
     nodes of a ``FROZEN_GRAPH``. Raises InvalidArgument for corrupt files, FailedPrecondition for unsafe or
-    unusable models, ResourceExhausted for archives over the ``limits``.
+    unusable models, ResourceExhausted for archives over the ``limits``, and FailedPrecondition for weights
+    holding NaN or infinite values unless ``allow_non_finite``.
     """
     if fmt is ModelFormat.FROZEN_GRAPH:
         if frozen_graph is None:
             raise InvalidArgument.field("header.frozen_graph", "a frozen graph needs its input and output nodes")
-        return _inspect_frozen_graph(path, frozen_graph)
+        return _inspect_frozen_graph(path, frozen_graph, allow_non_finite)
     if fmt is ModelFormat.KERAS:
-        return _inspect_keras(path, work_dir, limits, allowed_custom_objects)
+        return _inspect_keras(path, work_dir, limits, allowed_custom_objects, allow_non_finite)
     if fmt is ModelFormat.H5:
-        return _inspect_h5(path, work_dir, allowed_custom_objects)
-    return _inspect_saved_model(path, work_dir, limits)
+        return _inspect_h5(path, work_dir, allowed_custom_objects, allow_non_finite)
+    return _inspect_saved_model(path, work_dir, limits, allow_non_finite)
+
+
+def _check_finite(weights: Any) -> None:
+    """``weights``: (name, array) pairs. A NaN or Inf weight makes every answer NaN: refuse the version."""
+    import numpy as np
+
+    for name, value in weights:
+        array = np.asarray(value)
+        if array.dtype.kind == "f" and not np.isfinite(array).all():
+            raise FailedPrecondition(
+                f"weight {name!r} holds NaN or infinite values: such a model answers NaN (set "
+                "TT_ALLOW_NON_FINITE_WEIGHTS=true to accept it anyway)"
+            )
 
 
 # --- Keras ----------------------------------------------------------------------------------------------
 
 
-def _inspect_keras(path: Path, work_dir: Path, limits: ArchiveLimits, allowed: frozenset[str]) -> Signature:
+def _inspect_keras(
+    path: Path, work_dir: Path, limits: ArchiveLimits, allowed: frozenset[str], allow_non_finite: bool
+) -> Signature:
     import h5py
 
     try:
@@ -96,10 +113,16 @@ def _inspect_keras(path: Path, work_dir: Path, limits: ArchiveLimits, allowed: f
                     copy.unlink()
     except (zipfile.BadZipFile, EOFError, zlib.error, KeyError, OSError) as e:
         raise _corrupt("the .keras file is truncated or corrupt:", e) from None
-    return _keras_signature(_load_keras(_with_suffix(path, work_dir, ".keras")))
+    return _checked_keras_signature(_load_keras(_with_suffix(path, work_dir, ".keras")), allow_non_finite)
 
 
-def _inspect_h5(path: Path, work_dir: Path, allowed: frozenset[str]) -> Signature:
+def _checked_keras_signature(model: Any, allow_non_finite: bool) -> Signature:
+    if not allow_non_finite:
+        _check_finite((getattr(w, "path", w.name), w.numpy()) for w in model.weights)
+    return _keras_signature(model)
+
+
+def _inspect_h5(path: Path, work_dir: Path, allowed: frozenset[str], allow_non_finite: bool) -> Signature:
     import h5py
 
     try:
@@ -115,7 +138,7 @@ def _inspect_h5(path: Path, work_dir: Path, allowed: frozenset[str]) -> Signatur
             check_h5_storage(f, path.name)
     except OSError as e:
         raise _corrupt("the .h5 file is truncated or corrupt:", e) from None
-    return _keras_signature(_load_keras(_with_suffix(path, work_dir, ".h5")))
+    return _checked_keras_signature(_load_keras(_with_suffix(path, work_dir, ".h5")), allow_non_finite)
 
 
 def _parse_json(raw: Any, what: str) -> Any:
@@ -305,17 +328,26 @@ def _dtype(name: str, tensor: str) -> DType:
 # --- frozen graphs -------------------------------------------------------------------------------------
 
 
-def _inspect_frozen_graph(path: Path, nodes: FrozenGraphNodes) -> Signature:
+def _inspect_frozen_graph(path: Path, nodes: FrozenGraphNodes, allow_non_finite: bool) -> Signature:
     graph = parse_graph_def(path.read_bytes())
     check_nodes(graph, nodes)
     scan_graph_def(graph, nodes.outputs)
+    if not allow_non_finite:
+        import tensorflow as tf
+
+        # A frozen graph's weights are its float constants.
+        _check_finite(
+            (node.name, tf.make_ndarray(node.attr["value"].tensor))
+            for node in graph.node
+            if node.op == "Const" and node.attr["dtype"].type in (tf.float16, tf.float32, tf.float64)
+        )
     return import_frozen_graph(graph, nodes)[1]
 
 
 # --- SavedModel -----------------------------------------------------------------------------------------
 
 
-def _inspect_saved_model(path: Path, work_dir: Path, limits: ArchiveLimits) -> Signature:
+def _inspect_saved_model(path: Path, work_dir: Path, limits: ArchiveLimits, allow_non_finite: bool) -> Signature:
     from google.protobuf.message import DecodeError
     from tensorflow.core.protobuf import saved_model_pb2
 
@@ -337,6 +369,10 @@ def _inspect_saved_model(path: Path, work_dir: Path, limits: ArchiveLimits) -> S
     function = loaded.signatures.get("serving_default")
     if function is None:
         raise FailedPrecondition("SavedModel has no serving_default signature")
+    checkpoint = root / "variables" / "variables"
+    if not allow_non_finite and (root / "variables" / "variables.index").exists():
+        reader = tf.train.load_checkpoint(str(checkpoint))
+        _check_finite((name, reader.get_tensor(name)) for name, _ in tf.train.list_variables(str(checkpoint)))
     args, kwargs = function.structured_input_signature
     inputs = {**{spec.name: spec for spec in tf.nest.flatten(args)}, **kwargs}
     outputs = function.structured_outputs

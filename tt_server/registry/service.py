@@ -31,6 +31,7 @@ from tt_server.registry.frozen_graph import INPUT_FIELD, NODE_NAME, OUTPUT_FIELD
 from tt_server.registry.inspect import inspect_artifact
 from tt_server.storage.blobs import BlobStore
 from tt_server.storage.metadata import MetadataStore, NewVersion
+from tt_server.storage.pins import VersionPins
 from tt_server.types import (
     EventKind,
     FrozenGraphNodes,
@@ -41,6 +42,8 @@ from tt_server.types import (
     ModelVersion,
     Page,
     RegistryEvent,
+    RetentionPolicy,
+    ServingPolicy,
     Signature,
     VersionSource,
     tensor_display_name,
@@ -75,6 +78,7 @@ class UploadSpec:
     frozen_graph: FrozenGraphNodes | None = None  # given for frozen graphs only
     class_names: tuple[str, ...] = ()  # the labels file's lines, trailing blank ones dropped
     image_scaling: ImageScaling = ImageScaling.RAW
+    serving_policy: ServingPolicy | None = None  # the model's, when the upload creates it
 
 
 def check_model_name(name: str, field_name: str = "name") -> None:
@@ -92,6 +96,13 @@ def check_label(label: str, field_name: str = "label") -> None:
             field_name,
             f"invalid label {label[:80]!r}: use 1-63 lowercase letters, digits, '_' or '-', starting with a letter",
         )
+
+
+def check_serving_policy(policy: ServingPolicy, field_name: str = "policy") -> None:
+    if policy.label is not None:
+        check_label(policy.label, f"{field_name}.label")
+    if policy.version is not None and policy.version <= 0:
+        raise InvalidArgument.field(f"{field_name}.version", "versions are numbered from 1")
 
 
 def _now_us() -> int:
@@ -118,10 +129,16 @@ class Registry:
             max_ratio=settings.max_compression_ratio,
         )
         self._allowed_custom = frozenset(settings.allowed_custom_objects)
+        self.pins = VersionPins(metadata)  # versions open Train sessions use; retention keeps them
+        # Set by the model repository after each scan: entries it refused, path -> why (shown by ListModels).
+        self.repository_problems: dict[str, str] = {}
 
     # --- upload -------------------------------------------------------------------------------------------
-    async def upload(self, spec: UploadSpec, chunks: AsyncIterator[bytes]) -> tuple[ModelVersion, bool]:
-        """Store a new version from streamed bytes; returns it and whether the model was created."""
+    async def upload(
+        self, spec: UploadSpec, chunks: AsyncIterator[bytes], source: VersionSource = VersionSource.UPLOAD
+    ) -> tuple[ModelVersion, bool]:
+        """Store a new version from streamed bytes (``source``: an upload, or the model repository); returns it
+        and whether the model was created."""
         self._check_upload_spec(spec)
         scratch = self._settings.scratch_dir
         scratch.mkdir(parents=True, exist_ok=True)
@@ -149,7 +166,7 @@ class Registry:
             self._check_feature_names(spec.feature_names, signature)
             _check_class_names(spec.class_names, signature)
             _check_image_scaling(spec.image_scaling, signature)
-            version = await self._publish(spec, artifact, fmt, size, sha256, signature)
+            version = await self._publish(spec, artifact, fmt, size, sha256, signature, source=source)
         finally:
             await asyncio.to_thread(_remove_tree, work)
         log.info(
@@ -161,6 +178,7 @@ class Registry:
                 "format": fmt.value,
             },
         )
+        await self._prune_quietly(version.model_name)
         return version, version.version == 1
 
     def _check_upload_spec(self, spec: UploadSpec) -> None:
@@ -186,6 +204,14 @@ class Registry:
         check(metadata_size <= MAX_METADATA_BYTES, "header.metadata", f"over {MAX_METADATA_BYTES} bytes")
         if spec.expected_sha256 is not None:
             check(bool(SHA256_HEX.match(spec.expected_sha256)), "header.expected_sha256", "not a hex SHA-256")
+        if spec.serving_policy is not None and spec.serving_policy.label is not None:
+            check(
+                bool(LABEL_NAME.match(spec.serving_policy.label)),
+                "header.serving_policy.label",
+                f"invalid label {spec.serving_policy.label[:80]!r}",
+            )
+        if spec.serving_policy is not None and spec.serving_policy.version is not None:
+            check(spec.serving_policy.version > 0, "header.serving_policy.version", "versions are numbered from 1")
         violations += _frozen_graph_violations(spec)
         violations += _class_name_violations(spec.class_names)
         if violations:
@@ -216,7 +242,15 @@ class Registry:
     ) -> tuple[ModelFormat, Signature]:
         fmt = detect_format(artifact, declared)
         work.mkdir(exist_ok=True)
-        signature = inspect_artifact(artifact, fmt, work, self._limits, self._allowed_custom, nodes)
+        signature = inspect_artifact(
+            artifact,
+            fmt,
+            work,
+            self._limits,
+            self._allowed_custom,
+            nodes,
+            allow_non_finite=self._settings.allow_non_finite_weights,
+        )
         return fmt, signature
 
     @staticmethod
@@ -268,7 +302,13 @@ class Registry:
                 image_scaling=spec.image_scaling,
             )
             version = await self._metadata.create_version(
-                NewVersion(draft, set_labels=spec.labels, model_description=spec.description)
+                NewVersion(
+                    draft,
+                    set_labels=spec.labels,
+                    # Training never names the model's description (a deleted model is recreated without one).
+                    model_description=spec.description if source is not VersionSource.TRAINING else "",
+                    serving_policy=spec.serving_policy,
+                )
             )
             committed = True
         except Unavailable:
@@ -297,13 +337,15 @@ class Registry:
         labels: tuple[str, ...] = (),
         description: str = "",
         feature_names: tuple[str, ...] = (),
+        pin: str | None = None,
     ) -> ModelVersion:
         """Publish a training checkpoint (a .keras file the trainer wrote) as a new version, moving ``labels``
         to it, with the same guarantees and events as an upload.
 
         The artifact is not inspected again: the server wrote it from a model that passed inspection, and
         training changes weights, never the architecture, so the parent's ``signature`` still holds, and so do
-        its class names and image scaling, which the checkpoint inherits.
+        its class names and image scaling, which the checkpoint inherits. ``pin``: a holder of ``pins`` moved to
+        the new version before retention prunes, so a session's newest checkpoint is never pruned under it.
         """
         class_names: tuple[str, ...] = ()
         image_scaling = ImageScaling.RAW
@@ -349,6 +391,9 @@ class Registry:
             "model version published by training",
             extra={"model": model_name, "version": version.version, "parent": parent_version, "session": session_id},
         )
+        if pin is not None:
+            await self.pins.pin(model_name, version.version, pin)
+        await self._prune_quietly(model_name)
         return version
 
     async def _discard_blob(self, blob_key: str) -> None:
@@ -372,13 +417,76 @@ class Registry:
         return await self._metadata.list_versions(name, page_size, page_token)
 
     async def resolve(self, ref: ModelRef) -> ModelVersion:
-        """The version a reference selects: explicit version, label, or the newest."""
+        """The version a reference selects: explicit version, label, or what the model's serving policy says."""
         check_model_name(ref.name, "model.name")
         if ref.version is not None:
             return await self._metadata.get_version(ref.name, ref.version)
         if ref.label is not None:
             return await self._metadata.get_labelled_version(ref.name, ref.label)
-        return await self._metadata.get_latest_version(ref.name)
+        return await self._metadata.get_served_version(ref.name)
+
+    async def served_version(self, name: str) -> int | None:
+        """The version the serving policy selects now, None when none does."""
+        try:
+            return (await self._metadata.get_served_version(name)).version
+        except NotFound:
+            await self._metadata.get_model(name)  # an unknown model stays NOT_FOUND
+            return None
+
+    # --- model settings -------------------------------------------------------------------------------------
+    async def set_serving_policy(self, name: str, policy: ServingPolicy) -> tuple[ServingPolicy, int | None]:
+        """Replace the model's serving policy; returns the previous one and the version now served."""
+        check_model_name(name)
+        check_serving_policy(policy)
+        previous = await self._metadata.set_serving_policy(name, policy)
+        await self._events.publish(RegistryEvent(EventKind.POLICY_CHANGED, name))
+        log.info("serving policy set", extra={"model": name, "policy": str(policy), "previous": str(previous)})
+        return previous, await self.served_version(name)
+
+    async def promote(self, name: str, version: int) -> tuple[ModelVersion, int | None]:
+        """Let the ``latest`` policy select a training checkpoint; returns it and the version now served."""
+        check_model_name(name)
+        if version <= 0:
+            raise InvalidArgument.field("version", "versions are numbered from 1")
+        promoted = await self._metadata.promote_version(name, version)
+        await self._events.publish(RegistryEvent(EventKind.POLICY_CHANGED, name, version))
+        return promoted, await self.served_version(name)
+
+    async def set_retired(self, name: str, version: int, retired: bool) -> None:
+        """Retire a repository version whose folder was removed (``latest`` skips it), or bring it back."""
+        await self._metadata.set_retired(name, version, retired)
+        await self._events.publish(RegistryEvent(EventKind.POLICY_CHANGED, name, version))
+
+    async def set_description(self, name: str, description: str) -> Model:
+        check_model_name(name)
+        if len(description) > MAX_METADATA_BYTES:
+            raise InvalidArgument.field("description", f"over {MAX_METADATA_BYTES} characters")
+        await self._metadata.set_description(name, description)
+        return await self._metadata.get_model(name)
+
+    async def set_retention(self, name: str, retention: RetentionPolicy) -> tuple[RetentionPolicy, list[int]]:
+        """Replace how many versions are kept and prune now; returns the policy and the pruned versions."""
+        check_model_name(name)
+        await self._metadata.set_retention(name, retention)
+        return retention, await self.prune(name)
+
+    async def prune(self, name: str) -> list[int]:
+        """Delete the versions the model's retention policy no longer keeps; their blobs go through the GC."""
+        pruned = await self._metadata.prune_versions(name)
+        for version in pruned:
+            await self._events.publish(RegistryEvent(EventKind.VERSION_DELETED, name, version))
+        if pruned:
+            log.info("model versions pruned", extra={"model": name, "versions": pruned})
+        return pruned
+
+    async def _prune_quietly(self, name: str) -> None:
+        """Retention after a new version: its failure must not fail the upload or checkpoint that ran it."""
+        try:
+            await self.prune(name)
+        except Exception:
+            log.warning(
+                "pruning versions failed; the next new version tries again", extra={"model": name}, exc_info=True
+            )
 
     async def download(self, ref: ModelRef) -> tuple[ModelVersion, AsyncIterator[bytes]]:
         version = await self.resolve(ref)

@@ -1,15 +1,17 @@
 """ModelManager: resolves model refs to loaded servables, loading on first use (TF Serving's manager).
 
-* **Resolution.** ``ModelRef`` -> version: an explicit version is used as is; a label or "newest" is read
-  from the metadata store and reused for ``model_resolution_ttl_seconds``. Registry events drop cached
-  resolutions at once (``handle_event``); the TTL only bounds staleness when an event is lost. When the
-  metadata store is unavailable, the last known resolution keeps serving (stale beats down for a model that is
-  already loaded): requests get it at once while one background query per TTL checks whether the store is back.
+* **Resolution.** ``ModelRef`` -> version: an explicit version is used as is; a label or the model's serving
+  policy (a ref naming only the model) is read from the metadata store and reused for
+  ``model_resolution_ttl_seconds``. Registry events drop cached resolutions at once (``handle_event``); the
+  TTL only bounds staleness when an event is lost. When the metadata store is unavailable, the last known
+  resolution keeps serving (stale beats down for a model that is already loaded): requests get it at once
+  while one background query per TTL checks whether the store is back.
 * **Loading.** The first request for a version downloads its artifact into ``cache_dir``, loads and warms
   it up on the loader thread (never the event loop) and creates its batcher. Concurrent first requests share
   one load; if it fails they all get the error and the next request tries again.
-* **Aspired versions.** When a label that requests use moves (or a new newest version appears), the
-  target version is loaded in the background straight away, so requests rarely wait for the swap.
+* **Aspired versions.** When a label that requests use moves, or an event may change what the serving policy
+  selects (new version, label moved, policy changed, promotion), the new target is resolved and loaded in the
+  background straight away, so requests rarely wait for the swap.
 * **Unloading.** Loaded versions are kept in LRU order, bounded by count and by estimated bytes; deleted
   versions and models are dropped on their events. Dropping only removes the manager's reference: requests
   holding a handle finish on it, and Python frees the model when the last one is done.
@@ -44,6 +46,7 @@ from tt_server.runtime.servable import Servable, configure_threads
 from tt_server.runtime.validation import InputDecoder
 from tt_server.storage.blobs import BlobStore
 from tt_server.storage.metadata import MetadataStore
+from tt_server.storage.pins import VersionPins
 from tt_server.types import EventKind, ModelRef, ModelVersion, RegistryEvent
 
 log = logging.getLogger(__name__)
@@ -51,13 +54,13 @@ log = logging.getLogger(__name__)
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
 VersionKey = tuple[str, int]  # (model name, version)
-ResolutionKey = tuple[str, str | None]  # (model name, label); None = the newest version
+ResolutionKey = tuple[str, str | None]  # (model name, label); None = what the serving policy selects
 
 _REF = re.compile(r"^(?P<name>[^:@]+)(?::(?P<version>\d+)|@(?P<label>.+))?$")
 
 
 def parse_model_ref(text: str) -> ModelRef:
-    """``name`` (newest), ``name:3`` (version 3) or ``name@label``, as in the ``preload_models`` setting."""
+    """``name`` (its serving policy), ``name:3`` (version 3) or ``name@label``, as in ``preload_models``."""
     match = _REF.match(text.strip())
     if match is None:
         raise ValueError(f"not a model reference: {text!r} (use name, name:version or name@label)")
@@ -120,6 +123,7 @@ class ModelManager:
         self._settler = Settler(settings.gc_freeze)  # freeze what a load created, free what an unload dropped
         self._closed = False
         self.loads_started = 0  # for tests and metrics
+        self.pins = VersionPins(metadata_store)  # versions open PredictBatch streams use; retention keeps them
 
     # --- lifecycle ------------------------------------------------------------------------------------------
     async def start(self, events: EventBus | None = None) -> None:
@@ -140,6 +144,7 @@ class ModelManager:
         """Stop loading, finish queued requests, unload everything."""
         self._closed = True
         self._settler.cancel()
+        await self.pins.close()
         tasks = [*self._background, *self._loads.values(), *self._resolving.values()]
         for task in tasks:
             task.cancel()
@@ -239,7 +244,7 @@ class ModelManager:
     async def _query(self, name: str, label: str | None) -> ModelVersion:
         epoch = self._resolution_epoch.get(name, 0)
         if label is None:
-            version = await self._metadata.get_latest_version(name)
+            version = await self._metadata.get_served_version(name)
         else:
             version = await self._metadata.get_labelled_version(name, label)
         if self._resolution_epoch.get(name, 0) == epoch:
@@ -357,7 +362,13 @@ class ModelManager:
         """Apply a registry change (an ``EventBus`` subscriber): drop the model's cached resolutions, unload
         deleted versions, and start loading a moved label's new target if that label is in use."""
         name = event.model_name
-        in_use = (name, event.label if event.kind is EventKind.LABEL_MOVED else None) in self._resolved
+        # Resolutions requests use that the event may change: a moved label's, and the serving policy's (which
+        # may follow that label, a new upload or a promotion).
+        in_use = [
+            rkey
+            for rkey in ((name, None), (name, event.label if event.kind is EventKind.LABEL_MOVED else None))
+            if rkey in self._resolved
+        ]
         self._resolution_epoch[name] = self._resolution_epoch.get(name, 0) + 1
         for rkey in [k for k in self._resolved if k[0] == name]:
             del self._resolved[rkey]
@@ -375,12 +386,12 @@ class ModelManager:
                 self._unload(key, "model deleted")
             metrics.forget_model(name)
         elif (
-            event.kind in (EventKind.LABEL_MOVED, EventKind.VERSION_CREATED)
-            and event.version is not None
+            event.kind in (EventKind.LABEL_MOVED, EventKind.VERSION_CREATED, EventKind.POLICY_CHANGED)
             and in_use
             and not self._closed
         ):
-            self._spawn(self._preload(ModelRef(name, version=event.version)))
+            for rkey in dict.fromkeys(in_use):
+                self._spawn(self._preload(ModelRef(name, label=rkey[1])))
 
     async def check_loaded(self) -> int:
         """The polling fallback for lost registry events: unload loaded versions the metadata store no longer

@@ -40,6 +40,14 @@ class InferenceService:
         self._manager = manager
         self._settings = settings
 
+    def pin(self, version: ModelVersion) -> str:
+        """Keep ``version`` from retention (on every replica) until ``unpin``: a stream uses it. Neither call
+        waits for the metadata store."""
+        return self._manager.pins.pin_soon(version.model_name, version.version)
+
+    def unpin(self, holder: str) -> None:
+        self._manager.pins.unpin_soon(holder)
+
     async def resolve(self, ref: ModelRef) -> ModelVersion:
         """Load the version ``ref`` names (so the stream that pins it starts warm) and return it."""
         version = (await self._manager.get(ref)).model_version

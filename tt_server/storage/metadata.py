@@ -7,10 +7,11 @@ Errors: unknown things raise ``NotFound``; a lost database connection raises ``U
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from tt_server.types import Model, ModelVersion, Page
+from tt_server.types import Model, ModelVersion, Page, RetentionPolicy, ServingPolicy
 
 
 @dataclass(frozen=True, slots=True)
@@ -19,7 +20,9 @@ class NewVersion:
 
     version: ModelVersion  # ``version.version`` is ignored; the store allocates the next number
     set_labels: tuple[str, ...] = ()
-    model_description: str = ""
+    model_description: str = ""  # set only when this version creates the model
+    # The model's policy when this creates it; for an existing model it must equal the policy (or be None).
+    serving_policy: ServingPolicy | None = None
 
 
 class MetadataStore(Protocol):
@@ -51,6 +54,23 @@ class MetadataStore(Protocol):
 
     async def get_labelled_version(self, name: str, label: str) -> ModelVersion: ...
 
+    async def get_served_version(self, name: str) -> ModelVersion:
+        """The version the model's serving policy selects (``ServingPolicy``); ``NotFound`` when none does."""
+
+    # --- model settings -----------------------------------------------------------------------------------
+    async def set_serving_policy(self, name: str, policy: ServingPolicy) -> ServingPolicy:
+        """Replace the policy (its label or version must exist: ``FailedPrecondition``); returns the old one."""
+
+    async def promote_version(self, name: str, version: int) -> ModelVersion:
+        """Mark a training checkpoint promoted (no change for other sources); returns the version."""
+
+    async def set_retired(self, name: str, version: int, retired: bool) -> None:
+        """Mark a model repository version whose folder was removed (or is back): ``latest`` skips retired ones."""
+
+    async def set_description(self, name: str, description: str) -> None: ...
+
+    async def set_retention(self, name: str, retention: RetentionPolicy) -> None: ...
+
     async def list_versions(self, name: str, page_size: int, page_token: str) -> Page[ModelVersion]: ...
 
     async def delete_version(self, name: str, version: int, force: bool) -> str:
@@ -63,6 +83,18 @@ class MetadataStore(Protocol):
 
     async def delete_label(self, name: str, label: str) -> int:
         """Remove a label; returns the version it pointed at."""
+
+    # --- retention ----------------------------------------------------------------------------------------------
+    async def pin_version(self, holder: str, name: str, version: int, expires_us: int) -> None:
+        """Record that ``holder`` uses the version until ``expires_us`` (refreshed while it lives)."""
+
+    async def refresh_pins(self, holders: Sequence[str], expires_us: int) -> None: ...
+
+    async def unpin(self, holder: str) -> None: ...
+
+    async def prune_versions(self, name: str) -> list[int]:
+        """Delete the versions the model's retention policy no longer keeps (never labelled, served, pinned or
+        job-used ones), queueing their blobs for the GC, in one transaction; returns their numbers."""
 
     # --- blob garbage collection (outbox) ----------------------------------------------------------------
     async def add_blob_gc(self, blob_key: str, not_before_us: int) -> None:

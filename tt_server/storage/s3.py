@@ -57,6 +57,7 @@ class S3BlobStore:
         connect_timeout: float = 5.0,
         read_timeout: float = 30.0,
         max_attempts: int = 3,
+        create_bucket: bool = True,
     ) -> None:
         """The timeouts bound each attempt, ``max_attempts`` the attempts (botocore retries connection errors,
         throttling and 5xx with backoff); then the caller gets ``Unavailable``, never a call that hangs."""
@@ -74,6 +75,7 @@ class S3BlobStore:
         )
         self._stack = AsyncExitStack()
         self._s3: S3Client | None = None
+        self._create_bucket = create_bucket  # False: a bucket someone else owns (the model repository)
 
     # --- lifecycle ----------------------------------------------------------------------------------------
     async def open(self) -> None:
@@ -86,7 +88,8 @@ class S3BlobStore:
         # good. Without it the body is sent at once and the read timeout bounds the wait for the answer.
         self._s3.meta.events.unregister("before-call.s3", add_expect_header)
         try:
-            await self._ensure_bucket()
+            if self._create_bucket:
+                await self._ensure_bucket()
         except BaseException:
             await self.close()
             raise
@@ -230,6 +233,18 @@ class S3BlobStore:
             async for page in paginator.paginate(Bucket=self._bucket, Prefix=self._prefix + prefix):
                 keys.extend(item["Key"][len(self._prefix) :] for item in page.get("Contents", ()))
         return sorted(keys)
+
+    async def list_objects(self, prefix: str) -> list[tuple[str, int, str]]:
+        """(key, size, ETag) of every object under ``prefix``, in key order."""
+        found: list[tuple[str, int, str]] = []
+        with _errors(prefix):
+            paginator = self._client.get_paginator("list_objects_v2")
+            async for page in paginator.paginate(Bucket=self._bucket, Prefix=self._prefix + prefix):
+                found.extend(
+                    (item["Key"][len(self._prefix) :], int(item["Size"]), str(item.get("ETag", "")))
+                    for item in page.get("Contents", ())
+                )
+        return sorted(found)
 
     def _object_key(self, key: str) -> str:
         if not key:

@@ -31,6 +31,7 @@ class Batch:
     features: tuple[np.ndarray, ...]
     labels: tuple[np.ndarray, ...]
     rows: int
+    dropped: int = 0  # rows the decoder dropped for holding NaN/Inf (not carried by slices and joins)
 
     def slice(self, start: int, stop: int) -> Batch:
         """Rows ``start:stop`` as views (no copy)."""
@@ -51,8 +52,14 @@ class ExampleDecoder:
     """Checks and decodes ``Examples`` for one model; immutable, used from the event loop."""
 
     def __init__(
-        self, signature: Signature, label_specs: tuple[TensorSpec, ...], max_rows: int, max_elements: int
+        self,
+        signature: Signature,
+        label_specs: tuple[TensorSpec, ...],
+        max_rows: int,
+        max_elements: int,
+        drop_non_finite: bool = False,
     ) -> None:
+        self._drop_non_finite = drop_non_finite
         self._features = InputDecoder(signature, max_rows, max_elements)
         self._label_specs = label_specs
         self._label_names = tuple(s.name for s in label_specs)
@@ -96,12 +103,41 @@ class ExampleDecoder:
             first_v = violations[0]
             more = f" (and {len(violations) - 1} more)" if len(violations) > 1 else ""
             raise InvalidArgument(f"{first_v.field}: {first_v.description}{more}", violations)
-        return Batch(
+        batch = Batch(
             tuple(features[s.name] for s in self._features.signature.inputs),
             tuple(
                 _widen(labels[name], dtype) for name, dtype in zip(self._label_names, self._label_dtypes, strict=True)
             ),
             rows,
+        )
+        return self._finite(batch, examples, paths)
+
+    def _finite(self, batch: Batch, examples: Examples, label_paths: Mapping[str, str]) -> Batch:
+        """A NaN or Inf would turn the loss and then every weight into NaN: refuse such rows, naming the field
+        and row, or drop them when the session asked to."""
+        paths = [f'{FEATURES}["{s.name}"]' for s in self._features.signature.inputs]
+        paths += [label_paths[name] for name in self._label_names]
+        keep: np.ndarray | None = None
+        for path, array in zip(paths, (*batch.features, *batch.labels), strict=True):
+            if array.dtype.kind != "f" or array.size == 0:
+                continue
+            finite = np.isfinite(array.reshape(batch.rows, -1)).all(axis=1)
+            if finite.all():
+                continue
+            if not self._drop_non_finite:
+                row = int(np.argmin(finite))
+                value = array.reshape(batch.rows, -1)[row][~np.isfinite(array.reshape(batch.rows, -1)[row])][0]
+                raise InvalidArgument.field(
+                    path,
+                    f"row {row} holds {value}: NaN and infinite values would poison the model; fix the data or "
+                    "set config.drop_non_finite to drop such examples",
+                )
+            keep = finite if keep is None else keep & finite
+        if keep is None:
+            return batch
+        kept = int(keep.sum())
+        return Batch(
+            tuple(a[keep] for a in batch.features), tuple(a[keep] for a in batch.labels), kept, batch.rows - kept
         )
 
     def _label_keys(

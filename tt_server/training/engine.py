@@ -27,9 +27,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import tensorflow as tf
 
-from tt_server.errors import FailedPrecondition
+from tt_server.errors import FailedPrecondition, TrainingDiverged
 from tt_server.runtime.activity import SERVING
 from tt_server.runtime.servable import TF_DTYPES, zero_inputs
 from tt_server.training.decoding import Batch
@@ -248,7 +249,15 @@ class Trainer:
         return Evaluation(batch.rows, total / batch.rows, metrics)
 
     def save(self, path: Path) -> Snapshot:
-        """Write the current weights (and compile config) as a .keras file."""
+        """Write the current weights (and compile config) as a .keras file; ``TrainingDiverged`` instead when a
+        weight is NaN or infinite (a finite loss does not prove the weights are)."""
+        for weight in self._model.weights:
+            value = np.asarray(weight.numpy())
+            if value.dtype.kind == "f" and not np.isfinite(value).all():
+                raise TrainingDiverged(
+                    f"training diverged: weight {weight.path!r} holds NaN or infinite values after step {self.steps}; "
+                    "the session publishes nothing more (whatever on_abort says)"
+                )
         self._model.save(path)
         return Snapshot(self.steps, self.examples, self._last)
 

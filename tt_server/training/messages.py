@@ -60,6 +60,8 @@ class TrainSpec:
     on_abort: OnAbort = OnAbort.CHECKPOINT
     wait_for_lease: bool = False
     metrics: tuple[str, ...] = ()
+    promote: bool = False  # promote the last checkpoint when the session ends normally
+    drop_non_finite: bool = False  # drop examples holding NaN/Inf instead of failing the stream
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +93,7 @@ class Progress:
     loss: float
     prequential: dict[str, float]  # scored before the step's update: "loss", "accuracy" (classification)
     metrics: dict[str, float]  # the requested metrics, over the same pre-update predictions
+    dropped_examples: int = 0  # dropped so far in the session for holding NaN/Inf
 
 
 @dataclass(frozen=True, slots=True)

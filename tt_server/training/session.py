@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import enum
 import logging
+import math
 import os
 import shutil
 import threading
@@ -33,7 +34,14 @@ from typing import Any, TypeVar
 
 from tt_server import metrics
 from tt_server.config import Settings
-from tt_server.errors import FailedPrecondition, InvalidArgument, NotFound, TensorTriggerError, Unavailable
+from tt_server.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    TensorTriggerError,
+    TrainingDiverged,
+    Unavailable,
+)
 from tt_server.registry.service import Registry
 from tt_server.runtime.loader import ARTIFACT_SUFFIX
 from tt_server.storage.blobs import BlobStore
@@ -162,6 +170,9 @@ class TrainingSession:
         self._parent: int | None = None
         self._last_version = 0
         self._publishing: asyncio.Future[ModelVersion | None] | None = None
+        self._diverged = False  # the loss or weights went NaN/Inf: nothing more is published
+        self._dropped = 0  # examples dropped for holding NaN/Inf (drop_non_finite)
+        self._pins: list[str] = []  # the base version's and the newest checkpoint's: retention keeps them
 
     def start(self) -> asyncio.Task[None]:
         self.task = asyncio.create_task(self._run(), name=f"tt-train-{self.session_id}")
@@ -195,6 +206,9 @@ class TrainingSession:
                 error = Unavailable("the server is shutting down; progress was kept or discarded as on_abort says")
         except Exception as e:
             error = e
+            if isinstance(e, TrainingDiverged):
+                self._diverged = True
+                log.warning("training session diverged", extra={"session": self.session_id, "error": e.message})
         # Set with no await since the try block: a later stop() waits for the ending instead of cancelling it.
         self._ending = True
         try:
@@ -227,6 +241,8 @@ class TrainingSession:
         self._base = base
         self._parent = base.version
         metrics.TRAINING_SESSIONS.labels(base.model_name, str(base.version)).inc()
+        # The second pin moves to each checkpoint as it is published (so retention never prunes the newest).
+        self._pins = [await registry.pins.pin(base.model_name, base.version) for _ in range(2)]
         await asyncio.to_thread(self._scratch.mkdir, parents=True, exist_ok=True)
         artifact = self._scratch / f"base{ARTIFACT_SUFFIX[base.format]}"
         try:
@@ -243,7 +259,9 @@ class TrainingSession:
         recipe = await self._in_thread(trainer.load)
         self._trainer = trainer
         s = self._settings
-        decoder = ExampleDecoder(base.signature, trainer.label_specs, s.max_request_rows, s.max_request_elements)
+        decoder = ExampleDecoder(
+            base.signature, trainer.label_specs, s.max_request_rows, s.max_request_elements, spec.drop_non_finite
+        )
         self._batcher = MicroBatcher(spec.micro_batch_size)
         self._last_checkpoint_at = time.monotonic()
         log.info(
@@ -290,10 +308,14 @@ class TrainingSession:
                 raise item
             if isinstance(item, tuple):
                 batch, evaluate_only = item
+                self._dropped += batch.dropped
                 if not evaluate_only:
                     await self._train(batcher.add(batch))
                     continue
                 await self._train(batcher.flush())  # an evaluation sees every example sent before it
+                if not batch.rows:  # every example was dropped
+                    await self._emit(Evaluated(0, math.nan, {}))
+                    continue
                 result = await self._in_thread(trainer.evaluate, batch)
                 await self._emit(Evaluated(result.rows, result.loss, result.metrics))
             elif item is Control.CHECKPOINT:
@@ -304,6 +326,8 @@ class TrainingSession:
                 assert self._spec is not None
                 if self._spec.checkpoint.on_end:
                     await self._checkpoint()
+                if self._spec.promote and self._last_version:
+                    await self._deps.registry.promote(self._spec.model.name, self._last_version)
                 log.info(
                     "training session finished",
                     extra={"session": self.session_id, "examples": self._examples, "steps": self._steps},
@@ -316,12 +340,19 @@ class TrainingSession:
         assert self._trainer is not None and self._base is not None and self._spec is not None
         labels = (self._base.model_name, str(self._base.version))  # the version the session started from
         for result in await self._in_thread(self._trainer.train, batches):
+            if not math.isfinite(result.loss):
+                raise TrainingDiverged(
+                    f"training diverged: the loss became {result.loss} at step {self._steps + 1}; the session "
+                    "publishes nothing more (whatever on_abort says). Try a lower learning rate"
+                )
             self._steps += 1
             self._examples += result.rows
             metrics.TRAINING_STEPS.labels(*labels).inc()
             metrics.TRAINING_EXAMPLES.labels(*labels).inc(result.rows)
             metrics.TRAINING_LOSS.labels(*labels).set(result.loss)
-            await self._emit(Progress(self._steps, self._examples, result.loss, result.prequential, result.metrics))
+            await self._emit(
+                Progress(self._steps, self._examples, result.loss, result.prequential, result.metrics, self._dropped)
+            )
         policy = self._spec.checkpoint
         if (policy.every_examples and self._examples - self._saved_examples >= policy.every_examples) or (
             policy.every_seconds and time.monotonic() - self._last_checkpoint_at >= policy.every_seconds
@@ -359,6 +390,7 @@ class TrainingSession:
                 labels=(spec.move_label,) if spec.move_label else (),
                 description=f"online training session {self.session_id}, from version {base.version}",
                 feature_names=base.feature_names,
+                pin=self._pins[1],
             )
         finally:
             await asyncio.to_thread(path.unlink, True)
@@ -384,7 +416,8 @@ class TrainingSession:
                 version = await self._publishing
                 if version is not None:
                     await self._emit(Checkpointed(version))
-        if spec is not None and trainer is not None and spec.on_abort is OnAbort.CHECKPOINT:
+        # Weights that went NaN or infinite are never published, whatever on_abort says.
+        if spec is not None and trainer is not None and spec.on_abort is OnAbort.CHECKPOINT and not self._diverged:
             await self._checkpoint()
 
     async def _cleanup(self) -> None:
@@ -394,6 +427,8 @@ class TrainingSession:
                 await self._reader
         if self._lease is not None:
             await asyncio.shield(self._lease.release())
+        for holder in self._pins:
+            await asyncio.shield(self._deps.registry.pins.unpin(holder))
         if self._executor is not None:
             # Queued behind any job still on the thread (a step or load whose wait was cancelled), so the
             # scratch files go only once nothing uses them; the model is dropped on its own thread.

@@ -304,6 +304,7 @@ class AsyncClient(BaseClient):
         output_nodes: Sequence[str] | None = None,
         class_names: Sequence[str] | str | os.PathLike[str] | None = None,
         image_scaling: str | None = None,
+        serving_policy: str | None = None,
         progress: m.Progress | None = None,
         timeout: float | None = None,
     ) -> model_pb2.ModelVersion:
@@ -325,6 +326,7 @@ class AsyncClient(BaseClient):
                 output_nodes=output_nodes,
                 class_names=class_names,
                 image_scaling=image_scaling,
+                serving_policy=serving_policy,
             )
 
             async def requests() -> AsyncIterator[registry_service_pb2.UploadModelVersionRequest]:
@@ -347,6 +349,12 @@ class AsyncClient(BaseClient):
         """See ``Client.list_models``."""
         request = registry_service_pb2.ListModelsRequest(page_size=page_size)
         return self._paged(self._registry.ListModels, request, "models")
+
+    async def repository_problems(self, *, timeout: float | None = None) -> dict[str, str]:
+        """See ``Client.repository_problems``."""
+        request = registry_service_pb2.ListModelsRequest(page_size=1)
+        response = await self._unary(self._registry.ListModels, request, timeout, idempotent=True)
+        return {p.path: p.reason for p in response.repository_problems}
 
     async def get_model(self, name: str, *, timeout: float | None = None) -> model_pb2.Model:
         request = registry_service_pb2.GetModelRequest(name=name)
@@ -384,6 +392,40 @@ class AsyncClient(BaseClient):
         """See ``Client.delete_label``."""
         request = registry_service_pb2.DeleteLabelRequest(name=name, label=label)
         return (await self._unary(self._registry.DeleteLabel, request, timeout, idempotent=False)).previous_version
+
+    async def set_serving_policy(
+        self, name: str, policy: str, *, timeout: float | None = None
+    ) -> registry_service_pb2.SetServingPolicyResponse:
+        """See ``Client.set_serving_policy``."""
+        request = registry_service_pb2.SetServingPolicyRequest(name=name, policy=m.parse_serving_policy(policy))
+        return await self._unary(self._registry.SetServingPolicy, request, timeout, idempotent=True)
+
+    async def promote_version(self, name: str, version: int, *, timeout: float | None = None) -> model_pb2.ModelVersion:
+        """See ``Client.promote_version``."""
+        request = registry_service_pb2.PromoteModelVersionRequest(name=name, version=version)
+        return (await self._unary(self._registry.PromoteModelVersion, request, timeout, idempotent=True)).version
+
+    async def set_description(self, name: str, description: str, *, timeout: float | None = None) -> model_pb2.Model:
+        """See ``Client.set_description``."""
+        request = registry_service_pb2.SetModelDescriptionRequest(name=name, description=description)
+        return (await self._unary(self._registry.SetModelDescription, request, timeout, idempotent=True)).model
+
+    async def set_retention(
+        self,
+        name: str,
+        *,
+        keep_training_checkpoints: int = 0,
+        keep_versions: int = 0,
+        timeout: float | None = None,
+    ) -> registry_service_pb2.SetRetentionPolicyResponse:
+        """See ``Client.set_retention``."""
+        request = registry_service_pb2.SetRetentionPolicyRequest(
+            name=name,
+            retention=model_pb2.RetentionPolicy(
+                keep_training_checkpoints=keep_training_checkpoints, keep_versions=keep_versions
+            ),
+        )
+        return await self._unary(self._registry.SetRetentionPolicy, request, timeout, idempotent=True)
 
     async def download(
         self,

@@ -280,6 +280,7 @@ class Client(BaseClient):
         output_nodes: Sequence[str] | None = None,
         class_names: Sequence[str] | str | os.PathLike[str] | None = None,
         image_scaling: str | None = None,
+        serving_policy: str | None = None,
         progress: m.Progress | None = None,
         timeout: float | None = None,
     ) -> model_pb2.ModelVersion:
@@ -291,7 +292,8 @@ class Client(BaseClient):
         ``outputNode``), which also declare the format. ``class_names``: a labels file (path, one name per line)
         or the names, class 0 first; ``classify`` names the best classes with them. ``image_scaling``: "raw"
         (0..255), "unit" (0..1) or "symmetric" (-1..1), how the server scales the pixels of images sent to an
-        image input. ``progress(sent, total)`` is called after each chunk (from gRPC's sending thread).
+        image input. ``serving_policy``: "latest", "label:<name>" or "version:<n>", the model's policy when this
+        upload creates it. ``progress(sent, total)`` is called after each chunk (from gRPC's sending thread).
         """
         source = Path(path)
         packed = m.pack_saved_model(source) if source.is_dir() else None
@@ -310,6 +312,7 @@ class Client(BaseClient):
                 output_nodes=output_nodes,
                 class_names=class_names,
                 image_scaling=image_scaling,
+                serving_policy=serving_policy,
             )
             total = header.header.expected_size_bytes
 
@@ -329,6 +332,12 @@ class Client(BaseClient):
         """Every model, in name order (pages are fetched as the iterator advances)."""
         request = registry_service_pb2.ListModelsRequest(page_size=page_size)
         return self._paged(self._registry.ListModels, request, "models")
+
+    def repository_problems(self, *, timeout: float | None = None) -> dict[str, str]:
+        """Model repository entries the server refused at its last scan: path -> why."""
+        request = registry_service_pb2.ListModelsRequest(page_size=1)
+        response = self._unary(self._registry.ListModels, request, timeout, idempotent=True)
+        return {p.path: p.reason for p in response.repository_problems}
 
     def get_model(self, name: str, *, timeout: float | None = None) -> model_pb2.Model:
         request = registry_service_pb2.GetModelRequest(name=name)
@@ -365,6 +374,42 @@ class Client(BaseClient):
         """Remove ``label``; returns the version it pointed at."""
         request = registry_service_pb2.DeleteLabelRequest(name=name, label=label)
         return self._unary(self._registry.DeleteLabel, request, timeout, idempotent=False).previous_version
+
+    def set_serving_policy(
+        self, name: str, policy: str, *, timeout: float | None = None
+    ) -> registry_service_pb2.SetServingPolicyResponse:
+        """Set what callers naming only the model get: "latest", "label:<name>" or "version:<n>". The response
+        has the previous policy and the version now served (0: none)."""
+        request = registry_service_pb2.SetServingPolicyRequest(name=name, policy=m.parse_serving_policy(policy))
+        return self._unary(self._registry.SetServingPolicy, request, timeout, idempotent=True)
+
+    def promote_version(self, name: str, version: int, *, timeout: float | None = None) -> model_pb2.ModelVersion:
+        """Let the ``latest`` serving policy serve a training checkpoint."""
+        request = registry_service_pb2.PromoteModelVersionRequest(name=name, version=version)
+        return self._unary(self._registry.PromoteModelVersion, request, timeout, idempotent=True).version
+
+    def set_description(self, name: str, description: str, *, timeout: float | None = None) -> model_pb2.Model:
+        """Replace the model's description."""
+        request = registry_service_pb2.SetModelDescriptionRequest(name=name, description=description)
+        return self._unary(self._registry.SetModelDescription, request, timeout, idempotent=True).model
+
+    def set_retention(
+        self,
+        name: str,
+        *,
+        keep_training_checkpoints: int = 0,
+        keep_versions: int = 0,
+        timeout: float | None = None,
+    ) -> registry_service_pb2.SetRetentionPolicyResponse:
+        """Set how many versions are kept (0 = default: 5 checkpoints, every version; -1 checkpoints = all) and
+        prune now; the response lists the pruned versions."""
+        request = registry_service_pb2.SetRetentionPolicyRequest(
+            name=name,
+            retention=model_pb2.RetentionPolicy(
+                keep_training_checkpoints=keep_training_checkpoints, keep_versions=keep_versions
+            ),
+        )
+        return self._unary(self._registry.SetRetentionPolicy, request, timeout, idempotent=True)
 
     def download(
         self,

@@ -302,6 +302,7 @@ def upload_header(
     output_nodes: Sequence[str] | None = None,
     class_names: Sequence[str] | str | os.PathLike[str] | None = None,
     image_scaling: str | None = None,
+    serving_policy: str | None = None,
 ) -> registry_service_pb2.UploadModelVersionRequest:
     if format is not None and format not in _FORMATS:
         raise ValueError(f"unknown format {format!r}; expected one of {', '.join(_FORMATS)} or None to detect")
@@ -330,8 +331,31 @@ def upload_header(
         ),
         class_names_text=class_names_text(class_names),
         image_scaling=_IMAGE_SCALINGS[image_scaling] if image_scaling else model_pb2.IMAGE_SCALING_UNSPECIFIED,
+        serving_policy=parse_serving_policy(serving_policy) if serving_policy else None,
     )
     return registry_service_pb2.UploadModelVersionRequest(header=header)
+
+
+def parse_serving_policy(text: str) -> model_pb2.ServingPolicy:
+    """``latest``, ``label:<name>`` or ``version:<n>`` -> a ``ServingPolicy`` message."""
+    kind, _, value = text.strip().partition(":")
+    if kind == "latest" and not value:
+        return model_pb2.ServingPolicy(latest=model_pb2.ServingPolicy.Latest())
+    if kind == "label" and value:
+        return model_pb2.ServingPolicy(label=value)
+    if kind == "version" and value.isdigit():
+        return model_pb2.ServingPolicy(version=int(value))
+    raise ValueError(f"not a serving policy: {text!r} (use latest, label:<name> or version:<n>)")
+
+
+def format_serving_policy(policy: model_pb2.ServingPolicy) -> str:
+    """The inverse of ``parse_serving_policy``."""
+    mode = policy.WhichOneof("mode")
+    if mode == "label":
+        return f"label:{policy.label}"
+    if mode == "version":
+        return f"version:{policy.version}"
+    return "latest"
 
 
 def class_names_text(class_names: Sequence[str] | str | os.PathLike[str] | None) -> str:
@@ -475,6 +499,10 @@ class TrainOptions(TypedDict, total=False):
     """Wait for another session on the model to finish instead of failing."""
     metrics: Sequence[str]
     """Extra Keras metrics to report, e.g. "accuracy"."""
+    promote: bool
+    """Promote the last checkpoint at the end, so the model's ``latest`` serving policy serves it."""
+    drop_non_finite: bool
+    """Drop examples holding NaN or infinite values (counted in progress) instead of failing the stream."""
 
 
 _OPTIMIZERS = {
@@ -509,6 +537,8 @@ def train_config_request(model: str | model_pb2.ModelRef, options: TrainOptions)
         on_abort=_ON_ABORT[on_abort],
         wait_for_lease=options.get("wait_for_lease", False),
         metrics=list(options.get("metrics", [])),
+        promote=options.get("promote", False),
+        drop_non_finite=options.get("drop_non_finite", False),
     )
     return inference_service_pb2.TrainRequest(config=config)
 

@@ -21,7 +21,15 @@ from tensortrigger import __version__
 from tensortrigger._cli import output as out
 from tensortrigger._client import Client
 from tensortrigger._errors import TensorTriggerError
-from tensortrigger._messages import TERMINAL_STATES, ClassScore, model_ref, read_images, state_name
+from tensortrigger._messages import (
+    TERMINAL_STATES,
+    ClassScore,
+    format_serving_policy,
+    model_ref,
+    parse_serving_policy,
+    read_images,
+    state_name,
+)
 from tensortrigger.v1 import jobs_service_pb2
 
 PREVIEW_ROWS = 20
@@ -150,15 +158,19 @@ def models() -> None:
 @models.command("list")
 @pass_settings
 def models_list(settings: Settings) -> None:
-    """List models."""
+    """List models (and, on stderr, model repository entries the server refused)."""
     found = list(settings.client().list_models())
+    for path, reason in settings.client().repository_problems().items():
+        out.stderr.print(f"model repository: {path} refused: {reason}", markup=False)
     if settings.json:
         out.emit_json([out.plain(model) for model in found])
         return
-    grid = out.table("NAME", "LATEST", "VERSIONS", "LABELS", "UPDATED")
+    grid = out.table("NAME", "SERVED", "POLICY", "LATEST", "VERSIONS", "LABELS", "UPDATED")
     for model in found:
         grid.add_row(
             model.name,
+            str(model.served_version or "-"),
+            format_serving_policy(model.serving_policy),
             str(model.latest_version),
             str(model.version_count),
             out.labels_text(model.labels),
@@ -182,13 +194,22 @@ def models_show(settings: Settings, model: str) -> None:
             return
         out.stdout.print(f"[bold]{escape(record.name)}[/]  {escape(record.description)}".rstrip(), markup=True)
         out.stdout.print(f"labels: {out.labels_text(record.labels)}")
+        out.stdout.print(
+            f"serving policy: {format_serving_policy(record.serving_policy)} "
+            f"(serves version {record.served_version or '-'})"
+        )
+        keep = record.retention.keep_training_checkpoints
+        out.stdout.print(
+            f"retention: keep {'all' if keep < 0 else keep} training checkpoints, "
+            f"{record.retention.keep_versions or 'all'} versions"
+        )
         grid = out.table("VERSION", "FORMAT", "SIZE", "SOURCE", "LABELS", "CREATED")
         for v in versions:
             grid.add_row(
                 str(v.version),
                 out.plain(v)["format"],
                 out.size(v.size_bytes),
-                out.plain(v)["source"],
+                out.plain(v)["source"] + (" (promoted)" if v.promoted else ""),
                 ", ".join(v.labels) or "-",
                 out.when(v.create_time),
             )
@@ -267,6 +288,11 @@ def _pairs(values: tuple[str, ...], option: str) -> dict[str, str]:
     type=click.Choice(["raw", "unit", "symmetric"]),
     help="How the server scales image pixels for an image input: 0..255, 0..1 or -1..1 (default raw).",
 )
+@click.option(
+    "--serving-policy",
+    help="When the upload creates the model: what callers naming only the model get (latest, label:NAME, "
+    "version:N; default latest).",
+)
 @pass_settings
 def models_upload(
     settings: Settings,
@@ -281,6 +307,7 @@ def models_upload(
     output_nodes: tuple[str, ...],
     class_names: Path | None,
     image_scaling: str | None,
+    serving_policy: str | None,
 ) -> None:
     """Upload PATH (.keras, .h5, packed or unpacked SavedModel, frozen graph .pb) as a new version of model NAME."""
     if bool(input_nodes) != bool(output_nodes):
@@ -298,6 +325,7 @@ def models_upload(
             output_nodes=output_nodes or None,
             class_names=class_names,
             image_scaling=image_scaling,
+            serving_policy=_policy_option(serving_policy),
             progress=progress,
             timeout=None,  # an upload takes as long as the bytes take
         )
@@ -378,6 +406,104 @@ def models_label(settings: Settings, name: str, label: str, version: int | None,
         out.emit_json({"model": name, "label": label, "version": version, "previous_version": previous})
     else:
         out.stdout.print(message)
+
+
+def _policy_option(text: str | None) -> str | None:
+    if text is not None:
+        try:
+            parse_serving_policy(text)
+        except ValueError as e:
+            raise click.BadParameter(str(e)) from None
+    return text
+
+
+@models.command("policy")
+@click.argument("name")
+@click.argument("policy", required=False)
+@pass_settings
+def models_policy(settings: Settings, name: str, policy: str | None) -> None:
+    """Show or set what callers naming only model NAME get: POLICY is latest (the newest upload or repository
+    version; training checkpoints only once promoted), label:NAME or version:N."""
+    client = settings.client()
+    if policy is None:
+        model = client.get_model(name)
+        current, served = format_serving_policy(model.serving_policy), model.served_version
+        previous = current
+    else:
+        response = client.set_serving_policy(name, _policy_option(policy) or "")
+        current, served = policy.strip(), response.served_version
+        previous = format_serving_policy(response.previous_policy)
+    if settings.json:
+        out.emit_json({"model": name, "policy": current, "previous_policy": previous, "served_version": served})
+    else:
+        out.stdout.print(
+            f"{name}: {current}, serves version {served or '-'}" + (f" (was {previous})" if previous != current else "")
+        )
+
+
+@models.command("promote")
+@click.argument("name")
+@click.argument("version", type=int)
+@pass_settings
+def models_promote(settings: Settings, name: str, version: int) -> None:
+    """Let the latest policy serve training checkpoint VERSION of model NAME."""
+    promoted = settings.client().promote_version(name, version)
+    served = settings.client().get_model(name).served_version
+    if settings.json:
+        out.emit_json({"model": name, "version": promoted.version, "served_version": served})
+    else:
+        out.stdout.print(f"promoted {name}:{promoted.version}; {name} serves version {served or '-'}")
+
+
+@models.command("describe")
+@click.argument("name")
+@click.argument("description")
+@pass_settings
+def models_describe(settings: Settings, name: str, description: str) -> None:
+    """Replace the description of model NAME."""
+    model = settings.client().set_description(name, description)
+    if settings.json:
+        out.emit_json(out.plain(model))
+    else:
+        out.stdout.print(f"{name}: {model.description}")
+
+
+@models.command("retention")
+@click.argument("name")
+@click.option(
+    "--keep-training-checkpoints",
+    type=int,
+    help="Unpromoted training checkpoints kept, newest first (0: the default 5; -1: all). Unset: unchanged.",
+)
+@click.option("--keep-versions", type=int, help="Versions of any source kept (0: all). Unset: unchanged.")
+@pass_settings
+def models_retention(
+    settings: Settings, name: str, keep_training_checkpoints: int | None, keep_versions: int | None
+) -> None:
+    """Show or set how many versions of model NAME are kept, and prune now (labelled, served and in-use versions
+    stay)."""
+    client = settings.client()
+    current = client.get_model(name).retention
+    if keep_training_checkpoints is None and keep_versions is None:
+        pruned: list[int] = []
+        retention = current
+    else:
+        response = client.set_retention(
+            name,
+            keep_training_checkpoints=current.keep_training_checkpoints
+            if keep_training_checkpoints is None
+            else keep_training_checkpoints,
+            keep_versions=current.keep_versions if keep_versions is None else keep_versions,
+        )
+        pruned, retention = list(response.pruned_versions), response.retention
+    keep = retention.keep_training_checkpoints
+    if settings.json:
+        out.emit_json({"model": name, "retention": out.plain(retention), "pruned_versions": pruned})
+    else:
+        out.stdout.print(
+            f"{name}: keep {'all' if keep < 0 else keep} training checkpoints, "
+            f"{retention.keep_versions or 'all'} versions; pruned: {', '.join(map(str, pruned)) or 'none'}"
+        )
 
 
 # --- predict ---------------------------------------------------------------------------------------------
@@ -744,6 +870,14 @@ def _training_batches(path: Path, label_column: str | None, rows: int) -> Iterat
     "--checkpoint-every", type=int, default=0, help="Publish a version every N examples (and always at the end)."
 )
 @click.option("--move-label", default="", help="Label moved to each published version.")
+@click.option(
+    "--promote",
+    is_flag=True,
+    help="Promote the last version at the end, so callers that name only the model get it (policy latest).",
+)
+@click.option(
+    "--drop-non-finite", is_flag=True, help="Drop rows holding NaN or Inf (counted) instead of failing the session."
+)
 @click.option("--metric", "metrics", multiple=True, help="Extra Keras metric to report (repeatable).")
 @pass_settings
 def train(
@@ -758,6 +892,8 @@ def train(
     micro_batch_size: int,
     checkpoint_every: int,
     move_label: str,
+    promote: bool,
+    drop_non_finite: bool,
     metrics: tuple[str, ...],
 ) -> None:
     """Train MODEL online on the CSV file PATH (features, then the label column); prints live metrics."""
@@ -780,6 +916,8 @@ def train(
         "checkpoint_every_examples": checkpoint_every,
         "move_label": move_label,
         "metrics": metrics,
+        "promote": promote,
+        "drop_non_finite": drop_non_finite,
     }
     if optimizer:
         options["optimizer"] = optimizer
@@ -796,3 +934,6 @@ def train(
     out.stdout.print(
         f"trained on {result.examples_seen} examples in {result.steps} steps; published versions: {published}"
     )
+    dropped = result.last_progress.dropped_examples if result.last_progress else 0
+    if dropped:
+        out.stdout.print(f"dropped {dropped} rows holding NaN or infinite values")

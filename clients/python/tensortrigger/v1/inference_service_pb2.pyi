@@ -159,7 +159,7 @@ class CheckpointPolicy(_message.Message):
     def __init__(self, every_examples: _Optional[int] = ..., every_seconds: _Optional[float] = ..., on_end: _Optional[bool] = ...) -> None: ...
 
 class TrainConfig(_message.Message):
-    __slots__ = ("model", "loss", "optimizer", "learning_rate", "momentum", "micro_batch_size", "checkpoint", "move_label", "on_abort", "wait_for_lease", "metrics")
+    __slots__ = ("model", "loss", "optimizer", "learning_rate", "momentum", "micro_batch_size", "checkpoint", "move_label", "on_abort", "wait_for_lease", "metrics", "promote", "drop_non_finite")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     LOSS_FIELD_NUMBER: _ClassVar[int]
     OPTIMIZER_FIELD_NUMBER: _ClassVar[int]
@@ -171,6 +171,8 @@ class TrainConfig(_message.Message):
     ON_ABORT_FIELD_NUMBER: _ClassVar[int]
     WAIT_FOR_LEASE_FIELD_NUMBER: _ClassVar[int]
     METRICS_FIELD_NUMBER: _ClassVar[int]
+    PROMOTE_FIELD_NUMBER: _ClassVar[int]
+    DROP_NON_FINITE_FIELD_NUMBER: _ClassVar[int]
     model: _model_pb2.ModelRef
     loss: str
     optimizer: Optimizer
@@ -182,7 +184,9 @@ class TrainConfig(_message.Message):
     on_abort: OnAbort
     wait_for_lease: bool
     metrics: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, model: _Optional[_Union[_model_pb2.ModelRef, _Mapping]] = ..., loss: _Optional[str] = ..., optimizer: _Optional[_Union[Optimizer, str]] = ..., learning_rate: _Optional[float] = ..., momentum: _Optional[float] = ..., micro_batch_size: _Optional[int] = ..., checkpoint: _Optional[_Union[CheckpointPolicy, _Mapping]] = ..., move_label: _Optional[str] = ..., on_abort: _Optional[_Union[OnAbort, str]] = ..., wait_for_lease: _Optional[bool] = ..., metrics: _Optional[_Iterable[str]] = ...) -> None: ...
+    promote: bool
+    drop_non_finite: bool
+    def __init__(self, model: _Optional[_Union[_model_pb2.ModelRef, _Mapping]] = ..., loss: _Optional[str] = ..., optimizer: _Optional[_Union[Optimizer, str]] = ..., learning_rate: _Optional[float] = ..., momentum: _Optional[float] = ..., micro_batch_size: _Optional[int] = ..., checkpoint: _Optional[_Union[CheckpointPolicy, _Mapping]] = ..., move_label: _Optional[str] = ..., on_abort: _Optional[_Union[OnAbort, str]] = ..., wait_for_lease: _Optional[bool] = ..., metrics: _Optional[_Iterable[str]] = ..., promote: _Optional[bool] = ..., drop_non_finite: _Optional[bool] = ...) -> None: ...
 
 class TrainExamples(_message.Message):
     __slots__ = ("features", "labels", "evaluate_only")
@@ -233,7 +237,7 @@ class TrainStarted(_message.Message):
     def __init__(self, session_id: _Optional[str] = ..., base_version: _Optional[int] = ..., loss: _Optional[str] = ..., optimizer: _Optional[_Union[Optimizer, str]] = ..., learning_rate: _Optional[float] = ...) -> None: ...
 
 class TrainProgress(_message.Message):
-    __slots__ = ("step", "examples_seen", "loss", "prequential", "metrics")
+    __slots__ = ("step", "examples_seen", "loss", "prequential", "metrics", "dropped_examples")
     class PrequentialEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -253,12 +257,14 @@ class TrainProgress(_message.Message):
     LOSS_FIELD_NUMBER: _ClassVar[int]
     PREQUENTIAL_FIELD_NUMBER: _ClassVar[int]
     METRICS_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_EXAMPLES_FIELD_NUMBER: _ClassVar[int]
     step: int
     examples_seen: int
     loss: float
     prequential: _containers.ScalarMap[str, float]
     metrics: _containers.ScalarMap[str, float]
-    def __init__(self, step: _Optional[int] = ..., examples_seen: _Optional[int] = ..., loss: _Optional[float] = ..., prequential: _Optional[_Mapping[str, float]] = ..., metrics: _Optional[_Mapping[str, float]] = ...) -> None: ...
+    dropped_examples: int
+    def __init__(self, step: _Optional[int] = ..., examples_seen: _Optional[int] = ..., loss: _Optional[float] = ..., prequential: _Optional[_Mapping[str, float]] = ..., metrics: _Optional[_Mapping[str, float]] = ..., dropped_examples: _Optional[int] = ...) -> None: ...
 
 class TrainCheckpoint(_message.Message):
     __slots__ = ("version",)

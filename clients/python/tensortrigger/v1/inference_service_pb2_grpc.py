@@ -75,7 +75,10 @@ class InferenceServiceServicer:
     def Train(self, request_iterator, context):
         """Trains a model online: the first message carries `config`, then `examples` (and optional `control`
         messages). The server trains on a private copy, streams metrics back, and publishes checkpoints as new
-        immutable versions. One session per model at a time, across all replicas.
+        immutable versions. One session per model at a time, across all replicas. Examples holding NaN or +-Inf
+        fail the stream with INVALID_ARGUMENT (or are dropped, see `TrainConfig.drop_non_finite`). When the loss or
+        a weight becomes NaN or +-Inf the session fails with FAILED_PRECONDITION and publishes nothing more,
+        whatever `on_abort` says.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from tensortrigger.v1 import tensor_pb2 as tensortrigger_dot_v1_dot_tensor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ctensortrigger/v1/model.proto\x12\x10tensortrigger.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1dtensortrigger/v1/tensor.proto\"H\n\x08ModelRef\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\x07version\x18\x02 \x01(\x03H\x00\x12\x0f\n\x05label\x18\x03 \x01(\tH\x00\x42\n\n\x08selector\"=\n\x10\x46rozenGraphNodes\x12\x13\n\x0binput_nodes\x18\x01 \x03(\t\x12\x14\n\x0coutput_nodes\x18\x02 \x03(\t\"\x80\x05\n\x0cModelVersion\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12-\n\x06\x66ormat\x18\x03 \x01(\x0e\x32\x1d.tensortrigger.v1.ModelFormat\x12\x0e\n\x06sha256\x18\x04 \x01(\t\x12\x12\n\nsize_bytes\x18\x05 \x01(\x03\x12.\n\tsignature\x18\x06 \x01(\x0b\x32\x1b.tensortrigger.v1.Signature\x12/\n\x06source\x18\x07 \x01(\x0e\x32\x1f.tensortrigger.v1.VersionSource\x12\x16\n\x0eparent_version\x18\x08 \x01(\x03\x12\x1b\n\x13training_session_id\x18\t \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\n \x01(\t\x12\x15\n\rfeature_names\x18\x0b \x03(\t\x12>\n\x08metadata\x18\x0c \x03(\x0b\x32,.tensortrigger.v1.ModelVersion.MetadataEntry\x12\x0e\n\x06labels\x18\r \x03(\t\x12/\n\x0b\x63reate_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0b\x63lass_names\x18\x0f \x03(\t\x12\x38\n\x0c\x66rozen_graph\x18\x10 \x01(\x0b\x32\".tensortrigger.v1.FrozenGraphNodes\x12\x35\n\rimage_scaling\x18\x11 \x01(\x0e\x32\x1e.tensortrigger.v1.ImageScaling\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x9f\x02\n\x05Model\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x16\n\x0elatest_version\x18\x03 \x01(\x03\x12\x15\n\rversion_count\x18\x04 \x01(\x03\x12\x33\n\x06labels\x18\x05 \x03(\x0b\x32#.tensortrigger.v1.Model.LabelsEntry\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01*\xbe\x01\n\x0bModelFormat\x12\x1c\n\x18MODEL_FORMAT_UNSPECIFIED\x10\x00\x12\x16\n\x12MODEL_FORMAT_KERAS\x10\x01\x12\x13\n\x0fMODEL_FORMAT_H5\x10\x02\x12#\n\x1fMODEL_FORMAT_SAVED_MODEL_TAR_GZ\x10\x03\x12 \n\x1cMODEL_FORMAT_SAVED_MODEL_ZIP\x10\x04\x12\x1d\n\x19MODEL_FORMAT_FROZEN_GRAPH\x10\x05*y\n\x0cImageScaling\x12\x1d\n\x19IMAGE_SCALING_UNSPECIFIED\x10\x00\x12\x15\n\x11IMAGE_SCALING_RAW\x10\x01\x12\x16\n\x12IMAGE_SCALING_UNIT\x10\x02\x12\x1b\n\x17IMAGE_SCALING_SYMMETRIC\x10\x03*g\n\rVersionSource\x12\x1e\n\x1aVERSION_SOURCE_UNSPECIFIED\x10\x00\x12\x19\n\x15VERSION_SOURCE_UPLOAD\x10\x01\x12\x1b\n\x17VERSION_SOURCE_TRAINING\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ctensortrigger/v1/model.proto\x12\x10tensortrigger.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1dtensortrigger/v1/tensor.proto\"H\n\x08ModelRef\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\x07version\x18\x02 \x01(\x03H\x00\x12\x0f\n\x05label\x18\x03 \x01(\tH\x00\x42\n\n\x08selector\"=\n\x10\x46rozenGraphNodes\x12\x13\n\x0binput_nodes\x18\x01 \x03(\t\x12\x14\n\x0coutput_nodes\x18\x02 \x03(\t\"\x7f\n\rServingPolicy\x12\x38\n\x06latest\x18\x01 \x01(\x0b\x32&.tensortrigger.v1.ServingPolicy.LatestH\x00\x12\x0f\n\x05label\x18\x02 \x01(\tH\x00\x12\x11\n\x07version\x18\x03 \x01(\x03H\x00\x1a\x08\n\x06LatestB\x06\n\x04mode\"K\n\x0fRetentionPolicy\x12!\n\x19keep_training_checkpoints\x18\x01 \x01(\x03\x12\x15\n\rkeep_versions\x18\x02 \x01(\x03\"\xa3\x05\n\x0cModelVersion\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12-\n\x06\x66ormat\x18\x03 \x01(\x0e\x32\x1d.tensortrigger.v1.ModelFormat\x12\x0e\n\x06sha256\x18\x04 \x01(\t\x12\x12\n\nsize_bytes\x18\x05 \x01(\x03\x12.\n\tsignature\x18\x06 \x01(\x0b\x32\x1b.tensortrigger.v1.Signature\x12/\n\x06source\x18\x07 \x01(\x0e\x32\x1f.tensortrigger.v1.VersionSource\x12\x16\n\x0eparent_version\x18\x08 \x01(\x03\x12\x1b\n\x13training_session_id\x18\t \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\n \x01(\t\x12\x15\n\rfeature_names\x18\x0b \x03(\t\x12>\n\x08metadata\x18\x0c \x03(\x0b\x32,.tensortrigger.v1.ModelVersion.MetadataEntry\x12\x0e\n\x06labels\x18\r \x03(\t\x12/\n\x0b\x63reate_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0b\x63lass_names\x18\x0f \x03(\t\x12\x38\n\x0c\x66rozen_graph\x18\x10 \x01(\x0b\x32\".tensortrigger.v1.FrozenGraphNodes\x12\x35\n\rimage_scaling\x18\x11 \x01(\x0e\x32\x1e.tensortrigger.v1.ImageScaling\x12\x10\n\x08promoted\x18\x12 \x01(\x08\x12\x0f\n\x07retired\x18\x13 \x01(\x08\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xa6\x03\n\x05Model\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x16\n\x0elatest_version\x18\x03 \x01(\x03\x12\x15\n\rversion_count\x18\x04 \x01(\x03\x12\x33\n\x06labels\x18\x05 \x03(\x0b\x32#.tensortrigger.v1.Model.LabelsEntry\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x37\n\x0eserving_policy\x18\x08 \x01(\x0b\x32\x1f.tensortrigger.v1.ServingPolicy\x12\x16\n\x0eserved_version\x18\t \x01(\x03\x12\x34\n\tretention\x18\n \x01(\x0b\x32!.tensortrigger.v1.RetentionPolicy\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01*\xbe\x01\n\x0bModelFormat\x12\x1c\n\x18MODEL_FORMAT_UNSPECIFIED\x10\x00\x12\x16\n\x12MODEL_FORMAT_KERAS\x10\x01\x12\x13\n\x0fMODEL_FORMAT_H5\x10\x02\x12#\n\x1fMODEL_FORMAT_SAVED_MODEL_TAR_GZ\x10\x03\x12 \n\x1cMODEL_FORMAT_SAVED_MODEL_ZIP\x10\x04\x12\x1d\n\x19MODEL_FORMAT_FROZEN_GRAPH\x10\x05*y\n\x0cImageScaling\x12\x1d\n\x19IMAGE_SCALING_UNSPECIFIED\x10\x00\x12\x15\n\x11IMAGE_SCALING_RAW\x10\x01\x12\x16\n\x12IMAGE_SCALING_UNIT\x10\x02\x12\x1b\n\x17IMAGE_SCALING_SYMMETRIC\x10\x03*\x86\x01\n\rVersionSource\x12\x1e\n\x1aVERSION_SOURCE_UNSPECIFIED\x10\x00\x12\x19\n\x15VERSION_SOURCE_UPLOAD\x10\x01\x12\x1b\n\x17VERSION_SOURCE_TRAINING\x10\x02\x12\x1d\n\x19VERSION_SOURCE_REPOSITORY\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,22 +37,28 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_MODELVERSION_METADATAENTRY']._serialized_options = b'8\001'
   _globals['_MODEL_LABELSENTRY']._loaded_options = None
   _globals['_MODEL_LABELSENTRY']._serialized_options = b'8\001'
-  _globals['_MODELFORMAT']._serialized_start=1185
-  _globals['_MODELFORMAT']._serialized_end=1375
-  _globals['_IMAGESCALING']._serialized_start=1377
-  _globals['_IMAGESCALING']._serialized_end=1498
-  _globals['_VERSIONSOURCE']._serialized_start=1500
-  _globals['_VERSIONSOURCE']._serialized_end=1603
+  _globals['_MODELFORMAT']._serialized_start=1561
+  _globals['_MODELFORMAT']._serialized_end=1751
+  _globals['_IMAGESCALING']._serialized_start=1753
+  _globals['_IMAGESCALING']._serialized_end=1874
+  _globals['_VERSIONSOURCE']._serialized_start=1877
+  _globals['_VERSIONSOURCE']._serialized_end=2011
   _globals['_MODELREF']._serialized_start=114
   _globals['_MODELREF']._serialized_end=186
   _globals['_FROZENGRAPHNODES']._serialized_start=188
   _globals['_FROZENGRAPHNODES']._serialized_end=249
-  _globals['_MODELVERSION']._serialized_start=252
-  _globals['_MODELVERSION']._serialized_end=892
-  _globals['_MODELVERSION_METADATAENTRY']._serialized_start=845
-  _globals['_MODELVERSION_METADATAENTRY']._serialized_end=892
-  _globals['_MODEL']._serialized_start=895
-  _globals['_MODEL']._serialized_end=1182
-  _globals['_MODEL_LABELSENTRY']._serialized_start=1137
-  _globals['_MODEL_LABELSENTRY']._serialized_end=1182
+  _globals['_SERVINGPOLICY']._serialized_start=251
+  _globals['_SERVINGPOLICY']._serialized_end=378
+  _globals['_SERVINGPOLICY_LATEST']._serialized_start=362
+  _globals['_SERVINGPOLICY_LATEST']._serialized_end=370
+  _globals['_RETENTIONPOLICY']._serialized_start=380
+  _globals['_RETENTIONPOLICY']._serialized_end=455
+  _globals['_MODELVERSION']._serialized_start=458
+  _globals['_MODELVERSION']._serialized_end=1133
+  _globals['_MODELVERSION_METADATAENTRY']._serialized_start=1086
+  _globals['_MODELVERSION_METADATAENTRY']._serialized_end=1133
+  _globals['_MODEL']._serialized_start=1136
+  _globals['_MODEL']._serialized_end=1558
+  _globals['_MODEL_LABELSENTRY']._serialized_start=1513
+  _globals['_MODEL_LABELSENTRY']._serialized_end=1558
 # @@protoc_insertion_point(module_scope)

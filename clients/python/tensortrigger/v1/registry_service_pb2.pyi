@@ -8,7 +8,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class UploadHeader(_message.Message):
-    __slots__ = ("model_name", "format", "description", "feature_names", "metadata", "labels", "expected_size_bytes", "expected_sha256", "frozen_graph", "class_names_text", "image_scaling")
+    __slots__ = ("model_name", "format", "description", "feature_names", "metadata", "labels", "expected_size_bytes", "expected_sha256", "frozen_graph", "class_names_text", "image_scaling", "serving_policy")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -27,6 +27,7 @@ class UploadHeader(_message.Message):
     FROZEN_GRAPH_FIELD_NUMBER: _ClassVar[int]
     CLASS_NAMES_TEXT_FIELD_NUMBER: _ClassVar[int]
     IMAGE_SCALING_FIELD_NUMBER: _ClassVar[int]
+    SERVING_POLICY_FIELD_NUMBER: _ClassVar[int]
     model_name: str
     format: _model_pb2.ModelFormat
     description: str
@@ -38,7 +39,8 @@ class UploadHeader(_message.Message):
     frozen_graph: _model_pb2.FrozenGraphNodes
     class_names_text: str
     image_scaling: _model_pb2.ImageScaling
-    def __init__(self, model_name: _Optional[str] = ..., format: _Optional[_Union[_model_pb2.ModelFormat, str]] = ..., description: _Optional[str] = ..., feature_names: _Optional[_Iterable[str]] = ..., metadata: _Optional[_Mapping[str, str]] = ..., labels: _Optional[_Iterable[str]] = ..., expected_size_bytes: _Optional[int] = ..., expected_sha256: _Optional[str] = ..., frozen_graph: _Optional[_Union[_model_pb2.FrozenGraphNodes, _Mapping]] = ..., class_names_text: _Optional[str] = ..., image_scaling: _Optional[_Union[_model_pb2.ImageScaling, str]] = ...) -> None: ...
+    serving_policy: _model_pb2.ServingPolicy
+    def __init__(self, model_name: _Optional[str] = ..., format: _Optional[_Union[_model_pb2.ModelFormat, str]] = ..., description: _Optional[str] = ..., feature_names: _Optional[_Iterable[str]] = ..., metadata: _Optional[_Mapping[str, str]] = ..., labels: _Optional[_Iterable[str]] = ..., expected_size_bytes: _Optional[int] = ..., expected_sha256: _Optional[str] = ..., frozen_graph: _Optional[_Union[_model_pb2.FrozenGraphNodes, _Mapping]] = ..., class_names_text: _Optional[str] = ..., image_scaling: _Optional[_Union[_model_pb2.ImageScaling, str]] = ..., serving_policy: _Optional[_Union[_model_pb2.ServingPolicy, _Mapping]] = ...) -> None: ...
 
 class UploadModelVersionRequest(_message.Message):
     __slots__ = ("header", "chunk")
@@ -65,12 +67,22 @@ class ListModelsRequest(_message.Message):
     def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class ListModelsResponse(_message.Message):
-    __slots__ = ("models", "next_page_token")
+    __slots__ = ("models", "next_page_token", "repository_problems")
     MODELS_FIELD_NUMBER: _ClassVar[int]
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    REPOSITORY_PROBLEMS_FIELD_NUMBER: _ClassVar[int]
     models: _containers.RepeatedCompositeFieldContainer[_model_pb2.Model]
     next_page_token: str
-    def __init__(self, models: _Optional[_Iterable[_Union[_model_pb2.Model, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+    repository_problems: _containers.RepeatedCompositeFieldContainer[RepositoryProblem]
+    def __init__(self, models: _Optional[_Iterable[_Union[_model_pb2.Model, _Mapping]]] = ..., next_page_token: _Optional[str] = ..., repository_problems: _Optional[_Iterable[_Union[RepositoryProblem, _Mapping]]] = ...) -> None: ...
+
+class RepositoryProblem(_message.Message):
+    __slots__ = ("path", "reason")
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    path: str
+    reason: str
+    def __init__(self, path: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class GetModelRequest(_message.Message):
     __slots__ = ("name",)
@@ -185,3 +197,65 @@ class DownloadModelVersionResponse(_message.Message):
     version: _model_pb2.ModelVersion
     chunk: bytes
     def __init__(self, version: _Optional[_Union[_model_pb2.ModelVersion, _Mapping]] = ..., chunk: _Optional[bytes] = ...) -> None: ...
+
+class SetServingPolicyRequest(_message.Message):
+    __slots__ = ("name", "policy")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    POLICY_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    policy: _model_pb2.ServingPolicy
+    def __init__(self, name: _Optional[str] = ..., policy: _Optional[_Union[_model_pb2.ServingPolicy, _Mapping]] = ...) -> None: ...
+
+class SetServingPolicyResponse(_message.Message):
+    __slots__ = ("previous_policy", "served_version")
+    PREVIOUS_POLICY_FIELD_NUMBER: _ClassVar[int]
+    SERVED_VERSION_FIELD_NUMBER: _ClassVar[int]
+    previous_policy: _model_pb2.ServingPolicy
+    served_version: int
+    def __init__(self, previous_policy: _Optional[_Union[_model_pb2.ServingPolicy, _Mapping]] = ..., served_version: _Optional[int] = ...) -> None: ...
+
+class PromoteModelVersionRequest(_message.Message):
+    __slots__ = ("name", "version")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    version: int
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ...) -> None: ...
+
+class PromoteModelVersionResponse(_message.Message):
+    __slots__ = ("version", "served_version")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    SERVED_VERSION_FIELD_NUMBER: _ClassVar[int]
+    version: _model_pb2.ModelVersion
+    served_version: int
+    def __init__(self, version: _Optional[_Union[_model_pb2.ModelVersion, _Mapping]] = ..., served_version: _Optional[int] = ...) -> None: ...
+
+class SetModelDescriptionRequest(_message.Message):
+    __slots__ = ("name", "description")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    description: str
+    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ...) -> None: ...
+
+class SetModelDescriptionResponse(_message.Message):
+    __slots__ = ("model",)
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    model: _model_pb2.Model
+    def __init__(self, model: _Optional[_Union[_model_pb2.Model, _Mapping]] = ...) -> None: ...
+
+class SetRetentionPolicyRequest(_message.Message):
+    __slots__ = ("name", "retention")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    RETENTION_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    retention: _model_pb2.RetentionPolicy
+    def __init__(self, name: _Optional[str] = ..., retention: _Optional[_Union[_model_pb2.RetentionPolicy, _Mapping]] = ...) -> None: ...
+
+class SetRetentionPolicyResponse(_message.Message):
+    __slots__ = ("retention", "pruned_versions")
+    RETENTION_FIELD_NUMBER: _ClassVar[int]
+    PRUNED_VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    retention: _model_pb2.RetentionPolicy
+    pruned_versions: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, retention: _Optional[_Union[_model_pb2.RetentionPolicy, _Mapping]] = ..., pruned_versions: _Optional[_Iterable[int]] = ...) -> None: ...

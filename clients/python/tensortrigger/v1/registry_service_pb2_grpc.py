@@ -85,6 +85,26 @@ class ModelRegistryServiceStub:
                 request_serializer=tensortrigger_dot_v1_dot_registry__service__pb2.DownloadModelVersionRequest.SerializeToString,
                 response_deserializer=tensortrigger_dot_v1_dot_registry__service__pb2.DownloadModelVersionResponse.FromString,
                 _registered_method=True)
+        self.SetServingPolicy = channel.unary_unary(
+                '/tensortrigger.v1.ModelRegistryService/SetServingPolicy',
+                request_serializer=tensortrigger_dot_v1_dot_registry__service__pb2.SetServingPolicyRequest.SerializeToString,
+                response_deserializer=tensortrigger_dot_v1_dot_registry__service__pb2.SetServingPolicyResponse.FromString,
+                _registered_method=True)
+        self.PromoteModelVersion = channel.unary_unary(
+                '/tensortrigger.v1.ModelRegistryService/PromoteModelVersion',
+                request_serializer=tensortrigger_dot_v1_dot_registry__service__pb2.PromoteModelVersionRequest.SerializeToString,
+                response_deserializer=tensortrigger_dot_v1_dot_registry__service__pb2.PromoteModelVersionResponse.FromString,
+                _registered_method=True)
+        self.SetModelDescription = channel.unary_unary(
+                '/tensortrigger.v1.ModelRegistryService/SetModelDescription',
+                request_serializer=tensortrigger_dot_v1_dot_registry__service__pb2.SetModelDescriptionRequest.SerializeToString,
+                response_deserializer=tensortrigger_dot_v1_dot_registry__service__pb2.SetModelDescriptionResponse.FromString,
+                _registered_method=True)
+        self.SetRetentionPolicy = channel.unary_unary(
+                '/tensortrigger.v1.ModelRegistryService/SetRetentionPolicy',
+                request_serializer=tensortrigger_dot_v1_dot_registry__service__pb2.SetRetentionPolicyRequest.SerializeToString,
+                response_deserializer=tensortrigger_dot_v1_dot_registry__service__pb2.SetRetentionPolicyResponse.FromString,
+                _registered_method=True)
 
 
 class ModelRegistryServiceServicer:
@@ -164,6 +184,36 @@ class ModelRegistryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetServingPolicy(self, request, context):
+        """Sets what requests that name only the model are served (see `ServingPolicy`). Every replica applies it
+        within `TT_MODEL_RESOLUTION_TTL_SECONDS` at the latest (at once when registry events reach it).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PromoteModelVersion(self, request, context):
+        """Marks a training checkpoint as promoted, so the `latest` serving policy may select it (when it is the newest
+        such version). Uploads and repository imports need no promotion: for them the call changes nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetModelDescription(self, request, context):
+        """Replaces the model's description (the only call that changes it after the model is created).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetRetentionPolicy(self, request, context):
+        """Sets how many versions of the model are kept and prunes at once what the new policy no longer keeps.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ModelRegistryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -216,6 +266,26 @@ def add_ModelRegistryServiceServicer_to_server(servicer, server):
                     servicer.DownloadModelVersion,
                     request_deserializer=tensortrigger_dot_v1_dot_registry__service__pb2.DownloadModelVersionRequest.FromString,
                     response_serializer=tensortrigger_dot_v1_dot_registry__service__pb2.DownloadModelVersionResponse.SerializeToString,
+            ),
+            'SetServingPolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetServingPolicy,
+                    request_deserializer=tensortrigger_dot_v1_dot_registry__service__pb2.SetServingPolicyRequest.FromString,
+                    response_serializer=tensortrigger_dot_v1_dot_registry__service__pb2.SetServingPolicyResponse.SerializeToString,
+            ),
+            'PromoteModelVersion': grpc.unary_unary_rpc_method_handler(
+                    servicer.PromoteModelVersion,
+                    request_deserializer=tensortrigger_dot_v1_dot_registry__service__pb2.PromoteModelVersionRequest.FromString,
+                    response_serializer=tensortrigger_dot_v1_dot_registry__service__pb2.PromoteModelVersionResponse.SerializeToString,
+            ),
+            'SetModelDescription': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetModelDescription,
+                    request_deserializer=tensortrigger_dot_v1_dot_registry__service__pb2.SetModelDescriptionRequest.FromString,
+                    response_serializer=tensortrigger_dot_v1_dot_registry__service__pb2.SetModelDescriptionResponse.SerializeToString,
+            ),
+            'SetRetentionPolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetRetentionPolicy,
+                    request_deserializer=tensortrigger_dot_v1_dot_registry__service__pb2.SetRetentionPolicyRequest.FromString,
+                    response_serializer=tensortrigger_dot_v1_dot_registry__service__pb2.SetRetentionPolicyResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -489,6 +559,114 @@ class ModelRegistryService:
             '/tensortrigger.v1.ModelRegistryService/DownloadModelVersion',
             tensortrigger_dot_v1_dot_registry__service__pb2.DownloadModelVersionRequest.SerializeToString,
             tensortrigger_dot_v1_dot_registry__service__pb2.DownloadModelVersionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetServingPolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tensortrigger.v1.ModelRegistryService/SetServingPolicy',
+            tensortrigger_dot_v1_dot_registry__service__pb2.SetServingPolicyRequest.SerializeToString,
+            tensortrigger_dot_v1_dot_registry__service__pb2.SetServingPolicyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PromoteModelVersion(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tensortrigger.v1.ModelRegistryService/PromoteModelVersion',
+            tensortrigger_dot_v1_dot_registry__service__pb2.PromoteModelVersionRequest.SerializeToString,
+            tensortrigger_dot_v1_dot_registry__service__pb2.PromoteModelVersionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetModelDescription(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tensortrigger.v1.ModelRegistryService/SetModelDescription',
+            tensortrigger_dot_v1_dot_registry__service__pb2.SetModelDescriptionRequest.SerializeToString,
+            tensortrigger_dot_v1_dot_registry__service__pb2.SetModelDescriptionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetRetentionPolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tensortrigger.v1.ModelRegistryService/SetRetentionPolicy',
+            tensortrigger_dot_v1_dot_registry__service__pb2.SetRetentionPolicyRequest.SerializeToString,
+            tensortrigger_dot_v1_dot_registry__service__pb2.SetRetentionPolicyResponse.FromString,
             options,
             channel_credentials,
             insecure,
