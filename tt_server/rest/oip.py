@@ -31,6 +31,7 @@ from tt_server.errors import FieldViolation, InvalidArgument, NotFound
 from tt_server.registry.service import Registry
 from tt_server.rest.core import HEALTH_RPC, Route, json_response
 from tt_server.rest.tensors import json_value, wire_with_shape
+from tt_server.runtime.observe import RequestObservation
 from tt_server.runtime.service import InferenceService
 from tt_server.types import DType, TensorSpec, WireTensor
 
@@ -240,10 +241,17 @@ class OpenInferenceRoutes:
         return json_response({"name": ref.name, "ready": True})
 
     async def infer(self, request: web.Request) -> web.Response:
-        ref = self._ref(request)
-        body, inputs = parse_infer(await request.read(), request.headers.get(HEADER_LENGTH), self._max_elements)
-        names = [o.get("name") for o in body.get("outputs") or [] if isinstance(o, dict)]
-        if not all(isinstance(n, str) for n in names):
-            raise InvalidArgument.field("outputs", "each requested output needs a name")
-        result = await self._inference.predict(ref, inputs, names, None)  # type: ignore[arg-type]
-        return infer_response(body, result.model_name, result.version, result.outputs)
+        with RequestObservation(request.match_info.get("model", "")) as observation:
+            ref = self._ref(request)
+            body, inputs = parse_infer(await request.read(), request.headers.get(HEADER_LENGTH), self._max_elements)
+            names = [o.get("name") for o in body.get("outputs") or [] if isinstance(o, dict)]
+            if not all(isinstance(n, str) for n in names):
+                raise InvalidArgument.field("outputs", "each requested output needs a name")
+            result = await self._inference.predict(
+                ref,
+                inputs,
+                names,  # type: ignore[arg-type]
+                None,
+                observation=observation,
+            )
+            return infer_response(body, result.model_name, result.version, result.outputs)

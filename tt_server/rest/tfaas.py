@@ -41,6 +41,7 @@ from tt_server.errors import InvalidArgument, ResourceExhausted
 from tt_server.registry.service import Registry, UploadSpec
 from tt_server.rest.core import Route, body_chunks, json_response, read_json
 from tt_server.rest.tensors import wire_from_json
+from tt_server.runtime.observe import RequestObservation
 from tt_server.runtime.service import InferenceService
 from tt_server.types import ClassifyRequest, DType, FrozenGraphNodes, ModelFormat, ModelRef, WireTensor
 
@@ -352,7 +353,8 @@ class TfaasRoutes:
             values = [named[f] for f in version.feature_names]
         spec = version.signature.inputs[0]
         tensors = {spec.name: wire_from_json([values], spec.dtype, "values")}
-        result = await self._inference.predict(ref, tensors, [], None)
+        with RequestObservation(ref.name) as observation:
+            result = await self._inference.predict(ref, tensors, [], None, observation=observation)
         first = next(iter(result.outputs.values()))
         return [float(v) for v in first[0].ravel()]
 
@@ -395,9 +397,15 @@ class TfaasRoutes:
         ref, version = await self._single_input(_text(fields["model"], "model").strip())
         spec = version.signature.inputs[0]
         tensor = WireTensor(DType.STRING, (1,), values=[fields["image"]])
-        result = await self._inference.predict(
-            ref, {spec.name: tensor}, [], None, ClassifyRequest(top_k=TOP_CLASSES, omit_outputs=True)
-        )
+        with RequestObservation(ref.name) as observation:
+            result = await self._inference.predict(
+                ref,
+                {spec.name: tensor},
+                [],
+                None,
+                ClassifyRequest(top_k=TOP_CLASSES, omit_outputs=True),
+                observation=observation,
+            )
         [row] = result.classifications or [()]
         return json_response({"filename": filename, "labels": [{"label": c.name, "probability": c.score} for c in row]})
 

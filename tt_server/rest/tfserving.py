@@ -32,6 +32,7 @@ from tt_server.registry.service import Registry
 from tt_server.rest.core import HttpError, Route, json_response, read_json
 from tt_server.rest.tensors import json_value, wire_from_json
 from tt_server.runtime.classes import classified_output
+from tt_server.runtime.observe import RequestObservation
 from tt_server.runtime.service import InferenceService
 from tt_server.types import ClassifyRequest, ModelRef, ModelVersion, WireTensor
 
@@ -211,7 +212,8 @@ class TfServingRoutes:
                     raise InvalidArgument.field("inputs", f"the model has {len(names)} inputs: name them")
                 inputs = {names[0]: inputs}
             tensors = _tensors(inputs, version, "inputs")
-        result = await self._inference.predict(ref, tensors, [], None)
+        with RequestObservation(ref.name) as observation:
+            result = await self._inference.predict(ref, tensors, [], None, observation=observation)
         outputs = result.outputs
         if "instances" in body:
             if len(outputs) == 1:
@@ -249,7 +251,8 @@ class TfServingRoutes:
         else:
             values = _columns(rows, version)
         tensors = _tensors(values, version, "examples")
-        result = await self._inference.predict(ref, tensors, [], None, classify)
+        with RequestObservation(ref.name) as observation:
+            result = await self._inference.predict(ref, tensors, [], None, classify, observation=observation)
         return json_response({"results": [[[c.name, c.score] for c in row] for row in result.classifications or []]})
 
     async def regress(self, request: web.Request) -> web.Response:
