@@ -122,7 +122,7 @@ async def test_errors_name_the_field(client, http: aiohttp.ClientSession, served
         error = await response.json()
     assert error["code"] == "INVALID_ARGUMENT" and error["request_id"]
     assert error["field_violations"][0]["field"] == 'inputs["features"].data'
-    async with http.post(f"/v2/models/{served.mlp}/versions/x/infer", json=body) as response:
+    async with http.post(f"/v2/models/{served.mlp}/versions/X!/infer", json=body) as response:
         assert response.status == 400
         assert (await response.json())["field_violations"][0]["field"] == "version"
     async with http.post(f"/v2/models/{served.mlp}/infer", data=b"{not json") as response:
