@@ -171,6 +171,12 @@ class Settings(BaseSettings):
     )
 
     # --- batch jobs --------------------------------------------------------------------------------------
+    amqp_heartbeat_seconds: int = Field(
+        10,
+        ge=0,
+        description="AMQP heartbeat asked of RabbitMQ (0 = off): a hung or paused worker's connection is dropped "
+        "after about two missed heartbeats, and its job message is then redelivered to another worker.",
+    )
     amqp_jobs_queue: str = Field(
         "tt.jobs", description="Durable RabbitMQ queue of job ids; its dead letters go to '<name>.dead'."
     )
@@ -192,12 +198,13 @@ class Settings(BaseSettings):
         "thread (bench/jobs.py, 1M rows, 2 cores: 236k rows/s with one, 346k rows/s with two).",
     )
     job_lease_seconds: float = Field(
-        30.0,
+        3.0,
         description="How long a worker's claim on a job lasts without renewal; a killed worker's job is taken "
-        "over by another after at most this long.",
+        "over by another after at most this long (RabbitMQ redelivers its message at once, the new worker waits "
+        "out the lease). Keep several progress intervals long, so a briefly stalled worker keeps its job.",
     )
     job_progress_interval_seconds: float = Field(
-        1.0, description="How often a running job's progress is written (which also renews its lease)."
+        0.5, description="How often a running job's progress is written (which also renews its lease)."
     )
     job_max_attempts: int = Field(
         3, description="Attempts per job before it fails and its message is dead-lettered (poison guard)."

@@ -70,6 +70,7 @@ def make_broker(settings: Settings, connection_name: str = "tensortrigger") -> B
             settings.amqp_jobs_queue,
             connection_name,
             publish_timeout=settings.amqp_publish_timeout_seconds,
+            heartbeat=settings.amqp_heartbeat_seconds,
         )
     from tt_server.storage.local_broker import LocalBroker
 
