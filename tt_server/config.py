@@ -180,6 +180,12 @@ class Settings(BaseSettings):
     amqp_jobs_queue: str = Field(
         "tt.jobs", description="Durable RabbitMQ queue of job ids; its dead letters go to '<name>.dead'."
     )
+    job_s3_allowed_prefixes: list[str] = Field(
+        default_factory=list,
+        description="Object storage job callers may name as input or result location, as s3://bucket/ or "
+        "s3://bucket/prefix/ (JSON list; read and written with the S3 settings above). A URI outside them is "
+        "PERMISSION_DENIED; empty = jobs use streamed inputs and the blob store only. Set on the workers too.",
+    )
     job_max_input_bytes: int = Field(8192 * MiB, description="Largest job input file accepted.")
     job_batch_rows: int = Field(
         16_384,

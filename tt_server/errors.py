@@ -8,6 +8,7 @@ Hierarchy::
     ├── AlreadyExists          the thing being created exists already
     ├── FailedPrecondition     the request is well formed but the system is not in a state to do it
     ├── ResourceExhausted      a size, queue or rate limit was hit
+    ├── PermissionDenied       the caller may not touch what it named (e.g. an object outside the allowed prefixes)
     ├── Unavailable            a dependency is down or the server is draining; retrying later may work
     └── DeadlineExceeded       the caller's deadline passed before the work could be done
 """
@@ -60,6 +61,10 @@ class FailedPrecondition(TensorTriggerError):
 
 class ResourceExhausted(TensorTriggerError):
     """Raised when a size cap, queue bound or rate limit is hit."""
+
+
+class PermissionDenied(TensorTriggerError):
+    """Raised when a request names something the server's configuration does not let callers reach."""
 
 
 class Unavailable(TensorTriggerError):

@@ -271,6 +271,8 @@ class JobSpec:
     skip_bad_rows: bool = False
     input_blob_key: str = ""  # an object already in the blob store, instead of streamed chunks
     annotations: dict[str, str] = field(default_factory=dict)
+    input_uri: str = ""  # an object in object storage (s3://bucket/key), instead of streamed chunks
+    output_uri: str = ""  # results go under this s3:// prefix instead of the blob store
 
 
 @dataclass(frozen=True, slots=True)

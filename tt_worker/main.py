@@ -15,11 +15,18 @@ import sys
 
 from tt_server import metrics
 from tt_server.config import Settings
+from tt_server.jobs.objects import JobBlobs
 from tt_server.jobs.runner import JobRunner, worker_id
 from tt_server.jobs.worker import JobWorker, worker_model_cache
 from tt_server.logs import configure_logging
 from tt_server.runtime.manager import ModelManager
-from tt_server.storage.factory import make_blob_store, make_broker, make_job_store, make_metadata_store
+from tt_server.storage.factory import (
+    make_blob_store,
+    make_broker,
+    make_job_store,
+    make_metadata_store,
+    make_object_buckets,
+)
 
 log = logging.getLogger("tt_worker")
 
@@ -35,9 +42,11 @@ async def run(settings: Settings) -> int:
     await metadata.open()
     await blobs.open()
     await broker.open()
+    job_blobs = JobBlobs(blobs, make_object_buckets(settings))  # inputs and results callers name as s3:// URIs
+    await job_blobs.open()
     models = ModelManager(metadata, blobs, worker_model_cache(settings), settings)
     store = make_job_store(metadata)
-    runner = JobRunner(store, blobs, models, settings, owner=owner, concurrency=settings.worker_prefetch)
+    runner = JobRunner(store, job_blobs, models, settings, owner=owner, concurrency=settings.worker_prefetch)
     worker = JobWorker(runner, broker, store, settings, concurrency=settings.worker_prefetch)
     loop = asyncio.get_running_loop()
     stopping: list[asyncio.Task[None]] = []
@@ -60,6 +69,7 @@ async def run(settings: Settings) -> int:
         await broker.close()
         await models.close()
         runner.close()
+        await job_blobs.close()
         await blobs.close()
         await metadata.close()
         if metrics_server is not None:

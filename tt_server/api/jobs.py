@@ -10,6 +10,7 @@ from tensortrigger.v1 import jobs_service_pb2_grpc
 
 from tt_server.api import convert
 from tt_server.errors import InvalidArgument
+from tt_server.jobs.objects import is_uri
 from tt_server.jobs.service import JobsService
 from tt_server.types import CsvOptions, Job, JobSpec, JobState, ModelRef, OutputFormat
 
@@ -104,6 +105,8 @@ def job_spec(spec: pb.JobSpec) -> JobSpec:
         skip_bad_rows=spec.skip_bad_rows,
         input_blob_key=spec.input_blob_key,
         annotations=dict(spec.annotations),
+        input_uri=spec.input_uri,
+        output_uri=spec.output_uri,
     )
 
 
@@ -122,6 +125,8 @@ def job_spec_to_pb(spec: JobSpec) -> pb.JobSpec:
         skip_bad_rows=spec.skip_bad_rows,
         input_blob_key=spec.input_blob_key,
         annotations=spec.annotations,
+        input_uri=spec.input_uri,
+        output_uri=spec.output_uri,
     )
 
 
@@ -140,6 +145,7 @@ def job_to_pb(job: Job) -> pb.Job:
         input_size_bytes=job.input_size,
         result_size_bytes=job.result_size,
         create_time=convert.timestamp(job.created_at),
+        result_uri=job.result_blob_key if job.result_blob_key and is_uri(job.result_blob_key) else "",
     )
     if job.started_at is not None:
         message.start_time.CopyFrom(convert.timestamp(job.started_at))

@@ -49,6 +49,7 @@ from tt_server.errors import DeadlineExceeded, NotFound, TensorTriggerError, Una
 from tt_server.jobs.columns import ColumnPlan, first_record, plan_columns
 from tt_server.jobs.csvreader import BlockParser, JobInputError, ParsedBlock, split_blocks
 from tt_server.jobs.notify import JobNotifier
+from tt_server.jobs.objects import is_uri
 from tt_server.jobs.results import ResultEncoder
 from tt_server.runtime.manager import ModelManager
 from tt_server.runtime.servable import Servable
@@ -235,8 +236,9 @@ class JobRunner:
             handle = await self._models.get(ModelRef(job.model_name, version=job.model_version))
             plan = plan_columns(job.spec, handle.model_version, await self._first_line(job))
             encoder = ResultEncoder(job.spec.output_format, [name for _, name in plan.passthrough], plan.outputs)
-            key = f"jobs/{job.id}/attempt-{number}/results.{encoder.extension}"
-            await self._store.add_blob_gc(key, time.time_ns() // 1000 + RESULT_GC_DELAY_US)
+            key = f"{_attempts_prefix(job)}{number}/results.{encoder.extension}"
+            if not is_uri(key):  # results in the caller's object storage are cleaned up by the committing attempt
+                await self._store.add_blob_gc(key, time.time_ns() // 1000 + RESULT_GC_DELAY_US)
             info = await self._blobs.put_stream(key, self._pipeline(job, attempt, plan, handle.servable, encoder))
             attempt.add_time("total_seconds", time.perf_counter() - started)
             if not await self._store.commit_job(job.id, number, key, info.size, attempt.progress(final=True)):
@@ -244,7 +246,7 @@ class JobRunner:
                 return await self._lost(job.id, context)
             self._notify(job.id)
             metrics.JOBS_FINISHED.labels("SUCCEEDED").inc()
-            await self._discard_other_attempts(job.id, key)
+            await self._discard_other_attempts(job, key)
             log.info(
                 "job succeeded", extra={**context, "rows": attempt.rows_done, "bytes": info.size, **attempt.timings}
             )
@@ -445,12 +447,12 @@ class JobRunner:
         except Exception:
             log.warning("result cleanup deferred to the sweeper", extra={"blob_key": key}, exc_info=True)
 
-    async def _discard_other_attempts(self, job_id: str, kept: str) -> None:
+    async def _discard_other_attempts(self, job: Job, kept: str) -> None:
         """Delete results that earlier attempts of the job wrote but never committed."""
         try:
-            keys = await self._blobs.list_keys(f"jobs/{job_id}/attempt-")
+            keys = await self._blobs.list_keys(_attempts_prefix(job))
         except Exception:
-            log.warning("could not list old attempts' results", extra={"job": job_id}, exc_info=True)
+            log.warning("could not list old attempts' results", extra={"job": job.id}, exc_info=True)
             return
         for key in keys:
             if key != kept:
@@ -489,6 +491,11 @@ async def _timed(chunks: AsyncIterator[bytes], attempt: _Attempt) -> AsyncIterat
             yield chunk
     finally:
         await chunks.aclose()  # type: ignore[attr-defined]
+
+
+def _attempts_prefix(job: Job) -> str:
+    """Where the job's attempts write their results: ``<prefix>attempt-<n>/results.<ext>``."""
+    return f"{job.spec.output_uri}{job.id}/attempt-" if job.spec.output_uri else f"jobs/{job.id}/attempt-"
 
 
 def _give_up_message(job: Job) -> str:

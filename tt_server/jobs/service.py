@@ -20,12 +20,21 @@ import re
 import time
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import UTC, datetime
 
 from tt_server.config import Settings
-from tt_server.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted, Unavailable
+from tt_server.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    ResourceExhausted,
+    Unavailable,
+)
 from tt_server.jobs.columns import MAX_FIRST_LINE_BYTES, check_spec, first_record, plan_columns
 from tt_server.jobs.notify import JobNotifier
+from tt_server.jobs.objects import check_uri, is_uri, normalise_prefix
 from tt_server.registry.service import Registry, check_model_name
 from tt_server.storage.blobs import BlobStore
 from tt_server.storage.broker import Broker
@@ -67,6 +76,8 @@ class JobsService:
         self._registry = registry
         self._settings = settings
         self.notifier = notifier or JobNotifier()
+        for prefix in settings.job_s3_allowed_prefixes:
+            normalise_prefix(prefix)  # a misconfigured prefix stops the server at start-up
 
     # --- create ---------------------------------------------------------------------------------------------
     async def create(self, spec: JobSpec, chunks: AsyncIterator[bytes]) -> Job:
@@ -78,9 +89,19 @@ class JobsService:
         version = await self._registry.resolve(spec.model)
         check_spec(spec, version)
         job_id = uuid.uuid4().hex
-        if spec.input_blob_key:
+        if spec.input_uri and spec.input_blob_key:
+            raise InvalidArgument.field("spec.input_uri", "give input_uri or input_blob_key, not both")
+        if spec.output_uri:
+            allowed = self._settings.job_s3_allowed_prefixes
+            spec = replace(spec, output_uri=check_uri(spec.output_uri, allowed, "spec.output_uri", folder=True))
+        if spec.input_uri:
+            uri = check_uri(spec.input_uri, self._settings.job_s3_allowed_prefixes, "spec.input_uri")
+            spec = replace(spec, input_uri=uri)
+            key, owned = uri, False
+            size, prefix = await self._existing_input(key, chunks, "spec.input_uri")
+        elif spec.input_blob_key:
             key, owned = spec.input_blob_key, False
-            size, prefix = await self._existing_input(key, chunks)
+            size, prefix = await self._existing_input(key, chunks, "spec.input_blob_key")
         else:
             key, owned = input_key(job_id), True
             await self._store.add_blob_gc(key, _now_us() + UPLOAD_GC_DELAY_US)
@@ -139,12 +160,11 @@ class JobsService:
             raise InvalidArgument.field("chunk", "the job input is empty: send the file in chunks after the spec")
         return info.size, bytes(prefix)
 
-    async def _existing_input(self, key: str, chunks: AsyncIterator[bytes]) -> tuple[int, bytes]:
-        field = "spec.input_blob_key"
+    async def _existing_input(self, key: str, chunks: AsyncIterator[bytes], field: str) -> tuple[int, bytes]:
         if await anext(aiter(chunks), None) is not None:
-            raise InvalidArgument.field(field, "give the input either as chunks or as a blob key, not both")
+            raise InvalidArgument.field(field, "give the input either as chunks or as a stored object, not both")
         # Only dedicated input objects: never model artifacts or other jobs' results.
-        if not (key.startswith(EXTERNAL_INPUT_PREFIX) or _JOB_INPUT_KEY.fullmatch(key)):
+        if not (is_uri(key) or key.startswith(EXTERNAL_INPUT_PREFIX) or _JOB_INPUT_KEY.fullmatch(key)):
             raise InvalidArgument.field(
                 field, f"job inputs must be under {EXTERNAL_INPUT_PREFIX!r} or be an earlier job's input"
             )
@@ -158,11 +178,18 @@ class JobsService:
                     if b"\n" in chunk or len(prefix) > MAX_FIRST_LINE_BYTES:
                         break
         except NotFound:
+            if is_uri(key):
+                raise NotFound(f"{field}: no object {key!r}") from None
             raise InvalidArgument.field(field, f"no object {key!r} in the blob store") from None
+        except PermissionDenied:
+            raise PermissionDenied(f"{field}: the server's credentials may not read {key!r}") from None
         except ValueError as e:  # a key the blob store refuses (e.g. "..")
             raise InvalidArgument.field(field, str(e)) from None
         if size == 0:
             raise InvalidArgument.field(field, f"the object {key!r} is empty")
+        cap = self._settings.job_max_input_bytes
+        if size > cap:
+            raise ResourceExhausted(f"{field}: the object {key!r} is {size} bytes, over the limit of {cap} bytes")
         return size, bytes(prefix)
 
     async def _discard(self, key: str) -> None:

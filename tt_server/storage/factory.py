@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from typing import TYPE_CHECKING
 
 from tt_server.config import Settings
 from tt_server.storage.blobs import BlobStore
@@ -10,6 +11,9 @@ from tt_server.storage.broker import Broker
 from tt_server.storage.jobs import JobStore
 from tt_server.storage.metadata import MetadataStore
 from tt_server.storage.sql_jobs import SqlJobStore
+
+if TYPE_CHECKING:
+    from tt_server.storage.s3 import S3Objects
 
 
 def _token_secret(settings: Settings) -> bytes:
@@ -51,6 +55,22 @@ def make_blob_store(settings: Settings) -> BlobStore:
     from tt_server.storage.local import LocalBlobStore
 
     return LocalBlobStore(settings.blob_dir)
+
+
+def make_object_buckets(settings: Settings) -> S3Objects | None:
+    """Object storage that job callers may name (``s3://`` URIs), when the operator allowed any prefix."""
+    if not settings.job_s3_allowed_prefixes:
+        return None
+    from tt_server.storage.s3 import S3Objects
+
+    return S3Objects(
+        settings.s3_endpoint_url or None,
+        settings.s3_region,
+        part_size=settings.s3_part_size_bytes,
+        connect_timeout=settings.s3_connect_timeout_seconds,
+        read_timeout=settings.s3_read_timeout_seconds,
+        max_attempts=settings.s3_max_attempts,
+    )
 
 
 def make_job_store(metadata: MetadataStore) -> JobStore:

@@ -27,7 +27,7 @@ from botocore.exceptions import ClientError, HTTPClientError
 from botocore.exceptions import ConnectionError as BotoConnectionError
 from botocore.handlers import add_expect_header
 
-from tt_server.errors import NotFound, ResourceExhausted, Unavailable
+from tt_server.errors import NotFound, PermissionDenied, ResourceExhausted, Unavailable
 from tt_server.storage.blobs import BlobInfo
 from tt_server.storage.local import CHUNK_SIZE, read_file_chunks, write_file_chunks
 
@@ -42,6 +42,7 @@ MIN_PART_SIZE = 5 * MiB  # S3 refuses smaller parts (except the last)
 MAX_PARTS = 10_000  # S3's limit on parts per multipart upload
 
 _MISSING_CODES = frozenset({"NoSuchKey", "NotFound", "404"})
+_DENIED_CODES = frozenset({"AccessDenied", "403", "AllAccessDisabled"})
 
 
 class S3BlobStore:
@@ -74,9 +75,18 @@ class S3BlobStore:
         )
         self._stack = AsyncExitStack()
         self._s3: S3Client | None = None
+        self._external = False  # a view of a bucket the caller named (S3Objects): S3's 403 is the caller's
 
     # --- lifecycle ----------------------------------------------------------------------------------------
     async def open(self) -> None:
+        await self._open_client()
+        try:
+            await self._ensure_bucket()
+        except BaseException:
+            await self.close()
+            raise
+
+    async def _open_client(self) -> None:
         client_context = get_session().create_client(
             "s3", endpoint_url=self._endpoint_url, region_name=self._region, config=self._config
         )
@@ -85,11 +95,6 @@ class S3BlobStore:
         # that accepts the connection but never answers (a partition, a hung proxy) would hang the upload for
         # good. Without it the body is sent at once and the read timeout bounds the wait for the answer.
         self._s3.meta.events.unregister("before-call.s3", add_expect_header)
-        try:
-            await self._ensure_bucket()
-        except BaseException:
-            await self.close()
-            raise
 
     async def close(self) -> None:
         self._s3 = None
@@ -127,7 +132,7 @@ class S3BlobStore:
         upload_id: str | None = None
         parts: list[CompletedPartTypeDef] = []
         try:
-            with _errors(key):
+            with _errors(key, self._external):
                 async for chunk in chunks:
                     # hashlib releases the GIL on large buffers, so a worker thread keeps the loop free.
                     await asyncio.to_thread(digest.update, chunk)
@@ -188,7 +193,7 @@ class S3BlobStore:
         return await self.put_stream(key, read_file_chunks(path))
 
     async def delete(self, key: str) -> None:
-        with _errors(key):
+        with _errors(key, self._external):
             await self._client.delete_object(Bucket=self._bucket, Key=self._object_key(key))
 
     # --- reads --------------------------------------------------------------------------------------------
@@ -197,7 +202,7 @@ class S3BlobStore:
             raise ValueError("offset must not be negative")
         # No Range header from 0: S3 answers "bytes=0-" on an empty object with 416 instead of no bytes.
         ranged: dict[str, Any] = {"Range": f"bytes={offset}-"} if offset else {}
-        with _errors(key):
+        with _errors(key, self._external):
             try:
                 response = await self._client.get_object(Bucket=self._bucket, Key=self._object_key(key), **ranged)
             except ClientError as e:
@@ -212,7 +217,7 @@ class S3BlobStore:
         await write_file_chunks(path, self.get_stream(key))
 
     async def size(self, key: str) -> int:
-        with _errors(key):
+        with _errors(key, self._external):
             response = await self._client.head_object(Bucket=self._bucket, Key=self._object_key(key))
         return int(response["ContentLength"])
 
@@ -225,7 +230,7 @@ class S3BlobStore:
 
     async def list_keys(self, prefix: str) -> list[str]:
         keys: list[str] = []
-        with _errors(prefix):
+        with _errors(prefix, self._external):
             paginator = self._client.get_paginator("list_objects_v2")
             async for page in paginator.paginate(Bucket=self._bucket, Prefix=self._prefix + prefix):
                 keys.extend(item["Key"][len(self._prefix) :] for item in page.get("Contents", ()))
@@ -237,6 +242,29 @@ class S3BlobStore:
         return self._prefix + key
 
 
+class S3Objects:
+    """Objects in any bucket, named by the caller (job inputs and results under ``s3://`` URIs), on one client
+    with the blob store's endpoint, region and credentials. Unlike ``S3BlobStore`` it never creates a bucket,
+    and S3 refusing access (403) is ``PermissionDenied``: the caller named something the server may not read."""
+
+    def __init__(self, endpoint_url: str | None, region: str, **options: Any) -> None:
+        self._client = S3BlobStore("", endpoint_url, region, **options)
+
+    async def open(self) -> None:
+        await self._client._open_client()
+
+    async def close(self) -> None:
+        await self._client.close()
+
+    def bucket(self, name: str) -> S3BlobStore:
+        """A blob store view of bucket ``name`` (keys are the object keys; nothing to open or close)."""
+        view = S3BlobStore(name, self._client._endpoint_url, self._client._region, part_size=self._client._part_size)
+        view._config = self._client._config
+        view._s3 = self._client._client
+        view._external = True
+        return view
+
+
 def _b64(digest: bytes) -> str:
     return base64.b64encode(digest).decode()
 
@@ -246,13 +274,16 @@ def _error_code(error: ClientError) -> str:
 
 
 @contextlib.contextmanager
-def _errors(key: str) -> Iterator[None]:
-    """Map S3 failures to domain errors: a missing object is NotFound, an unreachable endpoint Unavailable."""
+def _errors(key: str, external: bool = False) -> Iterator[None]:
+    """Map S3 failures to domain errors: a missing object is NotFound, an unreachable endpoint Unavailable
+    (and, for ``external`` buckets, a refusal PermissionDenied)."""
     try:
         yield
     except ClientError as e:
-        if _error_code(e) in _MISSING_CODES:
-            raise NotFound(f"blob {key!r} not found") from e
+        if _error_code(e) in _MISSING_CODES or (external and _error_code(e) == "NoSuchBucket"):
+            raise NotFound(f"{'object' if external else 'blob'} {key!r} not found") from e
+        if external and _error_code(e) in _DENIED_CODES:
+            raise PermissionDenied(f"the server's credentials may not access {key!r}") from e
         if e.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) in (500, 502, 503, 504):
             raise Unavailable("blob store is unavailable") from e
         raise

@@ -267,6 +267,8 @@ def spec_to_json(spec: JobSpec) -> dict[str, Any]:
         "skip_bad_rows": spec.skip_bad_rows,
         "input_blob_key": spec.input_blob_key,
         "annotations": dict(spec.annotations),
+        "input_uri": spec.input_uri,
+        "output_uri": spec.output_uri,
     }
 
 
@@ -285,6 +287,8 @@ def spec_from_json(data: dict[str, Any]) -> JobSpec:
         skip_bad_rows=data["skip_bad_rows"],
         input_blob_key=data["input_blob_key"],
         annotations=data["annotations"],
+        input_uri=data.get("input_uri", ""),  # absent in rows written before they existed
+        output_uri=data.get("output_uri", ""),
     )
 
 

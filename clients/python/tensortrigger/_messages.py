@@ -346,12 +346,21 @@ class JobOptions(TypedDict, total=False):
     """Skip (and report) malformed rows instead of failing the job."""
     annotations: Mapping[str, str]
     """Free-form labels stored with the job."""
+    output_uri: str
+    """Write the results under this ``s3://bucket/prefix/`` (allowed by the server) instead of its blob store."""
 
 
 _OUTPUT_FORMATS = {"csv": jobs_service_pb2.OUTPUT_FORMAT_CSV, "jsonl": jobs_service_pb2.OUTPUT_FORMAT_JSONL}
 
 
-def job_spec_request(model: str | model_pb2.ModelRef, options: JobOptions) -> jobs_service_pb2.CreateJobRequest:
+def is_object_uri(path: object) -> bool:
+    """``s3://bucket/key``: an input the server reads from object storage itself (nothing is uploaded)."""
+    return isinstance(path, str) and path.startswith("s3://")
+
+
+def job_spec_request(
+    model: str | model_pb2.ModelRef, options: JobOptions, input_uri: str = ""
+) -> jobs_service_pb2.CreateJobRequest:
     output_format = options.get("output_format", "csv")
     if output_format not in _OUTPUT_FORMATS:
         raise ValueError(f"unknown output_format {output_format!r}; expected csv or jsonl")
@@ -368,6 +377,8 @@ def job_spec_request(model: str | model_pb2.ModelRef, options: JobOptions) -> jo
         output_format=_OUTPUT_FORMATS[output_format],
         skip_bad_rows=options.get("skip_bad_rows", False),
         annotations=dict(options.get("annotations", {})),
+        input_uri=input_uri,
+        output_uri=options.get("output_uri", ""),
     )
     return jobs_service_pb2.CreateJobRequest(spec=spec)
 

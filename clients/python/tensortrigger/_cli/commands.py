@@ -551,7 +551,7 @@ def _job_finished(settings: Settings, job: jobs_service_pb2.Job) -> None:
 
 @jobs.command("submit")
 @click.argument("model")
-@click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("path")
 @click.option("--no-header", is_flag=True, help="The first row is data, not column names.")
 @click.option("--delimiter", default=",", show_default=True, help="Field delimiter.")
 @click.option(
@@ -568,12 +568,13 @@ def _job_finished(settings: Settings, job: jobs_service_pb2.Job) -> None:
 )
 @click.option("--skip-bad-rows", is_flag=True, help="Skip malformed rows instead of failing the job.")
 @click.option("--annotation", "annotations", multiple=True, metavar="KEY=VALUE", help="Label stored with the job.")
+@click.option("--output-uri", default="", metavar="S3_PREFIX", help="Write the results under this s3://bucket/prefix/.")
 @click.option("--watch", is_flag=True, help="Follow the job until it ends (exit code 1 unless it succeeds).")
 @pass_settings
 def jobs_submit(
     settings: Settings,
     model: str,
-    path: Path,
+    path: str,
     no_header: bool,
     delimiter: str,
     feature_columns: tuple[str, ...],
@@ -581,13 +582,21 @@ def jobs_submit(
     output_format: str,
     skip_bad_rows: bool,
     annotations: tuple[str, ...],
+    output_uri: str,
     watch: bool,
 ) -> None:
-    """Run MODEL over the CSV file PATH as a batch job."""
-    with out.transfer(f"sending {path.name}", settings.interactive) as progress:
+    """Run MODEL over the CSV file PATH as a batch job. PATH may be an s3://bucket/key URI that the server
+    reads itself (nothing is uploaded; the server must allow that prefix)."""
+    source: str | Path = path
+    if not path.startswith("s3://"):
+        source = Path(path)
+        if not source.is_file():
+            raise click.BadParameter(f"{path!r} is not a file (or an s3:// URI)", param_hint="PATH")
+    with out.transfer(f"sending {Path(path).name}", settings.interactive and isinstance(source, Path)) as progress:
         job = settings.client().submit_job(
             model,
-            path,
+            source,
+            output_uri=output_uri,
             progress=progress,
             has_header=not no_header,
             delimiter=delimiter,
