@@ -248,6 +248,13 @@ class JobState(enum.StrEnum):
 class OutputFormat(enum.StrEnum):
     CSV = "csv"
     JSONL = "jsonl"
+    PARQUET = "parquet"
+
+
+class InputFormat(enum.StrEnum):
+    CSV = "csv"
+    PARQUET = "parquet"
+    JSONL = "jsonl"
 
 
 @dataclass(frozen=True, slots=True)
@@ -272,6 +279,7 @@ class JobSpec:
     input_blob_key: str = ""  # an object already in the blob store, instead of streamed chunks
     annotations: dict[str, str] = field(default_factory=dict)
     input_uri: str = ""  # an object in object storage (s3://bucket/key), instead of streamed chunks
+    input_format: InputFormat = InputFormat.CSV
     output_uri: str = ""  # results go under this s3:// prefix instead of the blob store
 
 

@@ -12,7 +12,7 @@ from tt_server.api import convert
 from tt_server.errors import InvalidArgument
 from tt_server.jobs.objects import is_uri
 from tt_server.jobs.service import JobsService
-from tt_server.types import CsvOptions, Job, JobSpec, JobState, ModelRef, OutputFormat
+from tt_server.types import CsvOptions, InputFormat, Job, JobSpec, JobState, ModelRef, OutputFormat
 
 STATE_TO_PB: dict[JobState, int] = {
     JobState.QUEUED: pb.JOB_STATE_QUEUED,
@@ -26,10 +26,23 @@ OUTPUT_FROM_PB: dict[int, OutputFormat] = {
     pb.OUTPUT_FORMAT_UNSPECIFIED: OutputFormat.CSV,
     pb.OUTPUT_FORMAT_CSV: OutputFormat.CSV,
     pb.OUTPUT_FORMAT_JSONL: OutputFormat.JSONL,
+    pb.OUTPUT_FORMAT_PARQUET: OutputFormat.PARQUET,
 }
 OUTPUT_TO_PB: dict[OutputFormat, int] = {
     OutputFormat.CSV: pb.OUTPUT_FORMAT_CSV,
     OutputFormat.JSONL: pb.OUTPUT_FORMAT_JSONL,
+    OutputFormat.PARQUET: pb.OUTPUT_FORMAT_PARQUET,
+}
+INPUT_FROM_PB: dict[int, InputFormat] = {
+    pb.INPUT_FORMAT_UNSPECIFIED: InputFormat.CSV,
+    pb.INPUT_FORMAT_CSV: InputFormat.CSV,
+    pb.INPUT_FORMAT_PARQUET: InputFormat.PARQUET,
+    pb.INPUT_FORMAT_JSONL: InputFormat.JSONL,
+}
+INPUT_TO_PB: dict[InputFormat, int] = {
+    InputFormat.CSV: pb.INPUT_FORMAT_CSV,
+    InputFormat.PARQUET: pb.INPUT_FORMAT_PARQUET,
+    InputFormat.JSONL: pb.INPUT_FORMAT_JSONL,
 }
 
 
@@ -87,7 +100,7 @@ class JobsServicer(jobs_service_pb2_grpc.JobsServiceServicer):
 
 
 def job_spec(spec: pb.JobSpec) -> JobSpec:
-    if spec.input_format not in (pb.INPUT_FORMAT_UNSPECIFIED, pb.INPUT_FORMAT_CSV):
+    if spec.input_format not in INPUT_FROM_PB:
         raise InvalidArgument.field("spec.input_format", f"unknown input format {spec.input_format}")
     if spec.output_format not in OUTPUT_FROM_PB:
         raise InvalidArgument.field("spec.output_format", f"unknown output format {spec.output_format}")
@@ -107,13 +120,14 @@ def job_spec(spec: pb.JobSpec) -> JobSpec:
         annotations=dict(spec.annotations),
         input_uri=spec.input_uri,
         output_uri=spec.output_uri,
+        input_format=INPUT_FROM_PB[spec.input_format],
     )
 
 
 def job_spec_to_pb(spec: JobSpec) -> pb.JobSpec:
     return pb.JobSpec(
         model=convert.model_ref_to_pb(spec.model),
-        input_format=pb.INPUT_FORMAT_CSV,
+        input_format=INPUT_TO_PB[spec.input_format],  # type: ignore[arg-type]
         csv=pb.CsvOptions(
             has_header=spec.csv.has_header,
             delimiter=spec.csv.delimiter,

@@ -32,14 +32,21 @@ from tt_server.errors import (
     ResourceExhausted,
     Unavailable,
 )
-from tt_server.jobs.columns import MAX_FIRST_LINE_BYTES, check_spec, first_record, plan_columns
+from tt_server.jobs.columns import BOM, MAX_FIRST_LINE_BYTES, check_spec, first_record, plan_columns
 from tt_server.jobs.notify import JobNotifier
 from tt_server.jobs.objects import check_uri, is_uri, normalise_prefix
+from tt_server.jobs.tables import (
+    FOOTER_READ_BYTES,
+    jsonl_schema,
+    parquet_footer_length,
+    parquet_metadata,
+    plan_table,
+)
 from tt_server.registry.service import Registry, check_model_name
 from tt_server.storage.blobs import BlobStore
 from tt_server.storage.broker import Broker
 from tt_server.storage.jobs import JobStore
-from tt_server.types import Job, JobSpec, JobState, Page
+from tt_server.types import InputFormat, Job, JobSpec, JobState, ModelVersion, Page
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +116,7 @@ class JobsService:
         try:
             if owned:
                 size, prefix = await self._upload(key, chunks)
-            plan_columns(spec, version, first_record(prefix, size <= len(prefix), spec.csv.delimiter))
+            await self._check_columns(spec, version, key, size, prefix)
             draft = Job(
                 id=job_id,
                 model_name=version.model_name,
@@ -191,6 +198,31 @@ class JobsService:
         if size > cap:
             raise ResourceExhausted(f"{field}: the object {key!r} is {size} bytes, over the limit of {cap} bytes")
         return size, bytes(prefix)
+
+    async def _check_columns(self, spec: JobSpec, version: ModelVersion, key: str, size: int, prefix: bytes) -> None:
+        """The column plan must work for the input's first line (CSV, JSON Lines) or schema (Parquet)."""
+        if spec.input_format is InputFormat.CSV:
+            plan_columns(spec, version, first_record(prefix, size <= len(prefix), spec.csv.delimiter))
+        elif spec.input_format is InputFormat.JSONL:
+            line = prefix.removeprefix(BOM).split(b"\n", 1)[0]
+            plan_table(spec, version, jsonl_schema(line))
+        else:
+            tail = await self._tail(key, size, FOOTER_READ_BYTES)
+            length = parquet_footer_length(tail)
+            if length > size - 4:
+                raise InvalidArgument.field("spec.input_format", "the input is not a Parquet file (bad footer)")
+            if length > len(tail):
+                tail = await self._tail(key, size, length)
+            metadata = parquet_metadata(tail[-length:])
+            plan_table(spec, version, metadata.schema.to_arrow_schema())
+
+    async def _tail(self, key: str, size: int, length: int) -> bytes:
+        data = bytearray()
+        stream = self._blobs.get_stream(key, offset=max(0, size - length), chunk_size=max(length, 1))
+        async with contextlib.aclosing(stream):  # type: ignore[type-var]  # blob streams are generators
+            async for chunk in stream:
+                data += chunk
+        return bytes(data)
 
     async def _discard(self, key: str) -> None:
         try:

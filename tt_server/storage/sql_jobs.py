@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from tt_server.errors import FailedPrecondition, NotFound
 from tt_server.storage.jobs import MAX_ROW_ERRORS, JobProgress
-from tt_server.types import CsvOptions, Job, JobSpec, JobState, ModelRef, OutputFormat, Page, RowError
+from tt_server.types import CsvOptions, InputFormat, Job, JobSpec, JobState, ModelRef, OutputFormat, Page, RowError
 
 if TYPE_CHECKING:
     from tt_server.storage.sql import Row, SqlDatabase, _PageTokens
@@ -269,6 +269,7 @@ def spec_to_json(spec: JobSpec) -> dict[str, Any]:
         "annotations": dict(spec.annotations),
         "input_uri": spec.input_uri,
         "output_uri": spec.output_uri,
+        "input_format": spec.input_format.value,
     }
 
 
@@ -289,6 +290,7 @@ def spec_from_json(data: dict[str, Any]) -> JobSpec:
         annotations=data["annotations"],
         input_uri=data.get("input_uri", ""),  # absent in rows written before they existed
         output_uri=data.get("output_uri", ""),
+        input_format=InputFormat(data.get("input_format", "csv")),
     )
 
 

@@ -415,13 +415,13 @@ class AsyncClient(BaseClient):
     ) -> jobs_service_pb2.Job:
         """See ``Client.submit_job``."""
         if m.is_object_uri(path):
-            only = m.job_spec_request(model, options, input_uri=str(path))
+            only = m.job_spec_request(model, options, str(path), input_uri=str(path))
 
             async def one() -> AsyncIterator[jobs_service_pb2.CreateJobRequest]:
                 yield only
 
             return (await self._unary(self._jobs.CreateJob, one(), timeout, idempotent=False)).job
-        spec = m.job_spec_request(model, options)
+        spec = m.job_spec_request(model, options, str(path))
 
         async def requests() -> AsyncIterator[jobs_service_pb2.CreateJobRequest]:
             yield spec

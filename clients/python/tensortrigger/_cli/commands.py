@@ -561,10 +561,15 @@ def _job_finished(settings: Settings, job: jobs_service_pb2.Job) -> None:
 @click.option(
     "--format",
     "output_format",
-    type=click.Choice(["csv", "jsonl"]),
+    type=click.Choice(["csv", "jsonl", "parquet"]),
     default="csv",
     show_default=True,
     help="Results format.",
+)
+@click.option(
+    "--input-format",
+    type=click.Choice(["csv", "parquet", "jsonl"]),
+    help="Input format [default: from the extension (.parquet, .jsonl), else csv].",
 )
 @click.option("--skip-bad-rows", is_flag=True, help="Skip malformed rows instead of failing the job.")
 @click.option("--annotation", "annotations", multiple=True, metavar="KEY=VALUE", help="Label stored with the job.")
@@ -580,13 +585,14 @@ def jobs_submit(
     feature_columns: tuple[str, ...],
     passthrough_columns: tuple[str, ...],
     output_format: str,
+    input_format: str | None,
     skip_bad_rows: bool,
     annotations: tuple[str, ...],
     output_uri: str,
     watch: bool,
 ) -> None:
-    """Run MODEL over the CSV file PATH as a batch job. PATH may be an s3://bucket/key URI that the server
-    reads itself (nothing is uploaded; the server must allow that prefix)."""
+    """Run MODEL over the file PATH (CSV, Parquet or JSON Lines) as a batch job. PATH may be an s3://bucket/key
+    URI that the server reads itself (nothing is uploaded; the server must allow that prefix)."""
     source: str | Path = path
     if not path.startswith("s3://"):
         source = Path(path)
@@ -603,6 +609,7 @@ def jobs_submit(
             feature_columns=feature_columns,
             passthrough_columns=passthrough_columns,
             output_format=output_format,
+            input_format=input_format or "",
             skip_bad_rows=skip_bad_rows,
             annotations=_pairs(annotations, "--annotation"),
         )

@@ -15,12 +15,15 @@ class InputFormat(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     INPUT_FORMAT_UNSPECIFIED: _ClassVar[InputFormat]
     INPUT_FORMAT_CSV: _ClassVar[InputFormat]
+    INPUT_FORMAT_PARQUET: _ClassVar[InputFormat]
+    INPUT_FORMAT_JSONL: _ClassVar[InputFormat]
 
 class OutputFormat(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     OUTPUT_FORMAT_UNSPECIFIED: _ClassVar[OutputFormat]
     OUTPUT_FORMAT_CSV: _ClassVar[OutputFormat]
     OUTPUT_FORMAT_JSONL: _ClassVar[OutputFormat]
+    OUTPUT_FORMAT_PARQUET: _ClassVar[OutputFormat]
 
 class JobState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -32,9 +35,12 @@ class JobState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     JOB_STATE_CANCELLED: _ClassVar[JobState]
 INPUT_FORMAT_UNSPECIFIED: InputFormat
 INPUT_FORMAT_CSV: InputFormat
+INPUT_FORMAT_PARQUET: InputFormat
+INPUT_FORMAT_JSONL: InputFormat
 OUTPUT_FORMAT_UNSPECIFIED: OutputFormat
 OUTPUT_FORMAT_CSV: OutputFormat
 OUTPUT_FORMAT_JSONL: OutputFormat
+OUTPUT_FORMAT_PARQUET: OutputFormat
 JOB_STATE_UNSPECIFIED: JobState
 JOB_STATE_QUEUED: JobState
 JOB_STATE_RUNNING: JobState
