@@ -317,3 +317,6 @@ class Job:
     timings: dict[str, float] = field(default_factory=dict)  # seconds spent per stage by the last attempt
     started_at: datetime | None = None
     ended_at: datetime | None = None
+    rows_total_estimate: int = 0  # while rows_total is unknown: from the share of the input read so far
+    rows_per_second: float = 0.0  # the running attempt's recent rate
+    eta_seconds: float = 0.0  # 0 when unknown

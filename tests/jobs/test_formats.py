@@ -1,11 +1,15 @@
 """Parquet and JSON Lines inputs, Parquet results, on both modes (embedded, and production with a worker over
 AMQP): columns by name, features as one list column or one column per feature, typed pass-through columns,
-row numbers of malformed rows, and the checks CreateJob makes against the schema."""
+row numbers of malformed rows, and the checks CreateJob makes against the schema. Then progress: totals
+(Parquet's from its metadata, CSV's estimated), rate and ETA, and ``tt jobs watch``'s bar."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
+import os
+import re
 from pathlib import Path
 
 import grpc
@@ -13,9 +17,21 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from tensortrigger._cli.commands import job_progress
 from tensortrigger.v1 import jobs_service_pb2 as pb
 
-from tests.jobs.helpers import code_of, create_job, features, predict, results, spec, upload_model, wait_for
+from tests.clients.helpers import TT
+from tests.jobs.helpers import (
+    code_of,
+    create_job,
+    csv_bytes,
+    features,
+    predict,
+    results,
+    spec,
+    upload_model,
+    wait_for,
+)
 from tests.serving import unique_name
 
 
@@ -23,6 +39,13 @@ from tests.serving import unique_name
 async def mlp(registry, job_artifacts: dict[str, Path]) -> str:
     name = unique_name("mlp")
     await upload_model(registry, name, job_artifacts["mlp"])
+    return name
+
+
+@pytest.fixture(scope="module")
+async def slow(registry, job_artifacts: dict[str, Path]) -> str:
+    name = unique_name("slow")
+    await upload_model(registry, name, job_artifacts["slow"])
     return name
 
 
@@ -150,3 +173,73 @@ async def test_client_sends_parquet_by_its_extension(job_server, mlp, job_artifa
     np.testing.assert_allclose(
         out.column("score").to_numpy(), predict(job_artifacts["mlp"], x)[:, 0], rtol=1e-6, atol=1e-7
     )
+
+
+def running(job: pb.Job) -> bool:
+    return job.state == pb.JOB_STATE_RUNNING and job.rows_done > 0 and job.rows_per_second > 0
+
+
+async def test_csv_progress_estimates_the_total_and_the_time_left(jobs, slow, mlp) -> None:
+    rows = 6000
+    job = await create_job(jobs, spec(slow), csv_bytes(features(rows, seed=60)))
+    seen = await wait_for(jobs, job.id, running)
+    await jobs.CancelJob(pb.CancelJobRequest(id=job.id))
+    assert seen.rows_total == 0  # not known before the end for CSV...
+    assert abs(seen.rows_total_estimate - rows) <= rows * 0.05, seen  # ...but estimated from the bytes read
+    assert seen.eta_seconds > 0
+    expected = (seen.rows_total_estimate - seen.rows_done) / seen.rows_per_second
+    assert seen.eta_seconds == pytest.approx(expected, rel=0.01)
+    job = await create_job(jobs, spec(mlp), csv_bytes(features(rows, seed=60)))
+    done = await wait_for(jobs, job.id)
+    assert done.state == pb.JOB_STATE_SUCCEEDED, done.error
+    assert (done.rows_total, done.rows_total_estimate, done.eta_seconds) == (rows, 0, 0)
+    assert done.rows_per_second > 0
+
+
+async def test_parquet_total_is_known_while_running(jobs, slow) -> None:
+    rows = 5000
+    x = features(rows, seed=61)
+    table = pa.table({"id": np.arange(rows), "features": pa.FixedSizeListArray.from_arrays(pa.array(x.ravel()), 4)})
+    job = await create_job(jobs, table_spec(slow, pb.INPUT_FORMAT_PARQUET), parquet_bytes(table, 1000))
+    seen = await wait_for(jobs, job.id, running)
+    await jobs.CancelJob(pb.CancelJobRequest(id=job.id))
+    assert (seen.rows_total, seen.rows_total_estimate) == (rows, 0)
+    assert seen.rows_done < rows and seen.eta_seconds > 0
+
+
+async def test_cli_watch_shows_a_bar_with_total_rate_and_eta(jobs, slow, job_server) -> None:
+    job = await create_job(jobs, spec(slow), csv_bytes(features(20_000, seed=62)))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TT_")}
+    # TTY_COMPATIBLE and a real TERM: rich draws the bar as for a person at a terminal.
+    env.update({"COLUMNS": "200", "TTY_COMPATIBLE": "1", "TERM": "xterm-256color"})
+    watch = await asyncio.create_subprocess_exec(
+        *TT,
+        "--address",
+        job_server.app.address,
+        "jobs",
+        "watch",
+        job.id,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=env,
+    )
+    assert watch.stderr is not None
+    seen = b""
+    try:
+        async with asyncio.timeout(90):
+            while not re.search(rb"/~[0-9,]+ [0-9,]+k? rows/s ETA 0:\d\d:\d\d", seen):
+                chunk = await watch.stderr.read(65536)
+                assert chunk, seen[-2000:]
+                seen += chunk
+    finally:
+        await jobs.CancelJob(pb.CancelJobRequest(id=job.id))
+        out, _ = await watch.communicate()
+    assert watch.returncode == 1 and b"CANCELLED" in out
+
+
+def test_progress_text() -> None:
+    job = pb.Job(rows_done=244_223, rows_total_estimate=1_000_000, rows_per_second=312_345.6, eta_seconds=2.4)
+    assert job_progress(job) == {"rows": "244,223/~1,000,000", "speed": "312k rows/s", "eta": "ETA 0:00:02"}
+    job = pb.Job(rows_done=10, rows_total=20, rows_per_second=5, eta_seconds=3725)
+    assert job_progress(job) == {"rows": "10/20", "speed": "5 rows/s", "eta": "ETA 1:02:05"}
+    assert job_progress(pb.Job(rows_done=3)) == {"rows": "3/?", "speed": "", "eta": ""}

@@ -160,6 +160,9 @@ def job_to_pb(job: Job) -> pb.Job:
         result_size_bytes=job.result_size,
         create_time=convert.timestamp(job.created_at),
         result_uri=job.result_blob_key if job.result_blob_key and is_uri(job.result_blob_key) else "",
+        rows_total_estimate=job.rows_total_estimate if job.state is JobState.RUNNING and not job.rows_total else 0,
+        rows_per_second=job.rows_per_second,
+        eta_seconds=job.eta_seconds if job.state is JobState.RUNNING else 0.0,
     )
     if job.started_at is not None:
         message.start_time.CopyFrom(convert.timestamp(job.started_at))

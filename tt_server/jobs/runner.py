@@ -66,6 +66,7 @@ log = logging.getLogger(__name__)
 
 RESULT_GC_DELAY_US = 24 * 3600 * 1_000_000  # an attempt's result nobody committed is swept after a day
 FIRST_LINE_READ_BYTES = 64 * 1024
+RATE_WINDOW_SECONDS = 10.0  # progress reports a rate over about this long: steady, yet quick to follow changes
 
 
 class Outcome(enum.StrEnum):
@@ -105,21 +106,45 @@ class _Attempt:
     rows_read: int = 0
     rows_skipped: int = 0
     rows_total: int = 0  # known before the end for Parquet (its metadata)
+    input_size: int = 0
+    bytes_parsed: int = 0  # of the input, by the line parsers: scales rows read to an estimated total
     row_errors: list[RowError] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     lost: bool = False
+    started: float = field(default_factory=time.monotonic)
+    # (time, rows done) at each progress report in the last RATE_WINDOW_SECONDS: the recent rate
+    samples: deque[tuple[float, int]] = field(default_factory=deque)
 
     def add_time(self, stage: str, seconds: float) -> None:
         self.timings[stage] = self.timings.get(stage, 0.0) + seconds
 
     def progress(self, final: bool = False) -> JobProgress:
+        now = time.monotonic()
+        total = self.rows_read if final else self.rows_total
+        estimate = 0
+        if not total and self.bytes_parsed and self.input_size:
+            estimate = max(round(self.rows_read * self.input_size / self.bytes_parsed), self.rows_read)
+        rate = self._rate(now, final)
+        remaining = (total or estimate) - self.rows_done - self.rows_skipped
         return JobProgress(
             rows_done=self.rows_done,
             rows_skipped=self.rows_skipped,
             row_errors=tuple(self.row_errors),
-            rows_total=self.rows_read if final else self.rows_total,
+            rows_total=total,
             timings={k: round(v, 4) for k, v in self.timings.items()},
+            rows_total_estimate=estimate,
+            rows_per_second=rate,
+            eta_seconds=remaining / rate if rate > 0 and remaining > 0 and not final else 0.0,
         )
+
+    def _rate(self, now: float, final: bool) -> float:
+        if final:
+            return self.rows_done / max(now - self.started, 1e-3)
+        self.samples.append((now, self.rows_done))
+        while len(self.samples) > 2 and now - self.samples[1][0] >= RATE_WINDOW_SECONDS:
+            self.samples.popleft()
+        then, rows = self.samples[0]
+        return (self.rows_done - rows) / (now - then) if now - then > 0.2 else 0.0
 
 
 @dataclass
@@ -234,7 +259,7 @@ class JobRunner:
 
     # --- one attempt -----------------------------------------------------------------------------------------
     async def _run_attempt(self, job: Job, number: int) -> Outcome:
-        attempt = _Attempt(job.id, number)
+        attempt = _Attempt(job.id, number, input_size=job.input_size)
         self.attempts_run.append((job.id, number))
         context = {"job": job.id, "attempt": number, "model": job.model_name, "version": job.model_version}
         log.info("job attempt started", extra=context)
@@ -403,14 +428,15 @@ class JobRunner:
         (``job_parse_threads`` blocks at once, taken back in order), merged into batches."""
         s = self._settings
         loop = asyncio.get_running_loop()
-        in_flight: deque[asyncio.Future[tuple[ParsedBlock | TableBatch, float]]] = deque()
+        in_flight: deque[tuple[asyncio.Future[tuple[ParsedBlock | TableBatch, float]], int]] = deque()
         pending: list[ParsedBlock | TableBatch] = []
         first_row = next_row = 1
 
         async def take() -> None:
             nonlocal first_row, next_row, pending
+            future, size = in_flight.popleft()
             try:
-                parsed, seconds = await in_flight.popleft()
+                parsed, seconds = await future
             except JobInputError as e:  # numbered within its block: make it a row number of the file
                 raise JobInputError(e.row + next_row - 1 if e.row else 0, e.reason) from None
             attempt.add_time("parse_seconds", seconds)
@@ -420,6 +446,7 @@ class JobRunner:
                 attempt.row_errors += [RowError(e.row + next_row - 1, e.reason) for e in parsed.errors[:room]]
             next_row += parsed.rows_read
             attempt.rows_read = next_row - 1
+            attempt.bytes_parsed += size
             if parsed.rows:
                 pending.append(parsed)
             if sum(p.rows for p in pending) >= s.job_batch_rows:
@@ -433,7 +460,8 @@ class JobRunner:
             async with contextlib.aclosing(split_blocks(stream, s.job_parse_block_bytes, has_header)) as blocks:
                 async for block in blocks:
                     # Each block is parsed on its own, numbered from 1; take() renumbers them in file order.
-                    in_flight.append(loop.run_in_executor(self._parse_threads, _parse_block, parser, block))
+                    future = loop.run_in_executor(self._parse_threads, _parse_block, parser, block)
+                    in_flight.append((future, len(block)))
                     if len(in_flight) >= max(1, s.job_parse_threads):
                         await take()
             while in_flight:
@@ -446,9 +474,9 @@ class JobRunner:
         except BaseException as e:
             await out.put(e)
         finally:
-            for future in in_flight:
+            for future, _ in in_flight:
                 future.cancel()
-            await asyncio.gather(*in_flight, return_exceptions=True)
+            await asyncio.gather(*(future for future, _ in in_flight), return_exceptions=True)
 
     async def _read_parquet(
         self,

@@ -14,7 +14,7 @@ from typing import Any
 import click
 import numpy as np
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+from rich.progress import BarColumn, Progress, TextColumn
 
 from tensortrigger import __version__
 from tensortrigger._cli import output as out
@@ -516,23 +516,52 @@ def jobs() -> None:
 
 
 def _job_row(job: jobs_service_pb2.Job) -> tuple[str, ...]:
-    progress = f"{job.rows_done}/{job.rows_total or '?'}"
+    progress = job_progress(job)["rows"]
     return (job.id, f"{job.model.name}:{job.model.version}", state_name(job.state), progress, out.when(job.create_time))
 
 
+def job_progress(job: jobs_service_pb2.Job) -> dict[str, str]:
+    """How far a job is, as text: rows done of the total ("~" marks an estimated total, "?" an unknown one),
+    the rate and the time left, as the server measures them."""
+    if job.rows_total:
+        total = f"{job.rows_total:,}"
+    elif job.rows_total_estimate:
+        total = f"~{job.rows_total_estimate:,}"
+    else:
+        total = "?"
+    rate = job.rows_per_second
+    speed = "" if rate <= 0 else f"{rate / 1000:,.0f}k rows/s" if rate >= 10_000 else f"{rate:,.0f} rows/s"
+    eta = ""
+    if job.eta_seconds > 0:
+        minutes, seconds = divmod(round(job.eta_seconds), 60)
+        hours, minutes = divmod(minutes, 60)
+        eta = f"ETA {hours}:{minutes:02d}:{seconds:02d}"
+    return {"rows": f"{job.rows_done:,}/{total}", "speed": speed, "eta": eta}
+
+
 def _watch(settings: Settings, job_id: str) -> jobs_service_pb2.Job:
-    """Follow a job to its end with a progress bar; returns its final state."""
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
+    """Follow a job to its end with a progress bar (rows of the total, rate, ETA); returns its final state."""
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.fields[rows]}"),
+        TextColumn("{task.fields[speed]}"),
+        TextColumn("{task.fields[eta]}"),
+    )
     last = None
     with Progress(*columns, console=out.stderr, transient=True, disable=not settings.interactive) as bar:
-        task = bar.add_task(job_id, total=None)
+        task = bar.add_task(job_id, total=None, rows="", speed="", eta="")
         for job in settings.client().watch_job(job_id):
             last = job
+            text = job_progress(job)
             bar.update(
                 task,
                 description=f"{job_id} {state_name(job.state)}",
                 completed=job.rows_done,
-                total=job.rows_total or None,
+                total=job.rows_total or job.rows_total_estimate or None,
+                rows=text["rows"],
+                speed=text["speed"],
+                eta=text["eta"],
             )
     if last is None or last.state not in TERMINAL_STATES:
         last = settings.client().get_job(job_id)

@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from tensortrigger.v1 import model_pb2 as tensortrigger_dot_v1_dot_model__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#tensortrigger/v1/jobs_service.proto\x12\x10tensortrigger.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1ctensortrigger/v1/model.proto\"\x89\x01\n\nCsvOptions\x12\x12\n\nhas_header\x18\x01 \x01(\x08\x12\x11\n\tdelimiter\x18\x02 \x01(\t\x12\x17\n\x0f\x66\x65\x61ture_columns\x18\x03 \x03(\t\x12\x1e\n\x16\x66\x65\x61ture_column_indices\x18\x04 \x03(\x05\x12\x1b\n\x13passthrough_columns\x18\x05 \x03(\t\"\x96\x03\n\x07JobSpec\x12)\n\x05model\x18\x01 \x01(\x0b\x32\x1a.tensortrigger.v1.ModelRef\x12\x33\n\x0cinput_format\x18\x02 \x01(\x0e\x32\x1d.tensortrigger.v1.InputFormat\x12)\n\x03\x63sv\x18\x03 \x01(\x0b\x32\x1c.tensortrigger.v1.CsvOptions\x12\x35\n\routput_format\x18\x04 \x01(\x0e\x32\x1e.tensortrigger.v1.OutputFormat\x12\x15\n\rskip_bad_rows\x18\x05 \x01(\x08\x12\x16\n\x0einput_blob_key\x18\x06 \x01(\t\x12?\n\x0b\x61nnotations\x18\x07 \x03(\x0b\x32*.tensortrigger.v1.JobSpec.AnnotationsEntry\x12\x11\n\tinput_uri\x18\x08 \x01(\t\x12\x12\n\noutput_uri\x18\t \x01(\t\x1a\x32\n\x10\x41nnotationsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"Y\n\x10\x43reateJobRequest\x12)\n\x04spec\x18\x01 \x01(\x0b\x32\x19.tensortrigger.v1.JobSpecH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\t\n\x07payload\"7\n\x11\x43reateJobResponse\x12\"\n\x03job\x18\x01 \x01(\x0b\x32\x15.tensortrigger.v1.Job\"\'\n\x08RowError\x12\x0b\n\x03row\x18\x01 \x01(\x03\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\xf6\x03\n\x03Job\x12\n\n\x02id\x18\x01 \x01(\t\x12)\n\x05model\x18\x02 \x01(\x0b\x32\x1a.tensortrigger.v1.ModelRef\x12\'\n\x04spec\x18\x03 \x01(\x0b\x32\x19.tensortrigger.v1.JobSpec\x12)\n\x05state\x18\x04 \x01(\x0e\x32\x1a.tensortrigger.v1.JobState\x12\x11\n\trows_done\x18\x05 \x01(\x03\x12\x12\n\nrows_total\x18\x06 \x01(\x03\x12\x14\n\x0crows_skipped\x18\x07 \x01(\x03\x12.\n\nrow_errors\x18\x08 \x03(\x0b\x32\x1a.tensortrigger.v1.RowError\x12\x10\n\x08\x61ttempts\x18\t \x01(\x05\x12\r\n\x05\x65rror\x18\n \x01(\t\x12\x18\n\x10input_size_bytes\x18\x0b \x01(\x03\x12\x19\n\x11result_size_bytes\x18\x0c \x01(\x03\x12/\n\x0b\x63reate_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstart_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nresult_uri\x18\x10 \x01(\t\"\x1b\n\rGetJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\"4\n\x0eGetJobResponse\x12\"\n\x03job\x18\x01 \x01(\x0b\x32\x15.tensortrigger.v1.Job\"w\n\x0fListJobsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x12\n\nmodel_name\x18\x03 \x01(\t\x12)\n\x05state\x18\x04 \x01(\x0e\x32\x1a.tensortrigger.v1.JobState\"P\n\x10ListJobsResponse\x12#\n\x04jobs\x18\x01 \x03(\x0b\x32\x15.tensortrigger.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x1d\n\x0fWatchJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\"6\n\x10WatchJobResponse\x12\"\n\x03job\x18\x01 \x01(\x0b\x32\x15.tensortrigger.v1.Job\"\x1e\n\x10\x43\x61ncelJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\"7\n\x11\x43\x61ncelJobResponse\x12\"\n\x03job\x18\x01 \x01(\x0b\x32\x15.tensortrigger.v1.Job\"2\n\x14GetJobResultsRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x03\"P\n\x15GetJobResultsResponse\x12\r\n\x05\x63hunk\x18\x01 \x01(\x0c\x12\x0e\n\x06offset\x18\x02 \x01(\x03\x12\x18\n\x10total_size_bytes\x18\x03 \x01(\x03*s\n\x0bInputFormat\x12\x1c\n\x18INPUT_FORMAT_UNSPECIFIED\x10\x00\x12\x14\n\x10INPUT_FORMAT_CSV\x10\x01\x12\x18\n\x14INPUT_FORMAT_PARQUET\x10\x02\x12\x16\n\x12INPUT_FORMAT_JSONL\x10\x03*x\n\x0cOutputFormat\x12\x1d\n\x19OUTPUT_FORMAT_UNSPECIFIED\x10\x00\x12\x15\n\x11OUTPUT_FORMAT_CSV\x10\x01\x12\x17\n\x13OUTPUT_FORMAT_JSONL\x10\x02\x12\x19\n\x15OUTPUT_FORMAT_PARQUET\x10\x03*\x9a\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10JOB_STATE_QUEUED\x10\x01\x12\x15\n\x11JOB_STATE_RUNNING\x10\x02\x12\x17\n\x13JOB_STATE_SUCCEEDED\x10\x03\x12\x14\n\x10JOB_STATE_FAILED\x10\x04\x12\x17\n\x13JOB_STATE_CANCELLED\x10\x05\x32\x94\x04\n\x0bJobsService\x12V\n\tCreateJob\x12\".tensortrigger.v1.CreateJobRequest\x1a#.tensortrigger.v1.CreateJobResponse(\x01\x12K\n\x06GetJob\x12\x1f.tensortrigger.v1.GetJobRequest\x1a .tensortrigger.v1.GetJobResponse\x12Q\n\x08ListJobs\x12!.tensortrigger.v1.ListJobsRequest\x1a\".tensortrigger.v1.ListJobsResponse\x12S\n\x08WatchJob\x12!.tensortrigger.v1.WatchJobRequest\x1a\".tensortrigger.v1.WatchJobResponse0\x01\x12T\n\tCancelJob\x12\".tensortrigger.v1.CancelJobRequest\x1a#.tensortrigger.v1.CancelJobResponse\x12\x62\n\rGetJobResults\x12&.tensortrigger.v1.GetJobResultsRequest\x1a\'.tensortrigger.v1.GetJobResultsResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#tensortrigger/v1/jobs_service.proto\x12\x10tensortrigger.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1ctensortrigger/v1/model.proto\"\x89\x01\n\nCsvOptions\x12\x12\n\nhas_header\x18\x01 \x01(\x08\x12\x11\n\tdelimiter\x18\x02 \x01(\t\x12\x17\n\x0f\x66\x65\x61ture_columns\x18\x03 \x03(\t\x12\x1e\n\x16\x66\x65\x61ture_column_indices\x18\x04 \x03(\x05\x12\x1b\n\x13passthrough_columns\x18\x05 \x03(\t\"\x96\x03\n\x07JobSpec\x12)\n\x05model\x18\x01 \x01(\x0b\x32\x1a.tensortrigger.v1.ModelRef\x12\x33\n\x0cinput_format\x18\x02 \x01(\x0e\x32\x1d.tensortrigger.v1.InputFormat\x12)\n\x03\x63sv\x18\x03 \x01(\x0b\x32\x1c.tensortrigger.v1.CsvOptions\x12\x35\n\routput_format\x18\x04 \x01(\x0e\x32\x1e.tensortrigger.v1.OutputFormat\x12\x15\n\rskip_bad_rows\x18\x05 \x01(\x08\x12\x16\n\x0einput_blob_key\x18\x06 \x01(\t\x12?\n\x0b\x61nnotations\x18\x07 \x03(\x0b\x32*.tensortrigger.v1.JobSpec.AnnotationsEntry\x12\x11\n\tinput_uri\x18\x08 \x01(\t\x12\x12\n\noutput_uri\x18\t \x01(\t\x1a\x32\n\x10\x41nnotationsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"Y\n\x10\x43reateJobRequest\x12)\n\x04spec\x18\x01 \x01(\x0b\x32\x19.tensortrigger.v1.JobSpecH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\t\n\x07payload\"7\n\x11\x43reateJobResponse\x12\"\n\x03job\x18\x01 \x01(\x0b\x32\x15.tensortrigger.v1.Job\"\'\n\x08RowError\x12\x0b\n\x03row\x18\x01 \x01(\x03\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\xc1\x04\n\x03Job\x12\n\n\x02id\x18\x01 \x01(\t\x12)\n\x05model\x18\x02 \x01(\x0b\x32\x1a.tensortrigger.v1.ModelRef\x12\'\n\x04spec\x18\x03 \x01(\x0b\x32\x19.tensortrigger.v1.JobSpec\x12)\n\x05state\x18\x04 \x01(\x0e\x32\x1a.tensortrigger.v1.JobState\x12\x11\n\trows_done\x18\x05 \x01(\x03\x12\x12\n\nrows_total\x18\x06 \x01(\x03\x12\x14\n\x0crows_skipped\x18\x07 \x01(\x03\x12.\n\nrow_errors\x18\x08 \x03(\x0b\x32\x1a.tensortrigger.v1.RowError\x12\x10\n\x08\x61ttempts\x18\t \x01(\x05\x12\r\n\x05\x65rror\x18\n \x01(\t\x12\x18\n\x10input_size_bytes\x18\x0b \x01(\x03\x12\x19\n\x11result_size_bytes\x18\x0c \x01(\x03\x12/\n\x0b\x63reate_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstart_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nresult_uri\x18\x10 \x01(\t\x12\x1b\n\x13rows_total_estimate\x18\x11 \x01(\x03\x12\x17\n\x0frows_per_second\x18\x12 \x01(\x01\x12\x13\n\x0b\x65ta_seconds\x18\x13 \x01(\x01\"\x1b\n\rGetJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\"4\n\x0eGetJobResponse\x12\"\n\x03job\x18\x01 \x01(\x0b\x32\x15.tensortrigger.v1.Job\"w\n\x0fListJobsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x12\n\nmodel_name\x18\x03 \x01(\t\x12)\n\x05state\x18\x04 \x01(\x0e\x32\x1a.tensortrigger.v1.JobState\"P\n\x10ListJobsResponse\x12#\n\x04jobs\x18\x01 \x03(\x0b\x32\x15.tensortrigger.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x1d\n\x0fWatchJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\"6\n\x10WatchJobResponse\x12\"\n\x03job\x18\x01 \x01(\x0b\x32\x15.tensortrigger.v1.Job\"\x1e\n\x10\x43\x61ncelJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\"7\n\x11\x43\x61ncelJobResponse\x12\"\n\x03job\x18\x01 \x01(\x0b\x32\x15.tensortrigger.v1.Job\"2\n\x14GetJobResultsRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x03\"P\n\x15GetJobResultsResponse\x12\r\n\x05\x63hunk\x18\x01 \x01(\x0c\x12\x0e\n\x06offset\x18\x02 \x01(\x03\x12\x18\n\x10total_size_bytes\x18\x03 \x01(\x03*s\n\x0bInputFormat\x12\x1c\n\x18INPUT_FORMAT_UNSPECIFIED\x10\x00\x12\x14\n\x10INPUT_FORMAT_CSV\x10\x01\x12\x18\n\x14INPUT_FORMAT_PARQUET\x10\x02\x12\x16\n\x12INPUT_FORMAT_JSONL\x10\x03*x\n\x0cOutputFormat\x12\x1d\n\x19OUTPUT_FORMAT_UNSPECIFIED\x10\x00\x12\x15\n\x11OUTPUT_FORMAT_CSV\x10\x01\x12\x17\n\x13OUTPUT_FORMAT_JSONL\x10\x02\x12\x19\n\x15OUTPUT_FORMAT_PARQUET\x10\x03*\x9a\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10JOB_STATE_QUEUED\x10\x01\x12\x15\n\x11JOB_STATE_RUNNING\x10\x02\x12\x17\n\x13JOB_STATE_SUCCEEDED\x10\x03\x12\x14\n\x10JOB_STATE_FAILED\x10\x04\x12\x17\n\x13JOB_STATE_CANCELLED\x10\x05\x32\x94\x04\n\x0bJobsService\x12V\n\tCreateJob\x12\".tensortrigger.v1.CreateJobRequest\x1a#.tensortrigger.v1.CreateJobResponse(\x01\x12K\n\x06GetJob\x12\x1f.tensortrigger.v1.GetJobRequest\x1a .tensortrigger.v1.GetJobResponse\x12Q\n\x08ListJobs\x12!.tensortrigger.v1.ListJobsRequest\x1a\".tensortrigger.v1.ListJobsResponse\x12S\n\x08WatchJob\x12!.tensortrigger.v1.WatchJobRequest\x1a\".tensortrigger.v1.WatchJobResponse0\x01\x12T\n\tCancelJob\x12\".tensortrigger.v1.CancelJobRequest\x1a#.tensortrigger.v1.CancelJobResponse\x12\x62\n\rGetJobResults\x12&.tensortrigger.v1.GetJobResultsRequest\x1a\'.tensortrigger.v1.GetJobResultsResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,12 +35,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_JOBSPEC_ANNOTATIONSENTRY']._loaded_options = None
   _globals['_JOBSPEC_ANNOTATIONSENTRY']._serialized_options = b'8\001'
-  _globals['_INPUTFORMAT']._serialized_start=1959
-  _globals['_INPUTFORMAT']._serialized_end=2074
-  _globals['_OUTPUTFORMAT']._serialized_start=2076
-  _globals['_OUTPUTFORMAT']._serialized_end=2196
-  _globals['_JOBSTATE']._serialized_start=2199
-  _globals['_JOBSTATE']._serialized_end=2353
+  _globals['_INPUTFORMAT']._serialized_start=2034
+  _globals['_INPUTFORMAT']._serialized_end=2149
+  _globals['_OUTPUTFORMAT']._serialized_start=2151
+  _globals['_OUTPUTFORMAT']._serialized_end=2271
+  _globals['_JOBSTATE']._serialized_start=2274
+  _globals['_JOBSTATE']._serialized_end=2428
   _globals['_CSVOPTIONS']._serialized_start=121
   _globals['_CSVOPTIONS']._serialized_end=258
   _globals['_JOBSPEC']._serialized_start=261
@@ -54,27 +54,27 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ROWERROR']._serialized_start=817
   _globals['_ROWERROR']._serialized_end=856
   _globals['_JOB']._serialized_start=859
-  _globals['_JOB']._serialized_end=1361
-  _globals['_GETJOBREQUEST']._serialized_start=1363
-  _globals['_GETJOBREQUEST']._serialized_end=1390
-  _globals['_GETJOBRESPONSE']._serialized_start=1392
-  _globals['_GETJOBRESPONSE']._serialized_end=1444
-  _globals['_LISTJOBSREQUEST']._serialized_start=1446
-  _globals['_LISTJOBSREQUEST']._serialized_end=1565
-  _globals['_LISTJOBSRESPONSE']._serialized_start=1567
-  _globals['_LISTJOBSRESPONSE']._serialized_end=1647
-  _globals['_WATCHJOBREQUEST']._serialized_start=1649
-  _globals['_WATCHJOBREQUEST']._serialized_end=1678
-  _globals['_WATCHJOBRESPONSE']._serialized_start=1680
-  _globals['_WATCHJOBRESPONSE']._serialized_end=1734
-  _globals['_CANCELJOBREQUEST']._serialized_start=1736
-  _globals['_CANCELJOBREQUEST']._serialized_end=1766
-  _globals['_CANCELJOBRESPONSE']._serialized_start=1768
-  _globals['_CANCELJOBRESPONSE']._serialized_end=1823
-  _globals['_GETJOBRESULTSREQUEST']._serialized_start=1825
-  _globals['_GETJOBRESULTSREQUEST']._serialized_end=1875
-  _globals['_GETJOBRESULTSRESPONSE']._serialized_start=1877
-  _globals['_GETJOBRESULTSRESPONSE']._serialized_end=1957
-  _globals['_JOBSSERVICE']._serialized_start=2356
-  _globals['_JOBSSERVICE']._serialized_end=2888
+  _globals['_JOB']._serialized_end=1436
+  _globals['_GETJOBREQUEST']._serialized_start=1438
+  _globals['_GETJOBREQUEST']._serialized_end=1465
+  _globals['_GETJOBRESPONSE']._serialized_start=1467
+  _globals['_GETJOBRESPONSE']._serialized_end=1519
+  _globals['_LISTJOBSREQUEST']._serialized_start=1521
+  _globals['_LISTJOBSREQUEST']._serialized_end=1640
+  _globals['_LISTJOBSRESPONSE']._serialized_start=1642
+  _globals['_LISTJOBSRESPONSE']._serialized_end=1722
+  _globals['_WATCHJOBREQUEST']._serialized_start=1724
+  _globals['_WATCHJOBREQUEST']._serialized_end=1753
+  _globals['_WATCHJOBRESPONSE']._serialized_start=1755
+  _globals['_WATCHJOBRESPONSE']._serialized_end=1809
+  _globals['_CANCELJOBREQUEST']._serialized_start=1811
+  _globals['_CANCELJOBREQUEST']._serialized_end=1841
+  _globals['_CANCELJOBRESPONSE']._serialized_start=1843
+  _globals['_CANCELJOBRESPONSE']._serialized_end=1898
+  _globals['_GETJOBRESULTSREQUEST']._serialized_start=1900
+  _globals['_GETJOBRESULTSREQUEST']._serialized_end=1950
+  _globals['_GETJOBRESULTSRESPONSE']._serialized_start=1952
+  _globals['_GETJOBRESULTSRESPONSE']._serialized_end=2032
+  _globals['_JOBSSERVICE']._serialized_start=2431
+  _globals['_JOBSSERVICE']._serialized_end=2963
 # @@protoc_insertion_point(module_scope)

@@ -114,7 +114,7 @@ class RowError(_message.Message):
     def __init__(self, row: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("id", "model", "spec", "state", "rows_done", "rows_total", "rows_skipped", "row_errors", "attempts", "error", "input_size_bytes", "result_size_bytes", "create_time", "start_time", "end_time", "result_uri")
+    __slots__ = ("id", "model", "spec", "state", "rows_done", "rows_total", "rows_skipped", "row_errors", "attempts", "error", "input_size_bytes", "result_size_bytes", "create_time", "start_time", "end_time", "result_uri", "rows_total_estimate", "rows_per_second", "eta_seconds")
     ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     SPEC_FIELD_NUMBER: _ClassVar[int]
@@ -131,6 +131,9 @@ class Job(_message.Message):
     START_TIME_FIELD_NUMBER: _ClassVar[int]
     END_TIME_FIELD_NUMBER: _ClassVar[int]
     RESULT_URI_FIELD_NUMBER: _ClassVar[int]
+    ROWS_TOTAL_ESTIMATE_FIELD_NUMBER: _ClassVar[int]
+    ROWS_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
+    ETA_SECONDS_FIELD_NUMBER: _ClassVar[int]
     id: str
     model: _model_pb2.ModelRef
     spec: JobSpec
@@ -147,7 +150,10 @@ class Job(_message.Message):
     start_time: _timestamp_pb2.Timestamp
     end_time: _timestamp_pb2.Timestamp
     result_uri: str
-    def __init__(self, id: _Optional[str] = ..., model: _Optional[_Union[_model_pb2.ModelRef, _Mapping]] = ..., spec: _Optional[_Union[JobSpec, _Mapping]] = ..., state: _Optional[_Union[JobState, str]] = ..., rows_done: _Optional[int] = ..., rows_total: _Optional[int] = ..., rows_skipped: _Optional[int] = ..., row_errors: _Optional[_Iterable[_Union[RowError, _Mapping]]] = ..., attempts: _Optional[int] = ..., error: _Optional[str] = ..., input_size_bytes: _Optional[int] = ..., result_size_bytes: _Optional[int] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., result_uri: _Optional[str] = ...) -> None: ...
+    rows_total_estimate: int
+    rows_per_second: float
+    eta_seconds: float
+    def __init__(self, id: _Optional[str] = ..., model: _Optional[_Union[_model_pb2.ModelRef, _Mapping]] = ..., spec: _Optional[_Union[JobSpec, _Mapping]] = ..., state: _Optional[_Union[JobState, str]] = ..., rows_done: _Optional[int] = ..., rows_total: _Optional[int] = ..., rows_skipped: _Optional[int] = ..., row_errors: _Optional[_Iterable[_Union[RowError, _Mapping]]] = ..., attempts: _Optional[int] = ..., error: _Optional[str] = ..., input_size_bytes: _Optional[int] = ..., result_size_bytes: _Optional[int] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., result_uri: _Optional[str] = ..., rows_total_estimate: _Optional[int] = ..., rows_per_second: _Optional[float] = ..., eta_seconds: _Optional[float] = ...) -> None: ...
 
 class GetJobRequest(_message.Message):
     __slots__ = ("id",)
