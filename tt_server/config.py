@@ -49,6 +49,9 @@ class Settings(BaseSettings):
     s3_region: str = Field("us-east-1", description="S3 region.")
     s3_prefix: str = Field("", description="Key prefix inside the bucket, for sharing one bucket.")
     s3_part_size_bytes: int = Field(8 * MiB, description="Multipart upload part size (S3 minimum is 5 MiB).")
+    s3_upload_concurrency: int = Field(
+        4, ge=1, description="Parts of one multipart upload in flight at once (memory: this many parts per upload)."
+    )
     page_token_secret: str = Field(
         "", description="Key that signs list page tokens; set the same value on every replica."
     )

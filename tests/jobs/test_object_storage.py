@@ -209,3 +209,22 @@ async def test_client_and_cli_submit_an_s3_input(lake_jobs, lake_model, lake: La
     assert "SUCCEEDED (40 rows" in run.out
     denied = await tt_cli("jobs", "submit", lake_model, lake.uri("private/x.csv"), address=lake_server.address)
     assert denied.code != 0 and "outside the object storage" in denied.err, denied
+
+
+async def test_parts_of_a_multipart_upload_travel_concurrently_and_in_order(lake: Lake) -> None:
+    import hashlib
+
+    store = S3BlobStore(lake.bucket, lake.store._endpoint_url, "us-east-1", part_size=5 << 20, upload_concurrency=3)
+    await store.open()
+    try:
+        data = np.random.default_rng(7).integers(0, 256, (21 << 20) + 11, dtype=np.uint8).tobytes()
+
+        async def chunks() -> AsyncIterator[bytes]:
+            for i in range(0, len(data), 1 << 20):
+                yield data[i : i + (1 << 20)]
+
+        info = await store.put_stream("allowed/multipart.bin", chunks())  # 5 parts, 3 at a time
+        assert (info.size, info.sha256) == (len(data), hashlib.sha256(data).hexdigest())
+        assert await lake.get("allowed/multipart.bin") == data
+    finally:
+        await store.close()

@@ -1,11 +1,11 @@
 """S3BlobStore: the production BlobStore on any S3-compatible service, through aiobotocore.
 
-Writes stream: data is cut into ``part_size`` parts and sent as a multipart upload, so memory holds one part
-whatever the object's size; an object smaller than one part goes in a single PutObject. Every request carries
-its SHA-256 (``ChecksumSHA256``), which S3 verifies before accepting the bytes; the whole object's digest is
-returned to the caller (the registry records it with the version). A failed or cancelled upload is aborted,
-so S3 keeps no half-written parts. Credentials come from the usual AWS chain
-(environment, config files, instance role).
+Writes stream: data is cut into ``part_size`` parts and sent as a multipart upload, ``upload_concurrency``
+parts at a time, so memory holds a few parts whatever the object's size; an object smaller than one part goes
+in a single PutObject. Every request carries its SHA-256 (``ChecksumSHA256``), which S3 verifies before
+accepting the bytes; the whole object's digest is returned to the caller (the registry records it with the
+version). A failed or cancelled upload is aborted, so S3 keeps no half-written parts. Credentials come from
+the usual AWS chain (environment, config files, instance role).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import base64
 import contextlib
 import hashlib
 import logging
+from collections import deque
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -55,6 +56,7 @@ class S3BlobStore:
         region: str,
         prefix: str = "",
         part_size: int = 8 * MiB,
+        upload_concurrency: int = 4,
         connect_timeout: float = 5.0,
         read_timeout: float = 30.0,
         max_attempts: int = 3,
@@ -68,6 +70,7 @@ class S3BlobStore:
         self._region = region
         self._prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
         self._part_size = part_size
+        self._upload_concurrency = max(1, upload_concurrency)
         self._config = AioConfig(
             retries={"mode": "standard", "max_attempts": max_attempts},
             connect_timeout=connect_timeout,
@@ -131,6 +134,9 @@ class S3BlobStore:
         pending = bytearray()  # bytes not yet sent; at most one part plus one chunk
         upload_id: str | None = None
         parts: list[CompletedPartTypeDef] = []
+        # Parts being sent, in order: up to ``upload_concurrency`` at once, so the next bytes keep arriving while
+        # earlier parts travel (one part at a time left the sender idle for a whole round trip per part).
+        sending: deque[asyncio.Task[CompletedPartTypeDef]] = deque()
         try:
             with _errors(key, self._external):
                 async for chunk in chunks:
@@ -146,9 +152,13 @@ class S3BlobStore:
                                 Bucket=self._bucket, Key=object_key, ChecksumAlgorithm="SHA256"
                             )
                             upload_id = created["UploadId"]
-                        part = bytes(pending[: self._part_size])
+                        with memoryview(pending) as view:
+                            part = bytes(view[: self._part_size])  # the one copy a part needs
                         del pending[: self._part_size]
-                        parts.append(await self._upload_part(object_key, upload_id, len(parts) + 1, part))
+                        if len(sending) >= self._upload_concurrency:
+                            parts.append(await sending.popleft())
+                        number = len(parts) + len(sending) + 1
+                        sending.append(asyncio.create_task(self._upload_part(object_key, upload_id, number, part)))
                 info = BlobInfo(key=key, size=size, sha256=digest.hexdigest())
                 if upload_id is None:
                     await self._client.put_object(
@@ -159,12 +169,20 @@ class S3BlobStore:
                     )
                     return info
                 if pending:
-                    parts.append(await self._upload_part(object_key, upload_id, len(parts) + 1, bytes(pending)))
+                    number = len(parts) + len(sending) + 1
+                    sending.append(
+                        asyncio.create_task(self._upload_part(object_key, upload_id, number, bytes(pending)))
+                    )
+                while sending:
+                    parts.append(await sending.popleft())
                 await self._client.complete_multipart_upload(
                     Bucket=self._bucket, Key=object_key, UploadId=upload_id, MultipartUpload={"Parts": parts}
                 )
                 return info
         except BaseException:
+            for task in sending:
+                task.cancel()
+            await asyncio.gather(*sending, return_exceptions=True)
             if upload_id is not None:
                 # Shielded so that a second cancellation cannot leave the parts behind (S3 bills for them).
                 await asyncio.shield(self._abort(object_key, upload_id))
@@ -258,7 +276,14 @@ class S3Objects:
 
     def bucket(self, name: str) -> S3BlobStore:
         """A blob store view of bucket ``name`` (keys are the object keys; nothing to open or close)."""
-        view = S3BlobStore(name, self._client._endpoint_url, self._client._region, part_size=self._client._part_size)
+        client = self._client
+        view = S3BlobStore(
+            name,
+            client._endpoint_url,
+            client._region,
+            part_size=client._part_size,
+            upload_concurrency=client._upload_concurrency,
+        )
         view._config = self._client._config
         view._s3 = self._client._client
         view._external = True
