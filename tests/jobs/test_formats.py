@@ -115,17 +115,18 @@ async def test_jsonl_in_with_bad_rows_skipped_and_numbered(jobs, mlp, job_artifa
     lines[10] = json.dumps({"id": 10, "features": [1.0, 2.0]})  # too short
     lines[500] = json.dumps({"id": 500, "features": None})
     lines[700] = "{not json"
+    lines[701] = json.dumps({"id": 701, "features": [1.0, 2.0, None, 4.0]})  # in the block of a bad line
     data = ("\n".join(lines) + "\n").encode()
     job = await create_job(
         jobs, table_spec(mlp, pb.INPUT_FORMAT_JSONL, skip_bad_rows=True, output_format=pb.OUTPUT_FORMAT_JSONL), data
     )
     done = await wait_for(jobs, job.id)
     assert done.state == pb.JOB_STATE_SUCCEEDED, done.error
-    assert (done.rows_done, done.rows_skipped) == (897, 3)
-    assert [e.row for e in done.row_errors] == [11, 501, 701]
+    assert (done.rows_done, done.rows_skipped) == (896, 4)
+    assert [e.row for e in done.row_errors] == [11, 501, 701, 702]
     assert "holds 2 values" in done.row_errors[0].reason
     records = [json.loads(line) for line in (await results(jobs, job.id)).decode().splitlines()]
-    kept = [i for i in range(900) if i not in (10, 500, 700)]
+    kept = [i for i in range(900) if i not in (10, 500, 700, 701)]
     assert [r["id"] for r in records] == kept  # numbers stay numbers
     got = np.array([r["score"] for r in records], dtype=np.float32)
     np.testing.assert_allclose(got, predict(job_artifacts["mlp"], x[kept])[:, 0], rtol=1e-6, atol=1e-7)

@@ -307,20 +307,23 @@ class JsonLinesParser:
             # Slow path, for this block only: line by line, to number the bad rows.
             lines = [line for line in block.split(b"\n") if line.strip()]
             good: list[bytes] = []
+            numbers: list[int] = []  # block-relative number of each good line
             errors = []
             for number, line in enumerate(lines):
                 try:
                     self._read(line)
                     good.append(line)
+                    numbers.append(number)
                 except pa.ArrowInvalid as e:
                     errors.append(RowError(first_row + number, f"not a valid JSON object for the job: {e}"))
             if errors and not self._skip:
                 raise JobInputError(errors[0].row, errors[0].reason) from None
             table = self._read(b"\n".join(good)) if good else self._schema.empty_table()
             if errors:
-                # Row numbers below count every line; the kept rows are renumbered for their own errors.
                 kept = convert_batch(self._plan, table, first_row, self._skip)
                 kept.rows_read = len(lines)
-                kept.errors = sorted(errors + kept.errors, key=lambda e: e.row)
+                # convert_batch numbered the good lines alone: give their errors the lines' own numbers.
+                renumbered = [RowError(first_row + numbers[e.row - first_row], e.reason) for e in kept.errors]
+                kept.errors = sorted(errors + renumbered, key=lambda e: e.row)
                 return kept
         return convert_batch(self._plan, table, first_row, self._skip)
