@@ -84,24 +84,15 @@ class LocalBlobStore:
         digest = hashlib.sha256()
         size = 0
         f = tmp.open("xb")  # on the loop: see the comment above read_file_chunks
-        # One chunk is hashed and written (on a thread; hashlib and write release the GIL) while the next one
-        # arrives: waiting for each write before reading on made uploads receive, then write, then receive.
-        writing: asyncio.Future[None] | None = None
         try:
             async for chunk in chunks:
-                if writing is not None:
-                    await writing
-                writing = asyncio.ensure_future(asyncio.to_thread(_hash_and_write, f, digest, chunk))
+                # Hashing in the same thread hop as the write; hashlib releases the GIL for large buffers.
+                await asyncio.to_thread(_hash_and_write, f, digest, chunk)
                 size += len(chunk)
-            if writing is not None:
-                await writing
-                writing = None
             await asyncio.to_thread(_sync_and_close, f)
             await asyncio.to_thread(os.replace, tmp, path)
             await asyncio.to_thread(_sync_dir, path.parent)  # makes the rename itself survive a crash
         except BaseException:
-            if writing is not None:  # the file is closed only once its last write has finished
-                await asyncio.shield(asyncio.gather(writing, return_exceptions=True))
             # Runs on cancellation too: plain blocking calls, because they are quick and must not be skipped.
             f.close()
             with contextlib.suppress(FileNotFoundError):
