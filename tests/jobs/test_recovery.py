@@ -9,10 +9,13 @@ heartbeat check drops it; once another attempt holds the job, the resumed worker
 from __future__ import annotations
 
 import asyncio
+import io
 import signal
 import time
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from tensortrigger.v1 import jobs_service_pb2 as pb
 
@@ -102,3 +105,15 @@ async def test_killed_worker_restarts_within_5_seconds_and_a_paused_one_writes_n
     )
     assert await bare_server.blobs.list_keys(f"jobs/{job.id}/attempt-") == [f"jobs/{job.id}/attempt-2/results.csv"]
     assert paused.process.returncode is None  # it carries on serving the queue
+
+    # A Parquet job on these processes (each with a data folder of its own: the scratch copy must find room).
+    x = features(3000, seed=32)
+    table = pa.table({"id": np.arange(3000), "features": pa.FixedSizeListArray.from_arrays(pa.array(x.ravel()), 4)})
+    out = io.BytesIO()
+    pq.write_table(table, out, row_group_size=1000)
+    parquet_spec = spec(
+        bare_models[0], input_format=pb.INPUT_FORMAT_PARQUET, csv=pb.CsvOptions(passthrough_columns=["id"])
+    )
+    job = await create_job(jobs, parquet_spec, out.getvalue())
+    done = await wait_for(jobs, job.id, seconds=60)
+    assert (done.state, done.rows_done, done.attempts) == (pb.JOB_STATE_SUCCEEDED, 3000, 1), done.error

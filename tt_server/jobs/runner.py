@@ -274,6 +274,7 @@ class JobRunner:
             if fmt is InputFormat.PARQUET:
                 # A local copy: Parquet needs random access (footer first), and row groups are then read one
                 # at a time from disk, so memory stays flat whatever the file size.
+                await asyncio.to_thread(local.parent.mkdir, parents=True, exist_ok=True)  # a worker's own data dir
                 await self._blobs.get_file(job.input_blob_key, local)
                 parquet = await asyncio.to_thread(_open_parquet, local)
                 attempt.rows_total = parquet.metadata.num_rows
