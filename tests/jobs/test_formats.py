@@ -17,7 +17,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from tensortrigger._cli.commands import job_progress
 from tensortrigger.v1 import jobs_service_pb2 as pb
 
 from tests.clients.helpers import TT
@@ -33,6 +32,10 @@ from tests.jobs.helpers import (
     wait_for,
 )
 from tests.serving import unique_name
+
+# The production mode only (PostgreSQL, S3 on moto, RabbitMQ, a worker over AMQP): the readers are the same in
+# both modes, and the local blob store's reads are covered by the CSV tests; this keeps the module's time down.
+pytestmark = pytest.mark.parametrize("job_server", ["production"], indirect=True)
 
 
 @pytest.fixture(scope="module")
@@ -236,11 +239,3 @@ async def test_cli_watch_shows_a_bar_with_total_rate_and_eta(jobs, slow, job_ser
         await jobs.CancelJob(pb.CancelJobRequest(id=job.id))
         out, _ = await watch.communicate()
     assert watch.returncode == 1 and b"CANCELLED" in out
-
-
-def test_progress_text() -> None:
-    job = pb.Job(rows_done=244_223, rows_total_estimate=1_000_000, rows_per_second=312_345.6, eta_seconds=2.4)
-    assert job_progress(job) == {"rows": "244,223/~1,000,000", "speed": "312k rows/s", "eta": "ETA 0:00:02"}
-    job = pb.Job(rows_done=10, rows_total=20, rows_per_second=5, eta_seconds=3725)
-    assert job_progress(job) == {"rows": "10/20", "speed": "5 rows/s", "eta": "ETA 1:02:05"}
-    assert job_progress(pb.Job(rows_done=3)) == {"rows": "3/?", "speed": "", "eta": ""}
