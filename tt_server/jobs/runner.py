@@ -12,6 +12,7 @@ One attempt (``_run_attempt``): a pipeline of three stages with bounded queues b
 a few blocks and batches whatever the input size:
 
     parse   blob stream -> blocks of whole lines -> pyarrow (parser threads) -> batches of ``job_batch_rows``
+            (Parquet: a scratch copy read row group by row group, ``tables.py``)
     infer   the pinned version's servable, one large batch per call (inference thread)
     write   encode (pyarrow kernels) -> streaming multipart upload to ``jobs/<id>/attempt-<n>/results.<ext>``
 

@@ -1,12 +1,13 @@
 """JobsService: batch jobs in domain terms (create, read, watch, cancel, results). Knows nothing of gRPC.
 
 Create path: resolve and pin the model version (``Registry.resolve``) and check the spec against it -> stream
-the input into the blob store under ``jobs/<id>/input.csv`` (size cap enforced as bytes arrive; the key is
-first recorded in the blob GC table, so an interrupted upload leaves nothing behind for long) -> check the
-columns against the file's first line -> insert the QUEUED row (claiming the input blob in the same
-transaction) -> publish the job id (confirmed by the broker). If publishing fails the job is marked FAILED
-and the caller gets UNAVAILABLE: no job is ever QUEUED without a message, except after a crash between insert
-and publish, which the workers' sweeper repairs (``job_requeue_after_seconds``).
+the input into the blob store under ``jobs/<id>/input.csv`` (size cap enforced as bytes arrive; the key is first
+recorded in the blob GC table, so an interrupted upload leaves nothing behind for long) (or take the object
+``spec.input_uri`` names in the caller's object storage, if under the allowed prefixes: ``objects.py``) -> check
+the columns against the file's first line (CSV, JSON Lines) or schema (Parquet footer) -> insert the QUEUED row
+(claiming the input blob in the same transaction) -> publish the job id (confirmed by the broker). If publishing
+fails the job is marked FAILED and the caller gets UNAVAILABLE: no job is ever QUEUED without a message, except
+after a crash between insert and publish, which the workers' sweeper repairs (``job_requeue_after_seconds``).
 
 The work itself happens in ``runner.py``, in tt-worker processes or the embedded worker.
 """
