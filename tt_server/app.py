@@ -37,6 +37,7 @@ from tt_server.api.reflection import DocumentedReflectionServicer, documented_fi
 from tt_server.api.registry import RegistryServicer
 from tt_server.config import Settings
 from tt_server.events import EventBus, LocalEventBus
+from tt_server.jobs.objects import JobBlobs
 from tt_server.jobs.service import JobsService
 from tt_server.jobs.worker import EmbeddedWorker
 from tt_server.registry.repository import ModelRepository
@@ -45,7 +46,13 @@ from tt_server.rest import HttpServer, build_http_server
 from tt_server.runtime.manager import ModelManager
 from tt_server.runtime.service import InferenceService
 from tt_server.storage.amqp_events import AmqpEventBus
-from tt_server.storage.factory import make_blob_store, make_broker, make_job_store, make_metadata_store
+from tt_server.storage.factory import (
+    make_blob_store,
+    make_broker,
+    make_job_store,
+    make_metadata_store,
+    make_object_buckets,
+)
 from tt_server.storage.leases import make_lease_manager
 from tt_server.tracing import Tracing, start_tracing
 from tt_server.training.service import TrainingService
@@ -149,11 +156,14 @@ class Application:
         self.broker = make_broker(s)
         await self.broker.open()
         job_store = make_job_store(self.metadata)
-        self.jobs = JobsService(job_store, self.blobs, self.broker, self.registry, s)
+        # Jobs may also read and write the object storage callers name (s3:// URIs), when the operator allows it.
+        self.job_blobs = JobBlobs(self.blobs, make_object_buckets(s))
+        await self.job_blobs.open()
+        self.jobs = JobsService(job_store, self.job_blobs, self.broker, self.registry, s)
         self.embedded_worker = (
             None
             if s.amqp_url
-            else EmbeddedWorker(job_store, self.blobs, self.broker, self.models, s, self.jobs.notifier)
+            else EmbeddedWorker(job_store, self.job_blobs, self.broker, self.models, s, self.jobs.notifier)
         )
 
         auth = (
@@ -302,6 +312,7 @@ class Application:
             self._metrics_server.shutdown()
             self._metrics_server.server_close()
         self.loader_executor.shutdown(wait=False, cancel_futures=True)
+        await self.job_blobs.close()
         await self.blobs.close()
         await self.metadata.close()
         if self._tracing is not None:

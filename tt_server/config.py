@@ -59,6 +59,9 @@ class Settings(BaseSettings):
     s3_region: str = Field("us-east-1", description="S3 region.")
     s3_prefix: str = Field("", description="Key prefix inside the bucket, for sharing one bucket.")
     s3_part_size_bytes: int = Field(8 * MiB, description="Multipart upload part size (S3 minimum is 5 MiB).")
+    s3_upload_concurrency: int = Field(
+        4, ge=1, description="Parts of one multipart upload in flight at once (memory: this many parts per upload)."
+    )
     page_token_secret: str = Field(
         "", description="Key that signs list page tokens; set the same value on every replica."
     )
@@ -215,8 +218,20 @@ class Settings(BaseSettings):
     )
 
     # --- batch jobs --------------------------------------------------------------------------------------
+    amqp_heartbeat_seconds: int = Field(
+        10,
+        ge=0,
+        description="AMQP heartbeat asked of RabbitMQ (0 = off): a hung or paused worker's connection is dropped "
+        "after about two missed heartbeats, and its job message is then redelivered to another worker.",
+    )
     amqp_jobs_queue: str = Field(
         "tt.jobs", description="Durable RabbitMQ queue of job ids; its dead letters go to '<name>.dead'."
+    )
+    job_s3_allowed_prefixes: list[str] = Field(
+        default_factory=list,
+        description="Object storage job callers may name as input or result location, as s3://bucket/ or "
+        "s3://bucket/prefix/ (JSON list; read and written with the S3 settings above). A URI outside them is "
+        "PERMISSION_DENIED; empty = jobs use streamed inputs and the blob store only. Set on the workers too.",
     )
     job_max_input_bytes: int = Field(8192 * MiB, description="Largest job input file accepted.")
     job_batch_rows: int = Field(
@@ -236,12 +251,13 @@ class Settings(BaseSettings):
         "thread (bench/jobs.py, 1M rows, 2 cores: 236k rows/s with one, 346k rows/s with two).",
     )
     job_lease_seconds: float = Field(
-        30.0,
+        3.0,
         description="How long a worker's claim on a job lasts without renewal; a killed worker's job is taken "
-        "over by another after at most this long.",
+        "over by another after at most this long (RabbitMQ redelivers its message at once, the new worker waits "
+        "out the lease). Keep several progress intervals long, so a briefly stalled worker keeps its job.",
     )
     job_progress_interval_seconds: float = Field(
-        1.0, description="How often a running job's progress is written (which also renews its lease)."
+        0.5, description="How often a running job's progress is written (which also renews its lease)."
     )
     job_max_attempts: int = Field(
         3, description="Attempts per job before it fails and its message is dead-lettered (poison guard)."

@@ -9,6 +9,7 @@ Hierarchy::
     ├── FailedPrecondition     the request is well formed but the system is not in a state to do it
     │   └── TrainingDiverged   a training session's loss or weights became NaN or infinite
     ├── ResourceExhausted      a size, queue or rate limit was hit
+    ├── PermissionDenied       the caller may not touch what it named (e.g. an object outside the allowed prefixes)
     ├── Unavailable            a dependency is down or the server is draining; retrying later may work
     └── DeadlineExceeded       the caller's deadline passed before the work could be done
 """
@@ -65,6 +66,10 @@ class TrainingDiverged(FailedPrecondition):
 
 class ResourceExhausted(TensorTriggerError):
     """Raised when a size cap, queue bound or rate limit is hit."""
+
+
+class PermissionDenied(TensorTriggerError):
+    """Raised when a request names something the server's configuration does not let callers reach."""
 
 
 class Unavailable(TensorTriggerError):

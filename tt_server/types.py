@@ -300,6 +300,13 @@ class JobState(enum.StrEnum):
 class OutputFormat(enum.StrEnum):
     CSV = "csv"
     JSONL = "jsonl"
+    PARQUET = "parquet"
+
+
+class InputFormat(enum.StrEnum):
+    CSV = "csv"
+    PARQUET = "parquet"
+    JSONL = "jsonl"
 
 
 @dataclass(frozen=True, slots=True)
@@ -323,6 +330,9 @@ class JobSpec:
     skip_bad_rows: bool = False
     input_blob_key: str = ""  # an object already in the blob store, instead of streamed chunks
     annotations: dict[str, str] = field(default_factory=dict)
+    input_uri: str = ""  # an object in object storage (s3://bucket/key), instead of streamed chunks
+    input_format: InputFormat = InputFormat.CSV
+    output_uri: str = ""  # results go under this s3:// prefix instead of the blob store
 
 
 @dataclass(frozen=True, slots=True)
@@ -359,3 +369,6 @@ class Job:
     timings: dict[str, float] = field(default_factory=dict)  # seconds spent per stage by the last attempt
     started_at: datetime | None = None
     ended_at: datetime | None = None
+    rows_total_estimate: int = 0  # while rows_total is unknown: from the share of the input read so far
+    rows_per_second: float = 0.0  # the running attempt's recent rate
+    eta_seconds: float = 0.0  # 0 when unknown

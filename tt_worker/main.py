@@ -31,10 +31,17 @@ DESCRIPTION = (
 async def run(settings: Settings) -> int:
     # Imported here, after the settings were checked: this is where TensorFlow is loaded.
     from tt_server import metrics
+    from tt_server.jobs.objects import JobBlobs
     from tt_server.jobs.runner import JobRunner, worker_id
     from tt_server.jobs.worker import JobWorker, worker_model_cache
     from tt_server.runtime.manager import ModelManager
-    from tt_server.storage.factory import make_blob_store, make_broker, make_job_store, make_metadata_store
+    from tt_server.storage.factory import (
+        make_blob_store,
+        make_broker,
+        make_job_store,
+        make_metadata_store,
+        make_object_buckets,
+    )
 
     owner = worker_id()
     # Whatever start-up opened is closed in reverse order, also when a later step fails.
@@ -46,13 +53,16 @@ async def run(settings: Settings) -> int:
             blobs = make_blob_store(settings)
             await blobs.open()
             opened.push_async_callback(blobs.close)
+            job_blobs = JobBlobs(blobs, make_object_buckets(settings))  # inputs and results named as s3:// URIs
+            await job_blobs.open()
+            opened.push_async_callback(job_blobs.close)
             broker = make_broker(settings, connection_name=f"tt-worker {owner}")
             await broker.open()
             opened.push_async_callback(broker.close)
             models = ModelManager(metadata, blobs, worker_model_cache(settings), settings)
             opened.push_async_callback(models.close)
             store = make_job_store(metadata)
-            runner = JobRunner(store, blobs, models, settings, owner=owner, concurrency=settings.worker_prefetch)
+            runner = JobRunner(store, job_blobs, models, settings, owner=owner, concurrency=settings.worker_prefetch)
             opened.callback(runner.close)
             worker = JobWorker(runner, broker, store, settings, concurrency=settings.worker_prefetch)
             if settings.metrics_address:

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tensortrigger._cli.commands import job_progress
+from tensortrigger.v1 import jobs_service_pb2
 
 from tests import models
 from tests.clients.helpers import embedded_only, free_port, keras_reference, tt_cli
@@ -177,3 +179,14 @@ async def test_predict_exit_codes(app: Application, mlp: str, tmp_path: Path) ->
     assert (await tt_cli("predict", mlp, "--json", "{not json", address=a)).code == 2
     assert (await tt_cli("predict", f"{mlp}:latest", "--json", "[[1,2,3,4]]", address=a)).code == 2
     assert (await tt_cli("predict", mlp, "--npy", str(tmp_path / "missing.npy"), address=a)).code == 2
+
+
+def test_job_progress_text() -> None:
+    """What `tt jobs watch` and `tt jobs list` show of a job's progress."""
+    job = jobs_service_pb2.Job(
+        rows_done=244_223, rows_total_estimate=1_000_000, rows_per_second=312_345.6, eta_seconds=2.4
+    )
+    assert job_progress(job) == {"rows": "244,223/~1,000,000", "speed": "312k rows/s", "eta": "ETA 0:00:02"}
+    job = jobs_service_pb2.Job(rows_done=10, rows_total=20, rows_per_second=5, eta_seconds=3725)
+    assert job_progress(job) == {"rows": "10/20", "speed": "5 rows/s", "eta": "ETA 1:02:05"}
+    assert job_progress(jobs_service_pb2.Job(rows_done=3)) == {"rows": "3/?", "speed": "", "eta": ""}

@@ -32,10 +32,17 @@ from tests.services import service_missing
 from tests.serving import _fresh_database, server_settings, unique_name
 from tt_server.app import Application
 from tt_server.config import Settings
+from tt_server.jobs.objects import JobBlobs
 from tt_server.jobs.runner import JobRunner
 from tt_server.jobs.worker import JobWorker
 from tt_server.runtime.manager import ModelManager
-from tt_server.storage.factory import make_blob_store, make_broker, make_job_store, make_metadata_store
+from tt_server.storage.factory import (
+    make_blob_store,
+    make_broker,
+    make_job_store,
+    make_metadata_store,
+    make_object_buckets,
+)
 
 AMQP_HOST = os.environ.get("TT_TEST_AMQP_HOST", "127.0.0.1")
 AMQP_PORT = int(os.environ.get("TT_TEST_AMQP_PORT", "5672"))
@@ -147,9 +154,11 @@ class InProcessWorker:
         await self.metadata.open()
         await self.blobs.open()
         await self.broker.open()
+        self.job_blobs = JobBlobs(self.blobs, make_object_buckets(s))
+        await self.job_blobs.open()
         self.models = ModelManager(self.metadata, self.blobs, s.data_dir / f"cache-{uuid.uuid4().hex[:6]}", s)
         store = make_job_store(self.metadata)
-        self.runner = JobRunner(store, self.blobs, self.models, s, owner=f"{self.name}:{uuid.uuid4().hex[:6]}")
+        self.runner = JobRunner(store, self.job_blobs, self.models, s, owner=f"{self.name}:{uuid.uuid4().hex[:6]}")
         self.worker = JobWorker(self.runner, self.broker, store, s, concurrency=1)
         self._task = asyncio.create_task(self.worker.run())
         return self.worker
@@ -162,6 +171,7 @@ class InProcessWorker:
         await self.broker.close()
         await self.models.close()
         self.runner.close()
+        await self.job_blobs.close()
         await self.blobs.close()
         await self.metadata.close()
 

@@ -10,8 +10,9 @@ from tensortrigger.v1 import jobs_service_pb2_grpc
 
 from tt_server.api import convert
 from tt_server.errors import InvalidArgument
+from tt_server.jobs.objects import is_uri
 from tt_server.jobs.service import JobsService
-from tt_server.types import CsvOptions, Job, JobSpec, JobState, ModelRef, OutputFormat
+from tt_server.types import CsvOptions, InputFormat, Job, JobSpec, JobState, ModelRef, OutputFormat
 
 STATE_TO_PB: dict[JobState, int] = {
     JobState.QUEUED: pb.JOB_STATE_QUEUED,
@@ -25,10 +26,23 @@ OUTPUT_FROM_PB: dict[int, OutputFormat] = {
     pb.OUTPUT_FORMAT_UNSPECIFIED: OutputFormat.CSV,
     pb.OUTPUT_FORMAT_CSV: OutputFormat.CSV,
     pb.OUTPUT_FORMAT_JSONL: OutputFormat.JSONL,
+    pb.OUTPUT_FORMAT_PARQUET: OutputFormat.PARQUET,
 }
 OUTPUT_TO_PB: dict[OutputFormat, int] = {
     OutputFormat.CSV: pb.OUTPUT_FORMAT_CSV,
     OutputFormat.JSONL: pb.OUTPUT_FORMAT_JSONL,
+    OutputFormat.PARQUET: pb.OUTPUT_FORMAT_PARQUET,
+}
+INPUT_FROM_PB: dict[int, InputFormat] = {
+    pb.INPUT_FORMAT_UNSPECIFIED: InputFormat.CSV,
+    pb.INPUT_FORMAT_CSV: InputFormat.CSV,
+    pb.INPUT_FORMAT_PARQUET: InputFormat.PARQUET,
+    pb.INPUT_FORMAT_JSONL: InputFormat.JSONL,
+}
+INPUT_TO_PB: dict[InputFormat, int] = {
+    InputFormat.CSV: pb.INPUT_FORMAT_CSV,
+    InputFormat.PARQUET: pb.INPUT_FORMAT_PARQUET,
+    InputFormat.JSONL: pb.INPUT_FORMAT_JSONL,
 }
 
 
@@ -86,7 +100,7 @@ class JobsServicer(jobs_service_pb2_grpc.JobsServiceServicer):
 
 
 def job_spec(spec: pb.JobSpec) -> JobSpec:
-    if spec.input_format not in (pb.INPUT_FORMAT_UNSPECIFIED, pb.INPUT_FORMAT_CSV):
+    if spec.input_format not in INPUT_FROM_PB:
         raise InvalidArgument.field("spec.input_format", f"unknown input format {spec.input_format}")
     if spec.output_format not in OUTPUT_FROM_PB:
         raise InvalidArgument.field("spec.output_format", f"unknown output format {spec.output_format}")
@@ -104,13 +118,16 @@ def job_spec(spec: pb.JobSpec) -> JobSpec:
         skip_bad_rows=spec.skip_bad_rows,
         input_blob_key=spec.input_blob_key,
         annotations=dict(spec.annotations),
+        input_uri=spec.input_uri,
+        output_uri=spec.output_uri,
+        input_format=INPUT_FROM_PB[spec.input_format],
     )
 
 
 def job_spec_to_pb(spec: JobSpec) -> pb.JobSpec:
     return pb.JobSpec(
         model=convert.model_ref_to_pb(spec.model),
-        input_format=pb.INPUT_FORMAT_CSV,
+        input_format=INPUT_TO_PB[spec.input_format],  # type: ignore[arg-type]
         csv=pb.CsvOptions(
             has_header=spec.csv.has_header,
             delimiter=spec.csv.delimiter,
@@ -122,6 +139,8 @@ def job_spec_to_pb(spec: JobSpec) -> pb.JobSpec:
         skip_bad_rows=spec.skip_bad_rows,
         input_blob_key=spec.input_blob_key,
         annotations=spec.annotations,
+        input_uri=spec.input_uri,
+        output_uri=spec.output_uri,
     )
 
 
@@ -140,6 +159,10 @@ def job_to_pb(job: Job) -> pb.Job:
         input_size_bytes=job.input_size,
         result_size_bytes=job.result_size,
         create_time=convert.timestamp(job.created_at),
+        result_uri=job.result_blob_key if job.result_blob_key and is_uri(job.result_blob_key) else "",
+        rows_total_estimate=job.rows_total_estimate if job.state is JobState.RUNNING and not job.rows_total else 0,
+        rows_per_second=job.rows_per_second,
+        eta_seconds=job.eta_seconds if job.state is JobState.RUNNING else 0.0,
     )
     if job.started_at is not None:
         message.start_time.CopyFrom(convert.timestamp(job.started_at))

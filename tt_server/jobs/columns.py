@@ -15,7 +15,7 @@ import csv
 from dataclasses import dataclass
 
 from tt_server.errors import FailedPrecondition, FieldViolation, InvalidArgument
-from tt_server.types import DType, JobSpec, ModelVersion, TensorSpec
+from tt_server.types import DType, InputFormat, JobSpec, ModelVersion, TensorSpec
 
 MAX_FIRST_LINE_BYTES = 1 << 20
 BOM = b"\xef\xbb\xbf"
@@ -59,7 +59,7 @@ def check_spec(spec: JobSpec, version: ModelVersion) -> None:
         violations.append(
             FieldViolation("spec.csv.feature_column_indices", "give feature columns by name or by position, not both")
         )
-    if not csv_options.has_header:
+    if not csv_options.has_header and spec.input_format is InputFormat.CSV:  # other formats always name columns
         for name in ("feature_columns", "passthrough_columns"):
             if getattr(csv_options, name):
                 violations.append(FieldViolation(f"spec.csv.{name}", "naming columns needs has_header"))

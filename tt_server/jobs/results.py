@@ -12,14 +12,17 @@ JSON Lines gives it a number (one value per row) or a flat array. JSON has no Na
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Sequence
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from tt_server.jobs.columns import output_columns
+from tt_server.runtime.validation import NUMPY_DTYPES
 from tt_server.types import OutputFormat, TensorSpec
 
 _NEEDS_QUOTES = r'[",\r\n]'
@@ -35,6 +38,10 @@ class ResultEncoder:
     @property
     def extension(self) -> str:
         return "jsonl" if self._format is OutputFormat.JSONL else "csv"
+
+    def finish(self) -> bytes:
+        """The file's last bytes, after every batch (nothing for text formats)."""
+        return b""
 
     def header(self, outputs: dict[str, np.ndarray] | None) -> bytes:
         """The CSV header line (empty for JSON Lines). ``outputs``: a batch's results, which size outputs whose
@@ -56,7 +63,7 @@ class ResultEncoder:
         return self._encode_csv(passthrough, outputs)
 
     def _encode_csv(self, passthrough: Sequence[pa.Array], outputs: dict[str, np.ndarray]) -> bytes:
-        fields: list[pa.Array] = [_csv_quote(column) for column in passthrough]
+        fields: list[pa.Array] = [_csv_text(column) for column in passthrough]
         for spec in self._outputs:
             fields += [_csv_text(column) for column in _value_columns(outputs[spec.name])]
         pieces: list[pa.Array | str] = []
@@ -72,7 +79,7 @@ class ResultEncoder:
             return ("{" if not pieces else ",") + json.dumps(name) + ":"
 
         for name, column in zip(self._passthrough, passthrough, strict=True):
-            pieces += [key(name), _json_string(column)]
+            pieces += [key(name), _json_text(column)]
         for spec in self._outputs:
             array = outputs[spec.name]
             columns = [_json_text(column) for column in _value_columns(array)]
@@ -107,7 +114,8 @@ def _to_arrow(column: np.ndarray) -> pa.Array:
 
 
 def _csv_text(column: pa.Array) -> pa.Array:
-    return _csv_quote(column) if pa.types.is_string(column.type) else column.cast(pa.string())
+    # Pass-through columns of Parquet or JSON input may be typed: printed as pyarrow prints them.
+    return _csv_quote(column) if pa.types.is_string(column.type) else _csv_quote(column.cast(pa.string()))
 
 
 def _csv_quote(column: pa.Array) -> pa.Array:
@@ -122,6 +130,9 @@ def _csv_quote(column: pa.Array) -> pa.Array:
 def _json_text(column: pa.Array) -> pa.Array:
     if pa.types.is_string(column.type):
         return _json_string(column)
+    t = column.type
+    if not (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)):
+        return _json_string(column.cast(pa.string()))  # dates, decimals, ... (typed pass-through): as text
     text = column.cast(pa.string())
     if pa.types.is_floating(column.type):
         text = pc.if_else(pc.is_finite(column), text, "null")
@@ -155,3 +166,90 @@ def _join(pieces: list[pa.Array | str]) -> bytes:
 
 def _csv_field(text: str) -> str:
     return '"' + text.replace('"', '""') + '"' if any(c in text for c in '",\r\n') else text
+
+
+class ParquetResultWriter:
+    """Result rows as a Parquet file, one row group per batch, streamed: each ``encode`` returns the bytes
+    the writer produced for its batch, ``finish`` the footer."""
+
+    extension = "parquet"
+
+    def __init__(self, passthrough: Sequence[str], outputs: Sequence[TensorSpec]) -> None:
+        self._passthrough = list(passthrough)
+        self._outputs = list(outputs)
+        self._sink = _Sink()
+        self._writer: pq.ParquetWriter | None = None
+
+    def header(self, outputs: dict[str, np.ndarray] | None) -> bytes:
+        return b""
+
+    def encode(self, passthrough: Sequence[pa.Array], outputs: dict[str, np.ndarray], rows: int) -> bytes:
+        if rows == 0:
+            return b""
+        columns = list(passthrough) + [_parquet_column(outputs[spec.name]) for spec in self._outputs]
+        table = pa.Table.from_arrays(columns, names=self._passthrough + [spec.name for spec in self._outputs])
+        if self._writer is None:
+            self._writer = pq.ParquetWriter(self._sink, table.schema)
+        self._writer.write_table(table)
+        return self._sink.take()
+
+    def finish(self) -> bytes:
+        if self._writer is None:  # no rows: an empty file with the columns the signature promises
+            fields = [pa.field(name, pa.string()) for name in self._passthrough]
+            for spec in self._outputs:
+                per_row = 1
+                for d in spec.shape[1:]:
+                    per_row *= max(d, 1)
+                t = _arrow_type(NUMPY_DTYPES[spec.dtype])
+                fields.append(pa.field(spec.name, t if per_row == 1 else pa.list_(t, per_row)))
+            self._writer = pq.ParquetWriter(self._sink, pa.schema(fields))
+        self._writer.close()
+        return self._sink.take()
+
+
+class _Sink(io.RawIOBase):
+    """A write-only file the Parquet writer appends to; ``take`` hands over what it holds."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._buffer = bytearray()
+        self._position = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:  # type: ignore[override]
+        self._buffer += data
+        self._position += len(data)
+        return len(data)
+
+    def tell(self) -> int:
+        return self._position
+
+    def take(self) -> bytes:
+        data = bytes(self._buffer)
+        self._buffer.clear()
+        return data
+
+
+def _arrow_type(dtype: np.dtype) -> pa.DataType:
+    if dtype.kind == "O":
+        return pa.string()
+    if dtype == np.float16:
+        return pa.float32()
+    return pa.from_numpy_dtype(dtype)
+
+
+def _parquet_column(array: np.ndarray) -> pa.Array:
+    per_row = _per_row(array)
+    flat = array.reshape(len(array), -1) if array.ndim > 1 else array.reshape(len(array), 1)
+    values = _to_arrow(np.ascontiguousarray(flat).reshape(-1))
+    return values if per_row == 1 else pa.FixedSizeListArray.from_arrays(values, per_row)
+
+
+def make_encoder(
+    fmt: OutputFormat, passthrough: Sequence[str], outputs: Sequence[TensorSpec]
+) -> ResultEncoder | ParquetResultWriter:
+    if fmt is OutputFormat.PARQUET:
+        return ParquetResultWriter(passthrough, outputs)
+    return ResultEncoder(fmt, passthrough, outputs)

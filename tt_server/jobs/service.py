@@ -1,12 +1,13 @@
 """JobsService: batch jobs in domain terms (create, read, watch, cancel, results). Knows nothing of gRPC.
 
 Create path: resolve and pin the model version (``Registry.resolve``) and check the spec against it -> stream
-the input into the blob store under ``jobs/<id>/input.csv`` (size cap enforced as bytes arrive; the key is
-first recorded in the blob GC table, so an interrupted upload leaves nothing behind for long) -> check the
-columns against the file's first line -> insert the QUEUED row (claiming the input blob in the same
-transaction) -> publish the job id (confirmed by the broker). If publishing fails the job is marked FAILED
-and the caller gets UNAVAILABLE: no job is ever QUEUED without a message, except after a crash between insert
-and publish, which the workers' sweeper repairs (``job_requeue_after_seconds``).
+the input into the blob store under ``jobs/<id>/input.csv`` (size cap enforced as bytes arrive; the key is first
+recorded in the blob GC table, so an interrupted upload leaves nothing behind for long) (or take the object
+``spec.input_uri`` names in the caller's object storage, if under the allowed prefixes: ``objects.py``) -> check
+the columns against the file's first line (CSV, JSON Lines) or schema (Parquet footer) -> insert the QUEUED row
+(claiming the input blob in the same transaction) -> publish the job id (confirmed by the broker). If publishing
+fails the job is marked FAILED and the caller gets UNAVAILABLE: no job is ever QUEUED without a message, except
+after a crash between insert and publish, which the workers' sweeper repairs (``job_requeue_after_seconds``).
 
 The work itself happens in ``runner.py``, in tt-worker processes or the embedded worker.
 """
@@ -20,17 +21,33 @@ import re
 import time
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import UTC, datetime
 
 from tt_server.config import Settings
-from tt_server.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted, Unavailable
-from tt_server.jobs.columns import MAX_FIRST_LINE_BYTES, check_spec, first_record, plan_columns
+from tt_server.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    ResourceExhausted,
+    Unavailable,
+)
+from tt_server.jobs.columns import BOM, MAX_FIRST_LINE_BYTES, check_spec, first_record, plan_columns
 from tt_server.jobs.notify import JobNotifier
+from tt_server.jobs.objects import check_uri, is_uri, normalise_prefix
+from tt_server.jobs.tables import (
+    FOOTER_READ_BYTES,
+    jsonl_schema,
+    parquet_footer_length,
+    parquet_metadata,
+    plan_table,
+)
 from tt_server.registry.service import Registry, check_model_name
 from tt_server.storage.blobs import BlobStore
 from tt_server.storage.broker import Broker
 from tt_server.storage.jobs import JobStore
-from tt_server.types import Job, JobSpec, JobState, Page
+from tt_server.types import InputFormat, Job, JobSpec, JobState, ModelVersion, Page
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +84,8 @@ class JobsService:
         self._registry = registry
         self._settings = settings
         self.notifier = notifier or JobNotifier()
+        for prefix in settings.job_s3_allowed_prefixes:
+            normalise_prefix(prefix)  # a misconfigured prefix stops the server at start-up
 
     # --- create ---------------------------------------------------------------------------------------------
     async def create(self, spec: JobSpec, chunks: AsyncIterator[bytes]) -> Job:
@@ -78,9 +97,19 @@ class JobsService:
         version = await self._registry.resolve(spec.model)
         check_spec(spec, version)
         job_id = uuid.uuid4().hex
-        if spec.input_blob_key:
+        if spec.input_uri and spec.input_blob_key:
+            raise InvalidArgument.field("spec.input_uri", "give input_uri or input_blob_key, not both")
+        if spec.output_uri:
+            allowed = self._settings.job_s3_allowed_prefixes
+            spec = replace(spec, output_uri=check_uri(spec.output_uri, allowed, "spec.output_uri", folder=True))
+        if spec.input_uri:
+            uri = check_uri(spec.input_uri, self._settings.job_s3_allowed_prefixes, "spec.input_uri")
+            spec = replace(spec, input_uri=uri)
+            key, owned = uri, False
+            size, prefix = await self._existing_input(key, chunks, "spec.input_uri")
+        elif spec.input_blob_key:
             key, owned = spec.input_blob_key, False
-            size, prefix = await self._existing_input(key, chunks)
+            size, prefix = await self._existing_input(key, chunks, "spec.input_blob_key")
         else:
             key, owned = input_key(job_id), True
             await self._store.add_blob_gc(key, _now_us() + UPLOAD_GC_DELAY_US)
@@ -88,7 +117,7 @@ class JobsService:
         try:
             if owned:
                 size, prefix = await self._upload(key, chunks)
-            plan_columns(spec, version, first_record(prefix, size <= len(prefix), spec.csv.delimiter))
+            await self._check_columns(spec, version, key, size, prefix)
             draft = Job(
                 id=job_id,
                 model_name=version.model_name,
@@ -139,12 +168,11 @@ class JobsService:
             raise InvalidArgument.field("chunk", "the job input is empty: send the file in chunks after the spec")
         return info.size, bytes(prefix)
 
-    async def _existing_input(self, key: str, chunks: AsyncIterator[bytes]) -> tuple[int, bytes]:
-        field = "spec.input_blob_key"
+    async def _existing_input(self, key: str, chunks: AsyncIterator[bytes], field: str) -> tuple[int, bytes]:
         if await anext(aiter(chunks), None) is not None:
-            raise InvalidArgument.field(field, "give the input either as chunks or as a blob key, not both")
+            raise InvalidArgument.field(field, "give the input either as chunks or as a stored object, not both")
         # Only dedicated input objects: never model artifacts or other jobs' results.
-        if not (key.startswith(EXTERNAL_INPUT_PREFIX) or _JOB_INPUT_KEY.fullmatch(key)):
+        if not (is_uri(key) or key.startswith(EXTERNAL_INPUT_PREFIX) or _JOB_INPUT_KEY.fullmatch(key)):
             raise InvalidArgument.field(
                 field, f"job inputs must be under {EXTERNAL_INPUT_PREFIX!r} or be an earlier job's input"
             )
@@ -158,12 +186,44 @@ class JobsService:
                     if b"\n" in chunk or len(prefix) > MAX_FIRST_LINE_BYTES:
                         break
         except NotFound:
+            if is_uri(key):
+                raise NotFound(f"{field}: no object {key!r}") from None
             raise InvalidArgument.field(field, f"no object {key!r} in the blob store") from None
+        except PermissionDenied:
+            raise PermissionDenied(f"{field}: the server's credentials may not read {key!r}") from None
         except ValueError as e:  # a key the blob store refuses (e.g. "..")
             raise InvalidArgument.field(field, str(e)) from None
         if size == 0:
             raise InvalidArgument.field(field, f"the object {key!r} is empty")
+        cap = self._settings.job_max_input_bytes
+        if size > cap:
+            raise ResourceExhausted(f"{field}: the object {key!r} is {size} bytes, over the limit of {cap} bytes")
         return size, bytes(prefix)
+
+    async def _check_columns(self, spec: JobSpec, version: ModelVersion, key: str, size: int, prefix: bytes) -> None:
+        """The column plan must work for the input's first line (CSV, JSON Lines) or schema (Parquet)."""
+        if spec.input_format is InputFormat.CSV:
+            plan_columns(spec, version, first_record(prefix, size <= len(prefix), spec.csv.delimiter))
+        elif spec.input_format is InputFormat.JSONL:
+            line = prefix.removeprefix(BOM).split(b"\n", 1)[0]
+            plan_table(spec, version, jsonl_schema(line))
+        else:
+            tail = await self._tail(key, size, FOOTER_READ_BYTES)
+            length = parquet_footer_length(tail)
+            if length > size - 4:
+                raise InvalidArgument.field("spec.input_format", "the input is not a Parquet file (bad footer)")
+            if length > len(tail):
+                tail = await self._tail(key, size, length)
+            metadata = parquet_metadata(tail[-length:])
+            plan_table(spec, version, metadata.schema.to_arrow_schema())
+
+    async def _tail(self, key: str, size: int, length: int) -> bytes:
+        data = bytearray()
+        stream = self._blobs.get_stream(key, offset=max(0, size - length), chunk_size=max(length, 1))
+        async with contextlib.aclosing(stream):  # type: ignore[type-var]  # blob streams are generators
+            async for chunk in stream:
+                data += chunk
+        return bytes(data)
 
     async def _discard(self, key: str) -> None:
         try:

@@ -69,8 +69,10 @@ class AmqpBroker:
         queue: str,
         connection_name: str = "tensortrigger",
         publish_timeout: float = PUBLISH_TIMEOUT_SECONDS,
+        heartbeat: int = 60,
     ) -> None:
         self._url = url
+        self._heartbeat = heartbeat
         self._queue_name = queue
         self._connection_name = connection_name
         self._publish_timeout = publish_timeout
@@ -88,6 +90,7 @@ class AmqpBroker:
                 self._url,
                 client_properties={"connection_name": self._connection_name},
                 reconnect_interval=RECONNECT_INTERVAL_SECONDS,
+                heartbeat=self._heartbeat,
             )
             channel = await self._connection.channel(publisher_confirms=True, on_return_raises=True)
             dlx = await channel.declare_exchange(f"{self._queue_name}.dlx", aio_pika.ExchangeType.DIRECT, durable=True)

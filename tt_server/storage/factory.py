@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from typing import TYPE_CHECKING
 
 from tt_server.config import Settings
 from tt_server.storage.blobs import BlobStore
@@ -10,6 +11,9 @@ from tt_server.storage.broker import Broker
 from tt_server.storage.jobs import JobStore
 from tt_server.storage.metadata import MetadataStore
 from tt_server.storage.sql_jobs import SqlJobStore
+
+if TYPE_CHECKING:
+    from tt_server.storage.s3 import S3Objects
 
 
 def _token_secret(settings: Settings) -> bytes:
@@ -44,6 +48,7 @@ def make_blob_store(settings: Settings) -> BlobStore:
             region=settings.s3_region,
             prefix=settings.s3_prefix,
             part_size=settings.s3_part_size_bytes,
+            upload_concurrency=settings.s3_upload_concurrency,
             connect_timeout=settings.s3_connect_timeout_seconds,
             read_timeout=settings.s3_read_timeout_seconds,
             max_attempts=settings.s3_max_attempts,
@@ -51,6 +56,23 @@ def make_blob_store(settings: Settings) -> BlobStore:
     from tt_server.storage.local import LocalBlobStore
 
     return LocalBlobStore(settings.blob_dir)
+
+
+def make_object_buckets(settings: Settings) -> S3Objects | None:
+    """Object storage that job callers may name (``s3://`` URIs), when the operator allowed any prefix."""
+    if not settings.job_s3_allowed_prefixes:
+        return None
+    from tt_server.storage.s3 import S3Objects
+
+    return S3Objects(
+        settings.s3_endpoint_url or None,
+        settings.s3_region,
+        part_size=settings.s3_part_size_bytes,
+        upload_concurrency=settings.s3_upload_concurrency,
+        connect_timeout=settings.s3_connect_timeout_seconds,
+        read_timeout=settings.s3_read_timeout_seconds,
+        max_attempts=settings.s3_max_attempts,
+    )
 
 
 def make_job_store(metadata: MetadataStore) -> JobStore:
@@ -70,6 +92,7 @@ def make_broker(settings: Settings, connection_name: str = "tensortrigger") -> B
             settings.amqp_jobs_queue,
             connection_name,
             publish_timeout=settings.amqp_publish_timeout_seconds,
+            heartbeat=settings.amqp_heartbeat_seconds,
         )
     from tt_server.storage.local_broker import LocalBroker
 

@@ -24,8 +24,11 @@ class JobProgress:
     rows_done: int = 0
     rows_skipped: int = 0
     row_errors: tuple[RowError, ...] = ()
-    rows_total: int = 0  # 0 until the whole input was read
+    rows_total: int = 0  # 0 until known: the whole input was read, or its metadata says (Parquet)
     timings: dict[str, float] = field(default_factory=dict)
+    rows_total_estimate: int = 0  # while rows_total is 0: rows read scaled by the share of bytes read
+    rows_per_second: float = 0.0
+    eta_seconds: float = 0.0
 
 
 class JobStore(Protocol):

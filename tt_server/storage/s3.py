@@ -1,11 +1,11 @@
 """S3BlobStore: the production BlobStore on any S3-compatible service, through aiobotocore.
 
-Writes stream: data is cut into ``part_size`` parts and sent as a multipart upload, so memory holds one part
-whatever the object's size; an object smaller than one part goes in a single PutObject. Every request carries
-its SHA-256 (``ChecksumSHA256``), which S3 verifies before accepting the bytes; the whole object's digest is
-returned to the caller (the registry records it with the version). A failed or cancelled upload is aborted,
-so S3 keeps no half-written parts. Credentials come from the usual AWS chain
-(environment, config files, instance role).
+Writes stream: data is cut into ``part_size`` parts and sent as a multipart upload, ``upload_concurrency``
+parts at a time, so memory holds a few parts whatever the object's size; an object smaller than one part goes
+in a single PutObject. Every request carries its SHA-256 (``ChecksumSHA256``), which S3 verifies before
+accepting the bytes; the whole object's digest is returned to the caller (the registry records it with the
+version). A failed or cancelled upload is aborted, so S3 keeps no half-written parts. Credentials come from
+the usual AWS chain (environment, config files, instance role).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import base64
 import contextlib
 import hashlib
 import logging
+from collections import deque
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -27,7 +28,7 @@ from botocore.exceptions import ClientError, HTTPClientError
 from botocore.exceptions import ConnectionError as BotoConnectionError
 from botocore.handlers import add_expect_header
 
-from tt_server.errors import NotFound, ResourceExhausted, Unavailable
+from tt_server.errors import NotFound, PermissionDenied, ResourceExhausted, Unavailable
 from tt_server.storage.blobs import BlobInfo
 from tt_server.storage.local import CHUNK_SIZE, read_file_chunks, write_file_chunks
 
@@ -42,6 +43,7 @@ MIN_PART_SIZE = 5 * MiB  # S3 refuses smaller parts (except the last)
 MAX_PARTS = 10_000  # S3's limit on parts per multipart upload
 
 _MISSING_CODES = frozenset({"NoSuchKey", "NotFound", "404"})
+_DENIED_CODES = frozenset({"AccessDenied", "403", "AllAccessDisabled"})
 
 
 class S3BlobStore:
@@ -54,6 +56,7 @@ class S3BlobStore:
         region: str,
         prefix: str = "",
         part_size: int = 8 * MiB,
+        upload_concurrency: int = 4,
         connect_timeout: float = 5.0,
         read_timeout: float = 30.0,
         max_attempts: int = 3,
@@ -68,6 +71,7 @@ class S3BlobStore:
         self._region = region
         self._prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
         self._part_size = part_size
+        self._upload_concurrency = max(1, upload_concurrency)
         self._config = AioConfig(
             retries={"mode": "standard", "max_attempts": max_attempts},
             connect_timeout=connect_timeout,
@@ -76,9 +80,19 @@ class S3BlobStore:
         self._stack = AsyncExitStack()
         self._s3: S3Client | None = None
         self._create_bucket = create_bucket  # False: a bucket someone else owns (the model repository)
+        self._external = False  # a view of a bucket the caller named (S3Objects): S3's 403 is the caller's
 
     # --- lifecycle ----------------------------------------------------------------------------------------
     async def open(self) -> None:
+        await self._open_client()
+        try:
+            if self._create_bucket:
+                await self._ensure_bucket()
+        except BaseException:
+            await self.close()
+            raise
+
+    async def _open_client(self) -> None:
         client_context = get_session().create_client(
             "s3", endpoint_url=self._endpoint_url, region_name=self._region, config=self._config
         )
@@ -87,12 +101,6 @@ class S3BlobStore:
         # that accepts the connection but never answers (a partition, a hung proxy) would hang the upload for
         # good. Without it the body is sent at once and the read timeout bounds the wait for the answer.
         self._s3.meta.events.unregister("before-call.s3", add_expect_header)
-        try:
-            if self._create_bucket:
-                await self._ensure_bucket()
-        except BaseException:
-            await self.close()
-            raise
 
     async def close(self) -> None:
         self._s3 = None
@@ -129,8 +137,11 @@ class S3BlobStore:
         pending = bytearray()  # bytes not yet sent; at most one part plus one chunk
         upload_id: str | None = None
         parts: list[CompletedPartTypeDef] = []
+        # Parts being sent, in order: up to ``upload_concurrency`` at once, so the next bytes keep arriving while
+        # earlier parts travel (one part at a time left the sender idle for a whole round trip per part).
+        sending: deque[asyncio.Task[CompletedPartTypeDef]] = deque()
         try:
-            with _errors(key):
+            with _errors(key, self._external):
                 async for chunk in chunks:
                     # hashlib releases the GIL on large buffers, so a worker thread keeps the loop free.
                     await asyncio.to_thread(digest.update, chunk)
@@ -144,9 +155,13 @@ class S3BlobStore:
                                 Bucket=self._bucket, Key=object_key, ChecksumAlgorithm="SHA256"
                             )
                             upload_id = created["UploadId"]
-                        part = bytes(pending[: self._part_size])
+                        with memoryview(pending) as view:
+                            part = bytes(view[: self._part_size])  # the one copy a part needs
                         del pending[: self._part_size]
-                        parts.append(await self._upload_part(object_key, upload_id, len(parts) + 1, part))
+                        if len(sending) >= self._upload_concurrency:
+                            parts.append(await sending.popleft())
+                        number = len(parts) + len(sending) + 1
+                        sending.append(asyncio.create_task(self._upload_part(object_key, upload_id, number, part)))
                 info = BlobInfo(key=key, size=size, sha256=digest.hexdigest())
                 if upload_id is None:
                     await self._client.put_object(
@@ -157,12 +172,20 @@ class S3BlobStore:
                     )
                     return info
                 if pending:
-                    parts.append(await self._upload_part(object_key, upload_id, len(parts) + 1, bytes(pending)))
+                    number = len(parts) + len(sending) + 1
+                    sending.append(
+                        asyncio.create_task(self._upload_part(object_key, upload_id, number, bytes(pending)))
+                    )
+                while sending:
+                    parts.append(await sending.popleft())
                 await self._client.complete_multipart_upload(
                     Bucket=self._bucket, Key=object_key, UploadId=upload_id, MultipartUpload={"Parts": parts}
                 )
                 return info
         except BaseException:
+            for task in sending:
+                task.cancel()
+            await asyncio.gather(*sending, return_exceptions=True)
             if upload_id is not None:
                 # Shielded so that a second cancellation cannot leave the parts behind (S3 bills for them).
                 await asyncio.shield(self._abort(object_key, upload_id))
@@ -191,7 +214,7 @@ class S3BlobStore:
         return await self.put_stream(key, read_file_chunks(path))
 
     async def delete(self, key: str) -> None:
-        with _errors(key):
+        with _errors(key, self._external):
             await self._client.delete_object(Bucket=self._bucket, Key=self._object_key(key))
 
     # --- reads --------------------------------------------------------------------------------------------
@@ -200,7 +223,7 @@ class S3BlobStore:
             raise ValueError("offset must not be negative")
         # No Range header from 0: S3 answers "bytes=0-" on an empty object with 416 instead of no bytes.
         ranged: dict[str, Any] = {"Range": f"bytes={offset}-"} if offset else {}
-        with _errors(key):
+        with _errors(key, self._external):
             try:
                 response = await self._client.get_object(Bucket=self._bucket, Key=self._object_key(key), **ranged)
             except ClientError as e:
@@ -215,7 +238,7 @@ class S3BlobStore:
         await write_file_chunks(path, self.get_stream(key))
 
     async def size(self, key: str) -> int:
-        with _errors(key):
+        with _errors(key, self._external):
             response = await self._client.head_object(Bucket=self._bucket, Key=self._object_key(key))
         return int(response["ContentLength"])
 
@@ -228,7 +251,7 @@ class S3BlobStore:
 
     async def list_keys(self, prefix: str) -> list[str]:
         keys: list[str] = []
-        with _errors(prefix):
+        with _errors(prefix, self._external):
             paginator = self._client.get_paginator("list_objects_v2")
             async for page in paginator.paginate(Bucket=self._bucket, Prefix=self._prefix + prefix):
                 keys.extend(item["Key"][len(self._prefix) :] for item in page.get("Contents", ()))
@@ -252,6 +275,36 @@ class S3BlobStore:
         return self._prefix + key
 
 
+class S3Objects:
+    """Objects in any bucket, named by the caller (job inputs and results under ``s3://`` URIs), on one client
+    with the blob store's endpoint, region and credentials. Unlike ``S3BlobStore`` it never creates a bucket,
+    and S3 refusing access (403) is ``PermissionDenied``: the caller named something the server may not read."""
+
+    def __init__(self, endpoint_url: str | None, region: str, **options: Any) -> None:
+        self._client = S3BlobStore("", endpoint_url, region, **options)
+
+    async def open(self) -> None:
+        await self._client._open_client()
+
+    async def close(self) -> None:
+        await self._client.close()
+
+    def bucket(self, name: str) -> S3BlobStore:
+        """A blob store view of bucket ``name`` (keys are the object keys; nothing to open or close)."""
+        client = self._client
+        view = S3BlobStore(
+            name,
+            client._endpoint_url,
+            client._region,
+            part_size=client._part_size,
+            upload_concurrency=client._upload_concurrency,
+        )
+        view._config = self._client._config
+        view._s3 = self._client._client
+        view._external = True
+        return view
+
+
 def _b64(digest: bytes) -> str:
     return base64.b64encode(digest).decode()
 
@@ -261,13 +314,16 @@ def _error_code(error: ClientError) -> str:
 
 
 @contextlib.contextmanager
-def _errors(key: str) -> Iterator[None]:
-    """Map S3 failures to domain errors: a missing object is NotFound, an unreachable endpoint Unavailable."""
+def _errors(key: str, external: bool = False) -> Iterator[None]:
+    """Map S3 failures to domain errors: a missing object is NotFound, an unreachable endpoint Unavailable
+    (and, for ``external`` buckets, a refusal PermissionDenied)."""
     try:
         yield
     except ClientError as e:
-        if _error_code(e) in _MISSING_CODES:
-            raise NotFound(f"blob {key!r} not found") from e
+        if _error_code(e) in _MISSING_CODES or (external and _error_code(e) == "NoSuchBucket"):
+            raise NotFound(f"{'object' if external else 'blob'} {key!r} not found") from e
+        if external and _error_code(e) in _DENIED_CODES:
+            raise PermissionDenied(f"the server's credentials may not access {key!r}") from e
         if e.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) in (500, 502, 503, 504):
             raise Unavailable("blob store is unavailable") from e
         raise

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from tt_server.errors import FailedPrecondition, NotFound
 from tt_server.storage.jobs import MAX_ROW_ERRORS, JobProgress
-from tt_server.types import CsvOptions, Job, JobSpec, JobState, ModelRef, OutputFormat, Page, RowError
+from tt_server.types import CsvOptions, InputFormat, Job, JobSpec, JobState, ModelRef, OutputFormat, Page, RowError
 
 if TYPE_CHECKING:
     from tt_server.storage.sql import Row, SqlDatabase, _PageTokens
@@ -107,7 +107,7 @@ class SqlJobStore:
         row = await self._db.fetchrow(
             "UPDATE jobs SET state = 'RUNNING', attempt = attempt + 1, attempts = attempts + 1, lease_owner = $2, "
             "lease_until = $4, started_at = COALESCE(started_at, $3), updated_at = $3, rows_done = 0, "
-            "rows_total = 0, rows_skipped = 0, row_errors = '[]' "
+            "rows_total = 0, rows_skipped = 0, row_errors = '[]', timings = '{}' "
             f"WHERE id = $1 AND {_LEASABLE} RETURNING attempt",
             job_id,
             owner,
@@ -125,7 +125,8 @@ class SqlJobStore:
     async def update_job_progress(self, job_id: str, attempt: int, progress: JobProgress, ttl_seconds: float) -> bool:
         now = _now_us()
         return await self._held_update(
-            "rows_done = $3, rows_skipped = $4, row_errors = $5, lease_until = $6, updated_at = $7",
+            "rows_done = $3, rows_skipped = $4, row_errors = $5, lease_until = $6, updated_at = $7, "
+            "rows_total = $8, timings = $9",
             job_id,
             attempt,
             progress.rows_done,
@@ -133,6 +134,8 @@ class SqlJobStore:
             _row_errors_json(progress.row_errors),
             now + _us(ttl_seconds),
             now,
+            progress.rows_total,
+            _timings_json(progress),
         )
 
     async def commit_job(
@@ -152,7 +155,7 @@ class SqlJobStore:
                 progress.rows_skipped,
                 _row_errors_json(progress.row_errors),
                 progress.rows_total,
-                json.dumps(progress.timings, sort_keys=True),
+                _timings_json(progress),
                 now,
             )
             if row is None:
@@ -172,7 +175,7 @@ class SqlJobStore:
             progress.rows_done,
             progress.rows_skipped,
             _row_errors_json(progress.row_errors),
-            json.dumps(progress.timings, sort_keys=True),
+            _timings_json(progress),
             now,
         )
 
@@ -267,6 +270,9 @@ def spec_to_json(spec: JobSpec) -> dict[str, Any]:
         "skip_bad_rows": spec.skip_bad_rows,
         "input_blob_key": spec.input_blob_key,
         "annotations": dict(spec.annotations),
+        "input_uri": spec.input_uri,
+        "output_uri": spec.output_uri,
+        "input_format": spec.input_format.value,
     }
 
 
@@ -285,7 +291,26 @@ def spec_from_json(data: dict[str, Any]) -> JobSpec:
         skip_bad_rows=data["skip_bad_rows"],
         input_blob_key=data["input_blob_key"],
         annotations=data["annotations"],
+        input_uri=data.get("input_uri", ""),  # absent in rows written before they existed
+        output_uri=data.get("output_uri", ""),
+        input_format=InputFormat(data.get("input_format", "csv")),
     )
+
+
+# The running attempt's rate, estimated total and ETA travel in the ``timings`` JSON column under these keys
+# (no schema change: the column already holds the attempt's per-stage figures).
+_RATE, _ESTIMATE, _ETA = "progress.rows_per_second", "progress.rows_total_estimate", "progress.eta_seconds"
+
+
+def _timings_json(progress: JobProgress) -> str:
+    stats = dict(progress.timings)
+    if progress.rows_per_second:
+        stats[_RATE] = round(progress.rows_per_second, 1)
+    if progress.rows_total_estimate:
+        stats[_ESTIMATE] = progress.rows_total_estimate
+    if progress.eta_seconds:
+        stats[_ETA] = round(progress.eta_seconds, 2)
+    return json.dumps(stats, sort_keys=True)
 
 
 def _row_errors_json(errors: tuple[RowError, ...]) -> str:
@@ -293,6 +318,7 @@ def _row_errors_json(errors: tuple[RowError, ...]) -> str:
 
 
 def _job_from_row(row: Row) -> Job:
+    stats = json.loads(row["timings"])
     return Job(
         id=row["id"],
         model_name=row["model_name"],
@@ -313,7 +339,10 @@ def _job_from_row(row: Row) -> Job:
         error=row["error"],
         result_blob_key=row["result_blob_key"],
         result_size=row["result_size"],
-        timings=json.loads(row["timings"]),
+        timings={k: v for k, v in stats.items() if not k.startswith("progress.")},
+        rows_total_estimate=int(stats.get(_ESTIMATE, 0)),
+        rows_per_second=float(stats.get(_RATE, 0.0)),
+        eta_seconds=float(stats.get(_ETA, 0.0)),
         started_at=None if row["started_at"] is None else _from_us(row["started_at"]),
         ended_at=None if row["ended_at"] is None else _from_us(row["ended_at"]),
     )

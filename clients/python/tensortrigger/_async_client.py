@@ -471,7 +471,14 @@ class AsyncClient(BaseClient):
         **options: Unpack[m.JobOptions],
     ) -> jobs_service_pb2.Job:
         """See ``Client.submit_job``."""
-        spec = m.job_spec_request(model, options)
+        if m.is_object_uri(path):
+            only = m.job_spec_request(model, options, str(path), input_uri=str(path))
+
+            async def one() -> AsyncIterator[jobs_service_pb2.CreateJobRequest]:
+                yield only
+
+            return (await self._unary(self._jobs.CreateJob, one(), timeout, idempotent=False)).job
+        spec = m.job_spec_request(model, options, str(path))
 
         async def requests() -> AsyncIterator[jobs_service_pb2.CreateJobRequest]:
             yield spec

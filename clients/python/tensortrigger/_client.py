@@ -455,8 +455,12 @@ class Client(BaseClient):
         timeout: float | None = None,
         **options: Unpack[m.JobOptions],
     ) -> jobs_service_pb2.Job:
-        """Stream a CSV file to the server as a batch job over ``model`` (pinned to one version now)."""
-        spec = m.job_spec_request(model, options)
+        """Stream a CSV file to the server as a batch job over ``model`` (pinned to one version now). ``path``
+        may instead be an ``s3://bucket/key`` URI that the server reads itself (under its allowed prefixes)."""
+        if m.is_object_uri(path):
+            request = m.job_spec_request(model, options, str(path), input_uri=str(path))
+            return self._unary(self._jobs.CreateJob, iter([request]), timeout, idempotent=False).job
+        spec = m.job_spec_request(model, options, str(path))
         source = Path(path)
         total = source.stat().st_size
 

@@ -400,23 +400,56 @@ class JobOptions(TypedDict, total=False):
     passthrough_columns: Sequence[str]
     """Columns copied to the results unchanged, e.g. an id."""
     output_format: str
-    """"csv" (default) or "jsonl"."""
+    """"csv" (default), "jsonl" or "parquet"."""
+    input_format: str
+    """"csv", "parquet" or "jsonl"; default: from the file name's extension (".parquet", ".jsonl"), else CSV."""
     skip_bad_rows: bool
     """Skip (and report) malformed rows instead of failing the job."""
     annotations: Mapping[str, str]
     """Free-form labels stored with the job."""
+    output_uri: str
+    """Write the results under this ``s3://bucket/prefix/`` (allowed by the server) instead of its blob store."""
 
 
-_OUTPUT_FORMATS = {"csv": jobs_service_pb2.OUTPUT_FORMAT_CSV, "jsonl": jobs_service_pb2.OUTPUT_FORMAT_JSONL}
+_OUTPUT_FORMATS = {
+    "csv": jobs_service_pb2.OUTPUT_FORMAT_CSV,
+    "jsonl": jobs_service_pb2.OUTPUT_FORMAT_JSONL,
+    "parquet": jobs_service_pb2.OUTPUT_FORMAT_PARQUET,
+}
+_INPUT_FORMATS = {
+    "csv": jobs_service_pb2.INPUT_FORMAT_CSV,
+    "parquet": jobs_service_pb2.INPUT_FORMAT_PARQUET,
+    "jsonl": jobs_service_pb2.INPUT_FORMAT_JSONL,
+}
 
 
-def job_spec_request(model: str | model_pb2.ModelRef, options: JobOptions) -> jobs_service_pb2.CreateJobRequest:
+def input_format_of(name: str) -> str:
+    """The input format a file name suggests: ".parquet"/".pq" -> parquet, ".jsonl"/".ndjson" -> jsonl."""
+    lowered = name.lower()
+    if lowered.endswith((".parquet", ".pq")):
+        return "parquet"
+    if lowered.endswith((".jsonl", ".ndjson")):
+        return "jsonl"
+    return "csv"
+
+
+def is_object_uri(path: object) -> bool:
+    """``s3://bucket/key``: an input the server reads from object storage itself (nothing is uploaded)."""
+    return isinstance(path, str) and path.startswith("s3://")
+
+
+def job_spec_request(
+    model: str | model_pb2.ModelRef, options: JobOptions, source: str, input_uri: str = ""
+) -> jobs_service_pb2.CreateJobRequest:
     output_format = options.get("output_format", "csv")
     if output_format not in _OUTPUT_FORMATS:
-        raise ValueError(f"unknown output_format {output_format!r}; expected csv or jsonl")
+        raise ValueError(f"unknown output_format {output_format!r}; expected csv, jsonl or parquet")
+    input_format = options.get("input_format") or input_format_of(source)
+    if input_format not in _INPUT_FORMATS:
+        raise ValueError(f"unknown input_format {input_format!r}; expected csv, parquet or jsonl")
     spec = jobs_service_pb2.JobSpec(
         model=model_ref(model),
-        input_format=jobs_service_pb2.INPUT_FORMAT_CSV,
+        input_format=_INPUT_FORMATS[input_format],
         csv=jobs_service_pb2.CsvOptions(
             has_header=options.get("has_header", True),
             delimiter=options.get("delimiter", ","),
@@ -427,6 +460,8 @@ def job_spec_request(model: str | model_pb2.ModelRef, options: JobOptions) -> jo
         output_format=_OUTPUT_FORMATS[output_format],
         skip_bad_rows=options.get("skip_bad_rows", False),
         annotations=dict(options.get("annotations", {})),
+        input_uri=input_uri,
+        output_uri=options.get("output_uri", ""),
     )
     return jobs_service_pb2.CreateJobRequest(spec=spec)
 

@@ -15,7 +15,7 @@ from typing import Any
 import click
 import numpy as np
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+from rich.progress import BarColumn, Progress, TextColumn
 
 from tensortrigger import __version__
 from tensortrigger._cli import output as out
@@ -643,23 +643,52 @@ def jobs() -> None:
 
 
 def _job_row(job: jobs_service_pb2.Job) -> tuple[str, ...]:
-    progress = f"{job.rows_done}/{job.rows_total or '?'}"
+    progress = job_progress(job)["rows"]
     return (job.id, f"{job.model.name}:{job.model.version}", state_name(job.state), progress, out.when(job.create_time))
 
 
+def job_progress(job: jobs_service_pb2.Job) -> dict[str, str]:
+    """How far a job is, as text: rows done of the total ("~" marks an estimated total, "?" an unknown one),
+    the rate and the time left, as the server measures them."""
+    if job.rows_total:
+        total = f"{job.rows_total:,}"
+    elif job.rows_total_estimate:
+        total = f"~{job.rows_total_estimate:,}"
+    else:
+        total = "?"
+    rate = job.rows_per_second
+    speed = "" if rate <= 0 else f"{rate / 1000:,.0f}k rows/s" if rate >= 10_000 else f"{rate:,.0f} rows/s"
+    eta = ""
+    if job.eta_seconds > 0:
+        minutes, seconds = divmod(round(job.eta_seconds), 60)
+        hours, minutes = divmod(minutes, 60)
+        eta = f"ETA {hours}:{minutes:02d}:{seconds:02d}"
+    return {"rows": f"{job.rows_done:,}/{total}", "speed": speed, "eta": eta}
+
+
 def _watch(settings: Settings, job_id: str) -> jobs_service_pb2.Job:
-    """Follow a job to its end with a progress bar; returns its final state."""
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
+    """Follow a job to its end with a progress bar (rows of the total, rate, ETA); returns its final state."""
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.fields[rows]}"),
+        TextColumn("{task.fields[speed]}"),
+        TextColumn("{task.fields[eta]}"),
+    )
     last = None
     with Progress(*columns, console=out.stderr, transient=True, disable=not settings.interactive) as bar:
-        task = bar.add_task(job_id, total=None)
+        task = bar.add_task(job_id, total=None, rows="", speed="", eta="")
         for job in settings.client().watch_job(job_id):
             last = job
+            text = job_progress(job)
             bar.update(
                 task,
                 description=f"{job_id} {state_name(job.state)}",
                 completed=job.rows_done,
-                total=job.rows_total or None,
+                total=job.rows_total or job.rows_total_estimate or None,
+                rows=text["rows"],
+                speed=text["speed"],
+                eta=text["eta"],
             )
     if last is None or last.state not in TERMINAL_STATES:
         last = settings.client().get_job(job_id)
@@ -678,7 +707,7 @@ def _job_finished(settings: Settings, job: jobs_service_pb2.Job) -> None:
 
 @jobs.command("submit")
 @click.argument("model")
-@click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("path")
 @click.option("--no-header", is_flag=True, help="The first row is data, not column names.")
 @click.option("--delimiter", default=",", show_default=True, help="Field delimiter.")
 @click.option(
@@ -688,39 +717,55 @@ def _job_finished(settings: Settings, job: jobs_service_pb2.Job) -> None:
 @click.option(
     "--format",
     "output_format",
-    type=click.Choice(["csv", "jsonl"]),
+    type=click.Choice(["csv", "jsonl", "parquet"]),
     default="csv",
     show_default=True,
     help="Results format.",
 )
+@click.option(
+    "--input-format",
+    type=click.Choice(["csv", "parquet", "jsonl"]),
+    help="Input format [default: from the extension (.parquet, .jsonl), else csv].",
+)
 @click.option("--skip-bad-rows", is_flag=True, help="Skip malformed rows instead of failing the job.")
 @click.option("--annotation", "annotations", multiple=True, metavar="KEY=VALUE", help="Label stored with the job.")
+@click.option("--output-uri", default="", metavar="S3_PREFIX", help="Write the results under this s3://bucket/prefix/.")
 @click.option("--watch", is_flag=True, help="Follow the job until it ends (exit code 1 unless it succeeds).")
 @pass_settings
 def jobs_submit(
     settings: Settings,
     model: str,
-    path: Path,
+    path: str,
     no_header: bool,
     delimiter: str,
     feature_columns: tuple[str, ...],
     passthrough_columns: tuple[str, ...],
     output_format: str,
+    input_format: str | None,
     skip_bad_rows: bool,
     annotations: tuple[str, ...],
+    output_uri: str,
     watch: bool,
 ) -> None:
-    """Run MODEL over the CSV file PATH as a batch job."""
-    with out.transfer(f"sending {path.name}", settings.interactive) as progress:
+    """Run MODEL over the file PATH (CSV, Parquet or JSON Lines) as a batch job. PATH may be an s3://bucket/key
+    URI that the server reads itself (nothing is uploaded; the server must allow that prefix)."""
+    source: str | Path = path
+    if not path.startswith("s3://"):
+        source = Path(path)
+        if not source.is_file():
+            raise click.BadParameter(f"{path!r} is not a file (or an s3:// URI)", param_hint="PATH")
+    with out.transfer(f"sending {Path(path).name}", settings.interactive and isinstance(source, Path)) as progress:
         job = settings.client().submit_job(
             model,
-            path,
+            source,
+            output_uri=output_uri,
             progress=progress,
             has_header=not no_header,
             delimiter=delimiter,
             feature_columns=feature_columns,
             passthrough_columns=passthrough_columns,
             output_format=output_format,
+            input_format=input_format or "",
             skip_bad_rows=skip_bad_rows,
             annotations=_pairs(annotations, "--annotation"),
         )

@@ -15,12 +15,15 @@ class InputFormat(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     INPUT_FORMAT_UNSPECIFIED: _ClassVar[InputFormat]
     INPUT_FORMAT_CSV: _ClassVar[InputFormat]
+    INPUT_FORMAT_PARQUET: _ClassVar[InputFormat]
+    INPUT_FORMAT_JSONL: _ClassVar[InputFormat]
 
 class OutputFormat(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     OUTPUT_FORMAT_UNSPECIFIED: _ClassVar[OutputFormat]
     OUTPUT_FORMAT_CSV: _ClassVar[OutputFormat]
     OUTPUT_FORMAT_JSONL: _ClassVar[OutputFormat]
+    OUTPUT_FORMAT_PARQUET: _ClassVar[OutputFormat]
 
 class JobState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -32,9 +35,12 @@ class JobState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     JOB_STATE_CANCELLED: _ClassVar[JobState]
 INPUT_FORMAT_UNSPECIFIED: InputFormat
 INPUT_FORMAT_CSV: InputFormat
+INPUT_FORMAT_PARQUET: InputFormat
+INPUT_FORMAT_JSONL: InputFormat
 OUTPUT_FORMAT_UNSPECIFIED: OutputFormat
 OUTPUT_FORMAT_CSV: OutputFormat
 OUTPUT_FORMAT_JSONL: OutputFormat
+OUTPUT_FORMAT_PARQUET: OutputFormat
 JOB_STATE_UNSPECIFIED: JobState
 JOB_STATE_QUEUED: JobState
 JOB_STATE_RUNNING: JobState
@@ -57,7 +63,7 @@ class CsvOptions(_message.Message):
     def __init__(self, has_header: _Optional[bool] = ..., delimiter: _Optional[str] = ..., feature_columns: _Optional[_Iterable[str]] = ..., feature_column_indices: _Optional[_Iterable[int]] = ..., passthrough_columns: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class JobSpec(_message.Message):
-    __slots__ = ("model", "input_format", "csv", "output_format", "skip_bad_rows", "input_blob_key", "annotations")
+    __slots__ = ("model", "input_format", "csv", "output_format", "skip_bad_rows", "input_blob_key", "annotations", "input_uri", "output_uri")
     class AnnotationsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -72,6 +78,8 @@ class JobSpec(_message.Message):
     SKIP_BAD_ROWS_FIELD_NUMBER: _ClassVar[int]
     INPUT_BLOB_KEY_FIELD_NUMBER: _ClassVar[int]
     ANNOTATIONS_FIELD_NUMBER: _ClassVar[int]
+    INPUT_URI_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_URI_FIELD_NUMBER: _ClassVar[int]
     model: _model_pb2.ModelRef
     input_format: InputFormat
     csv: CsvOptions
@@ -79,7 +87,9 @@ class JobSpec(_message.Message):
     skip_bad_rows: bool
     input_blob_key: str
     annotations: _containers.ScalarMap[str, str]
-    def __init__(self, model: _Optional[_Union[_model_pb2.ModelRef, _Mapping]] = ..., input_format: _Optional[_Union[InputFormat, str]] = ..., csv: _Optional[_Union[CsvOptions, _Mapping]] = ..., output_format: _Optional[_Union[OutputFormat, str]] = ..., skip_bad_rows: _Optional[bool] = ..., input_blob_key: _Optional[str] = ..., annotations: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    input_uri: str
+    output_uri: str
+    def __init__(self, model: _Optional[_Union[_model_pb2.ModelRef, _Mapping]] = ..., input_format: _Optional[_Union[InputFormat, str]] = ..., csv: _Optional[_Union[CsvOptions, _Mapping]] = ..., output_format: _Optional[_Union[OutputFormat, str]] = ..., skip_bad_rows: _Optional[bool] = ..., input_blob_key: _Optional[str] = ..., annotations: _Optional[_Mapping[str, str]] = ..., input_uri: _Optional[str] = ..., output_uri: _Optional[str] = ...) -> None: ...
 
 class CreateJobRequest(_message.Message):
     __slots__ = ("spec", "chunk")
@@ -104,7 +114,7 @@ class RowError(_message.Message):
     def __init__(self, row: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("id", "model", "spec", "state", "rows_done", "rows_total", "rows_skipped", "row_errors", "attempts", "error", "input_size_bytes", "result_size_bytes", "create_time", "start_time", "end_time")
+    __slots__ = ("id", "model", "spec", "state", "rows_done", "rows_total", "rows_skipped", "row_errors", "attempts", "error", "input_size_bytes", "result_size_bytes", "create_time", "start_time", "end_time", "result_uri", "rows_total_estimate", "rows_per_second", "eta_seconds")
     ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     SPEC_FIELD_NUMBER: _ClassVar[int]
@@ -120,6 +130,10 @@ class Job(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
     START_TIME_FIELD_NUMBER: _ClassVar[int]
     END_TIME_FIELD_NUMBER: _ClassVar[int]
+    RESULT_URI_FIELD_NUMBER: _ClassVar[int]
+    ROWS_TOTAL_ESTIMATE_FIELD_NUMBER: _ClassVar[int]
+    ROWS_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
+    ETA_SECONDS_FIELD_NUMBER: _ClassVar[int]
     id: str
     model: _model_pb2.ModelRef
     spec: JobSpec
@@ -135,7 +149,11 @@ class Job(_message.Message):
     create_time: _timestamp_pb2.Timestamp
     start_time: _timestamp_pb2.Timestamp
     end_time: _timestamp_pb2.Timestamp
-    def __init__(self, id: _Optional[str] = ..., model: _Optional[_Union[_model_pb2.ModelRef, _Mapping]] = ..., spec: _Optional[_Union[JobSpec, _Mapping]] = ..., state: _Optional[_Union[JobState, str]] = ..., rows_done: _Optional[int] = ..., rows_total: _Optional[int] = ..., rows_skipped: _Optional[int] = ..., row_errors: _Optional[_Iterable[_Union[RowError, _Mapping]]] = ..., attempts: _Optional[int] = ..., error: _Optional[str] = ..., input_size_bytes: _Optional[int] = ..., result_size_bytes: _Optional[int] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    result_uri: str
+    rows_total_estimate: int
+    rows_per_second: float
+    eta_seconds: float
+    def __init__(self, id: _Optional[str] = ..., model: _Optional[_Union[_model_pb2.ModelRef, _Mapping]] = ..., spec: _Optional[_Union[JobSpec, _Mapping]] = ..., state: _Optional[_Union[JobState, str]] = ..., rows_done: _Optional[int] = ..., rows_total: _Optional[int] = ..., rows_skipped: _Optional[int] = ..., row_errors: _Optional[_Iterable[_Union[RowError, _Mapping]]] = ..., attempts: _Optional[int] = ..., error: _Optional[str] = ..., input_size_bytes: _Optional[int] = ..., result_size_bytes: _Optional[int] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., result_uri: _Optional[str] = ..., rows_total_estimate: _Optional[int] = ..., rows_per_second: _Optional[float] = ..., eta_seconds: _Optional[float] = ...) -> None: ...
 
 class GetJobRequest(_message.Message):
     __slots__ = ("id",)

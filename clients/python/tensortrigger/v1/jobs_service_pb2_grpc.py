@@ -75,7 +75,7 @@ class JobsServiceServicer:
 
     def CreateJob(self, request_iterator, context):
         """Creates a job: first a message with `spec`, then the input file in `chunk`s (or no chunks when
-        `spec.input_blob_key` names an object already in the blob store). The model version is pinned now.
+        `spec.input_blob_key` or `spec.input_uri` names an object already stored). The model version is pinned now.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -1,0 +1,137 @@
+"""Where a job's bytes live: the blob store, or object storage the caller names with an ``s3://`` URI.
+
+``JobBlobs`` is the ``BlobStore`` the jobs code uses: keys of the form ``s3://bucket/key`` go to that bucket
+(through ``S3Objects``, the server's S3 client and credentials), every other key to the blob store. A URI
+is stored in the job row as its input or result key, so the worker and ``GetJobResults`` read it alike.
+
+Which URIs a caller may name is the operator's choice, ``job_s3_allowed_prefixes``: ``check_uri`` allows a
+URI only under one of them (a prefix names a bucket, or a "folder" in it: ``s3://lake/scoring/`` allows
+``s3://lake/scoring/day1.csv`` but not ``s3://lake/scoring-private/x``); anything else is PermissionDenied,
+whether or not it exists. A bare key (no scheme) is taken relative to the first allowed prefix.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Protocol
+
+from tt_server.errors import FailedPrecondition, InvalidArgument, PermissionDenied
+from tt_server.storage.blobs import BlobInfo, BlobStore
+
+SCHEME = "s3://"
+
+
+class ObjectBuckets(Protocol):
+    """Any bucket of object storage, as a blob store (``tt_server.storage.s3.S3Objects``)."""
+
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    def bucket(self, name: str) -> BlobStore: ...
+
+
+def is_uri(key: str) -> bool:
+    return key.startswith(SCHEME)
+
+
+def split_uri(uri: str) -> tuple[str, str]:
+    """``s3://bucket/key`` -> (bucket, key); the key may be empty (a bucket's root)."""
+    bucket, _, key = uri.removeprefix(SCHEME).partition("/")
+    return bucket, key
+
+
+def normalise_prefix(prefix: str) -> str:
+    """An allowed prefix as a folder: ``s3://lake/scoring`` -> ``s3://lake/scoring/``."""
+    if not is_uri(prefix) or not split_uri(prefix)[0]:
+        raise ValueError(f"{prefix!r} is not an s3://bucket[/prefix] URI")
+    return prefix if prefix.endswith("/") else prefix + "/"
+
+
+def check_uri(value: str, allowed: Sequence[str], field: str, folder: bool = False) -> str:
+    """The full ``s3://`` URI the caller means by ``value``, if it is under an allowed prefix.
+    ``folder``: ``value`` names a prefix to write under (returned ending with "/"), not an object."""
+    prefixes = [normalise_prefix(p) for p in allowed]
+    if not prefixes:
+        raise PermissionDenied(f"{field}: this server reads and writes no object storage (no allowed prefixes)")
+    uri = value if is_uri(value) else prefixes[0] + value.lstrip("/")
+    bucket, key = split_uri(uri)
+    if folder and key and not key.endswith("/"):
+        uri, key = uri + "/", key + "/"
+    if not bucket or (not key and not folder):
+        raise InvalidArgument.field(field, f"{value!r} is not an s3://bucket/key URI")
+    parts = key.split("/")
+    if any(part in (".", "..") for part in parts) or "" in parts[:-1]:
+        # S3 keys are literal, but tools that normalise paths would read a different object: refuse.
+        raise InvalidArgument.field(field, f"{value!r} has an empty, '.' or '..' path segment")
+    if not any(uri.startswith(p) for p in prefixes):
+        raise PermissionDenied(
+            f"{field}: {uri!r} is outside the object storage this server lets callers use ({', '.join(prefixes)})"
+        )
+    return uri
+
+
+class JobBlobs:
+    """A ``BlobStore`` over the blob store and, for ``s3://`` keys, object storage."""
+
+    def __init__(self, blobs: BlobStore, objects: ObjectBuckets | None = None) -> None:
+        self.blobs = blobs
+        self._objects = objects
+
+    async def open(self) -> None:
+        if self._objects is not None:
+            await self._objects.open()
+
+    async def close(self) -> None:
+        if self._objects is not None:
+            await self._objects.close()
+
+    def _route(self, key: str) -> tuple[BlobStore, str]:
+        if not is_uri(key):
+            return self.blobs, key
+        if self._objects is None:
+            raise FailedPrecondition(
+                f"{key!r} is in object storage, which this process is not set up to reach "
+                "(set TT_JOB_S3_ALLOWED_PREFIXES for the server and the workers alike)"
+            )
+        bucket, object_key = split_uri(key)
+        return self._objects.bucket(bucket), object_key
+
+    async def put_stream(self, key: str, chunks: AsyncIterator[bytes]) -> BlobInfo:
+        store, object_key = self._route(key)
+        info = await store.put_stream(object_key, chunks)
+        return BlobInfo(key, info.size, info.sha256)
+
+    async def put_file(self, key: str, path: Path) -> BlobInfo:
+        store, object_key = self._route(key)
+        info = await store.put_file(object_key, path)
+        return BlobInfo(key, info.size, info.sha256)
+
+    def get_stream(self, key: str, offset: int = 0, chunk_size: int = 1 << 20) -> AsyncIterator[bytes]:
+        store, object_key = self._route(key)
+        return store.get_stream(object_key, offset, chunk_size)
+
+    async def get_file(self, key: str, path: Path) -> None:
+        store, object_key = self._route(key)
+        await store.get_file(object_key, path)
+
+    async def size(self, key: str) -> int:
+        store, object_key = self._route(key)
+        return await store.size(object_key)
+
+    async def exists(self, key: str) -> bool:
+        store, object_key = self._route(key)
+        return await store.exists(object_key)
+
+    async def delete(self, key: str) -> None:
+        store, object_key = self._route(key)
+        await store.delete(object_key)
+
+    async def list_keys(self, prefix: str) -> list[str]:
+        store, object_prefix = self._route(prefix)
+        keys = await store.list_keys(object_prefix)
+        if not is_uri(prefix):
+            return keys
+        bucket, _ = split_uri(prefix)
+        return [f"{SCHEME}{bucket}/{k}" for k in keys]
