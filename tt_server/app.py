@@ -12,7 +12,7 @@ import contextlib
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from wsgiref.simple_server import WSGIServer
 
 import grpc
@@ -47,6 +47,9 @@ from tt_server.storage.leases import make_lease_manager
 from tt_server.tracing import Tracing, start_tracing
 from tt_server.training.service import TrainingService
 
+if TYPE_CHECKING:
+    from tt_server.supervised import WorkerLink
+
 log = logging.getLogger(__name__)
 
 SERVICE_NAMES = (
@@ -57,8 +60,12 @@ SERVICE_NAMES = (
 
 
 class Application:
-    def __init__(self, settings: Settings | None = None) -> None:
+    def __init__(self, settings: Settings | None = None, link: WorkerLink | None = None) -> None:
+        """``link``: this process is one of the supervisor's serving workers (tt_server/supervisor.py); it
+        carries registry events and job ids to the other workers and decides when health says SERVING."""
         self.settings = settings or Settings()
+        self.link = link
+        self._serving = False
         self.port: int = 0
         self._server: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()
@@ -82,6 +89,8 @@ class Application:
         if s.amqp_url:
             self.events = AmqpEventBus(s.amqp_url)
             await self.events.open()
+        elif self.link is not None:
+            self.events = self.link.events  # embedded mode: the other workers hear of changes through the supervisor
         else:
             self.events = LocalEventBus()
         # TensorFlow work (artifact inspection, model loads) runs here, never on the event loop.
@@ -94,13 +103,14 @@ class Application:
         self.leases = make_lease_manager(s)
         self.training = TrainingService(self.registry, self.blobs, self.leases, s)
         # Jobs: RabbitMQ and tt-worker processes when TT_AMQP_URL is set, else an in-process queue and worker.
-        self.broker = make_broker(s)
+        # Embedded mode with workers: one of them runs jobs; the others forward job ids to it.
+        self.broker = self.link.broker if self.link is not None and not s.amqp_url else make_broker(s)
         await self.broker.open()
         job_store = make_job_store(self.metadata)
         self.jobs = JobsService(job_store, self.blobs, self.broker, self.registry, s)
         self.embedded_worker = (
             None
-            if s.amqp_url
+            if s.amqp_url or (self.link is not None and not self.link.runs_jobs)
             else EmbeddedWorker(job_store, self.blobs, self.broker, self.models, s, self.jobs.notifier)
         )
 
@@ -117,6 +127,7 @@ class Application:
         server = grpc.aio.server(
             interceptors=[self._tracing.interceptor] if self._tracing else None,
             options=[
+                ("grpc.so_reuseport", int(s.grpc_port_sharing)),
                 ("grpc.max_receive_message_length", s.max_message_bytes),
                 ("grpc.max_send_message_length", s.max_message_bytes),
                 *(
@@ -140,7 +151,11 @@ class Application:
         jobs_service_pb2_grpc.add_JobsServiceServicer_to_server(JobsServicer(self.jobs), serving)
         # TF Serving and Open Inference Protocol clients, over the same inference path.
         compat.add_to_server(
-            serving, self.inference, self.registry, s.max_request_elements, is_ready=lambda: not self._stopping
+            serving,
+            self.inference,
+            self.registry,
+            s.max_request_elements,
+            is_ready=lambda: self._serving and not self._stopping,
         )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, serving)
         reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
@@ -164,8 +179,8 @@ class Application:
             raise RuntimeError(f"cannot listen on {s.grpc_address}")
         await server.start()
         self._server = server
-        for name in ("", *SERVICE_NAMES, *compat.SERVICE_NAMES):
-            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        if self.link is None:  # a supervised worker serves once the supervisor says all workers do
+            await self.set_serving(True)
         self._tasks.append(asyncio.create_task(self._collect_garbage_forever(), name="tt-blob-gc"))
         self._tasks.append(asyncio.create_task(self._check_models_forever(), name="tt-model-check"))
         if self.embedded_worker is not None:
@@ -182,6 +197,15 @@ class Application:
                 "startup_seconds": round(time.perf_counter() - started, 3),
             },
         )
+
+    async def set_serving(self, serving: bool) -> None:
+        """Health (every service) SERVING or NOT_SERVING; ignored once draining."""
+        if self._stopping:
+            return
+        self._serving = serving
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in ("", *SERVICE_NAMES, *compat.SERVICE_NAMES):
+            await self._health.set(name, status)
 
     @property
     def address(self) -> str:

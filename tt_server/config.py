@@ -7,8 +7,9 @@ an in-process broker and worker. Set ``TT_DATABASE_URL``, ``TT_S3_BUCKET`` (+ ``
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -36,6 +37,19 @@ class Settings(BaseSettings):
     drain_delay_seconds: float = Field(
         0.0,
         description="On SIGTERM: keep accepting new calls this long after NOT_SERVING, so a mesh can drain.",
+    )
+
+    # --- serving processes (tt_server/supervisor.py) ----------------------------------------------------
+    workers: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
+        1,
+        description="Serving processes sharing the gRPC port, under a supervisor that restarts a crashed one and "
+        "drains them all on SIGTERM; 'auto' = the CPUs this process may run on. 1 = one process, no supervisor.",
+    )
+    grpc_port_sharing: bool = Field(
+        False,
+        description="Let other processes listen on the same gRPC port (SO_REUSEPORT). Off, a second server on a "
+        "port in use fails to start instead of silently taking half the connections. The supervisor switches it "
+        "on for its workers only; there is rarely a reason to set it by hand.",
     )
 
     # --- storage ---------------------------------------------------------------------------------------
@@ -264,6 +278,13 @@ class Settings(BaseSettings):
         description="RabbitMQ: how long CreateJob waits for the job message to be confirmed, including waiting "
         "for a reconnect, before UNAVAILABLE.",
     )
+
+    @property
+    def worker_count(self) -> int:
+        """``workers`` with 'auto' resolved to the CPUs this process may run on (its affinity mask)."""
+        if self.workers == "auto":
+            return len(os.sched_getaffinity(0))
+        return self.workers
 
     @property
     def embedded_database(self) -> bool:

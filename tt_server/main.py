@@ -7,7 +7,6 @@ import logging
 import signal
 import sys
 
-from tt_server.app import Application
 from tt_server.config import Settings
 from tt_server.logs import configure_logging
 from tt_server.runtime.memory import settle
@@ -16,6 +15,8 @@ log = logging.getLogger(__name__)
 
 
 async def serve(settings: Settings) -> None:
+    from tt_server.app import Application  # TensorFlow with it; a supervisor (TT_WORKERS) does without
+
     if settings.gc_freeze:
         settle()  # TensorFlow, Keras and our modules, imported by now; the model manager settles after loads
     app = Application(settings)
@@ -35,6 +36,10 @@ async def serve(settings: Settings) -> None:
 
 def main() -> None:
     settings = Settings()
+    if settings.worker_count != 1:
+        from tt_server import supervisor
+
+        sys.exit(supervisor.run(settings))
     configure_logging(settings.log_level, settings.log_json)
     sys.setswitchinterval(settings.gil_switch_interval_seconds)
     if settings.event_loop == "uvloop":
