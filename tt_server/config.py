@@ -242,6 +242,12 @@ class Settings(BaseSettings):
         "get RESOURCE_EXHAUSTED.",
     )
     training_max_micro_batch: int = Field(8192, description="Largest micro_batch_size a Train stream may ask for.")
+    training_process: bool = Field(
+        True,
+        description="Run Train sessions' steps in a separate training process (started with the first session, "
+        "its own GIL and TensorFlow threads; tt_server/training/process.py) rather than on a "
+        "thread of the serving process, so that training at full speed does not slow Predict down.",
+    )
     training_thread_nice: int = Field(
         10,
         ge=0,

@@ -26,7 +26,12 @@ ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "k8s"
 # What `kubectl apply -k` is pointed at. The base is rendered too: it must be valid on its own so that a
 # broken base shows up as one failure, not as one per overlay.
-RENDERS = {"base": K8S / "base", "dev": K8S / "overlays" / "dev", "prod": K8S / "overlays" / "prod"}
+RENDERS = {
+    "base": K8S / "base",
+    "dev": K8S / "overlays" / "dev",
+    "prod": K8S / "overlays" / "prod",
+    "gpu": K8S / "overlays" / "gpu",
+}
 OVERLAYS = ("dev", "prod")
 CHECKOV_VENV = ROOT / ".venv-checkov"
 
@@ -72,9 +77,7 @@ def checkov_report(rendered: dict[str, list[Manifest]], tmp_path_factory: pytest
     """
     checkov = Path(os.environ.get("TT_CHECKOV", CHECKOV_VENV / "bin" / "checkov"))
     if not checkov.is_file():
-        service_missing(
-            f"checkov not found at {checkov}; install it with: make {CHECKOV_VENV.relative_to(ROOT)}"
-        )
+        service_missing(f"checkov not found at {checkov}; install it with: make {CHECKOV_VENV.relative_to(ROOT)}")
     scan = tmp_path_factory.mktemp("checkov")
     for overlay in OVERLAYS:
         (scan / overlay).mkdir()

@@ -9,8 +9,9 @@ checkpoint as ``on_abort`` says; every end releases the lease, the training thre
 Three things overlap, so the trainer is never idle waiting for the network:
 
     reader task (event loop): read -> decode + validate -> inputs queue (a few messages ahead)
-    session task (event loop): micro-batch -> train job on the training thread -> progress events
-    training thread: the train steps, evaluation, checkpoint writing
+    session task (event loop): micro-batch -> train job for the trainer -> progress events
+    the trainer (training/process.py: in the training process, or on a thread of this one): the train
+    steps, evaluation, checkpoint writing
 
 Steps run in order, one job per message (not per micro-batch), so the event loop hops once per message.
 """
@@ -21,15 +22,11 @@ import asyncio
 import contextlib
 import enum
 import logging
-import os
 import shutil
-import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any, TypeVar
 
 from tt_server import metrics
 from tt_server.config import Settings
@@ -39,7 +36,7 @@ from tt_server.runtime.loader import ARTIFACT_SUFFIX
 from tt_server.storage.blobs import BlobStore
 from tt_server.storage.leases import Lease, LeaseManager
 from tt_server.training.decoding import Batch, ExampleDecoder, MicroBatcher
-from tt_server.training.engine import Snapshot, Trainer, check_trainable
+from tt_server.training.engine import Snapshot, check_trainable
 from tt_server.training.messages import (
     Checkpointed,
     Control,
@@ -53,11 +50,10 @@ from tt_server.training.messages import (
     TrainInput,
     TrainSpec,
 )
+from tt_server.training.process import SessionTrainer, ThreadTrainer, TrainingProcess
 from tt_server.types import ModelVersion
 
 log = logging.getLogger(__name__)
-
-T = TypeVar("T")
 
 READ_AHEAD_MESSAGES = 4  # decoded messages waiting for the trainer: enough to overlap reading and training
 EVENT_BUFFER = 1024  # events the client has not read yet before the session waits for it
@@ -76,6 +72,7 @@ class SessionDeps:
     blobs: BlobStore
     leases: LeaseManager
     settings: Settings
+    training_process: TrainingProcess | None = None  # None: trainers run on threads of this process
 
 
 class _EndOfStream:
@@ -145,12 +142,11 @@ class TrainingSession:
         self._ending = False
         self._inputs: asyncio.Queue[_Input] = asyncio.Queue(READ_AHEAD_MESSAGES)
         self._reader: asyncio.Task[None] | None = None
-        self._executor: ThreadPoolExecutor | None = None
         self._scratch = self._settings.scratch_dir / f"train-{session_id}"
         self._lease: Lease | None = None
         self._spec: TrainSpec | None = None
         self._base: ModelVersion | None = None
-        self._trainer: Trainer | None = None
+        self._trainer: SessionTrainer | None = None
         self._batcher: MicroBatcher | None = None
         # Counted from the steps whose results reached the event loop (progress events); the trainer keeps
         # the totals of what reached the weights.
@@ -232,15 +228,17 @@ class TrainingSession:
             raise FailedPrecondition(
                 f"model {base.model_name!r} version {base.version} cannot be trained: its artifact is missing"
             ) from None
-        nice = self._settings.training_thread_nice
-        self._executor = ThreadPoolExecutor(
-            1, thread_name_prefix=f"tt-train-{base.model_name}", initializer=_lower_priority, initargs=(nice,)
-        )
-        trainer = Trainer(base, artifact, spec, frozenset(self._settings.allowed_custom_objects))
-        recipe = await self._in_thread(trainer.load)
-        self._trainer = trainer
         s = self._settings
-        decoder = ExampleDecoder(base.signature, trainer.label_specs, s.max_request_rows, s.max_request_elements)
+        allowed = frozenset(s.allowed_custom_objects)
+        process = self._deps.training_process
+        trainer: SessionTrainer = (
+            process.trainer(self.session_id, base, artifact, spec, allowed)
+            if process is not None
+            else ThreadTrainer(base, artifact, spec, allowed, s.training_thread_nice)
+        )
+        self._trainer = trainer  # set before loading: clean-up closes it whatever happens
+        recipe = await trainer.load()
+        decoder = ExampleDecoder(base.signature, recipe.label_specs, s.max_request_rows, s.max_request_elements)
         self._batcher = MicroBatcher(spec.micro_batch_size)
         self._last_checkpoint_at = time.monotonic()
         log.info(
@@ -291,7 +289,7 @@ class TrainingSession:
                     await self._train(batcher.add(batch))
                     continue
                 await self._train(batcher.flush())  # an evaluation sees every example sent before it
-                result = await self._in_thread(trainer.evaluate, batch)
+                result = await trainer.evaluate(batch)
                 await self._emit(Evaluated(result.rows, result.loss, result.metrics))
             elif item is Control.CHECKPOINT:
                 await self._train(batcher.flush())
@@ -312,7 +310,7 @@ class TrainingSession:
             return
         assert self._trainer is not None and self._spec is not None
         model = self._spec.model.name
-        for result in await self._in_thread(self._trainer.train, batches):
+        for result in await self._trainer.train(batches):
             self._steps += 1
             self._examples += result.rows
             metrics.TRAINING_STEPS.labels(model).inc()
@@ -340,11 +338,12 @@ class TrainingSession:
         trainer, base, lease, spec = self._trainer, self._base, self._lease, self._spec
         assert trainer is not None and base is not None and lease is not None and spec is not None
         # Read on the training thread, after any step still running there.
-        if await self._in_thread(lambda: trainer.steps) == self._saved_steps:
+        steps = await trainer.steps()
+        if steps == self._saved_steps:
             return None
         await lease.check()  # never publish as the model's writer after losing the lease
-        path = self._scratch / f"checkpoint-{trainer.steps}.keras"
-        snapshot: Snapshot = await self._in_thread(trainer.save, path)
+        path = self._scratch / f"checkpoint-{steps}.keras"
+        snapshot: Snapshot = await trainer.save(path)
         try:
             version = await self._deps.registry.publish_trained(
                 base.model_name,
@@ -391,21 +390,14 @@ class TrainingSession:
                 await self._reader
         if self._lease is not None:
             await asyncio.shield(self._lease.release())
-        if self._executor is not None:
-            # Queued behind any job still on the thread (a step or load whose wait was cancelled), so the
-            # scratch files go only once nothing uses them; the model is dropped on its own thread.
-            trainer = self._trainer
-            closed = self._executor.submit(trainer.close if trainer is not None else _nothing)
-            self._executor.shutdown(wait=False)
+        if self._trainer is not None:
+            # Runs after any call still under way (a step or load whose wait was cancelled), so the scratch
+            # files go only once nothing uses them.
             with contextlib.suppress(Exception):
-                await asyncio.wrap_future(closed)
+                await asyncio.shield(self._trainer.close())
         await asyncio.to_thread(shutil.rmtree, self._scratch, True)
 
     # --- helpers -------------------------------------------------------------------------------------
-    async def _in_thread(self, fn: Callable[..., T], *args: Any) -> T:
-        assert self._executor is not None
-        return await asyncio.wrap_future(self._executor.submit(fn, *args))
-
     async def _emit(self, event: TrainEvent) -> None:
         if self._aborting:
             self.events.put_nowait(event)
@@ -442,16 +434,3 @@ def _checkpoint_metadata(snapshot: Snapshot) -> dict[str, str]:
         metadata.update({f"training.prequential.{k}": f"{v:.6g}" for k, v in last.prequential.items()})
         metadata.update({f"training.metrics.{k}": f"{v:.6g}" for k, v in last.metrics.items()})
     return metadata
-
-
-def _nothing() -> None:
-    pass
-
-
-def _lower_priority(nice: int) -> None:
-    """Thread initializer: raise this thread's niceness (Linux schedules threads individually)."""
-    if nice > 0 and hasattr(os, "setpriority"):
-        try:
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
-        except OSError:
-            log.warning("could not lower the training thread's priority", exc_info=True)
