@@ -273,12 +273,10 @@ def markdown(r: dict[str, Any]) -> str:
                 for w in scaling["rows"]
             ],
         )
-        projected = ", ".join(f"N = {n}: ~{v:,} req/s" for n, v in scaling["projected_req_per_s"].items())
-        out += [
-            f"Projected with N free cores from the CPU per request at {scaling['projected_from_workers']} "
-            f"workers (an upper bound): {projected}.",
-            "",
-        ]
+        for measured, projected in scaling["projected_req_per_s_from_workers"].items():
+            text = ", ".join(f"N = {n}: ~{v:,} req/s" for n, v in projected.items())
+            out += [f"Projected for N free cores from the CPU per request at {measured} worker(s): {text}.", ""]
+        out += ["(An upper bound: N cores / CPU per request; memory bandwidth and connection spreading ignored.)", ""]
     if r["notes"]:
         out += ["## Notes", ""] + [f"- {note}" for note in r["notes"]] + [""]
     return "\n".join(out)

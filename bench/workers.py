@@ -21,7 +21,7 @@ from bench import cpu, h2load, workload
 if TYPE_CHECKING:
     from bench.run import Bench
 
-_HZ = os.sysconf("SC_CLK_TCK")
+tree_cpu_seconds = cpu.tree_cpu_seconds
 WORKER_COUNTS = (1, 2)
 PROJECTED = (8, 16)
 
@@ -35,28 +35,6 @@ def pinned(cores: set[int]) -> Iterator[None]:
         yield
     finally:
         os.sched_setaffinity(0, before)
-
-
-def tree_cpu_seconds(root: int) -> float:
-    """CPU-seconds used so far by ``root`` and every live descendant (with their reaped children)."""
-    parents: dict[int, int] = {}
-    used: dict[int, float] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        pid = int(stat.parent.name)
-        parents[pid] = int(fields[1])
-        used[pid] = sum(int(x) for x in fields[11:15]) / _HZ
-    total = 0.0
-    for pid, seconds in used.items():
-        p = pid
-        while p > 1 and p != root:
-            p = parents.get(p, 0)
-        if p == root:
-            total += seconds
-    return total
 
 
 def scaling(bench: Bench, payload: dict[str, Any], in_flight: tuple[int, int], seconds: float) -> dict[str, Any]:
@@ -103,19 +81,19 @@ def scaling(bench: Bench, payload: dict[str, Any], in_flight: tuple[int, int], s
             }
         )
         bench.log(f"  {result.req_per_s:,.0f} req/s, {us_per_request or 0:.0f} server CPU us/request")
-    # The most workers measured: its per-request CPU includes what sharing the port and the cores costs.
-    best = max((r for r in rows if r["server_cpu_us_per_request"]), key=lambda r: r["workers"], default=None)
-    projected = {}
-    if best is not None:
-        per_core = 1e6 / best["server_cpu_us_per_request"]
-        projected = {str(n): round(n * per_core) for n in PROJECTED}
+    # N cores / (CPU per request), from each measured row: the 1-worker row is a process with a core of its
+    # own (as each of N workers on N free cores would have); the others add what sharing the cores costs.
+    projected = {
+        str(r["workers"]): {str(n): round(n * 1e6 / r["server_cpu_us_per_request"]) for n in PROJECTED}
+        for r in rows
+        if r["server_cpu_us_per_request"]
+    }
     return {
         "load_generator_cores": sorted(load_core),
         "server_cores": sorted(server_cores),
         "in_flight": connections * streams,
         "rows": rows,
-        "projected_req_per_s": projected,
-        "projected_from_workers": best["workers"] if best else None,
+        "projected_req_per_s_from_workers": projected,
     }
 
 
