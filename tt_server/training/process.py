@@ -136,6 +136,7 @@ class TrainingProcess:
         self._send_lock = threading.Lock()
         self._pending: dict[int, tuple[asyncio.AbstractEventLoop, asyncio.Future[Any]]] = {}
         self._ids = itertools.count()
+        self._generation = 0  # bumped by every start
         self._closed = False
 
     def trainer(
@@ -143,13 +144,23 @@ class TrainingProcess:
     ) -> ProcessTrainer:
         return ProcessTrainer(self, session_id, (version, artifact, spec, allowed))
 
-    async def call(self, session_id: str, method: str, *args: Any) -> Any:
+    async def start(self) -> int:
+        """Start the training process unless it runs; its generation, which a session's calls then name."""
         if self._closed:
             raise Unavailable("the server is shutting down")
-        loop = asyncio.get_running_loop()
+        if not self._alive():
+            await asyncio.to_thread(self._start)
+        return self._generation
+
+    async def call(self, generation: int, session_id: str, method: str, *args: Any) -> Any:
+        """Run ``method`` of the session's trainer in training process ``generation``: a session whose process
+        died gets UNAVAILABLE, never a fresh process that has no trainer for it."""
+        if self._closed:
+            raise Unavailable("the server is shutting down")
         conn = self._conn
-        if conn is None or not self._alive():
-            conn = await asyncio.to_thread(self._start)
+        if conn is None or generation != self._generation or not self._alive():
+            raise Unavailable("the training process exited; the session's progress since its last checkpoint is lost")
+        loop = asyncio.get_running_loop()
         call_id = next(self._ids)
         future: asyncio.Future[Any] = loop.create_future()
         self._pending[call_id] = (loop, future)
@@ -181,6 +192,7 @@ class TrainingProcess:
                 )
             conn = Connection(os.dup(ours.fileno()))
             self._process, self._conn, self._socket = process, conn, ours
+            self._generation += 1
             threading.Thread(target=self._read, args=(conn,), name="tt-training-reader", daemon=True).start()
             log.info("training process started", extra={"pid": process.pid})
             return conn
@@ -256,28 +268,36 @@ class ProcessTrainer:
         self._process = process
         self._session = session_id
         self._load_args = load_args
+        self._generation: int | None = None  # the training process holding this session's trainer
+
+    async def _call(self, method: str, *args: Any) -> Any:
+        assert self._generation is not None, "load() first"
+        return await self._process.call(self._generation, self._session, method, *args)
 
     async def load(self) -> Loaded:
-        loaded: Loaded = await self._process.call(self._session, "load", *self._load_args)
+        self._generation = await self._process.start()
+        loaded: Loaded = await self._call("load", *self._load_args)
         return loaded
 
     async def train(self, batches: list[Batch]) -> list[Any]:
-        results: list[Any] = await self._process.call(self._session, "train", batches)
+        results: list[Any] = await self._call("train", batches)
         return results
 
     async def evaluate(self, batch: Batch) -> Any:
-        return await self._process.call(self._session, "evaluate", batch)
+        return await self._call("evaluate", batch)
 
     async def steps(self) -> int:
-        steps: int = await self._process.call(self._session, "steps")
+        steps: int = await self._call("steps")
         return steps
 
     async def save(self, path: Path) -> Any:
-        return await self._process.call(self._session, "save", path)
+        return await self._call("save", path)
 
     async def close(self) -> None:
+        if self._generation is None:
+            return  # never reached the training process
         with contextlib.suppress(Unavailable):  # the process is gone, and the trainer with it
-            await self._process.call(self._session, "close")
+            await self._call("close")
 
 
 def _error_payload(e: BaseException) -> tuple[str, str, list[Any]]:
