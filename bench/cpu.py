@@ -1,15 +1,15 @@
 """How much CPU *other* processes took while a measurement ran.
 
 On a 2-core machine shared with other work (test runs, builds) that is the first thing to know about a number.
-Machine-wide busy time comes from ``/proc/stat``; the benchmark's own time is this process, its reaped
-children (``getrusage``) and its live children (``/proc/<pid>/stat``: the servers). The rest is others'.
+Machine-wide busy time comes from ``/proc/stat``; the benchmark's own time is this process and all its live
+descendants (``/proc/<pid>/stat``: the servers and their workers), each with its reaped children. The rest is
+others'.
 Linux only; elsewhere every share reads 0.
 """
 
 from __future__ import annotations
 
 import os
-import resource
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,19 +69,28 @@ def _machine() -> tuple[float, float]:
 
 
 def _own() -> float:
-    me, reaped = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return me.ru_utime + me.ru_stime + reaped.ru_utime + reaped.ru_stime + _live_children()
+    # The whole tree: a server's own children (TT_WORKERS, the training process) are the benchmark's too.
+    return tree_cpu_seconds(os.getpid())
 
 
-def _live_children() -> float:
-    """CPU-seconds of this process's running (or not yet reaped) children, with their reaped children."""
-    parent, total = os.getpid(), 0.0
+def tree_cpu_seconds(root: int) -> float:
+    """CPU-seconds used so far by ``root`` and every live descendant, each with its reaped children."""
+    parents: dict[int, int] = {}
+    used: dict[int, float] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             # The command name (field 2) may hold spaces: split after its closing parenthesis.
             fields = stat.read_text().rsplit(")", 1)[1].split()
         except (OSError, IndexError):
             continue  # exited meanwhile
-        if int(fields[1]) == parent:  # ppid
-            total += sum(int(x) for x in fields[11:15]) / _HZ  # utime, stime, cutime, cstime
+        pid = int(stat.parent.name)
+        parents[pid] = int(fields[1])  # ppid
+        used[pid] = sum(int(x) for x in fields[11:15]) / _HZ  # utime, stime, cutime, cstime
+    total = 0.0
+    for pid, seconds in used.items():
+        p = pid
+        while p > 1 and p != root:
+            p = parents.get(p, 0)
+        if p == root:
+            total += seconds
     return total

@@ -95,6 +95,8 @@ def markdown(r: dict[str, Any]) -> str:
                 _f(ec["p99_ms"], 2),
                 f"{ec['grpc_errors'] + ec['failed']}",
                 _f(sv["req_per_s"] / ec["req_per_s"], 2),
+                _f(level["server_counted"].get("server_cpu_us_per_request")),
+                _f(ec.get("cpu_us_per_request")),
                 f"{_pct(sv['cpu'])} / {_pct(ec['cpu'])}",
             ]
         )
@@ -115,6 +117,8 @@ def markdown(r: dict[str, Any]) -> str:
             "echo p99",
             "echo errors",
             "server / echo",
+            "server CPU us/request",
+            "echo CPU us/request",
             "others' CPU (server / echo runs)",
         ],
         rows,
@@ -247,6 +251,32 @@ def markdown(r: dict[str, Any]) -> str:
                 for v in settings
             ],
         )
+    scaling = r.get("workers") or {}
+    if scaling.get("rows"):
+        out += [
+            f"## TT_WORKERS scaling (h2load, {scaling['in_flight']} in flight; load generator on core(s) "
+            f"{scaling['load_generator_cores']}, server on {scaling['server_cores']})",
+            "",
+        ]
+        out += _table(
+            ["workers", "req/s", "p50 ms", "p99 ms", "server cores busy", "server CPU us/request", "others' CPU"],
+            [
+                [
+                    str(w["workers"]),
+                    _f(w["req_per_s"]),
+                    _f(w["p50_ms"], 2),
+                    _f(w["p99_ms"], 2),
+                    _f(w["server_cores_busy"], 2),
+                    _f(w["server_cpu_us_per_request"]),
+                    _pct(w["cpu"]),
+                ]
+                for w in scaling["rows"]
+            ],
+        )
+        for measured, projected in scaling["projected_req_per_s_from_workers"].items():
+            text = ", ".join(f"N = {n}: ~{v:,} req/s" for n, v in projected.items())
+            out += [f"Projected for N free cores from the CPU per request at {measured} worker(s): {text}.", ""]
+        out += ["(An upper bound: N cores / CPU per request; memory bandwidth and connection spreading ignored.)", ""]
     if r["notes"]:
         out += ["## Notes", ""] + [f"- {note}" for note in r["notes"]] + [""]
     return "\n".join(out)

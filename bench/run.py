@@ -33,7 +33,7 @@ from typing import Any
 import grpc
 import numpy as np
 
-from bench import client, cpu, h2load, inprocess, procs, report, workload
+from bench import client, cpu, h2load, inprocess, procs, report, workers, workload
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 # (connections, streams per connection): 1, 8, 64, 128 (4 x 32, as the target says) and 256 in flight.
@@ -99,6 +99,7 @@ class Bench:
         self.waited = 0.0
         self.notes: list[str] = []
         self.diffs: list[float] = []  # every server-vs-Keras comparison
+        self.echo_pid = 0  # the echo server's, for its CPU per request
 
     def log(self, message: str) -> None:
         print(f"[bench] {message}", flush=True)
@@ -121,6 +122,7 @@ class Bench:
             payload = self.prepare_payloads(server.address)
             loop = _server_event_loop()
             echo, echo_address = procs.start_echo(self.tmp / "echo_answer.bin", self.tmp / "echo.log", loop)
+            self.echo_pid = echo.proc.pid
             try:
                 levels = self.unary_levels(server, echo_address, payload)
                 self.settle()
@@ -138,6 +140,13 @@ class Bench:
                 variant_results.append(self.variant(name, env, payload))
             except Exception as e:  # a variant is extra information: keep the main results
                 self.note(f"{name}: failed: {str(e).splitlines()[0]}")
+        workers_table: dict[str, Any] = {}
+        if variants:  # not in --quick or --no-variants runs
+            try:
+                target = next(level for level in LEVELS if level[0] * level[1] == TARGET_IN_FLIGHT)
+                workers_table = workers.scaling(self, payload, target, self.d.h2load)
+            except Exception as e:  # extra information, as the variants: keep the main results
+                self.note(f"TT_WORKERS scaling: failed: {str(e).splitlines()[0]}")
         # Again on a quiet machine (servers stopped): other load on the cores shows up as a gap between the two.
         self.log("measuring the in-process compiled call again")
         self.settle()
@@ -166,6 +175,7 @@ class Bench:
             rows=[dataclasses.asdict(x) for x in rows],
             rows_cpu=rows_cpu,
             variants=variant_results,
+            workers=workers_table,
         )
         results["targets"] = _targets(results, self.diffs)
         results["notes"] = self.notes
@@ -269,11 +279,13 @@ class Bench:
         self.settle()
         mark = cpu.mark()
         h2load.warm_up(url, request_file, connections, streams)
+        before = workers.tree_cpu_seconds(self.echo_pid)
         result = h2load.run(
             url, request_file, answer_frame_bytes, connections, streams, self.d.h2load, self.tmp / "h2load.tsv"
         )
+        used = workers.tree_cpu_seconds(self.echo_pid) - before
         span = self.cpu_span(f"echo, h2load at {connections * streams} in flight", mark)
-        return {**dataclasses.asdict(result), "cpu": span}
+        return {**dataclasses.asdict(result), "cpu": span, "cpu_us_per_request": _us_per(used, result.grpc_ok)}
 
     def server_h2load(
         self, server: procs.Server, what: str, connections: int, streams: int, answer_frame_bytes: int
@@ -286,9 +298,11 @@ class Bench:
         mark = cpu.mark()
         h2load.warm_up(url, request_file, connections, streams)
         before = procs.counters(server.metrics_url, workload.PREDICT_PATH)
+        cpu_before = workers.tree_cpu_seconds(server.process.proc.pid)
         result = h2load.run(
             url, request_file, answer_frame_bytes, connections, streams, self.d.h2load, self.tmp / "h2load.tsv"
         )
+        server_cpu = workers.tree_cpu_seconds(server.process.proc.pid) - cpu_before
         span = self.cpu_span(what, mark)
         counted = procs.delta(before, procs.counters(server.metrics_url, workload.PREDICT_PATH))
         calls = counted.pop("tt_batch_requests_count", 0.0)
@@ -304,6 +318,8 @@ class Bench:
             "model_calls": int(calls),
             "requests_per_model_call": round(requests / calls, 2) if calls else None,
             "rows_per_model_call": round(rows / calls, 2) if calls else None,
+            # The server's process tree (supervisor and workers too), over the h2load run only.
+            "server_cpu_us_per_request": _us_per(server_cpu, result.grpc_ok),
         }
         if seen["errors"]:
             self.note(f"{what}: the server counted errors {seen['predict_by_code']}")
@@ -401,6 +417,10 @@ class Bench:
             "check_max_abs_diff": diff,
             "server_log_errors": errors,
         }
+
+
+def _us_per(cpu_seconds: float, requests: int) -> float | None:
+    return round(cpu_seconds / requests * 1e6, 1) if requests else None
 
 
 def _targets(r: dict[str, Any], diffs: list[float]) -> list[dict[str, Any]]:

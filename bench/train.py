@@ -254,15 +254,27 @@ async def main(args: argparse.Namespace) -> dict[str, object]:
                 }
             results["train"] = train
 
-            alone = await predict_loop(inference, "tfaas-serve", args.predict_seconds)
-            stop = asyncio.Event()
-            training = asyncio.ensure_future(
-                train_stream(inference, "tfaas-train", messages, args.micro_batch[0], True, stop)
-            )
-            await asyncio.sleep(1.0)  # the stream is at full speed
-            during = await predict_loop(inference, "tfaas-serve", args.predict_seconds)
-            stop.set()
-            background = await training
+            # Alone / under a full-speed Train stream, in pairs: every pair is reported (the p99 moves a lot on a
+            # shared machine; the worst pair counts).
+            pairs = []
+            for _ in range(args.runs):
+                alone = await predict_loop(inference, "tfaas-serve", args.predict_seconds)
+                stop = asyncio.Event()
+                training = asyncio.ensure_future(
+                    train_stream(inference, "tfaas-train", messages, args.micro_batch[0], True, stop)
+                )
+                await asyncio.sleep(1.0)  # the stream is at full speed
+                during = await predict_loop(inference, "tfaas-serve", args.predict_seconds)
+                stop.set()
+                background = await training
+                pairs.append(
+                    {
+                        "alone": alone,
+                        "while_training_full_speed": during,
+                        "p99_ratio": round(during["p99"] / alone["p99"], 2),
+                        "training_examples_per_second_meanwhile": background["examples_per_second"],
+                    }
+                )
             stop = asyncio.Event()
             training = asyncio.ensure_future(
                 train_stream(inference, "tfaas-train", messages, args.micro_batch[0], True, stop, rate=args.rate)
@@ -272,9 +284,8 @@ async def main(args: argparse.Namespace) -> dict[str, object]:
             stop.set()
             await training
             results["predict_ms"] = {
-                "alone": alone,
-                "while_training_full_speed": during,
-                "training_examples_per_second_meanwhile": background["examples_per_second"],
+                "runs": pairs,
+                "worst_p99_ratio": max(p["p99_ratio"] for p in pairs),
                 f"while_training_at_{args.rate:.0f}_per_second": during_paced,
             }
             return results
@@ -294,6 +305,7 @@ if __name__ == "__main__":
     parser.add_argument("--micro-batch", type=int, nargs="+", default=[32, 256], help="micro-batch sizes to run")
     parser.add_argument("--predict-seconds", type=float, default=5.0, help="length of each Predict run")
     parser.add_argument("--rate", type=float, default=20_000, help="examples/s of the paced runs")
+    parser.add_argument("--runs", type=int, default=3, help="Predict alone / under training pairs")
     parser.add_argument(
         "--setting", action="append", default=[], help="server setting, e.g. TT_TRAINING_THREAD_NICE=10"
     )

@@ -13,7 +13,7 @@ import inspect
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from wsgiref.simple_server import WSGIServer
 
 import grpc
@@ -57,6 +57,9 @@ from tt_server.storage.leases import make_lease_manager
 from tt_server.tracing import Tracing, start_tracing
 from tt_server.training.service import TrainingService
 
+if TYPE_CHECKING:
+    from tt_server.supervised import WorkerLink
+
 log = logging.getLogger(__name__)
 
 SERVICE_NAMES = (
@@ -67,8 +70,12 @@ SERVICE_NAMES = (
 
 
 class Application:
-    def __init__(self, settings: Settings | None = None) -> None:
+    def __init__(self, settings: Settings | None = None, link: WorkerLink | None = None) -> None:
+        """``link``: this process is one of the supervisor's serving workers (tt_server/supervisor.py); it
+        carries registry events and job ids to the other workers and decides when health says SERVING."""
         self.settings = settings or Settings()
+        self.link = link
+        self._serving = False
         self.port: int = 0
         self._server: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()
@@ -135,6 +142,8 @@ class Application:
         if s.amqp_url:
             self.events = AmqpEventBus(s.amqp_url)
             await self.events.open()
+        elif self.link is not None:
+            self.events = self.link.events  # embedded mode: the other workers hear of changes through the supervisor
         else:
             self.events = LocalEventBus()
         # TensorFlow work (artifact inspection, model loads) runs here, never on the event loop.
@@ -153,7 +162,8 @@ class Application:
             report = await self.repository.sync()
             await self.repository.preload(self.models, report.models)
         # Jobs: RabbitMQ and tt-worker processes when TT_AMQP_URL is set, else an in-process queue and worker.
-        self.broker = make_broker(s)
+        # Embedded mode with workers: one of them runs jobs; the others forward job ids to it.
+        self.broker = self.link.broker if self.link is not None and not s.amqp_url else make_broker(s)
         await self.broker.open()
         job_store = make_job_store(self.metadata)
         # Jobs may also read and write the object storage callers name (s3:// URIs), when the operator allows it.
@@ -162,7 +172,7 @@ class Application:
         self.jobs = JobsService(job_store, self.job_blobs, self.broker, self.registry, s)
         self.embedded_worker = (
             None
-            if s.amqp_url
+            if s.amqp_url or (self.link is not None and not self.link.runs_jobs)
             else EmbeddedWorker(job_store, self.job_blobs, self.broker, self.models, s, self.jobs.notifier)
         )
 
@@ -182,8 +192,9 @@ class Application:
             interceptors=[self._tracing.interceptor] if self._tracing else None,
             options=[
                 # gRPC shares ports by default (SO_REUSEPORT): a second server on a busy port would start and
-                # take half the connections with a registry of its own. Off: a busy port fails the start-up.
-                ("grpc.so_reuseport", 0),
+                # take half the connections with a registry of its own. Only supervised workers (TT_WORKERS)
+                # share their port, on purpose; otherwise a busy port fails the start-up.
+                ("grpc.so_reuseport", int(s.grpc_port_sharing)),
                 ("grpc.max_receive_message_length", s.max_message_bytes),
                 ("grpc.max_send_message_length", s.max_message_bytes),
                 *(
@@ -207,7 +218,11 @@ class Application:
         jobs_service_pb2_grpc.add_JobsServiceServicer_to_server(JobsServicer(self.jobs), serving)
         # TF Serving and Open Inference Protocol clients, over the same inference path.
         compat.add_to_server(
-            serving, self.inference, self.registry, s.max_request_elements, is_ready=lambda: not self._stopping
+            serving,
+            self.inference,
+            self.registry,
+            s.max_request_elements,
+            is_ready=lambda: self._serving and not self._stopping,
         )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, serving)
         reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
@@ -234,9 +249,8 @@ class Application:
         if self.port == 0:
             raise RuntimeError(f"cannot listen on {s.grpc_address} (is the address in use?)")
         await server.start()
-        for name in ("", *SERVICE_NAMES, *compat.SERVICE_NAMES):
-            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        metrics.SERVER_READY.set(1)
+        if self.link is None:  # a supervised worker serves once the supervisor says all workers do
+            await self.set_serving(True)
         self._tasks.append(asyncio.create_task(self._collect_garbage_forever(), name="tt-blob-gc"))
         self._tasks.append(asyncio.create_task(self._check_models_forever(), name="tt-model-check"))
         if self.repository is not None and s.model_repository_poll_seconds > 0:
@@ -250,7 +264,7 @@ class Application:
             self._http = build_http_server(
                 s, self.inference, self.registry, self.jobs, auth, limiter, is_ready=lambda: not self._stopping
             )
-            self.http_port = await self._http.start(s.http_address)
+            self.http_port = await self._http.start(s.http_address, reuse_port=s.grpc_port_sharing)
         log.info(
             "server started",
             extra={
@@ -262,6 +276,16 @@ class Application:
                 "startup_seconds": round(time.perf_counter() - started, 3),
             },
         )
+
+    async def set_serving(self, serving: bool) -> None:
+        """Health (every service) SERVING or NOT_SERVING; ignored once draining."""
+        if self._stopping:
+            return
+        self._serving = serving
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in ("", *SERVICE_NAMES, *compat.SERVICE_NAMES):
+            await self._health.set(name, status)
+        metrics.SERVER_READY.set(1 if serving else 0)
 
     @property
     def address(self) -> str:

@@ -45,6 +45,7 @@ class Flag:
 SERVER_FLAGS = (
     Flag("--address", "grpc_address", "HOST:PORT"),
     Flag("--http-address", "http_address", "HOST:PORT"),
+    Flag("--workers", "workers", "N|auto"),
     Flag("--data-dir", "data_dir", "PATH"),
     Flag("--metrics-address", "metrics_address", "HOST:PORT"),
     Flag("--log-level", "log_level", "LEVEL"),

@@ -7,9 +7,10 @@ an in-process broker and worker. Set ``TT_DATABASE_URL``, ``TT_S3_BUCKET`` (+ ``
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, ValidationInfo, field_validator
@@ -46,6 +47,19 @@ class Settings(BaseSettings):
     drain_delay_seconds: float = Field(
         0.0,
         description="On SIGTERM: keep accepting new calls this long after NOT_SERVING, so a mesh can drain.",
+    )
+
+    # --- serving processes (tt_server/supervisor.py) ----------------------------------------------------
+    workers: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
+        1,
+        description="Serving processes sharing the gRPC port, under a supervisor that restarts a crashed one and "
+        "drains them all on SIGTERM; 'auto' = the CPUs this process may run on. 1 = one process, no supervisor.",
+    )
+    grpc_port_sharing: bool = Field(
+        False,
+        description="Let other processes listen on the same gRPC port (SO_REUSEPORT). Off, a second server on a "
+        "port in use fails to start instead of silently taking half the connections. The supervisor switches it "
+        "on for its workers only; there is rarely a reason to set it by hand.",
     )
 
     # --- storage ---------------------------------------------------------------------------------------
@@ -288,6 +302,12 @@ class Settings(BaseSettings):
         "get RESOURCE_EXHAUSTED.",
     )
     training_max_micro_batch: int = Field(8192, description="Largest micro_batch_size a Train stream may ask for.")
+    training_process: bool = Field(
+        True,
+        description="Run Train sessions' steps in a separate training process (started with the first session, "
+        "its own GIL and TensorFlow threads; tt_server/training/process.py) rather than on a "
+        "thread of the serving process, so that training at full speed does not slow Predict down.",
+    )
     training_thread_nice: int = Field(
         10,
         ge=0,
@@ -371,6 +391,13 @@ class Settings(BaseSettings):
             if not _MODEL_REF.fullmatch(ref):
                 raise ValueError(f'{ref!r} is not "name", "name:3" or "name@label"')
         return value
+
+    @property
+    def worker_count(self) -> int:
+        """``workers`` with 'auto' resolved to the CPUs this process may run on (its affinity mask)."""
+        if self.workers == "auto":
+            return len(os.sched_getaffinity(0))
+        return self.workers
 
     @property
     def embedded_database(self) -> bool:

@@ -139,7 +139,7 @@ def configure_process_logging(level: str, json_lines: bool, repeat_interval: flo
     out = os.fdopen(os.dup(2), "w", buffering=1, encoding="utf-8", errors="backslashreplace")
     configure_logging(level, json_lines, repeat_interval, stream=out)
     for fd, name in ((1, "stdout"), (2, "stderr")):
-        NativeOutput(fd, logging.getLogger(f"native.{name}")).start()
+        NativeOutput(fd, logging.getLogger(f"native.{name}"), out).start()
     sys.stdout = os.fdopen(1, "w", buffering=1, encoding="utf-8", errors="backslashreplace", closefd=False)
     sys.stderr = os.fdopen(2, "w", buffering=1, encoding="utf-8", errors="backslashreplace", closefd=False)
     sys.excepthook = _log_uncaught
@@ -157,13 +157,16 @@ _ABSL_PREAMBLE = "WARNING: All log messages before absl::InitializeLog() is call
 class NativeOutput(threading.Thread):
     """Reads what is written to file descriptor ``fd`` (which it replaces with a pipe) and logs it line by line."""
 
-    def __init__(self, fd: int, logger: logging.Logger) -> None:
+    def __init__(self, fd: int, logger: logging.Logger, passthrough: io.TextIOBase) -> None:
         super().__init__(name=f"tt-native-{fd}", daemon=True)
         read, write = os.pipe()
         os.dup2(write, fd)
         os.close(write)
         self._read = read
         self._logger = logger
+        # Child processes that inherit fd 2 (the TT_WORKERS supervisor's workers) log JSON lines of their own:
+        # those are passed on as they are, not wrapped again.
+        self._passthrough = passthrough
 
     def run(self) -> None:
         with os.fdopen(self._read, "rb") as pipe:
@@ -173,6 +176,9 @@ class NativeOutput(threading.Thread):
                     self._log(line)
 
     def _log(self, line: str) -> None:
+        if line.startswith("{") and line.endswith("}") and _is_log_record(line):
+            self._passthrough.write(line + "\n")
+            return
         match = _NATIVE_LINE.match(line)
         if match is None:
             level = logging.DEBUG if line == _ABSL_PREAMBLE else logging.INFO
@@ -182,6 +188,14 @@ class NativeOutput(threading.Thread):
         if _NO_GPU.search(match[3]):
             level = logging.DEBUG
         self._logger.log(level, match[3], extra={"source": match[2]})
+
+
+def _is_log_record(line: str) -> bool:
+    try:
+        entry = json.loads(line)
+    except ValueError:
+        return False
+    return isinstance(entry, dict) and "level" in entry and "message" in entry
 
 
 def _log_uncaught(exc_type: type[BaseException], exc: BaseException | None, tb: TracebackType | None) -> None:

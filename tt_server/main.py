@@ -81,6 +81,10 @@ async def serve(settings: Settings) -> int:
 def main(argv: list[str] | None = None) -> None:
     settings, _ = parse_settings("tt-server", DESCRIPTION, SERVER_FLAGS, argv)
     configure_process_logging(settings.log_level, settings.log_json, settings.log_repeat_interval_seconds)
+    if settings.worker_count != 1:
+        from tt_server import supervisor  # holds the shared port itself, and refuses one a plain server holds
+
+        sys.exit(supervisor.run(settings))
     try:
         for address in (settings.grpc_address, settings.http_address):
             if address:

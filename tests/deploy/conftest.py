@@ -26,7 +26,12 @@ ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "k8s"
 # What `kubectl apply -k` is pointed at. The base is rendered too: it must be valid on its own so that a
 # broken base shows up as one failure, not as one per overlay.
-RENDERS = {"base": K8S / "base", "dev": K8S / "overlays" / "dev", "prod": K8S / "overlays" / "prod"}
+RENDERS = {
+    "base": K8S / "base",
+    "dev": K8S / "overlays" / "dev",
+    "prod": K8S / "overlays" / "prod",
+    "gpu": K8S / "overlays" / "gpu",
+}
 OVERLAYS = ("dev", "prod")
 CHECKOV_VENV = ROOT / ".venv-checkov"
 

@@ -410,9 +410,9 @@ def test_network_policies_allow_exactly_the_needed_ports(rendered: Rendered, nam
     server = one(rendered[name], "NetworkPolicy", "tt-server")["spec"]
     assert set(server["policyTypes"]) == {"Ingress", "Egress"}
     assert ports(server["ingress"]) == {(GRPC_PORT, "TCP"), (9090, "TCP")}
-    # DNS, PostgreSQL, RabbitMQ, S3 (HTTPS); prod adds AMQPS for managed brokers.
+    # DNS, PostgreSQL, RabbitMQ, S3 (HTTPS); prod (and gpu, built on it) adds AMQPS for managed brokers.
     egress = {(53, "UDP"), (53, "TCP"), (5432, "TCP"), (5672, "TCP"), (443, "TCP")}
-    if name == "prod":
+    if name in ("prod", "gpu"):
         egress.add((5671, "TCP"))
     assert ports(server["egress"]) == egress
     worker = one(rendered[name], "NetworkPolicy", "tt-worker")["spec"]
@@ -431,3 +431,15 @@ def test_disruption_budgets_and_spread_keep_the_server_up(rendered: Rendered, na
     assert hpa["minReplicas"] >= (1 if name == "dev" else 2)
     (metric,) = hpa["metrics"]
     assert metric["resource"]["name"] == "cpu"
+
+
+def test_gpu_overlay_puts_the_server_on_one_gpu(rendered: Rendered) -> None:
+    server = one(rendered["gpu"], "Deployment", "tt-server")["spec"]["template"]["spec"]
+    (container,) = [c for c in server["containers"] if c["name"] == "tt-server"]
+    resources = container["resources"]
+    assert resources["limits"]["nvidia.com/gpu"] == resources["requests"]["nvidia.com/gpu"] == "1"
+    assert server["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in server["tolerations"]
+    # The worker (batch jobs) stays on CPU nodes.
+    worker = one(rendered["gpu"], "Deployment", "tt-worker")["spec"]["template"]["spec"]
+    assert "nodeSelector" not in worker and "nvidia.com/gpu" not in str(worker)

@@ -46,13 +46,14 @@ class HttpServer:
         self._runner: web.AppRunner | None = None
         self.port = 0
 
-    async def start(self, address: str) -> int:
+    async def start(self, address: str, reuse_port: bool = False) -> int:
+        """Listen on ``address``; ``reuse_port`` only for supervised workers sharing one port (TT_WORKERS)."""
         host, port = address.rsplit(":", 1)
         # No aiohttp access log: it would format a line per request on the hot path (the lead's access log is
         # where such lines belong).
         runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=self._shutdown_grace)
         await runner.setup()
-        site = web.TCPSite(runner, host.strip("[]"), int(port), ssl_context=self._ssl)
+        site = web.TCPSite(runner, host.strip("[]"), int(port), ssl_context=self._ssl, reuse_port=reuse_port or None)
         try:
             await site.start()
         except OSError as e:

@@ -295,6 +295,7 @@ class ModelManager:
                 "model": name,
                 "version": number,
                 "estimated_bytes": servable.estimated_bytes,
+                "device": servable.device,
                 "load_seconds": round(time.perf_counter() - started, 3),
             },
         )

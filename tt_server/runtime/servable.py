@@ -28,6 +28,7 @@ import numpy as np
 import tensorflow as tf
 
 from tt_server.errors import FailedPrecondition, InvalidArgument, Unavailable
+from tt_server.runtime.devices import init_devices, short_device
 from tt_server.runtime.validation import NUMPY_DTYPES
 from tt_server.types import DType, Signature, TensorSpec
 
@@ -94,6 +95,14 @@ class Servable:
 
     def __repr__(self) -> str:
         return f"Servable({self.model_name!r}, version={self.version})"
+
+    @property
+    def device(self) -> str:
+        """Where the model's variables were placed ("CPU:0", "GPU:0"); "" for a model without variables."""
+        for tensor in getattr(self._function, "captured_inputs", ()):
+            if tensor.dtype == tf.resource and tensor.device:
+                return short_device(tensor.device)
+        return ""
 
     def run(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run the model on arrays by input name (already validated); blocking. Returns arrays by output
@@ -194,3 +203,4 @@ def configure_threads(intra_op: int, inter_op: int) -> None:
                 "inter_op": threading.get_inter_op_parallelism_threads(),
             },
         )
+    init_devices()  # after the thread settings: the device scan starts TensorFlow's runtime

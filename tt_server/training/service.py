@@ -22,6 +22,7 @@ from tt_server.registry.service import Registry
 from tt_server.storage.blobs import BlobStore
 from tt_server.storage.leases import LeaseManager
 from tt_server.training.messages import TrainEvent, TrainInput
+from tt_server.training.process import shared_training_process
 from tt_server.training.session import SessionDeps, StopReason, TrainingSession
 
 log = logging.getLogger(__name__)
@@ -29,7 +30,12 @@ log = logging.getLogger(__name__)
 
 class TrainingService:
     def __init__(self, registry: Registry, blobs: BlobStore, leases: LeaseManager, settings: Settings) -> None:
-        self._deps = SessionDeps(registry, blobs, leases, settings)
+        self._process = (
+            shared_training_process(settings.training_thread_nice, settings.log_level, settings.log_json)
+            if settings.training_process
+            else None
+        )
+        self._deps = SessionDeps(registry, blobs, leases, settings, self._process)
         self._settings = settings
         self._sessions: set[TrainingSession] = set()
         self._closing = False

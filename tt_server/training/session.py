@@ -9,8 +9,9 @@ checkpoint as ``on_abort`` says; every end releases the lease, the training thre
 Three things overlap, so the trainer is never idle waiting for the network:
 
     reader task (event loop): read -> decode + validate -> inputs queue (a few messages ahead)
-    session task (event loop): micro-batch -> train job on the training thread -> progress events
-    training thread: the train steps, evaluation, checkpoint writing
+    session task (event loop): micro-batch -> train job for the trainer -> progress events
+    the trainer (training/process.py: in the training process, or on a thread of this one): the train
+    steps, evaluation, checkpoint writing
 
 Steps run in order, one job per message (not per micro-batch), so the event loop hops once per message.
 """
@@ -22,15 +23,11 @@ import contextlib
 import enum
 import logging
 import math
-import os
 import shutil
-import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any, TypeVar
 
 from tt_server import metrics
 from tt_server.config import Settings
@@ -47,7 +44,7 @@ from tt_server.runtime.loader import ARTIFACT_SUFFIX
 from tt_server.storage.blobs import BlobStore
 from tt_server.storage.leases import Lease, LeaseManager
 from tt_server.training.decoding import Batch, ExampleDecoder, MicroBatcher
-from tt_server.training.engine import Snapshot, Trainer, check_trainable
+from tt_server.training.engine import Snapshot, check_trainable
 from tt_server.training.messages import (
     Checkpointed,
     Control,
@@ -61,11 +58,10 @@ from tt_server.training.messages import (
     TrainInput,
     TrainSpec,
 )
+from tt_server.training.process import SessionTrainer, ThreadTrainer, TrainingProcess
 from tt_server.types import ModelVersion
 
 log = logging.getLogger(__name__)
-
-T = TypeVar("T")
 
 READ_AHEAD_MESSAGES = 4  # decoded messages waiting for the trainer: enough to overlap reading and training
 EVENT_BUFFER = 1024  # events the client has not read yet before the session waits for it
@@ -84,6 +80,7 @@ class SessionDeps:
     blobs: BlobStore
     leases: LeaseManager
     settings: Settings
+    training_process: TrainingProcess | None = None  # None: trainers run on threads of this process
 
 
 class _EndOfStream:
@@ -153,12 +150,11 @@ class TrainingSession:
         self._ending = False
         self._inputs: asyncio.Queue[_Input] = asyncio.Queue(READ_AHEAD_MESSAGES)
         self._reader: asyncio.Task[None] | None = None
-        self._executor: ThreadPoolExecutor | None = None
         self._scratch = self._settings.scratch_dir / f"train-{session_id}"
         self._lease: Lease | None = None
         self._spec: TrainSpec | None = None
         self._base: ModelVersion | None = None
-        self._trainer: Trainer | None = None
+        self._trainer: SessionTrainer | None = None
         self._batcher: MicroBatcher | None = None
         # Counted from the steps whose results reached the event loop (progress events); the trainer keeps
         # the totals of what reached the weights.
@@ -251,16 +247,18 @@ class TrainingSession:
             raise FailedPrecondition(
                 f"model {base.model_name!r} version {base.version} cannot be trained: its artifact is missing"
             ) from None
-        nice = self._settings.training_thread_nice
-        self._executor = ThreadPoolExecutor(
-            1, thread_name_prefix=f"tt-train-{base.model_name}", initializer=_lower_priority, initargs=(nice,)
-        )
-        trainer = Trainer(base, artifact, spec, frozenset(self._settings.allowed_custom_objects))
-        recipe = await self._in_thread(trainer.load)
-        self._trainer = trainer
         s = self._settings
+        allowed = frozenset(s.allowed_custom_objects)
+        process = self._deps.training_process
+        trainer: SessionTrainer = (
+            process.trainer(self.session_id, base, artifact, spec, allowed)
+            if process is not None
+            else ThreadTrainer(base, artifact, spec, allowed, s.training_thread_nice)
+        )
+        self._trainer = trainer  # set before loading: clean-up closes it whatever happens
+        recipe = await trainer.load()
         decoder = ExampleDecoder(
-            base.signature, trainer.label_specs, s.max_request_rows, s.max_request_elements, spec.drop_non_finite
+            base.signature, recipe.label_specs, s.max_request_rows, s.max_request_elements, spec.drop_non_finite
         )
         self._batcher = MicroBatcher(spec.micro_batch_size)
         self._last_checkpoint_at = time.monotonic()
@@ -316,7 +314,7 @@ class TrainingSession:
                 if not batch.rows:  # every example was dropped
                     await self._emit(Evaluated(0, math.nan, {}))
                     continue
-                result = await self._in_thread(trainer.evaluate, batch)
+                result = await trainer.evaluate(batch)
                 await self._emit(Evaluated(result.rows, result.loss, result.metrics))
             elif item is Control.CHECKPOINT:
                 await self._train(batcher.flush())
@@ -339,7 +337,7 @@ class TrainingSession:
             return
         assert self._trainer is not None and self._base is not None and self._spec is not None
         labels = (self._base.model_name, str(self._base.version))  # the version the session started from
-        for result in await self._in_thread(self._trainer.train, batches):
+        for result in await self._trainer.train(batches):
             if not math.isfinite(result.loss):
                 raise TrainingDiverged(
                     f"training diverged: the loss became {result.loss} at step {self._steps + 1}; the session "
@@ -374,11 +372,12 @@ class TrainingSession:
         trainer, base, lease, spec = self._trainer, self._base, self._lease, self._spec
         assert trainer is not None and base is not None and lease is not None and spec is not None
         # Read on the training thread, after any step still running there.
-        if await self._in_thread(lambda: trainer.steps) == self._saved_steps:
+        steps = await trainer.steps()
+        if steps == self._saved_steps:
             return None
         await lease.check()  # never publish as the model's writer after losing the lease
-        path = self._scratch / f"checkpoint-{trainer.steps}.keras"
-        snapshot: Snapshot = await self._in_thread(trainer.save, path)
+        path = self._scratch / f"checkpoint-{steps}.keras"
+        snapshot: Snapshot = await trainer.save(path)
         try:
             version = await self._deps.registry.publish_trained(
                 base.model_name,
@@ -429,21 +428,14 @@ class TrainingSession:
             await asyncio.shield(self._lease.release())
         for holder in self._pins:
             await asyncio.shield(self._deps.registry.pins.unpin(holder))
-        if self._executor is not None:
-            # Queued behind any job still on the thread (a step or load whose wait was cancelled), so the
-            # scratch files go only once nothing uses them; the model is dropped on its own thread.
-            trainer = self._trainer
-            closed = self._executor.submit(trainer.close if trainer is not None else _nothing)
-            self._executor.shutdown(wait=False)
+        if self._trainer is not None:
+            # Runs after any call still under way (a step or load whose wait was cancelled), so the scratch
+            # files go only once nothing uses them.
             with contextlib.suppress(Exception):
-                await asyncio.wrap_future(closed)
+                await asyncio.shield(self._trainer.close())
         await asyncio.to_thread(shutil.rmtree, self._scratch, True)
 
     # --- helpers -------------------------------------------------------------------------------------
-    async def _in_thread(self, fn: Callable[..., T], *args: Any) -> T:
-        assert self._executor is not None
-        return await asyncio.wrap_future(self._executor.submit(fn, *args))
-
     async def _emit(self, event: TrainEvent) -> None:
         if self._aborting:
             self.events.put_nowait(event)
@@ -488,16 +480,3 @@ def _session_ended(base: ModelVersion, outcome: str) -> None:
     metrics.TRAINING_SESSIONS_ENDED.labels(*labels, outcome).inc()
     with contextlib.suppress(KeyError):  # a finished session's last loss would mislead
         metrics.TRAINING_LOSS.remove(*labels)
-
-
-def _nothing() -> None:
-    pass
-
-
-def _lower_priority(nice: int) -> None:
-    """Thread initializer: raise this thread's niceness (Linux schedules threads individually)."""
-    if nice > 0 and hasattr(os, "setpriority"):
-        try:
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
-        except OSError:
-            log.warning("could not lower the training thread's priority", exc_info=True)
