@@ -15,6 +15,8 @@ from tests.api.helpers import upload
 from tests.serving import unique_name
 from tests.training.helpers import chunks, config, drain, save, student
 from tests.training.test_sessions import DISCARD, TEACHER, start_when_free
+from tt_server.app import Application
+from tt_server.training.process import shared_training_process
 
 
 def _training_processes() -> list[int]:
@@ -35,7 +37,7 @@ def _training_processes() -> list[int]:
 
 @pytest.mark.parametrize("app", ["embedded"], indirect=True)  # the backend makes no difference here
 async def test_a_dead_training_process_ends_its_sessions_and_is_replaced(
-    registry_stub, inference_stub, tmp_path: Path
+    app: Application, registry_stub, inference_stub, tmp_path: Path
 ) -> None:
     name = unique_name("process")
     await upload(registry_stub, name, save(student(), tmp_path / "student.keras"))
@@ -46,7 +48,11 @@ async def test_a_dead_training_process_ends_its_sessions_and_is_replaced(
     for request in chunks(x, y, 500):
         await call.write(request)
     assert (await call.read()).WhichOneof("event") == "progress"
-    (pid,) = _training_processes()  # the steps run there, not in this (the serving) process
+    # The steps run there, not in this (the serving) process. (Other tests' servers in this process, with other
+    # log or priority settings, may have training processes of their own: pick this server's.)
+    s = app.settings
+    pid = shared_training_process(s.training_thread_nice, s.log_level, s.log_json).pid
+    assert pid is not None and pid in _training_processes()
 
     os.kill(pid, signal.SIGKILL)
     with pytest.raises(grpc.aio.AioRpcError) as err:
@@ -56,4 +62,5 @@ async def test_a_dead_training_process_ends_its_sessions_and_is_replaced(
 
     # The lease was released; the next session starts a new training process and trains.
     assert (await start_when_free(inference_stub, name, within=120)).base_version == 1
-    assert _training_processes() not in ([], [pid])
+    replaced = shared_training_process(s.training_thread_nice, s.log_level, s.log_json).pid
+    assert replaced is not None and replaced != pid and replaced in _training_processes()

@@ -214,6 +214,12 @@ class TrainingProcess:
             loop.call_soon_threadsafe(_settle, future, False, Unavailable("the training process exited"))
         self._pending.clear()
 
+    @property
+    def pid(self) -> int | None:
+        """The training process's pid while it runs (for operators' tools and tests)."""
+        process = self._process
+        return process.pid if process is not None and process.poll() is None else None
+
     def close(self) -> None:
         """Stop the training process (blocking; at interpreter exit)."""
         self._closed = True
