@@ -38,7 +38,7 @@ from tt_server.config import Settings
 from tt_server.events import EventBus, LocalEventBus
 from tt_server.jobs.service import JobsService
 from tt_server.jobs.worker import EmbeddedWorker
-from tt_server.registry.service import Registry
+from tt_server.registry.service import Registry, sweep_scratch
 from tt_server.runtime.manager import ModelManager
 from tt_server.runtime.service import InferenceService
 from tt_server.storage.amqp_events import AmqpEventBus
@@ -73,6 +73,7 @@ class Application:
         s = self.settings
         s.data_dir.mkdir(parents=True, exist_ok=True)
         s.scratch_dir.mkdir(parents=True, exist_ok=True)
+        await asyncio.to_thread(sweep_scratch, s.scratch_dir, s.scratch_max_age_seconds)  # a killed run's leftovers
 
         self.metadata = make_metadata_store(s)
         self.blobs = make_blob_store(s)
@@ -241,6 +242,7 @@ class Application:
             try:
                 while await self.registry.collect_garbage() > 0:
                     pass
+                await self.registry.sweep_leftovers()
             except Exception:
                 log.warning("blob garbage collection failed; will retry", exc_info=True)
             await asyncio.sleep(self.settings.gc_interval_seconds)

@@ -3,8 +3,12 @@ health probes under overload, reflection as current tools use it."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import os
+import time
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import grpc
@@ -12,6 +16,7 @@ import pytest
 from tensortrigger.v1 import registry_service_pb2 as pb
 from tensortrigger.v1 import registry_service_pb2_grpc
 
+from tests.models import mlp_keras
 from tests.serving import server_settings
 from tt_server.api.auth import TokenAuthenticator
 from tt_server.app import Application
@@ -54,3 +59,53 @@ async def test_malformed_token_file_keeps_the_old_tokens(
     tokens.write_text("superuser bogus-token\n")
     with pytest.raises(ValueError, match="expected"):
         TokenAuthenticator(tokens, True, False)
+
+
+async def test_cancelled_uploads_leave_no_scratch(tmp_path: Path) -> None:
+    # A folder a killed process left (untouched for two hours) and one a sibling process is writing to now.
+    stale, fresh = tmp_path / "tmp" / "upload-stale", tmp_path / "tmp" / "upload-fresh"
+    for folder in (stale, fresh):
+        folder.mkdir(parents=True)
+        (folder / "artifact").write_bytes(b"x")
+    for path in (stale, stale / "artifact"):
+        os.utime(path, (time.time() - 7200,) * 2)
+    application = Application(server_settings(tmp_path))
+    await application.start()
+    scratch = application.settings.scratch_dir
+    assert not stale.exists() and fresh.exists()  # swept at start-up, the young one spared
+    fresh.rename(tmp_path / "elsewhere")
+    model = mlp_keras(tmp_path).read_bytes()
+    try:
+        async with grpc.aio.insecure_channel(application.address) as ch:
+            stub = registry_service_pb2_grpc.ModelRegistryServiceStub(ch)
+            for i in range(20):
+                # Even: the client stops sending after the header (spooling); odd: it sends a whole model and
+                # cancels a moment later (inspection in its thread, or publishing).
+                call = stub.UploadModelVersion(_upload_then_stall(f"cancelled-{i}", model, stall=i % 2 == 0))
+                await _until(lambda: any(scratch.glob("upload-*")))
+                await asyncio.sleep(0.005 * (i % 7))
+                call.cancel()
+                with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError):
+                    await call
+            await _until(lambda: not any(scratch.glob("upload-*")))
+            assert not list(scratch.glob("upload-*"))
+            # A version is either whole or absent: each listed model has one version that serves its artifact.
+            for model_entry in (await stub.ListModels(pb.ListModelsRequest())).models:
+                versions = await stub.ListModelVersions(pb.ListModelVersionsRequest(name=model_entry.name))
+                assert len(versions.versions) == 1
+    finally:
+        await application.stop(grace=1.0)
+
+
+async def _upload_then_stall(name: str, model: bytes, stall: bool) -> AsyncIterator[pb.UploadModelVersionRequest]:
+    yield pb.UploadModelVersionRequest(header=pb.UploadHeader(model_name=name))
+    if stall:
+        yield pb.UploadModelVersionRequest(chunk=model[:1024])
+        await asyncio.Event().wait()  # never sends more
+    yield pb.UploadModelVersionRequest(chunk=model)
+
+
+async def _until(condition: Callable[[], bool], seconds: float = 10.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:  # noqa: ASYNC110 - polling the file system
+        await asyncio.sleep(0.005)
