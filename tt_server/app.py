@@ -111,7 +111,7 @@ class Application:
             else None
         )
         limiter = RateLimiter(s.rate_limit_per_second, s.rate_limit_burst) if s.rate_limit_per_second > 0 else None
-        middleware = Middleware({*SERVICE_NAMES, *compat.SERVICE_NAMES}, auth, limiter)
+        middleware = Middleware({*SERVICE_NAMES, *compat.SERVICE_NAMES}, auth, limiter, s.max_concurrent_rpcs)
         # Tracing's interceptor runs around the (wrapped) handlers: its span encloses everything the middleware
         # does (auth, errors, metrics).
         self._tracing = start_tracing({*SERVICE_NAMES, *compat.SERVICE_NAMES}) if s.otel_enabled else None
@@ -130,7 +130,7 @@ class Application:
                     else []
                 ),
             ],
-            maximum_concurrent_rpcs=s.max_concurrent_rpcs,
+            maximum_concurrent_rpcs=None,  # enforced by the middleware, which spares health checks
         )
         # Every service is registered through the middleware, which wraps each method's handler.
         serving: Any = middleware.on(server)

@@ -23,7 +23,9 @@ class Settings(BaseSettings):
     grpc_address: str = Field("127.0.0.1:50051", description="host:port the gRPC server listens on.")
     max_message_bytes: int = Field(64 * MiB, description="Largest gRPC message accepted or sent.")
     max_concurrent_rpcs: int | None = Field(
-        None, description="Calls in progress at once; more get RESOURCE_EXHAUSTED. None = unbounded."
+        None,
+        description="Calls in progress at once; more get RESOURCE_EXHAUSTED. Health checks are neither counted "
+        "nor refused (a busy pod must not fail its probes). None = unbounded.",
     )
     max_connection_age_seconds: float = Field(
         0.0,

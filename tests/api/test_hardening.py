@@ -13,6 +13,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tensortrigger.v1 import registry_service_pb2 as pb
 from tensortrigger.v1 import registry_service_pb2_grpc
 
@@ -109,3 +110,26 @@ async def _until(condition: Callable[[], bool], seconds: float = 10.0) -> None:
     deadline = time.monotonic() + seconds
     while not condition() and time.monotonic() < deadline:  # noqa: ASYNC110 - polling the file system
         await asyncio.sleep(0.005)
+
+
+async def test_health_probes_are_not_shed_under_overload(tmp_path: Path) -> None:
+    application = Application(server_settings(tmp_path, max_concurrent_rpcs=2))
+    await application.start()
+    try:
+        async with grpc.aio.insecure_channel(application.address) as ch:
+            stub = registry_service_pb2_grpc.ModelRegistryServiceStub(ch)
+            holders = [stub.UploadModelVersion(_upload_then_stall(f"slow-{i}", b"x", stall=True)) for i in range(2)]
+            scratch = application.settings.scratch_dir
+            await _until(lambda: len(list(scratch.glob("upload-*"))) == 2)  # both calls are in progress
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await stub.ListModels(pb.ListModelsRequest())
+            assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            health = health_pb2_grpc.HealthStub(ch)
+            answers = await asyncio.gather(*(health.Check(health_pb2.HealthCheckRequest()) for _ in range(30)))
+            assert {a.status for a in answers} == {health_pb2.HealthCheckResponse.SERVING}
+            for holder in holders:
+                holder.cancel()
+            await _until(lambda: not any(scratch.glob("upload-*")))
+            await stub.ListModels(pb.ListModelsRequest())  # the slots were given back
+    finally:
+        await application.stop(grace=1.0)

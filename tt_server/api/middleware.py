@@ -49,6 +49,7 @@ REQUEST_ID_KEY = "x-request-id"
 MAX_REQUEST_ID_LENGTH = 64
 # A client's id lands in log lines and metadata: anything outside this set (newlines, quotes, non-ASCII) is
 # replaced, so it can neither forge log lines nor break a header.
+_HEALTH_PREFIX = "/grpc.health.v1.Health/"
 _UNSAFE_ID_CHARS = re.compile(r"[^A-Za-z0-9._:/+=@-]")
 
 # Fresh ids: a random per-process prefix and a counter. Unique across replicas and restarts (64 random bits per
@@ -65,6 +66,28 @@ MALFORMED_LOG_INTERVAL = 60.0
 
 class MalformedRequest(InvalidArgument):
     """Raised when a request message does not parse as the method's request type."""
+
+
+class Overloaded(ResourceExhausted):
+    """Raised when ``TT_MAX_CONCURRENT_RPCS`` calls are in progress already."""
+
+
+class _ConcurrencyLimit:
+    """Calls in progress, bounded. Enforced here rather than by grpc's ``maximum_concurrent_rpcs``, which counts
+    every call, health checks included: under overload Kubernetes would see failed probes and restart a busy but
+    healthy pod. Health checks are neither counted nor refused."""
+
+    def __init__(self, maximum: int) -> None:
+        self.maximum = maximum
+        self.active = 0
+
+    def acquire(self) -> None:
+        if self.active >= self.maximum:
+            raise Overloaded(f"the server is at its limit of {self.maximum} calls in progress; retry shortly")
+        self.active += 1
+
+    def release(self) -> None:
+        self.active -= 1
 
 
 class _MalformedLog:
@@ -136,8 +159,16 @@ def _metadata_value(metadata: Sequence[tuple[str, str | bytes]] | None, key: str
 class _Call:
     """Per-method state, resolved once at registration: metric children, who may call, the rate limiter."""
 
-    def __init__(self, method: str, ours: bool, auth: TokenAuthenticator | None, limiter: RateLimiter | None) -> None:
+    def __init__(
+        self,
+        method: str,
+        ours: bool,
+        auth: TokenAuthenticator | None,
+        limiter: RateLimiter | None,
+        concurrency: _ConcurrencyLimit | None,
+    ) -> None:
         self.method = method
+        self.concurrency = None if method.startswith(_HEALTH_PREFIX) else concurrency
         self.ours = ours  # our services: error mapping, metrics and rate limits apply
         self.auth = auth if auth is not None and not auth.is_public(method) else None
         self.limiter = limiter if ours else None
@@ -180,7 +211,7 @@ class _Call:
             metrics.RPCS.labels(self.method, code.name).inc()
 
     async def fail(self, context: grpc.aio.ServicerContext, exc: Exception, started: float, ids: Metadata) -> None:
-        if not self.ours and not isinstance(exc, MalformedRequest):
+        if not self.ours and not isinstance(exc, (MalformedRequest, Overloaded)):
             raise exc
         status = status_for(exc, self.method)
         self.done(started, status.code)
@@ -194,7 +225,11 @@ def _wrap_unary(
     async def handler(request_or_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
         started = time.perf_counter()
         ids = call.start(context)
+        admitted = False
         try:
+            if call.concurrency is not None:
+                call.concurrency.acquire()
+                admitted = True
             if call.checks:
                 await call.admit(context, ids)
             if decode is not None:
@@ -209,6 +244,9 @@ def _wrap_unary(
             raise
         except Exception as exc:
             await call.fail(context, exc, started, ids)
+        finally:
+            if admitted:
+                call.concurrency.release()  # type: ignore[union-attr]
         call.done(started, None)
         return response
 
@@ -221,7 +259,11 @@ def _wrap_stream(
     async def handler(request_or_iterator: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         started = time.perf_counter()
         ids = call.start(context)
+        admitted = False
         try:
+            if call.concurrency is not None:
+                call.concurrency.acquire()
+                admitted = True
             if call.checks:
                 await call.admit(context, ids)
             if decode is not None:
@@ -238,6 +280,9 @@ def _wrap_stream(
             raise
         except Exception as exc:
             await call.fail(context, exc, started, ids)
+        finally:
+            if admitted:
+                call.concurrency.release()  # type: ignore[union-attr]
         call.done(started, None)
 
     return handler
@@ -251,10 +296,12 @@ class Middleware:
         wrapped_services: set[str],
         auth: TokenAuthenticator | None = None,
         limiter: RateLimiter | None = None,
+        max_concurrent_rpcs: int | None = None,
     ) -> None:
         self._services = wrapped_services
         self._auth = auth
         self._limiter = limiter
+        self._concurrency = _ConcurrencyLimit(max_concurrent_rpcs) if max_concurrent_rpcs else None
         self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
 
     def on(self, server: grpc.aio.Server) -> _Registrar:
@@ -269,7 +316,7 @@ class Middleware:
         return wrapped
 
     def _build(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
-        call = _Call(method, method.split("/")[1] in self._services, self._auth, self._limiter)
+        call = _Call(method, method.split("/")[1] in self._services, self._auth, self._limiter, self._concurrency)
         decode = _decoder(method, handler.request_deserializer)
         # grpc hands the handler the raw bytes (no deserializer); the wrapper parses them after authentication.
         kwargs = {"request_deserializer": None, "response_serializer": handler.response_serializer}

@@ -162,7 +162,6 @@ class LocalBlobStore:
                     keys.append(key)
         return sorted(keys)
 
-
     async def abort_stale_writes(self, older_than_seconds: float) -> int:
         return await asyncio.to_thread(self._remove_stale_temporaries, time.time() - older_than_seconds)
 
