@@ -232,6 +232,11 @@ def _wrap_unary(
                 admitted = True
             if call.checks:
                 await call.admit(context, ids)
+            if streaming:
+                # Tells a client stream (an upload) that it was admitted before it sends any data: a client that
+                # writes into a call the server has already refused gets grpc's "Internal error from Core"
+                # instead of the real status, so the Python client waits for this first.
+                await context.send_initial_metadata(ids)
             if decode is not None:
                 request_or_iterator = (
                     _decoded(request_or_iterator, decode) if streaming else decode(request_or_iterator)
