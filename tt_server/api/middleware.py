@@ -6,8 +6,8 @@ set in ``logs.request_id`` for the call's task, so every log line of the call ca
 ``x-request-id`` trailing metadata (streams also get it in their initial metadata, so it is known while they
 run). Authentication (when a token file is configured) runs before the method does anything, for every service
 (health and reflection can be public); a stream is refused before any request message is read. For our own
-services the wrapper also applies the per-client rate limit, times the call, turns exceptions into statuses
-(``api.errors.status_for``) and counts the outcome by status code.
+services the wrapper also applies the per-client rate limit, times the call and counts the outcome by status code;
+for every service it turns exceptions into statuses (``api.errors.status_for``).
 
 Requests arrive as bytes (every method is registered with an identity deserializer) and are parsed here, after
 authentication: a message that does not parse, on any method of any service (first message or mid-stream), ends
@@ -211,8 +211,8 @@ class _Call:
             metrics.RPCS.labels(self.method, code.name).inc()
 
     async def fail(self, context: grpc.aio.ServicerContext, exc: Exception, started: float, ids: Metadata) -> None:
-        if not self.ours and not isinstance(exc, (MalformedRequest, Overloaded)):
-            raise exc
+        # Every service's failures are mapped (health's and reflection's too: grpc would answer UNKNOWN with the
+        # exception's text, e.g. for health's List, which grpcio-health's servicer leaves unimplemented).
         status = status_for(exc, self.method)
         self.done(started, status.code)
         # abort()'s metadata replaces what set_trailing_metadata() set, so the id goes in again.

@@ -26,7 +26,7 @@ _V1_FILE = "grpc/reflection/v1/reflection.proto"
 _V1ALPHA_PACKAGE = "grpc.reflection.v1alpha"
 
 
-def _v1_file() -> FileDescriptor:
+def v1_file_descriptor() -> FileDescriptor:
     """grpc.reflection.v1's descriptor, in the default pool: v1alpha's file under the v1 package."""
     pool = descriptor_pool.Default()
     try:
@@ -66,7 +66,7 @@ def add_reflection_to_server(servicer: reflection.aio.ReflectionServicer, server
 
     reflection_pb2_grpc.add_ServerReflectionServicer_to_server(servicer, server)
     _V1Request.DESCRIPTOR = descriptor_pool.Default().FindMessageTypeByName(
-        f"{_v1_file().package}.ServerReflectionRequest"
+        f"{v1_file_descriptor().package}.ServerReflectionRequest"
     )
     handler = grpc.stream_stream_rpc_method_handler(
         servicer.ServerReflectionInfo,
