@@ -239,6 +239,8 @@ def test_wire_fuzz(server: FuzzServer) -> None:
             )
         if done == max(1, CASES // 10):
             rss["warm"] = rss_bytes()
+        if done % 10_000 == 0:  # long runs (make fuzz) show progress
+            print(f"  {done} cases, {time.monotonic() - started:.0f} s, {dict(by_status.most_common())}", flush=True)
         if done % 250 == 0:
             status = health.Check(health_pb2.HealthCheckRequest(), timeout=10).status
             assert status == health_pb2.HealthCheckResponse.SERVING, f"not SERVING after {done} cases"
