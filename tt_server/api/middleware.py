@@ -47,9 +47,9 @@ log = logging.getLogger(__name__)
 
 REQUEST_ID_KEY = "x-request-id"
 MAX_REQUEST_ID_LENGTH = 64
+_HEALTH_PREFIX = "/grpc.health.v1.Health/"  # health checks: never refused for load (TT_MAX_CONCURRENT_RPCS)
 # A client's id lands in log lines and metadata: anything outside this set (newlines, quotes, non-ASCII) is
 # replaced, so it can neither forge log lines nor break a header.
-_HEALTH_PREFIX = "/grpc.health.v1.Health/"
 _UNSAFE_ID_CHARS = re.compile(r"[^A-Za-z0-9._:/+=@-]")
 
 # Fresh ids: a random per-process prefix and a counter. Unique across replicas and restarts (64 random bits per
