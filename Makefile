@@ -95,6 +95,14 @@ fmt: $(DEV_VENV)/.installed
 	$(DEV_VENV)/bin/ruff check --fix .
 	$(DEV_VENV)/bin/ruff format .
 
+# Wire fuzzing at length (CI runs 2,000 cases of the same test): FUZZ_CASES cases against a real server, the JSON
+# report (statuses by method, RSS, seed) in FUZZ_REPORT. FUZZ_SEED=<n> replays a run.
+FUZZ_CASES ?= 100000
+FUZZ_REPORT ?= fuzz-report.json
+fuzz: $(DEV_VENV)/.installed
+	TT_FUZZ_CASES=$(FUZZ_CASES) TT_FUZZ_REPORT=$(FUZZ_REPORT) TT_FUZZ_SEED=$(FUZZ_SEED) \
+	  $(DEV_VENV)/bin/pytest -q -s -o timeout=0 tests/fuzz
+
 # Four benchmarks into bench/results: the Predict hot path (embedded backends; waits up to 2 min for a quiet
 # machine first; BENCH_ARGS=--quick for a smoke run into /tmp/tt-bench-quick), online training (train.json) and a
 # 1M-row batch job through PostgreSQL + RabbitMQ + tt-worker (jobs.json), and REST inference next to gRPC Predict

@@ -18,7 +18,7 @@ from wsgiref.simple_server import WSGIServer
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
+from grpc_reflection.v1alpha import reflection
 from tensortrigger.v1 import (
     inference_service_pb2,
     inference_service_pb2_grpc,
@@ -33,7 +33,8 @@ from tt_server.api.auth import RateLimiter, TokenAuthenticator
 from tt_server.api.inference import InferenceServicer
 from tt_server.api.jobs import JobsServicer
 from tt_server.api.middleware import AccessLog, Middleware
-from tt_server.api.reflection import DocumentedReflectionServicer, documented_files
+from tt_server.api.reflection import V1_SERVICE_NAME as REFLECTION_V1
+from tt_server.api.reflection import DocumentedReflectionServicer, add_reflection_to_server, documented_files
 from tt_server.api.registry import RegistryServicer
 from tt_server.config import Settings
 from tt_server.events import EventBus, LocalEventBus
@@ -41,7 +42,7 @@ from tt_server.jobs.objects import JobBlobs
 from tt_server.jobs.service import JobsService
 from tt_server.jobs.worker import EmbeddedWorker
 from tt_server.registry.repository import ModelRepository
-from tt_server.registry.service import Registry
+from tt_server.registry.service import Registry, sweep_scratch
 from tt_server.rest import HttpServer, build_http_server
 from tt_server.runtime.manager import ModelManager
 from tt_server.runtime.service import InferenceService
@@ -133,6 +134,7 @@ class Application:
         s = self.settings
         s.data_dir.mkdir(parents=True, exist_ok=True)
         s.scratch_dir.mkdir(parents=True, exist_ok=True)
+        await asyncio.to_thread(sweep_scratch, s.scratch_dir, s.scratch_max_age_seconds)  # a killed run's leftovers
 
         self.metadata = make_metadata_store(s)
         self.blobs = make_blob_store(s)
@@ -183,7 +185,9 @@ class Application:
         )
         limiter = RateLimiter(s.rate_limit_per_second, s.rate_limit_burst) if s.rate_limit_per_second > 0 else None
         access = AccessLog(s.access_log, s.access_log_sample_ratio) if s.access_log != "off" else None
-        middleware = Middleware({*SERVICE_NAMES, *compat.SERVICE_NAMES}, auth, limiter, access)
+        middleware = Middleware(
+            {*SERVICE_NAMES, *compat.SERVICE_NAMES}, auth, limiter, s.max_concurrent_rpcs, access=access
+        )
         # Tracing's interceptor runs around the (wrapped) handlers: its span encloses everything the middleware
         # does (auth, errors, metrics).
         self._tracing = start_tracing({*SERVICE_NAMES, *compat.SERVICE_NAMES}) if s.otel_enabled else None
@@ -207,7 +211,7 @@ class Application:
                     else []
                 ),
             ],
-            maximum_concurrent_rpcs=s.max_concurrent_rpcs,
+            maximum_concurrent_rpcs=None,  # enforced by the middleware, which spares health checks
         )
         # Every service is registered through the middleware, which wraps each method's handler.
         serving: Any = middleware.on(server)
@@ -225,12 +229,13 @@ class Application:
             is_ready=lambda: self._serving and not self._stopping,
         )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, serving)
-        reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
+        add_reflection_to_server(
             DocumentedReflectionServicer(
                 (
                     *SERVICE_NAMES,
                     *compat.SERVICE_NAMES,
                     health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                    REFLECTION_V1,
                     reflection.SERVICE_NAME,
                 ),
                 documented_files(),
@@ -361,6 +366,7 @@ class Application:
             try:
                 while await self.registry.collect_garbage() > 0:
                     pass
+                await self.registry.sweep_leftovers()
             except Exception:
                 log.warning("blob garbage collection failed; will retry", exc_info=True, extra={"throttle": True})
             await asyncio.sleep(self.settings.gc_interval_seconds)

@@ -34,7 +34,9 @@ class Settings(BaseSettings):
         64 * MiB, description="Largest gRPC message accepted or sent; also the largest HTTP body read whole (JSON)."
     )
     max_concurrent_rpcs: int | None = Field(
-        None, description="Calls in progress at once; more get RESOURCE_EXHAUSTED. None = unbounded."
+        None,
+        description="Calls in progress at once; more get RESOURCE_EXHAUSTED. Health checks are neither counted "
+        "nor refused (a busy pod must not fail its probes). None = unbounded.",
     )
     max_connection_age_seconds: float = Field(
         0.0,
@@ -80,6 +82,20 @@ class Settings(BaseSettings):
         "", description="Key that signs list page tokens; set the same value on every replica."
     )
     gc_interval_seconds: float = Field(60.0, description="How often orphaned blobs are swept.")
+    stale_write_seconds: float = Field(
+        86_400.0,
+        gt=0,
+        description="Blob writes begun longer ago than this and never finished (S3 multipart uploads, local "
+        "temporary files, left by a killed process) are aborted by the periodic sweep. Longer than any one "
+        "upload or job result write can take.",
+    )
+    scratch_max_age_seconds: float = Field(
+        3600.0,
+        gt=0,
+        description="Upload scratch folders (data_dir/tmp/upload-*) nothing has written to for this long are "
+        "removed at start-up and by the periodic sweep (a killed process's leftovers; younger ones may belong "
+        "to a sibling process sharing the data directory).",
+    )
     amqp_url: str = Field("", description="amqp://... for RabbitMQ; empty = in-process broker and worker.")
 
     # --- uploads and model safety -----------------------------------------------------------------------

@@ -181,6 +181,7 @@ BAD_INPUTS: dict[str, tuple[dict[str, Any], tuple[str, ...], str]] = {
     ),
     "missing input": ({}, (), "inputs"),
     "unsupported dtype": ({"features": np.zeros((1, 4), np.complex64)}, (), 'inputs["features"].dtype'),
+    "undefined dtype": ({"features": typed(167, (1, 4), float_val=[1, 2, 3, 4])}, (), 'inputs["features"].dtype'),
     "short content": (
         {"features": typed(types_pb2.DT_FLOAT, (2, 4), tensor_content=b"\0" * 12)},
         (),

@@ -27,7 +27,7 @@ import pytest
 from tensortrigger.v1 import jobs_service_pb2_grpc, registry_service_pb2_grpc
 
 from tests import models
-from tests.jobs.helpers import slow_mlp, upload_model
+from tests.jobs.helpers import JobEvents, observe_jobs, slow_mlp, upload_model
 from tests.services import service_missing
 from tests.serving import _fresh_database, server_settings, unique_name
 from tt_server.app import Application
@@ -47,6 +47,14 @@ from tt_server.storage.factory import (
 AMQP_HOST = os.environ.get("TT_TEST_AMQP_HOST", "127.0.0.1")
 AMQP_PORT = int(os.environ.get("TT_TEST_AMQP_PORT", "5672"))
 AMQP_START = "rabbitmq-server -detached (apt-get install -y rabbitmq-server)"
+
+
+@pytest.fixture
+def job_events() -> Iterator[JobEvents]:
+    """Attempts started and deliveries settled by the workers in this process during the test."""
+    with observe_jobs() as events:
+        yield events
+
 
 # Shrunk so that a few thousand rows make several batches, and a killed worker's lease runs out quickly.
 FAST_JOB_SETTINGS: dict[str, object] = {

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
+import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import grpc
 import numpy as np
 from tensortrigger.v1 import jobs_service_pb2 as pb
 from tensortrigger.v1 import jobs_service_pb2_grpc, model_pb2, registry_service_pb2, registry_service_pb2_grpc
+
+from tt_server.jobs.runner import Outcome
 
 TERMINAL = (pb.JOB_STATE_SUCCEEDED, pb.JOB_STATE_FAILED, pb.JOB_STATE_CANCELLED)
 
@@ -123,3 +127,41 @@ def parse_results_csv(data: bytes) -> tuple[list[str], list[list[str]]]:
 def code_of(error: BaseException) -> grpc.StatusCode:
     assert isinstance(error, grpc.aio.AioRpcError)
     return error.code()
+
+
+class JobEvents(logging.Handler):
+    """What the workers in this process did, read from their log lines (the workers keep no such record:
+    a tt-worker runs for months): attempts started and deliveries settled, oldest first."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.attempts: list[tuple[str, int]] = []  # (job id, attempt number)
+        self.outcomes: list[tuple[str, Outcome]] = []  # (job id, how its delivery was settled)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if message == "job attempt started":
+            self.attempts.append((record.job, record.attempt))  # type: ignore[attr-defined]
+        elif message == "job delivery settled":
+            self.outcomes.append((record.job, Outcome(record.outcome)))  # type: ignore[attr-defined]
+
+    async def settled(self, job_id: str, outcome: Outcome, count: int = 1, seconds: float = 20.0) -> None:
+        """Wait until ``job_id`` has had ``count`` deliveries settled as ``outcome``."""
+        for _ in range(int(seconds / 0.02)):
+            if self.outcomes.count((job_id, outcome)) >= count:
+                return
+            await asyncio.sleep(0.02)
+
+
+@contextlib.contextmanager
+def observe_jobs() -> Iterator[JobEvents]:
+    events = JobEvents()
+    logger = logging.getLogger("tt_server.jobs")
+    level = logger.level
+    logger.setLevel(logging.DEBUG)
+    logger.addHandler(events)
+    try:
+        yield events
+    finally:
+        logger.removeHandler(events)
+        logger.setLevel(level)

@@ -4,6 +4,7 @@ S3 on moto, RabbitMQ, a worker consuming over AMQP)."""
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from tensortrigger.v1 import model_pb2
 from tests.api.helpers import violations
 from tests.jobs.conftest import JobServer
 from tests.jobs.helpers import (
+    JobEvents,
     create_job,
     csv_bytes,
     features,
@@ -115,17 +117,14 @@ async def test_progress_is_visible_while_running_and_watch_ends_terminal(jobs, s
     assert seen[-1].rows_done == 8000 and seen[-1].HasField("end_time") and seen[-1].HasField("start_time")
 
 
-async def test_cancel_stops_a_running_job(jobs, slow, job_server: JobServer) -> None:
+async def test_cancel_stops_a_running_job(jobs, slow, job_server: JobServer, job_events: JobEvents) -> None:
     job = await create_job(jobs, spec(slow), csv_bytes(features(40_000, seed=5)))
     await wait_for(jobs, job.id, lambda j: j.rows_done > 0)
     cancelled = (await jobs.CancelJob(pb.CancelJobRequest(id=job.id))).job
     assert cancelled.state == pb.JOB_STATE_CANCELLED
-    assert job_server.worker is not None
-    for _ in range(200):  # the worker notices at its next progress write and settles the message
-        if (job.id, Outcome.CANCELLED) in job_server.worker.outcomes:
-            break
-        await asyncio.sleep(0.05)
-    assert (job.id, Outcome.CANCELLED) in job_server.worker.outcomes
+    # The worker notices at its next progress write and settles the message.
+    await job_events.settled(job.id, Outcome.CANCELLED)
+    assert (job.id, Outcome.CANCELLED) in job_events.outcomes
     final = (await jobs.GetJob(pb.GetJobRequest(id=job.id))).job
     assert final.state == pb.JOB_STATE_CANCELLED and final.rows_done < 40_000
     assert await job_server.app.blobs.list_keys(f"jobs/{job.id}/attempt-") == []  # the upload was aborted
@@ -242,16 +241,44 @@ async def test_version_is_pinned_at_creation(jobs, registry, job_artifacts) -> N
     assert (done.model.version, done.spec.model.label) == (1, "stable")
 
 
-async def test_redelivered_message_for_a_finished_job_is_a_noop(jobs, mlp, job_server: JobServer) -> None:
-    job = await create_job(jobs, spec(mlp), csv_bytes(features(20)))
-    done = await wait_for(jobs, job.id)
-    assert job_server.worker is not None
-    await job_server.app.broker.publish(job.id)  # as RabbitMQ would redeliver it
-    for _ in range(200):
-        if job_server.worker.outcomes.count((job.id, Outcome.NOOP)) == 1:
+async def test_workers_keep_no_state_per_delivery(jobs, mlp, job_server: JobServer, job_events: JobEvents) -> None:
+    """A tt-worker runs for months: nothing its worker and runner keep may grow with the jobs they have run."""
+    worker = job_server.worker
+    assert worker is not None
+
+    def sizes() -> dict[str, int]:
+        return {
+            f"{type(owner).__name__}.{name}": len(value)
+            for owner in (worker, worker.runner)
+            for name, value in vars(owner).items()
+            if isinstance(value, list | dict | set | tuple | collections.deque)
+        }
+
+    async def run_jobs(count: int) -> None:
+        for _ in range(count):
+            job = await create_job(jobs, spec(mlp), csv_bytes(features(5)))
+            await wait_for(jobs, job.id)
+            await job_events.settled(job.id, Outcome.SUCCEEDED)
+
+    await run_jobs(1)
+    before = sizes()
+    await run_jobs(6)
+    for _ in range(100):  # the last delivery's task leaves the worker's set of running tasks just after settling
+        grew = {k: (before.get(k, 0), n) for k, n in sizes().items() if n > before.get(k, 0)}
+        if not grew:
             break
         await asyncio.sleep(0.02)
-    assert job_server.worker.outcomes.count((job.id, Outcome.NOOP)) == 1
+    assert not grew
+
+
+async def test_redelivered_message_for_a_finished_job_is_a_noop(
+    jobs, mlp, job_server: JobServer, job_events: JobEvents
+) -> None:
+    job = await create_job(jobs, spec(mlp), csv_bytes(features(20)))
+    done = await wait_for(jobs, job.id)
+    await job_server.app.broker.publish(job.id)  # as RabbitMQ would redeliver it
+    await job_events.settled(job.id, Outcome.NOOP)
+    assert job_events.outcomes.count((job.id, Outcome.NOOP)) == 1
     again = (await jobs.GetJob(pb.GetJobRequest(id=job.id))).job
     assert (again.attempts, again.result_size_bytes, again.end_time) == (1, done.result_size_bytes, done.end_time)
     assert await job_server.app.broker.queued() == 0

@@ -127,6 +127,19 @@ def test_parser_row_numbers_across_blank_and_invalid_rows() -> None:
     assert str(err.value) == "row 102: expected 4 fields, found 2"
 
 
+def test_parser_reports_a_malformed_line_that_is_not_utf8(recwarn: pytest.WarningsRecorder) -> None:
+    # Found by the wire fuzz: pyarrow decodes a malformed row's text as UTF-8 to report it, so such a row failed
+    # the whole read ("job attempt crashed" with a traceback on every attempt, then dead-lettered).
+    plan = plan_columns(job_spec(has_header=False), version(), ["1", "2", "3", "4"])
+    block = b"1,2,3,4\n\xeb\xff,2\n\n1,2,3,\xff\n1,2,3,4\n"
+    parsed = BlockParser(plan, skip_bad_rows=True).parse(block, first_row=11)
+    assert [(e.row, e.reason) for e in parsed.errors] == [(12, "not UTF-8 text"), (13, "not UTF-8 text")]
+    assert (parsed.rows, parsed.rows_read) == (2, 4)
+    with pytest.raises(JobInputError, match="row 12: not UTF-8 text"):
+        BlockParser(plan, skip_bad_rows=False).parse(block, first_row=11)
+    assert not recwarn.list  # nor an exception pyarrow could only report as unraisable
+
+
 def test_csv_encoding_quotes_only_what_needs_it() -> None:
     encoder = ResultEncoder(OutputFormat.CSV, ["id"], TWO_INPUTS.outputs)
     outputs: dict[str, np.ndarray] = {

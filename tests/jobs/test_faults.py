@@ -54,10 +54,10 @@ def store_of(server: Application) -> SqlMetadataStore:
 
 
 async def test_broker_connection_dropped_mid_job_still_completes_once(
-    bare_jobs, bare_models, bare_server: Application, workers, close_all_amqp_connections, job_artifacts
+    bare_jobs, bare_models, bare_server: Application, workers, close_all_amqp_connections, job_artifacts, job_events
 ) -> None:
     jobs, (_, slow) = bare_jobs, bare_models
-    worker = await workers()
+    await workers()
     x = features(30_000, seed=10)  # several seconds: still running when rabbitmqctl gets through
     job = await create_job(jobs, spec(slow), csv_bytes(x))
     await wait_for(jobs, job.id, lambda j: j.rows_done > 0)
@@ -66,13 +66,10 @@ async def test_broker_connection_dropped_mid_job_still_completes_once(
     done = await wait_for(jobs, job.id)
     assert done.state == pb.JOB_STATE_SUCCEEDED, done.error
     assert (done.attempts, done.rows_done) == (1, 30_000)
-    assert worker.runner.attempts_run == [(job.id, 1)]
+    assert [a for a in job_events.attempts if a[0] == job.id] == [(job.id, 1)]
     # The message was redelivered after the reconnect; this worker held it until the job was done, then acked.
-    for _ in range(100):
-        if (job.id, Outcome.NOOP) in worker.worker.outcomes:  # type: ignore[union-attr]
-            break
-        await asyncio.sleep(0.1)
-    assert sorted(o for j, o in worker.worker.outcomes if j == job.id) == [Outcome.NOOP, Outcome.SUCCEEDED]  # type: ignore[union-attr]
+    await job_events.settled(job.id, Outcome.NOOP)
+    assert sorted(o for j, o in job_events.outcomes if j == job.id) == [Outcome.NOOP, Outcome.SUCCEEDED]
     assert await bare_server.blobs.list_keys(f"jobs/{job.id}/attempt-") == [f"jobs/{job.id}/attempt-1/results.csv"]
     _, rows = parse_results_csv(await results(jobs, job.id))
     sample = slice(None, None, 97)  # the slow model is slow here too
@@ -86,41 +83,40 @@ async def test_broker_connection_dropped_mid_job_still_completes_once(
 
 
 async def test_competing_workers_never_run_an_attempt_twice(
-    bare_jobs, bare_models, bare_server: Application, workers
+    bare_jobs, bare_models, bare_server: Application, workers, job_events
 ) -> None:
     jobs, mlp = bare_jobs, bare_models[0]
-    pool = [await workers("a"), await workers("b")]
+    await workers("a")
+    await workers("b")
     created = [(await create_job(jobs, spec(mlp), csv_bytes(features(1500, seed=i)))).id for i in range(8)]
     for job_id in created:  # duplicates: both workers may hold a message for the same job at once
         await bare_server.broker.publish(job_id)
     for job_id in created:
         done = await wait_for(jobs, job_id)
         assert (done.state, done.attempts) == (pb.JOB_STATE_SUCCEEDED, 1), done.error
-    runs = [run for w in pool for run in w.runner.attempts_run]
+    runs = [run for run in job_events.attempts if run[0] in created]
     assert sorted(runs) == sorted((job_id, 1) for job_id in created)  # each job ran once, as attempt 1
-    for _ in range(100):  # every duplicate is settled as a no-op
-        settled = [(j, o) for w in pool for j, o in w.worker.outcomes]  # type: ignore[union-attr]
-        if len(settled) == 16:
-            break
-        await asyncio.sleep(0.1)
-    assert sorted(o for _, o in settled) == sorted([Outcome.SUCCEEDED] * 8 + [Outcome.NOOP] * 8)
+    for job_id in created:  # every duplicate is settled as a no-op, once the attempt's delivery is settled
+        await job_events.settled(job_id, Outcome.NOOP)
+        await job_events.settled(job_id, Outcome.SUCCEEDED)
+    settled = [o for j, o in job_events.outcomes if j in created]
+    assert sorted(settled) == sorted([Outcome.SUCCEEDED] * 8 + [Outcome.NOOP] * 8)
     assert await bare_server.broker.queued() == 0
 
 
-async def test_stale_attempt_cannot_commit(bare_jobs, bare_models, bare_server: Application, workers) -> None:
+async def test_stale_attempt_cannot_commit(
+    bare_jobs, bare_models, bare_server: Application, workers, job_events
+) -> None:
     jobs, slow = bare_jobs, bare_models[1]
-    worker = await workers()
+    await workers()
     job = await create_job(jobs, spec(slow), csv_bytes(features(20_000, seed=11)))
     await wait_for(jobs, job.id, lambda j: j.rows_done > 0)
     store = store_of(bare_server)
     # The worker's lease runs out (as if it had stalled) and another attempt takes the job over.
     await store._db.execute("UPDATE jobs SET lease_until = 0 WHERE id = $1", job.id)
     assert await store.lease_job(job.id, "thief", 60) == 2
-    for _ in range(100):
-        if (job.id, Outcome.LOST) in worker.worker.outcomes:  # type: ignore[union-attr]
-            break
-        await asyncio.sleep(0.1)
-    assert (job.id, Outcome.LOST) in worker.worker.outcomes  # type: ignore[union-attr]
+    await job_events.settled(job.id, Outcome.LOST)
+    assert (job.id, Outcome.LOST) in job_events.outcomes
     current = await store.get_job(job.id)
     assert (current.state, current.attempt, current.lease_owner) == (JobState.RUNNING, 2, "thief")
     assert await bare_server.blobs.list_keys(f"jobs/{job.id}/attempt-") == []  # attempt 1 wrote nothing

@@ -102,6 +102,8 @@ class AuthError(Exception):
 
 
 class TokenAuthenticator:
+    RELOAD_SECONDS = 5.0  # how often the file's mtime is checked; a stat per call would be wasted hot-path work
+
     def __init__(self, tokens_file: Path, public_health: bool, public_reflection: bool) -> None:
         self._path = tokens_file
         self._public_prefixes = tuple(
@@ -143,7 +145,7 @@ class TokenAuthenticator:
 
     def _maybe_reload(self) -> None:
         now = time.monotonic()
-        if now - self._checked >= 5.0:  # a stat per call would be wasted work on the hot path
+        if now - self._checked >= self.RELOAD_SECONDS:
             self._checked = now
             self._reload()
 
@@ -155,6 +157,24 @@ class TokenAuthenticator:
             return
         if mtime == self._mtime_ns:
             return
+        try:
+            tokens = self._parse()
+        except (OSError, UnicodeDecodeError, ValueError) as e:
+            if self._mtime_ns == -1:  # at start-up a bad file is a configuration error
+                raise ValueError(str(e)) from None
+            # At run time an edit in progress or a typo must not lock out every caller: keep the tokens loaded
+            # before, and say so once per change of the file (not on every reload check).
+            self._mtime_ns = mtime
+            log.warning(
+                "token file not reloaded; keeping the tokens loaded before",
+                extra={"path": str(self._path), "reason": str(e)},
+            )
+            return
+        self._tokens = tokens
+        self._mtime_ns = mtime
+        log.info("tokens loaded", extra={"path": str(self._path), "count": len(tokens)})
+
+    def _parse(self) -> list[tuple[bytes, Identity]]:
         tokens: list[tuple[bytes, Identity]] = []
         for number, raw in enumerate(self._path.read_text().splitlines(), 1):
             line = raw.split("#", 1)[0].strip()
@@ -165,9 +185,7 @@ class TokenAuthenticator:
                 raise ValueError(f"{self._path}:{number}: expected '<reader|writer|admin> <token> [name]'")
             name = parts[2] if len(parts) == 3 else f"token-{number}"
             tokens.append((hashlib.sha256(parts[1].encode()).digest(), Identity(name, Role[parts[0].upper()])))
-        self._tokens = tokens
-        self._mtime_ns = mtime
-        log.info("tokens loaded", extra={"path": str(self._path), "count": len(tokens)})
+        return tokens
 
 
 class RateLimiter:

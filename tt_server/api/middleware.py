@@ -10,9 +10,15 @@ and the call's total time in the handler.
 
 Authentication (when a token file is configured) runs before the method does anything, for every service
 (health and reflection can be public); a stream is refused before any request message is read. For our own
-services the wrapper also applies the per-client rate limit, times the call, turns exceptions into statuses
-(``api.errors.status_for``), counts the outcome by status code and, when ``TT_ACCESS_LOG`` asks, writes an access
-log line (method, model and version served, status, duration, request id).
+services the wrapper also applies the per-client rate limit, times the call, counts the outcome by status code and,
+when ``TT_ACCESS_LOG`` asks, writes an access log line (method, model and version served, status, duration, request
+id); for every service it turns exceptions into statuses (``api.errors.status_for``).
+
+Requests arrive as bytes (every method is registered with an identity deserializer) and are parsed here, after
+authentication: a message that does not parse, on any method of any service (first message or mid-stream), ends
+the call with INVALID_ARGUMENT "request is not a valid <type>: ..." and the request id, is counted like any
+other status, and is logged at most once per ``MALFORMED_LOG_INTERVAL`` with a count and no traceback. Left to
+grpc, the same failure was UNKNOWN or INTERNAL, skipped the middleware and logged a traceback per call.
 
 Why not a ``grpc.aio.ServerInterceptor``: grpc.aio runs a server's interceptor chain as extra coroutines on every
 call, before the handler; on a Predict that returns a canned answer that machinery cost ~1/3 of the event loop's
@@ -40,14 +46,17 @@ import grpc
 from tt_server import metrics
 from tt_server.api.auth import AuthError, RateLimiter, TokenAuthenticator
 from tt_server.api.errors import status_for
-from tt_server.errors import ResourceExhausted
+from tt_server.errors import InvalidArgument, ResourceExhausted
 from tt_server.logs import request_id, served_model
 from tt_server.runtime.observe import ServerTiming, timing_sink
+
+log = logging.getLogger(__name__)
 
 REQUEST_ID_KEY = "x-request-id"
 TIMING_KEY = "x-tt-timing"  # a request asks for server-timing trailers
 SERVER_TIMING_KEY = "server-timing"
 MAX_REQUEST_ID_LENGTH = 64
+_HEALTH_PREFIX = "/grpc.health.v1.Health/"  # health checks: never refused for load (TT_MAX_CONCURRENT_RPCS)
 # A client's id lands in log lines and metadata: anything outside this set (newlines, quotes, non-ASCII) is
 # replaced, so it can neither forge log lines nor break a header.
 _UNSAFE_ID_CHARS = re.compile(r"[^A-Za-z0-9._:/+=@-]")
@@ -58,6 +67,86 @@ _ID_PREFIX = secrets.token_hex(8)
 _id_counter = itertools.count(1)
 
 Metadata = tuple[tuple[str, str | bytes], ...]
+Deserializer = Callable[[bytes], Any]
+
+# Any client can send garbage at any rate: one warning per interval, with how many were refused since the last.
+MALFORMED_LOG_INTERVAL = 60.0
+
+
+class MalformedRequest(InvalidArgument):
+    """Raised when a request message does not parse as the method's request type."""
+
+
+class Overloaded(ResourceExhausted):
+    """Raised when ``TT_MAX_CONCURRENT_RPCS`` calls are in progress already."""
+
+
+class _ConcurrencyLimit:
+    """Calls in progress, bounded. Enforced here rather than by grpc's ``maximum_concurrent_rpcs``, which counts
+    every call, health checks included: under overload Kubernetes would see failed probes and restart a busy but
+    healthy pod. Health checks are neither counted nor refused."""
+
+    def __init__(self, maximum: int) -> None:
+        self.maximum = maximum
+        self.active = 0
+
+    def acquire(self) -> None:
+        if self.active >= self.maximum:
+            raise Overloaded(f"the server is at its limit of {self.maximum} calls in progress; retry shortly")
+        self.active += 1
+
+    def release(self) -> None:
+        self.active -= 1
+
+
+class _MalformedLog:
+    """Logs refused messages at most once per interval: the first of each interval, with the count since."""
+
+    def __init__(self, interval: float) -> None:
+        self._interval = interval
+        self._next = 0.0
+        self._unlogged = 0
+
+    def record(self, method: str, reason: str) -> None:
+        now = time.monotonic()
+        self._unlogged += 1
+        if now < self._next:
+            return
+        self._next = now + self._interval
+        count, self._unlogged = self._unlogged, 0
+        log.warning(
+            "refused a request that does not parse",
+            extra={"method": method, "reason": reason, "refused_since_last_log": count},
+        )
+
+
+_malformed_log = _MalformedLog(MALFORMED_LOG_INTERVAL)
+
+
+def _decoder(method: str, deserializer: Deserializer | None) -> Deserializer | None:
+    """The method's parse step, raising ``MalformedRequest`` instead of whatever the parser raises."""
+    if deserializer is None:
+        return None
+    # The generated code passes the message class's FromString; its class names the type in the message.
+    owner = getattr(deserializer, "__self__", None)
+    descriptor = getattr(owner, "DESCRIPTOR", None)
+    type_name = descriptor.full_name if descriptor is not None else "request message"
+
+    def decode(raw: bytes) -> Any:
+        try:
+            return deserializer(raw)
+        except Exception as e:  # DecodeError, bad UTF-8, nesting too deep: all the client's doing
+            reason = str(e).split(": ", 1)[-1][:200] if str(e) else type(e).__name__
+            _malformed_log.record(method, reason)
+            raise MalformedRequest(f"request is not a valid {type_name}: {reason}") from None
+
+    return decode
+
+
+async def _decoded(raw_messages: AsyncIterator[bytes], decode: Deserializer) -> AsyncIterator[Any]:
+    async for raw in raw_messages:
+        yield decode(raw)
+
 
 access_log = logging.getLogger("tt_server.access")
 
@@ -110,9 +199,11 @@ class _Call:
         ours: bool,
         auth: TokenAuthenticator | None,
         limiter: RateLimiter | None,
+        concurrency: _ConcurrencyLimit | None,
         access: AccessLog | None = None,
     ) -> None:
         self.method = method
+        self.concurrency = None if method.startswith(_HEALTH_PREFIX) else concurrency
         self.access = access if ours else None
         self.ours = ours  # our services: error mapping, metrics and rate limits apply
         self.auth = auth if auth is not None and not auth.is_public(method) else None
@@ -176,8 +267,8 @@ class _Call:
         ids: Metadata,
         timing: ServerTiming | None,
     ) -> None:
-        if not self.ours:
-            raise exc
+        # Every service's failures are mapped (health's and reflection's too: grpc would answer UNKNOWN with the
+        # exception's text, e.g. for health's List, which grpcio-health's servicer leaves unimplemented).
         status = status_for(exc, self.method)
         self.done(started, status.code)
         # abort()'s metadata replaces what set_trailing_metadata() set, so the id goes in again.
@@ -190,13 +281,28 @@ def _trailers(ids: Metadata, timing: ServerTiming | None, started: float) -> Met
     return (*ids, (SERVER_TIMING_KEY, timing.header(time.perf_counter() - started)))
 
 
-def _wrap_unary(behavior: Callable[..., Any], call: _Call) -> Callable[..., Any]:
+def _wrap_unary(
+    behavior: Callable[..., Any], call: _Call, decode: Deserializer | None, streaming: bool
+) -> Callable[..., Any]:
     async def handler(request_or_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
         started = time.perf_counter()
         ids, timing = call.start(context)
+        admitted = False
         try:
+            if call.concurrency is not None:
+                call.concurrency.acquire()
+                admitted = True
             if call.checks:
                 await call.admit(context, ids)
+            if streaming:
+                # Tells a client stream (an upload) that it was admitted before it sends any data: a client that
+                # writes into a call the server has already refused gets grpc's "Internal error from Core"
+                # instead of the real status, so the Python client waits for this first.
+                await context.send_initial_metadata(ids)
+            if decode is not None:
+                request_or_iterator = (
+                    _decoded(request_or_iterator, decode) if streaming else decode(request_or_iterator)
+                )
             response = await behavior(request_or_iterator, context)
         except grpc.aio.AbortError:
             raise
@@ -205,6 +311,9 @@ def _wrap_unary(behavior: Callable[..., Any], call: _Call) -> Callable[..., Any]
             raise
         except Exception as exc:
             await call.fail(context, exc, started, ids, timing)
+        finally:
+            if admitted:
+                call.concurrency.release()  # type: ignore[union-attr]
         if timing is not None:
             context.set_trailing_metadata(_trailers(ids, timing, started))
         call.done(started, None)
@@ -213,13 +322,23 @@ def _wrap_unary(behavior: Callable[..., Any], call: _Call) -> Callable[..., Any]
     return handler
 
 
-def _wrap_stream(behavior: Callable[..., Any], call: _Call) -> Callable[..., Any]:
+def _wrap_stream(
+    behavior: Callable[..., Any], call: _Call, decode: Deserializer | None, streaming: bool
+) -> Callable[..., Any]:
     async def handler(request_or_iterator: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         started = time.perf_counter()
         ids, timing = call.start(context)
+        admitted = False
         try:
+            if call.concurrency is not None:
+                call.concurrency.acquire()
+                admitted = True
             if call.checks:
                 await call.admit(context, ids)
+            if decode is not None:
+                request_or_iterator = (
+                    _decoded(request_or_iterator, decode) if streaming else decode(request_or_iterator)
+                )
             await context.send_initial_metadata(ids)
             async for response in behavior(request_or_iterator, context):
                 yield response
@@ -230,6 +349,9 @@ def _wrap_stream(behavior: Callable[..., Any], call: _Call) -> Callable[..., Any
             raise
         except Exception as exc:
             await call.fail(context, exc, started, ids, timing)
+        finally:
+            if admitted:
+                call.concurrency.release()  # type: ignore[union-attr]
         if timing is not None:
             context.set_trailing_metadata(_trailers(ids, timing, started))
         call.done(started, None)
@@ -245,12 +367,14 @@ class Middleware:
         wrapped_services: set[str],
         auth: TokenAuthenticator | None = None,
         limiter: RateLimiter | None = None,
+        max_concurrent_rpcs: int | None = None,
         access: AccessLog | None = None,
     ) -> None:
         self._services = wrapped_services
         self._auth = auth
         self._limiter = limiter
         self._access = access
+        self._concurrency = _ConcurrencyLimit(max_concurrent_rpcs) if max_concurrent_rpcs else None
         self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
 
     def on(self, server: grpc.aio.Server) -> _Registrar:
@@ -265,19 +389,22 @@ class Middleware:
         return wrapped
 
     def _build(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
-        call = _Call(method, method.split("/")[1] in self._services, self._auth, self._limiter, self._access)
-        kwargs = {
-            "request_deserializer": handler.request_deserializer,
-            "response_serializer": handler.response_serializer,
-        }
+        call = _Call(
+            method, method.split("/")[1] in self._services, self._auth, self._limiter, self._concurrency, self._access
+        )
+        decode = _decoder(method, handler.request_deserializer)
+        # grpc hands the handler the raw bytes (no deserializer); the wrapper parses them after authentication.
+        kwargs = {"request_deserializer": None, "response_serializer": handler.response_serializer}
+        streaming = handler.request_streaming
         if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(_wrap_unary(handler.unary_unary, call), **kwargs)
+            return grpc.unary_unary_rpc_method_handler(_wrap_unary(handler.unary_unary, call, decode, False), **kwargs)
         if handler.stream_unary:
-            return grpc.stream_unary_rpc_method_handler(_wrap_unary(handler.stream_unary, call), **kwargs)
+            return grpc.stream_unary_rpc_method_handler(_wrap_unary(handler.stream_unary, call, decode, True), **kwargs)
         behavior = handler.unary_stream or handler.stream_stream
         # Handlers that stream by writing to their context (health's Watch), and the generated base classes'
         # not-implemented stubs, are plain coroutines: only async generators can be wrapped by iterating them.
-        wrapped = _wrap_stream(behavior, call) if inspect.isasyncgenfunction(behavior) else _wrap_unary(behavior, call)
+        wrap = _wrap_stream if inspect.isasyncgenfunction(behavior) else _wrap_unary
+        wrapped = wrap(behavior, call, decode, streaming)
         if handler.unary_stream:
             return grpc.unary_stream_rpc_method_handler(wrapped, **kwargs)
         return grpc.stream_stream_rpc_method_handler(wrapped, **kwargs)

@@ -106,6 +106,14 @@ def response_spec(name: str, version: int) -> model_pb2.ModelSpec:
     )
 
 
+def _dtype_name(number: int) -> str:
+    """``DT_FLOAT`` for a known dtype; the bare number for one TensorFlow does not define (a client's garbage)."""
+    try:
+        return types_pb2.DataType.Name(number)
+    except ValueError:
+        return f"dtype {number}"
+
+
 def wire_tensor(proto: tensor_pb2.TensorProto, path: str, max_elements: int) -> WireTensor:
     """``tensor_content`` is passed on as raw bytes without a copy; typed values as their repeated field.
 
@@ -117,7 +125,7 @@ def wire_tensor(proto: tensor_pb2.TensorProto, path: str, max_elements: int) -> 
     if dtype is None:
         supported = ", ".join(types_pb2.DataType.Name(d) for d in DTYPE_FROM_TF)
         raise InvalidArgument.field(
-            f"{path}.dtype", f"{types_pb2.DataType.Name(proto.dtype)} is not supported; use one of {supported}"
+            f"{path}.dtype", f"{_dtype_name(proto.dtype)} is not supported; use one of {supported}"
         )
     if proto.tensor_shape.unknown_rank:
         raise InvalidArgument.field(f"{path}.tensor_shape", "the shape must be known (unknown_rank is set)")
@@ -130,7 +138,7 @@ def wire_tensor(proto: tensor_pb2.TensorProto, path: str, max_elements: int) -> 
     others = [f.name for f, _ in proto.ListFields() if f.name in _VALUE_FIELDS and f.name != typed]
     if others:
         raise InvalidArgument.field(
-            f"{path}.{others[0]}", f"{types_pb2.DataType.Name(proto.dtype)} values go in {typed} or tensor_content"
+            f"{path}.{others[0]}", f"{_dtype_name(proto.dtype)} values go in {typed} or tensor_content"
         )
     values = getattr(proto, typed)
     count = math.prod(shape) if all(d >= 0 for d in shape) else 0  # Python ints: no overflow

@@ -133,6 +133,9 @@ class BlockParser:
 
     def parse(self, block: bytes, first_row: int) -> ParsedBlock:
         invalid: list[tuple[int, int]] = []  # (row number in the block, fields found)
+        not_utf8: set[int] = set()  # row numbers in the block of lines that are not UTF-8 text
+        if not block.isascii():
+            block, not_utf8 = self._mask_non_utf8(block)
 
         def on_invalid(row: pacsv.InvalidRow) -> str:
             invalid.append((row.number or 0, row.actual_columns))
@@ -162,7 +165,10 @@ class BlockParser:
             features = {p: _convert(read[p], self._targets[p]) for p in self._feature_positions}
         rows_read = table.num_rows + len(invalid)
         errors = [
-            RowError(first_row + number - 1, f"expected {self._plan.column_count} fields, found {found}")
+            RowError(
+                first_row + number - 1,
+                "not UTF-8 text" if number in not_utf8 else f"expected {self._plan.column_count} fields, found {found}",
+            )
             for number, found in invalid
         ]
         if bad:
@@ -179,6 +185,30 @@ class BlockParser:
             passthrough=[read[p] for p, _ in self._plan.passthrough],
             errors=errors,
         )
+
+    def _mask_non_utf8(self, block: bytes) -> tuple[bytes, set[int]]:
+        """``block`` with each line that is not UTF-8 replaced by one of too many (empty) fields, so that it is
+        reported as a bad row, and those rows' numbers. pyarrow decodes an invalid row's text as UTF-8 to report
+        it: a line both malformed and not UTF-8 made it fail the whole read (the job crashed on every attempt)."""
+        try:
+            block.decode("utf-8")
+            return block, set()
+        except UnicodeDecodeError:
+            pass
+        lines = block.split(b"\n")
+        placeholder = self._plan.delimiter.encode() * self._plan.column_count
+        masked: set[int] = set()
+        number = 0
+        for index, line in enumerate(lines):
+            if not line:
+                continue  # pyarrow skips empty lines without numbering them
+            number += 1
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError:
+                lines[index] = placeholder
+                masked.add(number)
+        return b"\n".join(lines), masked
 
     def _read(
         self, block: bytes, on_invalid: Callable[[pacsv.InvalidRow], str], types: dict[int, pa.DataType]

@@ -128,6 +128,10 @@ class JobBlobs:
         store, object_key = self._route(key)
         await store.delete(object_key)
 
+    async def abort_stale_writes(self, older_than_seconds: float) -> int:
+        # The server's own store only: unfinished writes in a caller's bucket are the caller's to clean.
+        return await self.blobs.abort_stale_writes(older_than_seconds)
+
     async def list_keys(self, prefix: str) -> list[str]:
         store, object_prefix = self._route(prefix)
         keys = await store.list_keys(object_prefix)

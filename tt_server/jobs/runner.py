@@ -186,7 +186,6 @@ class JobRunner:
         )
         self._infer_threads = ThreadPoolExecutor(concurrency, thread_name_prefix="tt-job-inference")
         self._stopping = asyncio.Event()
-        self.attempts_run: list[tuple[str, int]] = []  # (job id, attempt) started here: for tests and metrics
 
     def stop(self) -> None:
         self._stopping.set()
@@ -262,7 +261,6 @@ class JobRunner:
     # --- one attempt -----------------------------------------------------------------------------------------
     async def _run_attempt(self, job: Job, number: int) -> Outcome:
         attempt = _Attempt(job.id, number, input_size=job.input_size)
-        self.attempts_run.append((job.id, number))
         context = {"job": job.id, "attempt": number, "model": job.model_name, "version": job.model_version}
         log.info("job attempt started", extra=context)
         labels = (job.model_name, str(job.model_version))

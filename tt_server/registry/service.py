@@ -11,6 +11,7 @@ that GC entry. A crash or cancellation anywhere before the commit leaves at most
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import hashlib
 import logging
 import re
@@ -22,6 +23,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from tt_server.config import Settings
 from tt_server.errors import FieldViolation, InvalidArgument, NotFound, ResourceExhausted, Unavailable
@@ -55,6 +57,7 @@ MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 LABEL_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 MAX_METADATA_BYTES = 64 * 1024
+UPLOAD_SCRATCH_PREFIX = "upload-"  # scratch_dir/upload-<hex>: one upload's spooled artifact and unpacked files
 UPLOAD_GC_DELAY_US = 3600 * 1_000_000  # an unfinished upload's blob is swept after an hour
 MAX_GRAPH_NODES = 256  # input plus output nodes a frozen graph upload may name
 # Class names: ImageNet's 1000 (some repeated, e.g. "crane") are the usual upper end; these caps only stop abuse.
@@ -140,10 +143,12 @@ class Registry:
         """Store a new version from streamed bytes (``source``: an upload, or the model repository); returns it
         and whether the model was created."""
         self._check_upload_spec(spec)
+        loop = asyncio.get_running_loop()
         scratch = self._settings.scratch_dir
         scratch.mkdir(parents=True, exist_ok=True)
-        work = scratch / f"upload-{uuid.uuid4().hex}"
+        work = scratch / f"{UPLOAD_SCRATCH_PREFIX}{uuid.uuid4().hex}"
         work.mkdir()
+        inspecting: concurrent.futures.Future[tuple[ModelFormat, Signature]] | None = None
         try:
             artifact = work / "artifact"
             size, sha256 = await self._spool(chunks, artifact)
@@ -157,18 +162,18 @@ class Registry:
                 )
             if size == 0:
                 raise InvalidArgument.field("chunk", "the upload carried no data")
-            loop = asyncio.get_running_loop()
             # The nodes are the only sign of a frozen graph: a GraphDef has no magic bytes.
             declared = ModelFormat.FROZEN_GRAPH if spec.format is None and spec.frozen_graph else spec.format
-            fmt, signature = await loop.run_in_executor(
-                self._executor, self._inspect, artifact, declared, spec.frozen_graph, work / "unpacked"
-            )
+            inspecting = self._executor.submit(self._inspect, artifact, declared, spec.frozen_graph, work / "unpacked")
+            fmt, signature = await asyncio.wrap_future(inspecting)
             self._check_feature_names(spec.feature_names, signature)
             _check_class_names(spec.class_names, signature)
             _check_image_scaling(spec.image_scaling, signature)
             version = await self._publish(spec, artifact, fmt, size, sha256, signature, source=source)
         finally:
-            await asyncio.to_thread(_remove_tree, work)
+            # Shielded: a call cancelled (again) while cleaning up must not stop the clean-up, and an inspection
+            # still running in its thread (cancelling the call cannot stop it) is waited for before the removal.
+            await asyncio.shield(loop.run_in_executor(None, _discard_scratch, work, inspecting))
         log.info(
             "model version uploaded",
             extra={
@@ -530,6 +535,16 @@ class Registry:
         return previous
 
     # --- maintenance -----------------------------------------------------------------------------------
+    async def sweep_leftovers(self) -> tuple[int, int]:
+        """Remove what killed processes left: stale upload scratch folders and unfinished blob writes."""
+        folders = await asyncio.to_thread(
+            sweep_scratch, self._settings.scratch_dir, self._settings.scratch_max_age_seconds
+        )
+        writes = await self._blobs.abort_stale_writes(self._settings.stale_write_seconds)
+        if folders or writes:
+            log.info("removed leftovers", extra={"scratch_folders": folders, "unfinished_blob_writes": writes})
+        return folders, writes
+
     async def collect_garbage(self, limit: int = 100) -> int:
         """Delete blobs whose GC entry is due (deleted versions, abandoned uploads); returns how many."""
         keys = await self._metadata.due_blob_gc(_now_us(), limit)
@@ -541,6 +556,30 @@ class Registry:
 
 def _remove_tree(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
+
+
+def _discard_scratch(work: Path, inspecting: concurrent.futures.Future[Any] | None) -> None:
+    if inspecting is not None:
+        concurrent.futures.wait([inspecting])
+    _remove_tree(work)
+
+
+def sweep_scratch(scratch: Path, max_age_seconds: float) -> int:
+    """Remove upload scratch folders nothing has written to for ``max_age_seconds`` (left by a killed process);
+    returns how many. The age spares uploads in progress in sibling processes sharing the data directory."""
+    if not scratch.is_dir():
+        return 0
+    cutoff = time.time() - max_age_seconds
+    removed = 0
+    for work in scratch.glob(f"{UPLOAD_SCRATCH_PREFIX}*"):
+        try:
+            newest = max((p.stat().st_mtime for p in (work, *work.rglob("*"))), default=0.0)
+        except OSError:
+            continue  # removed meanwhile
+        if newest < cutoff:
+            _remove_tree(work)
+            removed += 1
+    return removed
 
 
 def _frozen_graph_violations(spec: UploadSpec) -> list[FieldViolation]:

@@ -46,3 +46,7 @@ class BlobStore(Protocol):
         """Delete ``key``; deleting a missing key is not an error."""
 
     async def list_keys(self, prefix: str) -> list[str]: ...
+
+    async def abort_stale_writes(self, older_than_seconds: float) -> int:
+        """Abort writes begun over ``older_than_seconds`` ago that never finished (left by a killed process: S3
+        multipart uploads, the local store's temporary files); returns how many."""

@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import os
 import secrets
+import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from pathlib import Path
 from stat import S_ISREG
@@ -160,6 +161,21 @@ class LocalBlobStore:
                 if not name.startswith(".") and key.startswith(prefix):
                     keys.append(key)
         return sorted(keys)
+
+    async def abort_stale_writes(self, older_than_seconds: float) -> int:
+        return await asyncio.to_thread(self._remove_stale_temporaries, time.time() - older_than_seconds)
+
+    def _remove_stale_temporaries(self, cutoff: float) -> int:
+        removed = 0
+        for folder, _dirs, files in os.walk(self._root):
+            for name in files:
+                if name.startswith(".") and name.endswith(".tmp"):
+                    path = Path(folder, name)
+                    with contextlib.suppress(FileNotFoundError):
+                        if path.stat().st_mtime < cutoff:
+                            path.unlink()
+                            removed += 1
+        return removed
 
 
 def _hash_and_write(f: BinaryIO, digest: hashlib._Hash, chunk: bytes) -> None:

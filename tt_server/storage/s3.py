@@ -18,6 +18,7 @@ import logging
 from collections import deque
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -268,6 +269,19 @@ class S3BlobStore:
                     for item in page.get("Contents", ())
                 )
         return sorted(found)
+
+    async def abort_stale_writes(self, older_than_seconds: float) -> int:
+        # S3 keeps (and bills) the parts of an upload nobody completes or aborts, for good.
+        cutoff = datetime.now(UTC) - timedelta(seconds=older_than_seconds)
+        aborted = 0
+        with _errors(self._prefix):
+            paginator = self._client.get_paginator("list_multipart_uploads")
+            async for page in paginator.paginate(Bucket=self._bucket, Prefix=self._prefix):
+                for upload in page.get("Uploads", ()):
+                    if upload["Initiated"] < cutoff:
+                        await self._abort(upload["Key"], upload["UploadId"])
+                        aborted += 1
+        return aborted
 
     def _object_key(self, key: str) -> str:
         if not key:

@@ -28,6 +28,7 @@ from tensortrigger.v1 import (
 )
 
 T = TypeVar("T")
+ADMISSION_WAIT = 5.0  # seconds a client stream waits for the server to admit it (see AsyncClient._send_stream)
 
 
 async def _aiter(items: Iterable[T] | AsyncIterable[T]) -> AsyncIterator[T]:
@@ -110,6 +111,33 @@ class AsyncClient(BaseClient):
                 if delay is None:
                     raise from_rpc_error(error) from None
                 await asyncio.sleep(delay)
+
+    async def _send_stream(
+        self, method: Callable[..., Any], requests: AsyncIterator[Any], timeout: float | None
+    ) -> Any:
+        """A client stream (upload, job input), not retried. Nothing is written until the server has admitted
+        the call (its initial metadata carries the request id): grpc.aio reports a write into a call the server
+        has already refused (no token, no permission, overloaded) as INTERNAL "Internal error from Core", and
+        the server's real status is lost. Servers older than this client are waited for ``ADMISSION_WAIT`` s."""
+        call = method(timeout=timeout, metadata=self._metadata)
+        try:
+            try:
+                sent = await asyncio.wait_for(asyncio.shield(call.initial_metadata()), ADMISSION_WAIT)
+                admitted = any(key == "x-request-id" for key, _ in sent or ())
+            except TimeoutError:
+                admitted = True  # an older server: it answers only at the end
+            if admitted:
+                try:
+                    async for request in requests:
+                        await call.write(request)
+                    await call.done_writing()
+                except (grpc.RpcError, asyncio.InvalidStateError):
+                    pass  # the call ended while sending: its status is what the caller needs
+            return await call
+        except grpc.RpcError as error:
+            raise from_rpc_error(error) from None
+        finally:
+            call.cancel()  # a no-op when done; stops the call when the caller is cancelled
 
     async def _read_stream(
         self, method: Callable[..., Any], request: Callable[[], Any], timeout: float | None
@@ -337,9 +365,7 @@ class AsyncClient(BaseClient):
                 async for request in chunks:
                     yield request
 
-            response = await self._unary(
-                self._registry.UploadModelVersion, requests(), timeout, idempotent=False, upload=True
-            )
+            response = await self._send_stream(self._registry.UploadModelVersion, requests(), timeout)
             return response.version
         finally:
             if packed is not None:
@@ -487,7 +513,7 @@ class AsyncClient(BaseClient):
             ):
                 yield request
 
-        return (await self._unary(self._jobs.CreateJob, requests(), timeout, idempotent=False, upload=True)).job
+        return (await self._send_stream(self._jobs.CreateJob, requests(), timeout)).job
 
     async def get_job(self, job_id: str, *, timeout: float | None = None) -> jobs_service_pb2.Job:
         request = jobs_service_pb2.GetJobRequest(id=job_id)
