@@ -15,6 +15,7 @@ INTERNAL error, so a user can quote it and an operator can find every line of th
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import io
 import json
@@ -138,6 +139,8 @@ def configure_process_logging(level: str, json_lines: bool, repeat_interval: flo
     # Our handler writes to a copy of the real stderr; fd 1 and 2 become pipes into NativeOutput.
     out = os.fdopen(os.dup(2), "w", buffering=1, encoding="utf-8", errors="backslashreplace")
     configure_logging(level, json_lines, repeat_interval, stream=out)
+    # A handler error would print its traceback to stderr, which is now the pipe this process reads itself.
+    logging.raiseExceptions = False
     for fd, name in ((1, "stdout"), (2, "stderr")):
         NativeOutput(fd, logging.getLogger(f"native.{name}"), out).start()
     sys.stdout = os.fdopen(1, "w", buffering=1, encoding="utf-8", errors="backslashreplace", closefd=False)
@@ -173,7 +176,10 @@ class NativeOutput(threading.Thread):
             for raw in pipe:
                 line = raw.decode("utf-8", "backslashreplace").rstrip()
                 if line:
-                    self._log(line)
+                    # This thread must outlive any bad line: if it stopped reading, the pipe would fill and
+                    # every write to the descriptor (TensorFlow's included) would block the process.
+                    with contextlib.suppress(Exception):
+                        self._log(line)
 
     def _log(self, line: str) -> None:
         if line.startswith("{") and line.endswith("}") and _is_log_record(line):
