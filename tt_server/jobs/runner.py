@@ -365,17 +365,9 @@ class JobRunner:
         return bytes(prefix)
 
     async def _first_line(self, job: Job) -> list[str]:
-        prefix = bytearray()
-        chunks = self._blobs.get_stream(job.input_blob_key, chunk_size=FIRST_LINE_READ_BYTES)
+        prefix = await self._first_bytes(job)
         try:
-            async for chunk in chunks:
-                prefix += chunk
-                if b"\n" in chunk or len(prefix) > FIRST_LINE_READ_BYTES * 16:
-                    break
-        finally:
-            await chunks.aclose()  # type: ignore[attr-defined]  # both stores return async generators
-        try:
-            return first_record(bytes(prefix), len(prefix) >= job.input_size, job.spec.csv.delimiter)
+            return first_record(prefix, len(prefix) >= job.input_size, job.spec.csv.delimiter)
         except TensorTriggerError as e:
             raise JobInputError(0, e.message) from None
 
