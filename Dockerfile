@@ -62,6 +62,7 @@ ENV PATH=/opt/venv/bin:$PATH \
 VOLUME ["/var/lib/tt"]
 USER 10001:10001
 WORKDIR /var/lib/tt
-EXPOSE 50051 9090
+# gRPC, the HTTP/JSON front (when TT_HTTP_ADDRESS=0.0.0.0:8501, as in k8s/), Prometheus metrics.
+EXPOSE 50051 8501 9090
 # CMD, not ENTRYPOINT: `docker run IMAGE tt-worker` (and a pod's `command`) runs the worker instead.
 CMD ["tt-server"]

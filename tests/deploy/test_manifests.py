@@ -21,6 +21,7 @@ from tt_server.config import Settings
 # the newest kubernetes-validate ships schemas for.
 K8S_VERSIONS = ("1.30", "1.37")
 GRPC_PORT = 50051
+HTTP_PORT = 8501
 OURS = ("tt-server", "tt-worker")
 SECRET_NAME = "tt-secrets"
 WORKLOAD_KINDS = {"Deployment", "StatefulSet"}
@@ -403,13 +404,25 @@ def test_services_speak_grpc(rendered: Rendered, name: str) -> None:
 
 
 @render_names
+def test_the_http_front_listens_where_the_service_and_the_pod_point(rendered: Rendered, name: str) -> None:
+    """TT_HTTP_ADDRESS, the container's `http` port and the Service's `http` port are one port: a mismatch would
+    publish a port nothing listens on."""
+    docs = rendered[name]
+    (container,) = one(docs, "Deployment", "tt-server")["spec"]["template"]["spec"]["containers"]
+    assert settings_of(docs, container)["TT_HTTP_ADDRESS"] == f"0.0.0.0:{HTTP_PORT}"
+    assert {"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"} in container["ports"]
+    http = next(p for p in one(docs, "Service", "tt-server")["spec"]["ports"] if p["name"] == "http")
+    assert (http["port"], http["targetPort"], http["appProtocol"]) == (HTTP_PORT, "http", "http")
+
+
+@render_names
 def test_network_policies_allow_exactly_the_needed_ports(rendered: Rendered, name: str) -> None:
     def ports(rules: list[dict[str, Any]]) -> set[tuple[int, str]]:
         return {(p["port"], p.get("protocol", "TCP")) for rule in rules for p in rule.get("ports", [])}
 
     server = one(rendered[name], "NetworkPolicy", "tt-server")["spec"]
     assert set(server["policyTypes"]) == {"Ingress", "Egress"}
-    assert ports(server["ingress"]) == {(GRPC_PORT, "TCP"), (9090, "TCP")}
+    assert ports(server["ingress"]) == {(GRPC_PORT, "TCP"), (HTTP_PORT, "TCP"), (9090, "TCP")}
     # DNS, PostgreSQL, RabbitMQ, S3 (HTTPS); prod (and gpu, built on it) adds AMQPS for managed brokers.
     egress = {(53, "UDP"), (53, "TCP"), (5432, "TCP"), (5672, "TCP"), (443, "TCP")}
     if name in ("prod", "gpu"):

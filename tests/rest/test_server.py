@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -98,3 +99,69 @@ async def test_a_taken_http_port_is_a_clear_start_up_error(tmp_path: Path) -> No
                 await application.start()
         finally:
             await application.stop(grace=0.5)
+
+
+async def test_access_log_has_a_line_per_http_request(
+    tmp_path: Path, compat_model_files, caplog: pytest.LogCaptureFixture
+) -> None:
+    """TT_ACCESS_LOG=all: an HTTP request gets the same line as a gRPC call (route template, model, version
+    served, status), failures included; a keep-alive connection's next request does not inherit the model."""
+    application = Application(server_settings(tmp_path, http_address="127.0.0.1:0", access_log="all"))
+    await application.start()
+    try:
+        caplog.set_level(logging.INFO, logger="tt_server.access")
+        async with aiohttp.ClientSession(application.http_url) as http:
+            artifact = compat_model_files["mlp_v1"].read_bytes()
+            async with http.post("/api/v1/models/logged/versions", data=artifact) as response:
+                assert response.status == 200, await response.text()
+            async with http.post("/v1/models/logged:predict", json={"instances": [[1, 2, 3, 4]]}) as response:
+                assert response.status == 200, await response.text()
+            async with http.get("/v1/models/nothing-here") as response:
+                assert response.status == 404
+    finally:
+        await application.stop(grace=1.0)
+    lines = {r.method: r for r in caplog.records if r.name == "tt_server.access"}  # type: ignore[attr-defined]
+    predict = lines["HTTP POST /v1/models/{model}:predict"]
+    assert (predict.model, predict.version, predict.status) == ("logged", 1, "OK")  # type: ignore[attr-defined]
+    assert predict.duration_ms > 0  # type: ignore[attr-defined]
+    missing = lines["HTTP GET /v1/models/{model}"]
+    assert (missing.model, missing.status) == (None, "NOT_FOUND")  # type: ignore[attr-defined]
+
+
+async def test_a_client_that_goes_away_cancels_its_request(
+    tmp_path: Path, compat_model_files, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A client that disconnects mid-upload: the request is cancelled (counted CANCELLED, as a cancelled gRPC
+    call), not reported as an INTERNAL error, and nothing half-written is published."""
+    application = Application(server_settings(tmp_path, http_address="127.0.0.1:0"))
+    await application.start()
+    cancelled = metrics.RPCS.labels("HTTP POST /api/v1/models/{name}/versions", "CANCELLED")
+    before = cancelled._value.get()
+    artifact = compat_model_files["mlp_v1"].read_bytes()
+    try:
+        host, port = application.http_url.removeprefix("http://").rsplit(":", 1)
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(
+            b"POST /api/v1/models/dropped/versions HTTP/1.1\r\nHost: x\r\n"
+            + f"Content-Length: {len(artifact)}\r\n\r\n".encode()
+            + artifact[: len(artifact) // 2]
+        )
+        await writer.drain()
+        assert application._http is not None
+        for _ in range(200):  # until the server is reading the body
+            if application._http._front.in_flight:
+                break
+            await asyncio.sleep(0.01)
+        writer.close()  # gone, half the body sent
+        for _ in range(200):
+            if not application._http._front.in_flight:
+                break
+            await asyncio.sleep(0.01)
+        assert application._http._front.in_flight == 0
+        assert cancelled._value.get() == before + 1
+        async with aiohttp.ClientSession(application.http_url) as http:
+            async with http.get("/api/v1/models/dropped") as response:
+                assert response.status == 404
+    finally:
+        await application.stop(grace=1.0)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.records

@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from tt_server.api.auth import RateLimiter, TokenAuthenticator
+from tt_server.api.middleware import AccessLog
 from tt_server.config import Settings
 from tt_server.jobs.service import JobsService
 from tt_server.registry.service import Registry
@@ -45,7 +46,8 @@ def build_http_server(
         *TfaasRoutes(inference, registry, settings).routes(),
         *NativeRoutes(registry, jobs).routes(),
     ]
-    front = Front(auth, limiter, settings.max_concurrent_rpcs)
+    access = AccessLog(settings.access_log, settings.access_log_sample_ratio) if settings.access_log != "off" else None
+    front = Front(auth, limiter, settings.max_concurrent_rpcs, access)
     tls = (
         server_ssl_context(settings.tls_cert_file, settings.tls_key_file, settings.tls_client_ca_file)
         if settings.tls_cert_file is not None and settings.tls_key_file is not None

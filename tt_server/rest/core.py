@@ -30,9 +30,9 @@ from aiohttp import web
 from tt_server import metrics
 from tt_server.api.auth import AuthError, RateLimiter, TokenAuthenticator
 from tt_server.api.errors import status_for
-from tt_server.api.middleware import REQUEST_ID_KEY, request_id_for
+from tt_server.api.middleware import REQUEST_ID_KEY, AccessLog, request_id_for
 from tt_server.errors import InvalidArgument, ResourceExhausted
-from tt_server.logs import request_id
+from tt_server.logs import request_id, served_model
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -143,10 +143,12 @@ class Front:
         auth: TokenAuthenticator | None,
         limiter: RateLimiter | None,
         max_in_flight: int | None,
+        access: AccessLog | None = None,
     ) -> None:
         self._auth = auth
         self._limiter = limiter
         self._max_in_flight = max_in_flight
+        self._access = access  # TT_ACCESS_LOG: the same lines as gRPC calls, method "HTTP <verb> <route>"
         self.in_flight = 0
         self.idle = asyncio.Event()  # set while no request is in flight (the drain waits for it)
         self.idle.set()
@@ -160,11 +162,13 @@ class Front:
         limiter = self._limiter if route.rpc not in (HEALTH_RPC, DOCS_RPC) else None
         handler = route.handler
         rpc = route.rpc
+        access = self._access
 
         async def wrapped(request: web.Request) -> web.StreamResponse:
             started = time.perf_counter()
             rid = request_id_for(request.headers.get(REQUEST_ID_KEY))
             request_id.set(rid)
+            served_model.set(None)  # a keep-alive connection's earlier request must not name this one's model
             self.in_flight += 1
             self.idle.clear()
             try:
@@ -176,13 +180,20 @@ class Front:
                 if self._max_in_flight is not None and self.in_flight > self._max_in_flight:
                     raise ResourceExhausted("too many requests in progress; retry later")
                 response = await handler(request)
-            except asyncio.CancelledError:  # the client went away (or the drain's grace ran out)
+            except (asyncio.CancelledError, ConnectionResetError):
+                # The client went away (aiohttp cancels the handler, or a body read finds the connection gone), or
+                # the drain's grace ran out: a cancelled call, as on gRPC, not a server error.
                 metrics.RPCS.labels(label, "CANCELLED").inc()
+                if access is not None:
+                    access.record(label, grpc.StatusCode.CANCELLED, time.perf_counter() - started)
                 raise
             except Exception as exc:
                 response, code = self._failure(exc, rpc, rid)
                 metrics.RPCS.labels(label, code.name).inc()
-                seconds.observe(time.perf_counter() - started)
+                elapsed = time.perf_counter() - started
+                seconds.observe(elapsed)
+                if access is not None:
+                    access.record(label, code, elapsed)
                 return response
             finally:
                 self.in_flight -= 1
@@ -191,7 +202,10 @@ class Front:
             if not response.prepared:  # a streamed response sent its headers already
                 response.headers[REQUEST_ID_KEY] = rid
             ok.inc()
-            seconds.observe(time.perf_counter() - started)
+            elapsed = time.perf_counter() - started
+            seconds.observe(elapsed)
+            if access is not None:
+                access.record(label, None, elapsed)
             return response
 
         return wrapped

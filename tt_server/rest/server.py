@@ -51,7 +51,11 @@ class HttpServer:
         host, port = address.rsplit(":", 1)
         # No aiohttp access log: it would format a line per request on the hot path (the lead's access log is
         # where such lines belong).
-        runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=self._shutdown_grace)
+        # handler_cancellation: a client that disconnects cancels its request's handler, as a cancelled gRPC call
+        # does (aiohttp's default lets an abandoned Predict or upload run on).
+        runner = web.AppRunner(
+            self.app, access_log=None, shutdown_timeout=self._shutdown_grace, handler_cancellation=True
+        )
         await runner.setup()
         site = web.TCPSite(runner, host.strip("[]"), int(port), ssl_context=self._ssl, reuse_port=reuse_port or None)
         try:
