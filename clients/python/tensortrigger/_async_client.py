@@ -142,7 +142,7 @@ class AsyncClient(BaseClient):
 
     async def _read_stream(
         self, method: Callable[..., Any], request: Callable[[], Any], timeout: float | None
-    ) -> AsyncIterator:
+    ) -> AsyncIterator[Any]:
         """A server stream that is read again from ``request()`` (which may resume) after UNAVAILABLE."""
         attempts = Attempts(self.retry, timeout, self._clock)
         while True:
@@ -159,7 +159,7 @@ class AsyncClient(BaseClient):
             finally:
                 call.cancel()  # a no-op when done; stops the stream when the caller breaks off early
 
-    async def _paged(self, method: Callable[..., Any], request: Any, items: str) -> AsyncIterator:
+    async def _paged(self, method: Callable[..., Any], request: Any, items: str) -> AsyncIterator[Any]:
         while True:
             page = await self._unary(method, request, None, idempotent=True)
             for item in getattr(page, items):

@@ -83,7 +83,9 @@ class Client(BaseClient):
                     raise from_rpc_error(error) from None
                 self._clock.sleep(delay)
 
-    def _read_stream(self, method: Callable[..., Any], request: Callable[[], Any], timeout: float | None) -> Iterator:
+    def _read_stream(
+        self, method: Callable[..., Any], request: Callable[[], Any], timeout: float | None
+    ) -> Iterator[Any]:
         """A server stream that is read again from ``request()`` (which may resume) after UNAVAILABLE."""
         attempts = Attempts(self.retry, timeout, self._clock)
         while True:
@@ -99,7 +101,7 @@ class Client(BaseClient):
             finally:
                 call.cancel()  # a no-op when done; stops the stream when the caller breaks off early
 
-    def _paged(self, method: Callable[..., Any], request: Any, items: str) -> Iterator:
+    def _paged(self, method: Callable[..., Any], request: Any, items: str) -> Iterator[Any]:
         while True:
             page = self._unary(method, request, None, idempotent=True)
             yield from getattr(page, items)
