@@ -79,7 +79,9 @@ async def test_writes_and_disabled_retries_fail_at_once(tmp_path: Path) -> None:
 
 async def test_the_deadline_bounds_retries() -> None:
     address = f"127.0.0.1:{free_port()}"
-    endless = tt.RetryPolicy(max_attempts=1000, initial_backoff=0.1, max_backoff=0.2)
+    # No jitter, so the waits are exact and the last attempt still has 0.1 s of its deadline (never ~0 s, where
+    # a call could end DEADLINE_EXCEEDED instead of UNAVAILABLE).
+    endless = tt.RetryPolicy(max_attempts=1000, initial_backoff=0.1, max_backoff=0.2, jitter=0.0)
     clock = FakeClock()
 
     def blocking() -> None:
@@ -87,9 +89,8 @@ async def test_the_deadline_bounds_retries() -> None:
             client.list_versions("m").__next__()
 
     await asyncio.to_thread(blocking)
-    # Retries stop when the next wait (at most 0.2 s + 20%) would pass the 1 s deadline.
-    assert len(clock.waits) > 3
-    assert 1.0 - 0.24 <= sum(clock.waits) < 1.0
+    # Retries stop when the next wait would pass the 1 s deadline: 0.9 s waited, another 0.2 s would end at 1.1 s.
+    assert clock.waits == pytest.approx([0.1, 0.2, 0.2, 0.2, 0.2])
 
 
 # --- interrupted streams ---------------------------------------------------------------------------------
