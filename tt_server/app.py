@@ -12,6 +12,7 @@ import contextlib
 import inspect
 import logging
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 from wsgiref.simple_server import WSGIServer
@@ -71,11 +72,18 @@ SERVICE_NAMES = (
 
 
 class Application:
-    def __init__(self, settings: Settings | None = None, link: WorkerLink | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        link: WorkerLink | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         """``link``: this process is one of the supervisor's serving workers (tt_server/supervisor.py); it
-        carries registry events and job ids to the other workers and decides when health says SERVING."""
+        carries registry events and job ids to the other workers and decides when health says SERVING.
+        ``clock``: the model manager's (resolution expiries); tests pass a fake one to pass a TTL at once."""
         self.settings = settings or Settings()
         self.link = link
+        self._clock = clock
         self._serving = False
         self.port: int = 0
         self._server: grpc.aio.Server | None = None
@@ -151,7 +159,7 @@ class Application:
         # TensorFlow work (artifact inspection, model loads) runs here, never on the event loop.
         self.loader_executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="tt-loader")
         self.registry = Registry(self.metadata, self.blobs, self.events, s, self.loader_executor)
-        self.models = ModelManager(self.metadata, self.blobs, s.data_dir / "model-cache", s)
+        self.models = ModelManager(self.metadata, self.blobs, s.data_dir / "model-cache", s, clock=self._clock)
         await self.models.start(self.events)
         self.inference = InferenceService(self.models, s)
         # Online learning: one session per model across replicas (Postgres advisory locks, else in-process).

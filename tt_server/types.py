@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
 
@@ -66,15 +66,15 @@ class Signature:
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
 
-    def to_json(self) -> dict:
-        def specs(items: tuple[TensorSpec, ...]) -> list[dict]:
+    def to_json(self) -> dict[str, Any]:
+        def specs(items: tuple[TensorSpec, ...]) -> list[dict[str, Any]]:
             return [{"name": s.name, "dtype": s.dtype.value, "shape": list(s.shape)} for s in items]
 
         return {"inputs": specs(self.inputs), "outputs": specs(self.outputs)}
 
     @classmethod
-    def from_json(cls, data: dict) -> Signature:
-        def specs(items: list[dict]) -> tuple[TensorSpec, ...]:
+    def from_json(cls, data: dict[str, Any]) -> Signature:
+        def specs(items: list[dict[str, Any]]) -> tuple[TensorSpec, ...]:
             return tuple(TensorSpec(i["name"], DType(i["dtype"]), tuple(i["shape"])) for i in items)
 
         return cls(inputs=specs(data["inputs"]), outputs=specs(data["outputs"]))
@@ -98,11 +98,11 @@ class FrozenGraphNodes:
     inputs: tuple[str, ...]
     outputs: tuple[str, ...]
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return {"inputs": list(self.inputs), "outputs": list(self.outputs)}
 
     @classmethod
-    def from_json(cls, data: dict) -> FrozenGraphNodes:
+    def from_json(cls, data: dict[str, Any]) -> FrozenGraphNodes:
         return cls(inputs=tuple(data["inputs"]), outputs=tuple(data["outputs"]))
 
 

@@ -21,6 +21,7 @@ from tensortrigger.v1 import (
 )
 
 from tests.clients.helpers import free_port
+from tests.clock import FakeClock
 from tests.serving import server_settings
 from tt_server.app import Application
 
@@ -56,36 +57,40 @@ async def test_writes_and_disabled_retries_fail_at_once(tmp_path: Path) -> None:
     address = f"127.0.0.1:{free_port()}"
     artifact = tmp_path / "model.keras"
     artifact.write_bytes(b"not really a model")
-    async with tt.AsyncClient(address, retry=tt.RetryPolicy(max_attempts=4, initial_backoff=0.4)) as client:
-        started = time.monotonic()
+    clock = FakeClock()
+    retry = tt.RetryPolicy(max_attempts=4, initial_backoff=0.4)
+    async with tt.AsyncClient(address, retry=retry, clock=clock) as client:
         with pytest.raises(tt.UnavailableError):
             await client.upload("m", artifact)  # a write: an UNAVAILABLE upload might have happened, so no retry
-        assert time.monotonic() - started < 0.3
+        assert clock.waits == []
 
-        started = time.monotonic()
         with pytest.raises(tt.UnavailableError):
             await client.get_model("m")  # a read: three retries, 0.4 + 0.8 + 1.6 s (+-20%)
-        assert time.monotonic() - started > 2.0
+        assert len(clock.waits) == 3
+        for waited, backoff in zip(clock.waits, (0.4, 0.8, 1.6), strict=True):
+            assert backoff * 0.8 <= waited <= backoff * 1.2
 
-    async with tt.AsyncClient(address, retry=None) as client:
-        started = time.monotonic()
+    clock = FakeClock()
+    async with tt.AsyncClient(address, retry=None, clock=clock) as client:
         with pytest.raises(tt.UnavailableError):
             await client.get_model("m")
-        assert time.monotonic() - started < 0.3
+        assert clock.waits == []
 
 
 async def test_the_deadline_bounds_retries() -> None:
     address = f"127.0.0.1:{free_port()}"
-    endless = tt.RetryPolicy(max_attempts=1000, initial_backoff=0.1, max_backoff=0.2)
+    # No jitter, so the waits are exact and the last attempt still has 0.1 s of its deadline (never ~0 s, where
+    # a call could end DEADLINE_EXCEEDED instead of UNAVAILABLE).
+    endless = tt.RetryPolicy(max_attempts=1000, initial_backoff=0.1, max_backoff=0.2, jitter=0.0)
+    clock = FakeClock()
 
-    def blocking() -> float:
-        with tt.Client(address, retry=endless, timeout=1.0) as client:
-            started = time.monotonic()
-            with pytest.raises(tt.UnavailableError):
-                client.list_versions("m").__next__()
-            return time.monotonic() - started
+    def blocking() -> None:
+        with tt.Client(address, retry=endless, timeout=1.0, clock=clock) as client, pytest.raises(tt.UnavailableError):
+            client.list_versions("m").__next__()
 
-    assert 0.6 < await asyncio.to_thread(blocking) < 2.0
+    await asyncio.to_thread(blocking)
+    # Retries stop when the next wait would pass the 1 s deadline: 0.9 s waited, another 0.2 s would end at 1.1 s.
+    assert clock.waits == pytest.approx([0.1, 0.2, 0.2, 0.2, 0.2])
 
 
 # --- interrupted streams ---------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ import asyncio
 import os
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -24,6 +25,7 @@ from tensortrigger.v1 import inference_service_pb2_grpc, jobs_service_pb2_grpc, 
 from tensortrigger.v1 import registry_service_pb2 as rpb
 
 from tests.api.helpers import upload
+from tests.clock import FakeClock
 from tests.jobs.helpers import create_job, csv_bytes, features, spec
 from tests.ops.helpers import constant_artifacts, outcome, score, until_ok
 from tests.ops.proxy import TcpProxy
@@ -45,7 +47,7 @@ FAST_TIMEOUTS: dict[str, object] = {
     "s3_read_timeout_seconds": 2.0,
     "s3_max_attempts": 2,
     "amqp_publish_timeout_seconds": 2.0,
-    "model_resolution_ttl_seconds": 0.5,  # label/newest resolutions expire during every outage below
+    "model_resolution_ttl_seconds": 0.5,  # the tests advance their FakeClock past it during the outages below
     "registry_poll_seconds": 3600.0,
 }
 
@@ -62,8 +64,9 @@ def artifacts(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     return constant_artifacts(tmp_path_factory.mktemp("outage-models"), 1.0, 2.0, 3.0)
 
 
-async def _serve(settings_dir: Path, **overrides: object) -> Application:
-    application = Application(server_settings(settings_dir, **FAST_TIMEOUTS, **overrides))
+async def _serve(settings_dir: Path, clock: Callable[[], float] = time.monotonic, **overrides: object) -> Application:
+    """``clock``: what the model manager's resolution TTL runs on."""
+    application = Application(server_settings(settings_dir, **FAST_TIMEOUTS, **overrides), clock=clock)
     await application.start()
     return application
 
@@ -136,7 +139,8 @@ async def test_postgres_unreachable_then_back(postgres_dsn: str, tmp_path: Path,
     """PostgreSQL down (connections refused), then partitioned (nothing answers), then back."""
     target = urlsplit(postgres_dsn)
     proxy = await TcpProxy(target.hostname or "127.0.0.1", target.port or 5432).start()
-    app = await _serve(tmp_path, database_url=_via(await _fresh_database(postgres_dsn), proxy))
+    clock = FakeClock()
+    app = await _serve(tmp_path, clock, database_url=_via(await _fresh_database(postgres_dsn), proxy))
     try:
         async with grpc.aio.insecure_channel(app.address) as channel:
             stubs = Stubs(channel)
@@ -158,12 +162,13 @@ async def test_postgres_unreachable_then_back(postgres_dsn: str, tmp_path: Path,
             down_latency = took
             code, details, upload_took = await outcome(upload(stubs.registry, name, artifacts[1]))
             assert code == UNAVAILABLE, f"{code}: {details}"
-            await asyncio.sleep(0.6)  # past the resolution TTL: label and newest now come from the stale cache
+            clock.advance(0.6)  # past the resolution TTL: label and newest now come from the stale cache
             predicts = 0
             started = time.monotonic()
             while time.monotonic() - started < 1.5:
                 await _predict_all(stubs, name, 1.0)
                 predicts += 3
+                clock.advance(0.25)  # the stale answers expire too: their background refreshes find the store down
 
             # Partitioned: connections hang; the connect timeout (1 s here) turns that into UNAVAILABLE.
             await proxy.blackhole()
@@ -174,7 +179,7 @@ async def test_postgres_unreachable_then_back(postgres_dsn: str, tmp_path: Path,
             code, _, deadline_took = await outcome(stubs.registry.ListModels(rpb.ListModelsRequest(), timeout=0.3))
             assert code == grpc.StatusCode.DEADLINE_EXCEEDED
             assert deadline_took < 1.0
-            await asyncio.sleep(0.6)
+            clock.advance(0.6)
             started = time.monotonic()
             await _predict_all(stubs, name, 1.0)  # stale resolutions answer at once, not after a connect timeout
             partition_predict = time.monotonic() - started
@@ -328,8 +333,10 @@ async def test_s3_down_then_back(aws_env: None, postgres_dsn: str, tmp_path: Pat
     proxy = await TcpProxy("127.0.0.1", moto.port).start()
     target = urlsplit(postgres_dsn)
     pg_proxy = await TcpProxy(target.hostname or "127.0.0.1", target.port or 5432).start()
+    clock = FakeClock()
     app = await _serve(
         tmp_path,
+        clock,
         s3_bucket=f"tt-ops-{uuid.uuid4().hex[:8]}",
         s3_endpoint_url=f"http://{proxy.host_port}",
         database_url=_via(await _fresh_database(postgres_dsn), pg_proxy),
@@ -347,12 +354,12 @@ async def test_s3_down_then_back(aws_env: None, postgres_dsn: str, tmp_path: Pat
             assert code == UNAVAILABLE, f"{code}: {details}"
             assert "blob store" in details
             assert upload_latency < 10.0  # two requests (write, clean-up), each retried once after a backoff
-            await asyncio.sleep(0.6)
+            clock.advance(0.6)  # past the resolution TTL
             await _predict_all(stubs, name, 1.0)
             await stubs.registry.ListModels(rpb.ListModelsRequest())  # metadata lives elsewhere
             # Both stores down: a loaded model still answers, however it is named.
             await pg_proxy.cut()
-            await asyncio.sleep(0.6)
+            clock.advance(0.6)  # past the resolution TTL
             await _predict_all(stubs, name, 1.0)
             code, details, _ = await outcome(stubs.registry.ListModels(rpb.ListModelsRequest()))
             assert code == UNAVAILABLE, f"{code}: {details}"

@@ -410,7 +410,8 @@ class Middleware:
         return grpc.stream_stream_rpc_method_handler(wrapped, **kwargs)
 
 
-class _Registrar(grpc.GenericRpcHandler):
+# grpc ships no types, so mypy sees this base class as Any
+class _Registrar(grpc.GenericRpcHandler):  # type: ignore[misc]
     """What the generated ``add_*_to_server`` functions call on a server: collects their handlers, wrapped, and
     serves them all as one generic handler (one dictionary lookup per call).
 

@@ -83,7 +83,8 @@ def documented_files() -> dict[str, bytes]:
     return {f.name: f.SerializeToString() for f in files}
 
 
-class DocumentedReflectionServicer(reflection.aio.ReflectionServicer):
+# grpc ships no types, so mypy sees this base class as Any
+class DocumentedReflectionServicer(reflection.aio.ReflectionServicer):  # type: ignore[misc]
     def __init__(self, service_names: tuple[str, ...], documented: dict[str, bytes]) -> None:
         super().__init__(service_names)
         self._documented = documented
@@ -100,9 +101,10 @@ class DocumentedReflectionServicer(reflection.aio.ReflectionServicer):
         try:
             descriptor = self._pool.FindFileContainingSymbol(fully_qualified_name)
         except KeyError:
-            descriptor = self._file_of_method(fully_qualified_name)
-            if descriptor is None:
+            of_method = self._file_of_method(fully_qualified_name)
+            if of_method is None:
                 return super()._file_containing_symbol(request, fully_qualified_name)
+            descriptor = of_method
         return self._respond(descriptor, request)
 
     def _file_of_method(self, name: str) -> FileDescriptor | None:

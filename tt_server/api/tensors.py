@@ -69,7 +69,7 @@ def uses_content(tensors: Mapping[str, WireTensor]) -> bool:
 def fill_tensor(out: tensor_pb2.Tensor, array: np.ndarray, as_content: bool) -> None:
     """Write ``array`` into the protobuf ``out`` (a map entry, so it is filled in place)."""
     dtype = _dtype_of(array)
-    out.dtype = DTYPE_TO_PB[dtype]  # type: ignore[assignment]
+    out.dtype = DTYPE_TO_PB[dtype]
     out.shape.extend(array.shape)
     if dtype is DType.STRING:
         out.string_val.extend(v if isinstance(v, bytes) else str(v).encode() for v in array.ravel())

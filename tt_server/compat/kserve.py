@@ -213,7 +213,8 @@ def server_version() -> str:
 
 
 # --- servicer --------------------------------------------------------------------------------------------
-class GRPCInferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
+# generated gRPC code is untyped, so mypy sees this base class as Any
+class GRPCInferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
     def __init__(
         self, inference: InferenceService, registry: Registry, max_elements: int, is_ready: Callable[[], bool]
     ) -> None:

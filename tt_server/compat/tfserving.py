@@ -109,7 +109,8 @@ def response_spec(name: str, version: int) -> model_pb2.ModelSpec:
 def _dtype_name(number: int) -> str:
     """``DT_FLOAT`` for a known dtype; the bare number for one TensorFlow does not define (a client's garbage)."""
     try:
-        return types_pb2.DataType.Name(number)
+        name: str = types_pb2.DataType.Name(number)
+        return name
     except ValueError:
         return f"dtype {number}"
 
@@ -206,7 +207,8 @@ def signature_def_map(signature: Signature) -> any_pb2.Any:
 
 
 # --- servicers -------------------------------------------------------------------------------------------
-class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
+# generated gRPC code is untyped, so mypy sees this base class as Any
+class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):  # type: ignore[misc]
     def __init__(self, inference: InferenceService, registry: Registry, max_elements: int) -> None:
         self._inference = inference
         self._registry = registry
@@ -271,7 +273,8 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         )
 
 
-class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
+# generated gRPC code is untyped, so mypy sees this base class as Any
+class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):  # type: ignore[misc]
     def __init__(self, registry: Registry) -> None:
         self._registry = registry
 

@@ -291,4 +291,5 @@ def _kept_row_numbers(rows_read: int, skipped: set[int]) -> list[int]:
 def _numpy(array: pa.Array, dtype: DType) -> np.ndarray:
     if dtype is DType.STRING:
         return np.array([s.encode() for s in array.to_pylist()], dtype=object)
-    return array.to_numpy(zero_copy_only=False)
+    values: np.ndarray = array.to_numpy(zero_copy_only=False)
+    return values

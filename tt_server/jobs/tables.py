@@ -84,7 +84,8 @@ def jsonl_schema(first_line: bytes) -> pa.Schema:
 
 
 def _numeric(t: pa.DataType) -> bool:
-    return pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)
+    numeric: bool = pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)
+    return numeric
 
 
 def _list_value_type(t: pa.DataType) -> pa.DataType | None:

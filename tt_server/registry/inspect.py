@@ -165,7 +165,7 @@ def check_config_classes(config: Any, allowed: frozenset[str]) -> None:
                 _check_class(item, allowed)
 
 
-def _check_class(item: dict, allowed: frozenset[str]) -> None:
+def _check_class(item: dict[str, Any], allowed: frozenset[str]) -> None:
     class_name = item["class_name"]
     if not isinstance(class_name, str):
         raise FailedPrecondition("the model config is malformed: a class_name is not a string")
@@ -215,7 +215,7 @@ def _check_class(item: dict, allowed: frozenset[str]) -> None:
         )
 
 
-def _layer_label(item: dict) -> str:
+def _layer_label(item: dict[str, Any]) -> str:
     inner = item.get("config")
     name = inner.get("name") if isinstance(inner, dict) else None
     return f" (layer {name!r})" if isinstance(name, str) else ""
@@ -282,7 +282,7 @@ def _attr(model: Any, name: str) -> Any:
         return None
 
 
-def _attr_list(model: Any, name: str) -> list:
+def _attr_list(model: Any, name: str) -> list[Any]:
     value = _attr(model, name)
     return list(value) if value else []
 

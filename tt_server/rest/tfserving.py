@@ -19,8 +19,8 @@ from aiohttp import web
 from google.protobuf import json_format
 from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2, model_pb2
 
+from tt_server.compat.convert import SERVING_DEFAULT
 from tt_server.compat.tfserving import (
-    SERVING_DEFAULT,
     ModelServicer,
     check_signature,
     response_spec,
@@ -161,7 +161,7 @@ class TfServingRoutes:
     async def status(self, request: web.Request) -> web.Response:
         # The gRPC servicer's answer is TF Serving's REST answer as JSON; it reads nothing from its context.
         status_request = get_model_status_pb2.GetModelStatusRequest(model_spec=_spec(request))
-        answer = await self._status.GetModelStatus(status_request, None)  # type: ignore[arg-type]
+        answer = await self._status.GetModelStatus(status_request, None)
         return json_response(
             json_format.MessageToDict(
                 answer, preserving_proto_field_name=True, always_print_fields_with_no_presence=True

@@ -95,14 +95,17 @@ class ModelManager:
         cache_dir: Path,
         settings: Settings,
         executor: Executor | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """``executor`` runs model calls (the inference thread, shared by every batcher unless
-        ``inference_thread_per_model``); None = the manager makes and owns a one-thread executor."""
+        ``inference_thread_per_model``); None = the manager makes and owns a one-thread executor.
+        ``clock``: the seconds resolutions expire on (tests advance a fake one instead of waiting a TTL)."""
         configure_threads(settings.inference_intra_op_threads, settings.inference_inter_op_threads)
         self._metadata = metadata_store
         self._blobs = blob_store
         self._cache_dir = cache_dir
         self._settings = settings
+        self._clock = clock
         self._owns_executor = executor is None
         self._executor = executor or ThreadPoolExecutor(1, thread_name_prefix="tt-inference")
         # Loads are slow (seconds for big models) and CPU-bound: one at a time, beside inference.
@@ -204,12 +207,12 @@ class ModelManager:
         cached = self._resolved.get(rkey)
         if cached is not None:
             version, expires = cached
-            if expires > time.monotonic():
+            if expires > self._clock():
                 return version
             if rkey in self._stale:
                 # The store was down at the last try: answer now and retry behind the request, so that requests
                 # never wait for a connect timeout while the outage lasts.
-                self._resolved[rkey] = (version, time.monotonic() + self._settings.model_resolution_ttl_seconds)
+                self._resolved[rkey] = (version, self._clock() + self._settings.model_resolution_ttl_seconds)
                 self._spawn(self._refresh_behind(name, label))
                 return version
         return await self._refresh(name, label)
@@ -229,7 +232,7 @@ class ModelManager:
                     extra={"model": name, "label": label, "version": cached[0].version},
                 )
                 self._stale.add(rkey)
-            self._resolved[rkey] = (cached[0], time.monotonic() + self._settings.model_resolution_ttl_seconds)
+            self._resolved[rkey] = (cached[0], self._clock() + self._settings.model_resolution_ttl_seconds)
             return cached[0]
 
     async def _refresh_behind(self, name: str, label: str | None) -> None:
@@ -248,7 +251,7 @@ class ModelManager:
         else:
             version = await self._metadata.get_labelled_version(name, label)
         if self._resolution_epoch.get(name, 0) == epoch:
-            expires = time.monotonic() + self._settings.model_resolution_ttl_seconds
+            expires = self._clock() + self._settings.model_resolution_ttl_seconds
             self._resolved[(name, label)] = (version, expires)
             if (name, label) in self._stale:
                 self._stale.discard((name, label))

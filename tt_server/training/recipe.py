@@ -47,7 +47,7 @@ class Recipe:
     """Keras objects for one session; used on the training thread only."""
 
     loss: Any  # a Keras loss (function or Loss instance)
-    loss_identifier: str | dict  # what ``model.compile`` gets, so checkpoints carry the compile config
+    loss_identifier: str | dict[str, Any]  # what ``model.compile`` gets, so checkpoints carry the compile config
     loss_name: str
     task: Task
     from_logits: bool
@@ -76,7 +76,7 @@ class Recipe:
         return None
 
 
-def read_compile_config(artifact: Path, fmt: ModelFormat) -> dict | None:
+def read_compile_config(artifact: Path, fmt: ModelFormat) -> dict[str, Any] | None:
     """The model's compile config as plain JSON (Keras 3 shape: ``loss``, ``optimizer``), None when absent."""
     if fmt is ModelFormat.KERAS:
         with zipfile.ZipFile(artifact) as zf:
@@ -98,7 +98,7 @@ def read_compile_config(artifact: Path, fmt: ModelFormat) -> dict | None:
     return None
 
 
-def build_recipe(spec: TrainSpec, compiled: dict | None, allowed_custom: frozenset[str]) -> Recipe:
+def build_recipe(spec: TrainSpec, compiled: dict[str, Any] | None, allowed_custom: frozenset[str]) -> Recipe:
     """Resolve the session's recipe; ``InvalidArgument`` for bad request fields, ``FailedPrecondition`` when
     the model has no usable loss and none was given."""
     compiled = compiled or {}
@@ -138,7 +138,7 @@ def build_recipe(spec: TrainSpec, compiled: dict | None, allowed_custom: frozens
     return recipe
 
 
-def _loss(requested: str | None, compiled: object, allowed: frozenset[str]) -> tuple[Any, str | dict, str]:
+def _loss(requested: str | None, compiled: object, allowed: frozenset[str]) -> tuple[Any, str | dict[str, Any], str]:
     import keras
 
     if requested:
@@ -176,7 +176,7 @@ def _canonical_loss_name(loss: Any) -> str:
     return str(getattr(loss, "name", ""))
 
 
-def _loss_config(loss: Any) -> dict:
+def _loss_config(loss: Any) -> dict[str, Any]:
     get_config = getattr(loss, "get_config", None)
     try:
         config = get_config() if callable(get_config) else {}

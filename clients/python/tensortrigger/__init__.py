@@ -33,7 +33,7 @@ from tensortrigger._messages import (
     model_ref,
     read_images,
 )
-from tensortrigger._retry import RetryPolicy
+from tensortrigger._retry import Clock, RetryPolicy
 
 try:
     __version__ = _metadata.version("tensortrigger-client")
@@ -45,6 +45,7 @@ __all__ = [
     "AsyncClient",
     "ClassScore",
     "Client",
+    "Clock",
     "DeadlineExceededError",
     "FailedPreconditionError",
     "FieldViolation",

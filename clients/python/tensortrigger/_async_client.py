@@ -98,7 +98,8 @@ class AsyncClient(BaseClient):
     ) -> T:
         """One call (retried if ``idempotent``); an ``upload`` (a client stream) has no default deadline.
         ``trailers`` gets the successful call's trailing metadata appended."""
-        attempts = Attempts(self.retry if idempotent else None, timeout if upload else self._timeout(timeout))
+        policy = self.retry if idempotent else None
+        attempts = Attempts(policy, timeout if upload else self._timeout(timeout), self._clock)
         while True:
             try:
                 call: Any = method(request, timeout=attempts.timeout(), metadata=self._metadata + metadata)
@@ -110,7 +111,7 @@ class AsyncClient(BaseClient):
                 delay = attempts.next_delay(error)
                 if delay is None:
                     raise from_rpc_error(error) from None
-                await asyncio.sleep(delay)
+                await self._clock.sleep_async(delay)
 
     async def _send_stream(
         self, method: Callable[..., Any], requests: AsyncIterator[Any], timeout: float | None
@@ -141,9 +142,9 @@ class AsyncClient(BaseClient):
 
     async def _read_stream(
         self, method: Callable[..., Any], request: Callable[[], Any], timeout: float | None
-    ) -> AsyncIterator:
+    ) -> AsyncIterator[Any]:
         """A server stream that is read again from ``request()`` (which may resume) after UNAVAILABLE."""
-        attempts = Attempts(self.retry, timeout)
+        attempts = Attempts(self.retry, timeout, self._clock)
         while True:
             call = method(request(), timeout=attempts.timeout(), metadata=self._metadata)
             try:
@@ -154,11 +155,11 @@ class AsyncClient(BaseClient):
                 delay = attempts.next_delay(error)
                 if delay is None:
                     raise from_rpc_error(error) from None
-                await asyncio.sleep(delay)
+                await self._clock.sleep_async(delay)
             finally:
                 call.cancel()  # a no-op when done; stops the stream when the caller breaks off early
 
-    async def _paged(self, method: Callable[..., Any], request: Any, items: str) -> AsyncIterator:
+    async def _paged(self, method: Callable[..., Any], request: Any, items: str) -> AsyncIterator[Any]:
         while True:
             page = await self._unary(method, request, None, idempotent=True)
             for item in getattr(page, items):

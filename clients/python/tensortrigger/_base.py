@@ -12,7 +12,7 @@ import grpc
 
 from tensortrigger._errors import TensorTriggerError
 from tensortrigger._messages import HEALTH_CHECK, HEALTH_REQUEST, HEALTH_RESPONSE, ref_key
-from tensortrigger._retry import RetryPolicy
+from tensortrigger._retry import SYSTEM_CLOCK, Clock, RetryPolicy
 from tensortrigger.v1 import (
     inference_service_pb2_grpc,
     jobs_service_pb2_grpc,
@@ -62,6 +62,7 @@ class BaseClient:
         token: str | None = None,
         max_message_bytes: int = 64 << 20,
         channel_options: Sequence[tuple[str, Any]] = (),
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         """Connect to the server at ``address`` ("host:port").
 
@@ -75,6 +76,7 @@ class BaseClient:
         to anything but loopback, where it would travel in clear.
         ``max_message_bytes``: largest message sent or received (gRPC's own default, 4 MiB, is too small for
         big batches; the server's default limit is 64 MiB).
+        ``clock``: the time retries read deadlines on and wait with (the system's); a test passes a fake one.
         """
         tls = tls or any(v is not None for v in (root_certificates, client_certificate, client_key))
         if (client_certificate is None) != (client_key is None):
@@ -84,6 +86,7 @@ class BaseClient:
         self.address = address
         self.timeout = timeout
         self.retry = retry
+        self._clock = clock
         # Call metadata rather than grpc.access_token_call_credentials: gRPC refuses call credentials on a
         # plaintext channel, and a loopback sidecar (or a test) is a legitimate plaintext use.
         self._metadata: tuple[tuple[str, str], ...] = (("authorization", f"Bearer {token}"),) if token else ()

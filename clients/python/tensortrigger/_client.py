@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar, Unpack
@@ -73,7 +72,8 @@ class Client(BaseClient):
         metadata: tuple[tuple[str, str], ...] = (),
     ) -> T:
         """One call (retried if ``idempotent``); an ``upload`` (a client stream) has no default deadline."""
-        attempts = Attempts(self.retry if idempotent else None, timeout if upload else self._timeout(timeout))
+        policy = self.retry if idempotent else None
+        attempts = Attempts(policy, timeout if upload else self._timeout(timeout), self._clock)
         while True:
             try:
                 return method(request, timeout=attempts.timeout(), metadata=self._metadata + metadata)
@@ -81,11 +81,13 @@ class Client(BaseClient):
                 delay = attempts.next_delay(error)
                 if delay is None:
                     raise from_rpc_error(error) from None
-                time.sleep(delay)
+                self._clock.sleep(delay)
 
-    def _read_stream(self, method: Callable[..., Any], request: Callable[[], Any], timeout: float | None) -> Iterator:
+    def _read_stream(
+        self, method: Callable[..., Any], request: Callable[[], Any], timeout: float | None
+    ) -> Iterator[Any]:
         """A server stream that is read again from ``request()`` (which may resume) after UNAVAILABLE."""
-        attempts = Attempts(self.retry, timeout)
+        attempts = Attempts(self.retry, timeout, self._clock)
         while True:
             call = method(request(), timeout=attempts.timeout(), metadata=self._metadata)
             try:
@@ -95,11 +97,11 @@ class Client(BaseClient):
                 delay = attempts.next_delay(error)
                 if delay is None:
                     raise from_rpc_error(error) from None
-                time.sleep(delay)
+                self._clock.sleep(delay)
             finally:
                 call.cancel()  # a no-op when done; stops the stream when the caller breaks off early
 
-    def _paged(self, method: Callable[..., Any], request: Any, items: str) -> Iterator:
+    def _paged(self, method: Callable[..., Any], request: Any, items: str) -> Iterator[Any]:
         while True:
             page = self._unary(method, request, None, idempotent=True)
             yield from getattr(page, items)

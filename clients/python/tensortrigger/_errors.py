@@ -100,12 +100,12 @@ _BY_CODE: dict[grpc.StatusCode, type[TensorTriggerError]] = {
 
 def from_rpc_error(error: grpc.RpcError) -> TensorTriggerError:
     """Convert a grpc error (sync or aio) into its typed error, with the field violations it carried."""
-    code: grpc.StatusCode = error.code()  # type: ignore[attr-defined]
-    message: str = error.details() or ""  # type: ignore[attr-defined]
+    code: grpc.StatusCode = error.code()
+    message: str = error.details() or ""
     violations: list[FieldViolation] = []
     # Sync errors are grpc.Call objects; aio errors are not, but both answer trailing_metadata(), which is all
     # rpc_status reads.
-    status = rpc_status.from_call(error) if hasattr(error, "trailing_metadata") else None  # type: ignore[arg-type]
+    status = rpc_status.from_call(error) if hasattr(error, "trailing_metadata") else None
     if status is not None:
         for detail in status.details:
             if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):

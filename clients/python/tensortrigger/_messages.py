@@ -12,7 +12,7 @@ import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeAlias, TypedDict
+from typing import Any, TypeAlias, TypedDict, cast
 
 import numpy as np
 from google.protobuf import wrappers_pb2
@@ -471,14 +471,15 @@ def job_state(state: str | int | None) -> jobs_service_pb2.JobState:
     if state is None:
         return jobs_service_pb2.JOB_STATE_UNSPECIFIED
     if isinstance(state, int):
-        return jobs_service_pb2.JobState.Value(jobs_service_pb2.JobState.Name(state))  # type: ignore[arg-type]
+        return cast(jobs_service_pb2.JobState, jobs_service_pb2.JobState.Value(jobs_service_pb2.JobState.Name(state)))
     name = state.upper()
-    return jobs_service_pb2.JobState.Value(name if name.startswith("JOB_STATE_") else f"JOB_STATE_{name}")
+    number = jobs_service_pb2.JobState.Value(name if name.startswith("JOB_STATE_") else f"JOB_STATE_{name}")
+    return cast(jobs_service_pb2.JobState, number)  # protoc's stubs type an enum's numbers as plain int
 
 
 def state_name(state: int) -> str:
     """``JOB_STATE_RUNNING`` -> ``"RUNNING"``."""
-    return jobs_service_pb2.JobState.Name(state).removeprefix("JOB_STATE_")  # type: ignore[arg-type]
+    return jobs_service_pb2.JobState.Name(state).removeprefix("JOB_STATE_")
 
 
 TERMINAL_STATES = frozenset(

@@ -3,7 +3,8 @@
 Why our own loop rather than gRPC's service-config ``retryPolicy``: gRPC stops retrying a stream as soon as one
 response message has arrived, so it could not resume ``GetJobResults`` from the received offset or re-subscribe
 ``WatchJob`` after a server restart; it caps attempts at 5 whatever the deadline; and it retries silently. The
-decisions live here once (``Attempts``); the sync and async clients differ only in how they sleep.
+decisions live here once (``Attempts``); the sync and async clients differ only in how they sleep. Time comes
+from a ``Clock`` (the system's by default), so a test can advance a fake one instead of sleeping.
 
 Only reads (Get/List/Download/Watch/results, health) and ``Predict`` (a pure function of its inputs) are retried.
 Writes never are: an UNAVAILABLE write may still have happened, and repeating it would upload a second version.
@@ -11,10 +12,12 @@ Writes never are: an UNAVAILABLE write may still have happened, and repeating it
 
 from __future__ import annotations
 
+import asyncio
 import random
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Protocol
 
 import grpc
 
@@ -47,24 +50,57 @@ class RetryPolicy:
             backoff *= self.multiplier
 
 
+class Clock(Protocol):
+    """Time as retries see it: the clock a call's deadline is read on and the waits between attempts."""
+
+    def monotonic(self) -> float:
+        """Seconds on a clock that never goes back."""
+        ...
+
+    def sleep(self, seconds: float) -> None:
+        """Wait (the blocking ``Client``)."""
+        ...
+
+    async def sleep_async(self, seconds: float) -> None:
+        """Wait (the asyncio ``AsyncClient``)."""
+        ...
+
+
+class SystemClock:
+    """The real time: ``time.monotonic``, ``time.sleep`` and ``asyncio.sleep``."""
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    def sleep(self, seconds: float) -> None:
+        time.sleep(seconds)
+
+    async def sleep_async(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+
+
+SYSTEM_CLOCK = SystemClock()
+
+
 class Attempts:
     """The retry state of one call: its deadline across all attempts, and the waits left."""
 
-    def __init__(self, policy: RetryPolicy | None, timeout: float | None) -> None:
-        self._deadline = None if timeout is None else time.monotonic() + timeout
+    def __init__(self, policy: RetryPolicy | None, timeout: float | None, clock: Clock = SYSTEM_CLOCK) -> None:
+        self._clock = clock
+        self._deadline = None if timeout is None else clock.monotonic() + timeout
         self._delays = policy.delays() if policy is not None else iter(())
 
     def timeout(self) -> float | None:
         """Seconds left for the next attempt: the per-call timeout covers every attempt, not each one."""
         if self._deadline is None:
             return None
-        return max(0.0, self._deadline - time.monotonic())
+        return max(0.0, self._deadline - self._clock.monotonic())
 
     def next_delay(self, error: grpc.RpcError) -> float | None:
         """Seconds to wait before trying again after ``error``, or None to give up and raise it."""
-        if error.code() != grpc.StatusCode.UNAVAILABLE:  # type: ignore[attr-defined]
+        if error.code() != grpc.StatusCode.UNAVAILABLE:
             return None
         delay = next(self._delays, None)
-        if delay is None or (self._deadline is not None and time.monotonic() + delay >= self._deadline):
+        if delay is None or (self._deadline is not None and self._clock.monotonic() + delay >= self._deadline):
             return None
         return delay

@@ -6,7 +6,7 @@ import json
 import re
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import grpc
@@ -19,6 +19,9 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeR
 from rich.table import Table
 
 from tensortrigger._errors import TensorTriggerError
+
+if TYPE_CHECKING:  # the C (upb) descriptors protobuf may hand out instead of the Python ones
+    from google._upb._message import FieldDescriptor as UpbFieldDescriptor
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -94,7 +97,7 @@ def plain(message: Message) -> dict[str, Any]:
     return out
 
 
-def _plain_value(field: FieldDescriptor, value: Any) -> Any:
+def _plain_value(field: FieldDescriptor | UpbFieldDescriptor, value: Any) -> Any:
     if field.message_type is not None:
         if field.message_type.full_name == "google.protobuf.Timestamp":
             return value.ToJsonString()
