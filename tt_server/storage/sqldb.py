@@ -91,7 +91,7 @@ class SqlBackend:
     @property
     def database(self) -> SqlDatabase:
         if self._database is None:
-            raise Unavailable("metadata store is not open")
+            raise Unavailable("the metadata database is not open")
         return self._database
 
 
