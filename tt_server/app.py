@@ -94,11 +94,12 @@ class Application:
             await self._start()
         except BaseException:
             self._stopping = True
-            try:
-                await self._halt(0)
-            except Exception:
-                log.warning("stopping after a failed start-up failed", exc_info=True)
-            await self._resources.aclose()
+            # Failures here are logged: the start-up's own error is the one to report.
+            for step in (lambda: self._halt(0), self._resources.aclose):
+                try:
+                    await step()
+                except Exception:
+                    log.warning("closing after a failed start-up failed", exc_info=True)
             self._stopped.set()  # a later stop() (or wait()) returns at once
             raise
 
