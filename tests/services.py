@@ -5,9 +5,9 @@ Session fixtures: ``postgres_dsn`` (a database of its own on the local PostgreSQ
 cannot be reached, the tests that need it are skipped with the command that starts it (or fail when
 ``CI=true``).
 
-Per-test fixtures: ``metadata_store`` (over ``sqlite`` and ``postgres``) and ``blob_store`` (over ``local``
-and ``s3``) give a fresh, opened store; ``make_metadata_store`` / ``make_blob_store`` make more stores over
-the same database or bucket (unopened), and close them all afterwards.
+Per-test fixtures: ``metadata_store`` and ``job_store`` (over ``sqlite`` and ``postgres``) and ``blob_store``
+(over ``local`` and ``s3``) give a fresh, opened store; ``make_metadata_store`` / ``make_job_store`` /
+``make_blob_store`` make more stores over the same database or bucket (unopened), and close them all afterwards.
 
 ``tests/conftest.py`` star-imports this module, which is how pytest finds the fixtures.
 """
@@ -31,6 +31,7 @@ from tt_server.storage.local import LocalBlobStore
 from tt_server.storage.postgres import PostgresMetadataStore
 from tt_server.storage.s3 import S3BlobStore
 from tt_server.storage.sql import SqlMetadataStore
+from tt_server.storage.sql_jobs import SqlJobStore
 from tt_server.storage.sqlite import SqliteMetadataStore
 
 __all__ = [
@@ -38,7 +39,9 @@ __all__ = [
     "MetadataBackend",
     "blob_backend",
     "blob_store",
+    "job_store",
     "make_blob_store",
+    "make_job_store",
     "make_metadata_store",
     "metadata_backend",
     "metadata_store",
@@ -177,6 +180,24 @@ async def make_metadata_store(
 @pytest.fixture
 async def metadata_store(make_metadata_store: Callable[..., SqlMetadataStore]) -> SqlMetadataStore:
     store = make_metadata_store()
+    await store.open()
+    return store
+
+
+@pytest.fixture
+def make_job_store(make_metadata_store: Callable[..., SqlMetadataStore]) -> Callable[..., SqlJobStore]:
+    """Make (unopened) job stores over this test's database, each over a backend of its own (as separate
+    processes would be), closed after the test with the metadata stores that made the backends."""
+
+    def make(token_secret: bytes = TOKEN_SECRET) -> SqlJobStore:
+        return SqlJobStore(make_metadata_store(token_secret).backend, token_secret)
+
+    return make
+
+
+@pytest.fixture
+async def job_store(make_job_store: Callable[..., SqlJobStore]) -> SqlJobStore:
+    store = make_job_store()
     await store.open()
     return store
 

@@ -1,15 +1,18 @@
-"""The composition root: settings -> stores -> domain -> gRPC server. Nothing else wires components.
+"""The server's composition root: settings -> stores -> domain -> gRPC (and HTTP) server.
+
+The stores come from ``storage.factory.open_stores``, the root the job worker (``tt_worker/main.py``) shares;
+what this adds (the domain services, transports and background tasks) is wired here and nowhere else.
 
 ``Application.start()`` returns once the server is listening (tests use it directly); ``wait()`` blocks until
 it stops; ``stop()`` drains: health goes NOT_SERVING at once, new calls are still taken for the drain delay,
-in-flight calls get the grace period, then the stores close.
+in-flight calls get the grace period, then the stores close. Everything start-up opens goes on one
+``AsyncExitStack``, so a start-up that fails halfway closes exactly what it had opened, in reverse order.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import logging
 import time
 from collections.abc import Callable
@@ -38,8 +41,9 @@ from tt_server.api.reflection import V1_SERVICE_NAME as REFLECTION_V1
 from tt_server.api.reflection import DocumentedReflectionServicer, add_reflection_to_server, documented_files
 from tt_server.api.registry import RegistryServicer
 from tt_server.config import Settings
-from tt_server.events import EventBus, LocalEventBus
+from tt_server.events import EventBus
 from tt_server.jobs.objects import JobBlobs
+from tt_server.jobs.runner import JobRunner
 from tt_server.jobs.service import JobsService
 from tt_server.jobs.worker import EmbeddedWorker
 from tt_server.registry.repository import ModelRepository
@@ -47,15 +51,7 @@ from tt_server.registry.service import Registry, sweep_scratch
 from tt_server.rest import HttpServer, build_http_server
 from tt_server.runtime.manager import ModelManager
 from tt_server.runtime.service import InferenceService
-from tt_server.storage.amqp_events import AmqpEventBus
-from tt_server.storage.factory import (
-    make_blob_store,
-    make_broker,
-    make_job_store,
-    make_metadata_store,
-    make_object_buckets,
-)
-from tt_server.storage.leases import make_lease_manager
+from tt_server.storage.factory import close_quietly, enter, make_object_buckets, open_stores
 from tt_server.tracing import Tracing, start_tracing
 from tt_server.training.service import TrainingService
 
@@ -95,6 +91,8 @@ class Application:
         self._tracing: Tracing | None = None
         self._http: HttpServer | None = None
         self.http_port: int = 0
+        self.embedded_worker: EmbeddedWorker | None = None
+        self._resources = contextlib.AsyncExitStack()  # closed in reverse order by stop() or a failed start()
 
     async def start(self) -> None:
         """Open the stores, build the domain, listen and serve. On failure (a busy port, a database that cannot be
@@ -103,39 +101,15 @@ class Application:
         try:
             await self._start()
         except BaseException:
-            await self._close_after_failed_start()
+            self._stopping = True
+            # Failures here are logged: the start-up's own error is the one to report.
+            for step in (lambda: self._halt(0), self._resources.aclose):
+                try:
+                    await step()
+                except Exception:
+                    log.warning("closing after a failed start-up failed", exc_info=True)
+            self._stopped.set()  # a later stop() (or wait()) returns at once
             raise
-
-    async def _close_after_failed_start(self) -> None:
-        self._stopping = True
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        steps = (
-            ("_http", lambda http: http.stop(0)),
-            ("_server", lambda server: server.stop(0)),
-            ("embedded_worker", lambda worker: worker.stop(0) if worker is not None else None),
-            ("broker", lambda broker: broker.close()),
-            ("events", lambda events: events.close() if isinstance(events, AmqpEventBus) else None),
-            ("models", lambda models: models.close()),
-            ("loader_executor", lambda executor: executor.shutdown(wait=False, cancel_futures=True)),
-            ("blobs", lambda blobs: blobs.close()),
-            ("metadata", lambda metadata: metadata.close()),
-            ("_tracing", lambda tracing: tracing.shutdown() if tracing is not None else None),
-        )
-        for attribute, close in steps:
-            if getattr(self, attribute, None) is None:
-                continue
-            try:
-                pending = close(getattr(self, attribute))
-                if inspect.isawaitable(pending):
-                    await pending
-            except Exception:
-                log.warning("closing %s after a failed start-up failed", attribute.strip("_"), exc_info=True)
-        if self._metrics_server is not None:
-            self._metrics_server.shutdown()
-            self._metrics_server.server_close()
-        self._stopped.set()  # a later stop() (or wait()) returns at once
 
     async def _start(self) -> None:
         started = time.perf_counter()
@@ -144,26 +118,30 @@ class Application:
         s.scratch_dir.mkdir(parents=True, exist_ok=True)
         await asyncio.to_thread(sweep_scratch, s.scratch_dir, s.scratch_max_age_seconds)  # a killed run's leftovers
 
-        self.metadata = make_metadata_store(s)
-        self.blobs = make_blob_store(s)
-        await self.metadata.open()
-        await self.blobs.open()
-        self.events: EventBus
-        if s.amqp_url:
-            self.events = AmqpEventBus(s.amqp_url)
-            await self.events.open()
-        elif self.link is not None:
-            self.events = self.link.events  # embedded mode: the other workers hear of changes through the supervisor
-        else:
-            self.events = LocalEventBus()
+        resources = self._resources
+        # Embedded mode under the supervisor (TT_WORKERS): registry events and job ids reach the other workers
+        # through its link; with RabbitMQ they go through RabbitMQ as in any replica.
+        link = self.link if not s.amqp_url else None
+        self.stores = await resources.enter_async_context(
+            open_stores(s, events=link.events if link else None, broker=link.broker if link else None)
+        )
+        self.metadata = self.stores.metadata
+        self.blobs = self.stores.blobs
+        self.events: EventBus = self.stores.events
+        self.broker = self.stores.broker
+        self.job_store = self.stores.jobs
         # TensorFlow work (artifact inspection, model loads) runs here, never on the event loop.
         self.loader_executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="tt-loader")
+        resources.push_async_callback(
+            close_quietly, lambda: self.loader_executor.shutdown(wait=False, cancel_futures=True), "loader executor"
+        )
         self.registry = Registry(self.metadata, self.blobs, self.events, s, self.loader_executor)
         self.models = ModelManager(self.metadata, self.blobs, s.data_dir / "model-cache", s, clock=self._clock)
+        resources.push_async_callback(close_quietly, self.models.close, "model manager")
         await self.models.start(self.events)
         self.inference = InferenceService(self.models, s)
         # Online learning: one session per model across replicas (Postgres advisory locks, else in-process).
-        self.leases = make_lease_manager(s)
+        self.leases = self.stores.leases
         self.training = TrainingService(self.registry, self.blobs, self.leases, s)
         # The model repository (TT_MODEL_REPOSITORY): imported, and what its policies serve warmed, before SERVING.
         self.repository: ModelRepository | None = None
@@ -173,18 +151,17 @@ class Application:
             await self.repository.preload(self.models, report.models)
         # Jobs: RabbitMQ and tt-worker processes when TT_AMQP_URL is set, else an in-process queue and worker.
         # Embedded mode with workers: one of them runs jobs; the others forward job ids to it.
-        self.broker = self.link.broker if self.link is not None and not s.amqp_url else make_broker(s)
-        await self.broker.open()
-        job_store = make_job_store(self.metadata)
         # Jobs may also read and write the object storage callers name (s3:// URIs), when the operator allows it.
         self.job_blobs = JobBlobs(self.blobs, make_object_buckets(s))
-        await self.job_blobs.open()
-        self.jobs = JobsService(job_store, self.job_blobs, self.broker, self.registry, s)
-        self.embedded_worker = (
-            None
-            if s.amqp_url or (self.link is not None and not self.link.runs_jobs)
-            else EmbeddedWorker(job_store, self.job_blobs, self.broker, self.models, s, self.jobs.notifier)
-        )
+        await enter(resources, self.job_blobs, "job object storage")
+        self.jobs = JobsService(self.job_store, self.job_blobs, self.broker, self.registry, s)
+        if not (s.amqp_url or (self.link is not None and not self.link.runs_jobs)):
+            concurrency = max(1, s.embedded_job_workers)
+            runner = JobRunner(
+                self.job_store, self.job_blobs, self.models, s, notifier=self.jobs.notifier, concurrency=concurrency
+            )
+            resources.callback(runner.close)
+            self.embedded_worker = EmbeddedWorker(runner, self.broker, self.job_store, s, concurrency)
 
         auth = (
             TokenAuthenticator(s.auth_tokens_file, s.auth_public_health, s.auth_public_reflection)
@@ -199,6 +176,8 @@ class Application:
         # Tracing's interceptor runs around the (wrapped) handlers: its span encloses everything the middleware
         # does (auth, errors, metrics).
         self._tracing = start_tracing({*SERVICE_NAMES, *compat.SERVICE_NAMES}) if s.otel_enabled else None
+        if self._tracing is not None:
+            resources.push_async_callback(close_quietly, self._tracing.shutdown, "tracing")
         metrics.exemplars = self._tracing is not None  # trace ids on the per-model latency histograms
         server = grpc.aio.server(
             interceptors=[self._tracing.interceptor] if self._tracing else None,
@@ -273,6 +252,8 @@ class Application:
             await self.embedded_worker.start()
         if s.metrics_address:
             self._metrics_server, _ = metrics.serve(s.metrics_address)
+            resources.callback(self._metrics_server.server_close)
+            resources.callback(self._metrics_server.shutdown)
         if s.http_address:
             self._http = build_http_server(
                 s, self.inference, self.registry, self.jobs, auth, limiter, is_ready=lambda: not self._stopping
@@ -330,7 +311,14 @@ class Application:
         # Training streams end first, while the server can still tell their clients UNAVAILABLE: each
         # checkpoints as its on_abort says and releases its lease.
         await self.training.close()
-        # Both transports drain at once: no new connections, in-flight calls get the grace period.
+        await self._halt(grace)
+        await self._resources.aclose()  # the job runner, models, executor, stores, ... in reverse order of opening
+        self._stopped.set()
+        log.info("server stopped")
+
+    async def _halt(self, grace: float) -> None:
+        """Stop what serves and works: both transports drain at once (no new connections, in-flight calls get
+        ``grace``), background tasks end, and running jobs go back to the queue (and the store) at once."""
         await asyncio.gather(
             *([self._server.stop(grace)] if self._server is not None else []),
             *([self._http.stop(grace)] if self._http is not None else []),
@@ -340,22 +328,7 @@ class Application:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         if self.embedded_worker is not None:
-            await self.embedded_worker.stop(grace)  # running jobs go back to the queue (and the store) at once
-        await self.broker.close()
-        if isinstance(self.events, AmqpEventBus):
-            await self.events.close()
-        await self.models.close()
-        if self._metrics_server is not None:
-            self._metrics_server.shutdown()
-            self._metrics_server.server_close()
-        self.loader_executor.shutdown(wait=False, cancel_futures=True)
-        await self.job_blobs.close()
-        await self.blobs.close()
-        await self.metadata.close()
-        if self._tracing is not None:
-            await self._tracing.shutdown()
-        self._stopped.set()
-        log.info("server stopped")
+            await self.embedded_worker.stop(grace)
 
     async def _check_models_forever(self) -> None:
         while True:

@@ -19,6 +19,10 @@ Subscriber = Callable[[RegistryEvent], Awaitable[None]]
 
 
 class EventBus(Protocol):
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
     async def publish(self, event: RegistryEvent) -> None: ...
 
     def subscribe(self, subscriber: Subscriber) -> None: ...
@@ -27,6 +31,12 @@ class EventBus(Protocol):
 class LocalEventBus:
     def __init__(self) -> None:
         self._subscribers: list[Subscriber] = []
+
+    async def open(self) -> None:
+        """Nothing to connect: in-process."""
+
+    async def close(self) -> None:
+        pass
 
     def subscribe(self, subscriber: Subscriber) -> None:
         self._subscribers.append(subscriber)

@@ -31,40 +31,31 @@ DESCRIPTION = (
 async def run(settings: Settings) -> int:
     # Imported here, after the settings were checked: this is where TensorFlow is loaded.
     from tt_server import metrics
+    from tt_server.events import LocalEventBus
     from tt_server.jobs.objects import JobBlobs
     from tt_server.jobs.runner import JobRunner, worker_id
     from tt_server.jobs.worker import JobWorker, worker_model_cache
     from tt_server.runtime.manager import ModelManager
-    from tt_server.storage.factory import (
-        make_blob_store,
-        make_broker,
-        make_job_store,
-        make_metadata_store,
-        make_object_buckets,
-    )
+    from tt_server.storage.factory import close_quietly, enter, make_object_buckets, open_stores
 
     owner = worker_id()
     # Whatever start-up opened is closed in reverse order, also when a later step fails.
     async with contextlib.AsyncExitStack() as opened:
         try:
-            metadata = make_metadata_store(settings)
-            await metadata.open()
-            opened.push_async_callback(metadata.close)
-            blobs = make_blob_store(settings)
-            await blobs.open()
-            opened.push_async_callback(blobs.close)
-            job_blobs = JobBlobs(blobs, make_object_buckets(settings))  # inputs and results named as s3:// URIs
-            await job_blobs.open()
-            opened.push_async_callback(job_blobs.close)
-            broker = make_broker(settings, connection_name=f"tt-worker {owner}")
-            await broker.open()
-            opened.push_async_callback(broker.close)
-            models = ModelManager(metadata, blobs, worker_model_cache(settings), settings)
-            opened.push_async_callback(models.close)
-            store = make_job_store(metadata)
-            runner = JobRunner(store, job_blobs, models, settings, owner=owner, concurrency=settings.worker_prefetch)
+            # The same stores as the server's (one root: storage.factory.open_stores), but no registry events:
+            # the worker's model manager resolves versions through the metadata store.
+            stores = await opened.enter_async_context(
+                open_stores(settings, broker_name=f"tt-worker {owner}", events=LocalEventBus())
+            )
+            job_blobs = JobBlobs(stores.blobs, make_object_buckets(settings))  # inputs and results as s3:// URIs
+            await enter(opened, job_blobs, "job object storage")
+            models = ModelManager(stores.metadata, stores.blobs, worker_model_cache(settings), settings)
+            opened.push_async_callback(close_quietly, models.close, "model manager")
+            runner = JobRunner(
+                stores.jobs, job_blobs, models, settings, owner=owner, concurrency=settings.worker_prefetch
+            )
             opened.callback(runner.close)
-            worker = JobWorker(runner, broker, store, settings, concurrency=settings.worker_prefetch)
+            worker = JobWorker(runner, stores.broker, stores.jobs, settings, concurrency=settings.worker_prefetch)
             if settings.metrics_address:
                 metrics_server = metrics.serve(settings.metrics_address)[0]
                 opened.callback(metrics_server.server_close)

@@ -14,6 +14,7 @@ files still take several batches and faults are noticed quickly.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import subprocess
@@ -32,17 +33,12 @@ from tests.services import service_missing
 from tests.serving import _fresh_database, server_settings, unique_name
 from tt_server.app import Application
 from tt_server.config import Settings
+from tt_server.events import LocalEventBus
 from tt_server.jobs.objects import JobBlobs
 from tt_server.jobs.runner import JobRunner
 from tt_server.jobs.worker import JobWorker
 from tt_server.runtime.manager import ModelManager
-from tt_server.storage.factory import (
-    make_blob_store,
-    make_broker,
-    make_job_store,
-    make_metadata_store,
-    make_object_buckets,
-)
+from tt_server.storage.factory import make_object_buckets, open_stores
 
 AMQP_HOST = os.environ.get("TT_TEST_AMQP_HOST", "127.0.0.1")
 AMQP_PORT = int(os.environ.get("TT_TEST_AMQP_PORT", "5672"))
@@ -156,18 +152,17 @@ class InProcessWorker:
 
     async def start(self) -> JobWorker:
         s = self.settings
-        self.metadata = make_metadata_store(s)
-        self.blobs = make_blob_store(s)
-        self.broker = make_broker(s, connection_name=self.name)
-        await self.metadata.open()
-        await self.blobs.open()
-        await self.broker.open()
+        self._opened = contextlib.AsyncExitStack()
+        # The stores as tt-worker opens them (the processes' one root), without registry events.
+        stores = await self._opened.enter_async_context(open_stores(s, broker_name=self.name, events=LocalEventBus()))
+        self.metadata, self.blobs, self.broker = stores.metadata, stores.blobs, stores.broker
         self.job_blobs = JobBlobs(self.blobs, make_object_buckets(s))
         await self.job_blobs.open()
         self.models = ModelManager(self.metadata, self.blobs, s.data_dir / f"cache-{uuid.uuid4().hex[:6]}", s)
-        store = make_job_store(self.metadata)
-        self.runner = JobRunner(store, self.job_blobs, self.models, s, owner=f"{self.name}:{uuid.uuid4().hex[:6]}")
-        self.worker = JobWorker(self.runner, self.broker, store, s, concurrency=1)
+        self.runner = JobRunner(
+            stores.jobs, self.job_blobs, self.models, s, owner=f"{self.name}:{uuid.uuid4().hex[:6]}"
+        )
+        self.worker = JobWorker(self.runner, self.broker, stores.jobs, s, concurrency=1)
         self._task = asyncio.create_task(self.worker.run())
         return self.worker
 
@@ -176,12 +171,10 @@ class InProcessWorker:
             await self.worker.stop(grace=5.0)
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
-        await self.broker.close()
         await self.models.close()
         self.runner.close()
         await self.job_blobs.close()
-        await self.blobs.close()
-        await self.metadata.close()
+        await self._opened.aclose()  # broker, event bus, blobs, database
 
 
 @pytest.fixture(scope="module", params=["embedded", "production"])

@@ -25,9 +25,8 @@ from tests.jobs.helpers import (
 from tt_server.app import Application
 from tt_server.jobs.runner import JobRunner, Outcome
 from tt_server.runtime.manager import ModelManager
-from tt_server.storage.factory import make_job_store
 from tt_server.storage.local_broker import LocalBroker
-from tt_server.storage.sql import SqlMetadataStore
+from tt_server.storage.sql_jobs import SqlJobStore
 from tt_server.types import JobState
 
 
@@ -47,9 +46,9 @@ async def workers(bare_server: Application) -> AsyncIterator[Callable[..., InPro
         await worker.stop()
 
 
-def store_of(server: Application) -> SqlMetadataStore:
-    store = make_job_store(server.metadata)
-    assert isinstance(store, SqlMetadataStore)
+def store_of(server: Application) -> SqlJobStore:
+    store = server.job_store
+    assert isinstance(store, SqlJobStore)
     return store
 
 
@@ -149,7 +148,7 @@ async def test_poison_job_is_retried_then_failed_and_dead_lettered(
     await broker.publish(job.id)
     s = bare_server.settings
     manager = ModelManager(bare_server.metadata, bare_server.blobs, s.data_dir / "poison-cache", s)
-    runner = JobRunner(make_job_store(bare_server.metadata), _BrokenInput(bare_server.blobs), manager, s)  # type: ignore[arg-type]
+    runner = JobRunner(bare_server.job_store, _BrokenInput(bare_server.blobs), manager, s)  # type: ignore[arg-type]
     outcomes = []
     deliveries = broker.consume(prefetch=1)
     try:

@@ -10,7 +10,7 @@ import pytest
 
 from tt_server.errors import FailedPrecondition, InvalidArgument, NotFound
 from tt_server.storage.jobs import JobProgress
-from tt_server.storage.sql import SqlMetadataStore
+from tt_server.storage.sql_jobs import SqlJobStore
 from tt_server.types import CsvOptions, Job, JobSpec, JobState, ModelRef, OutputFormat, RowError
 
 
@@ -34,20 +34,20 @@ def new_job(model: str = "m", **spec: object) -> Job:
     )
 
 
-async def test_create_and_get_round_trip(metadata_store: SqlMetadataStore) -> None:
+async def test_create_and_get_round_trip(job_store: SqlJobStore) -> None:
     draft = new_job()
-    await metadata_store.add_blob_gc(draft.input_blob_key, 0)
-    job = await metadata_store.create_job(draft, owns_input=True)
+    await job_store.add_blob_gc(draft.input_blob_key, 0)
+    job = await job_store.create_job(draft, owns_input=True)
     assert job.spec == draft.spec
     assert (job.state, job.attempts, job.attempt, job.rows_done, job.input_size) == (JobState.QUEUED, 0, 0, 0, 123)
-    assert await metadata_store.due_blob_gc(2**62, 10) == []  # the job claimed its input
-    assert await metadata_store.get_job(job.id) == job
+    assert await job_store.due_blob_gc(2**62, 10) == []  # the job claimed its input
+    assert await job_store.get_job(job.id) == job
     with pytest.raises(NotFound):
-        await metadata_store.get_job(uuid.uuid4().hex)
+        await job_store.get_job(uuid.uuid4().hex)
 
 
-async def test_lease_is_exclusive_and_fences_stale_attempts(metadata_store: SqlMetadataStore) -> None:
-    store = metadata_store
+async def test_lease_is_exclusive_and_fences_stale_attempts(job_store: SqlJobStore) -> None:
+    store = job_store
     job = await store.create_job(new_job(), owns_input=False)
     assert await store.lease_job(job.id, "w1", 0.05) == 1
     assert await store.lease_job(job.id, "w2", 30) is None  # held by a live lease
@@ -81,8 +81,8 @@ async def test_lease_is_exclusive_and_fences_stale_attempts(metadata_store: SqlM
     assert not await store.commit_job(job.id, 2, "other", 1, final)  # nor committed twice
 
 
-async def test_concurrent_leases_hand_out_one_attempt(make_metadata_store) -> None:
-    stores = [make_metadata_store() for _ in range(4)]
+async def test_concurrent_leases_hand_out_one_attempt(make_job_store) -> None:
+    stores = [make_job_store() for _ in range(4)]
     for store in stores:
         await store.open()
     job = await stores[0].create_job(new_job(), owns_input=False)
@@ -90,8 +90,8 @@ async def test_concurrent_leases_hand_out_one_attempt(make_metadata_store) -> No
     assert sorted(won, key=lambda a: a or 0) == [None] * 11 + [1]
 
 
-async def test_release_fail_and_give_up(metadata_store: SqlMetadataStore) -> None:
-    store = metadata_store
+async def test_release_fail_and_give_up(job_store: SqlJobStore) -> None:
+    store = job_store
     job = await store.create_job(new_job(), owns_input=False)
     assert await store.lease_job(job.id, "w", 30) == 1
     assert await store.release_job(job.id, 1, "", charge=False)  # clean shutdown: not charged
@@ -114,8 +114,8 @@ async def test_release_fail_and_give_up(metadata_store: SqlMetadataStore) -> Non
     assert (await store.get_job(other.id)).row_errors == (RowError(3, "bad"),)
 
 
-async def test_cancel(metadata_store: SqlMetadataStore) -> None:
-    store = metadata_store
+async def test_cancel(job_store: SqlJobStore) -> None:
+    store = job_store
     queued = await store.create_job(new_job(), owns_input=False)
     assert (await store.cancel_job(queued.id)).state is JobState.CANCELLED
     with pytest.raises(FailedPrecondition):
@@ -129,8 +129,8 @@ async def test_cancel(metadata_store: SqlMetadataStore) -> None:
         await store.cancel_job(uuid.uuid4().hex)
 
 
-async def test_abandon_stale_and_unfinished(metadata_store: SqlMetadataStore) -> None:
-    store = metadata_store
+async def test_abandon_stale_and_unfinished(job_store: SqlJobStore) -> None:
+    store = job_store
     a = await store.create_job(new_job(), owns_input=False)
     b = await store.create_job(new_job(), owns_input=False)
     c = await store.create_job(new_job(), owns_input=False)
@@ -143,8 +143,8 @@ async def test_abandon_stale_and_unfinished(metadata_store: SqlMetadataStore) ->
     assert await store.stale_jobs(0.02, 10) == []  # claimed: each is republished once per idle period
 
 
-async def test_list_jobs_pages_newest_first(make_metadata_store) -> None:
-    store = make_metadata_store()
+async def test_list_jobs_pages_newest_first(make_job_store) -> None:
+    store = make_job_store()
     await store.open()
     ids = []
     for i in range(7):
@@ -165,7 +165,7 @@ async def test_list_jobs_pages_newest_first(make_metadata_store) -> None:
     token = (await store.list_jobs("m", None, 1, "")).next_page_token
     with pytest.raises(InvalidArgument):
         await store.list_jobs("n", None, 1, token)  # bound to its filters
-    other = make_metadata_store(token_secret=b"another secret")
+    other = make_job_store(token_secret=b"another secret")
     await other.open()
     with pytest.raises(InvalidArgument):
         await other.list_jobs("m", None, 1, token)

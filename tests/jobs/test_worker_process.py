@@ -20,7 +20,6 @@ from tests.api.scrape import free_port, scrape
 from tests.jobs.helpers import create_job, csv_bytes, features, parse_results_csv, predict, results, spec, wait_for
 from tt_server.app import Application
 from tt_server.config import Settings
-from tt_server.storage.factory import make_job_store
 
 pytestmark = pytest.mark.slow
 
@@ -109,7 +108,7 @@ async def start_workers(
 
 async def holder_pid(server: Application, job_id: str) -> int:
     """The pid of the worker process whose lease holds the job (owner is host:pid:random)."""
-    job = await make_job_store(server.metadata).get_job(job_id)
+    job = await server.job_store.get_job(job_id)
     assert job.lease_owner is not None
     return int(job.lease_owner.split(":")[1])
 

@@ -27,6 +27,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tensortrigger.v1 import inference_service_pb2 as ipb
 from tensortrigger.v1 import inference_service_pb2_grpc, model_pb2, registry_service_pb2_grpc, tensor_pb2
 
+import tt_worker.main
 from tests import models
 from tests.api.helpers import upload
 from tests.serving import server_settings
@@ -166,6 +167,25 @@ async def test_the_application_refuses_a_busy_port_and_closes_what_it_opened(tmp
             await app.start()
     for _ in range(100):
         # (asyncio_N: this test's event loop's own default executor, not the application's)
+        leftover = [
+            t
+            for t in threading.enumerate()
+            if t.ident not in before and not t.daemon and t.is_alive() and not t.name.startswith("asyncio_")
+        ]
+        if not leftover:
+            break
+        await asyncio.sleep(0.05)
+    assert not leftover, leftover
+
+
+async def test_the_worker_closes_what_it_opened_when_its_job_queue_is_down(tmp_path: Path) -> None:
+    """tt-worker opens its stores through the same root as the server: RabbitMQ refusing the connection fails
+    the start-up (exit code 1) after the SQLite store and blob store were opened, and those are closed again."""
+    before = {t.ident for t in threading.enumerate()}
+    settings = server_settings(tmp_path, amqp_url="amqp://guest:guest@127.0.0.1:1/")  # nothing listens on port 1
+    assert await tt_worker.main.run(settings) == 1
+    assert (tmp_path / "tensortrigger.db").exists()  # it had got as far as opening the database
+    for _ in range(100):
         leftover = [
             t
             for t in threading.enumerate()

@@ -16,6 +16,7 @@ from tt_server.errors import FailedPrecondition, InvalidArgument, NotFound, Unav
 from tt_server.storage.metadata import NewVersion
 from tt_server.storage.postgres import PostgresMetadataStore
 from tt_server.storage.sql import SqlMetadataStore
+from tt_server.storage.sql_jobs import SqlJobStore
 from tt_server.storage.sqlite import SqliteMetadataStore
 from tt_server.types import DType, ModelFormat, ModelVersion, Signature, TensorSpec, VersionSource
 
@@ -358,7 +359,8 @@ async def test_prune_removes_exactly_what_retention_allows(metadata_store: SqlMe
     await metadata_store.set_label("m", "keep", 2)
     await metadata_store.pin_version("stream", "m", 3, now_us() + 60_000_000)
     await metadata_store.pin_version("lapsed", "m", 4, now_us() - 1)  # a crashed holder's pin: no protection
-    await metadata_store.create_job(dataclasses.replace(new_job("m"), model_version=5), owns_input=False)
+    jobs = SqlJobStore(metadata_store.backend, b"secret")  # the sibling store over the same database
+    await jobs.create_job(dataclasses.replace(new_job("m"), model_version=5), owns_input=False)
     await metadata_store.set_retention("m", RetentionPolicy(keep_training_checkpoints=2))
     blobs = {n: (await metadata_store.get_version("m", n)).blob_key for n in (4, 6)}
     # Checkpoints newest first: 8, 7 kept; 2 labelled, 3 pinned, 5 used by a queued job; 1 is served.

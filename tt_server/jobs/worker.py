@@ -19,10 +19,7 @@ from pathlib import Path
 
 from tt_server import metrics
 from tt_server.config import Settings
-from tt_server.jobs.notify import JobNotifier
 from tt_server.jobs.runner import JobRunner, Outcome
-from tt_server.runtime.manager import ModelManager
-from tt_server.storage.blobs import BlobStore
 from tt_server.storage.broker import Broker, Delivery
 from tt_server.storage.jobs import JobStore
 
@@ -114,20 +111,12 @@ class JobWorker:
 
 class EmbeddedWorker:
     """The job worker of the embedded mode: runs inside the server process on its broker (a ``LocalBroker``)
-    and its model manager. ``start()`` first republishes every unfinished job, since an in-process queue does
-    not survive a restart; the jobs' rows did."""
+    with the ``runner`` the composition root built (over the server's model manager). ``start()`` first
+    republishes every unfinished job, since an in-process queue does not survive a restart; the jobs' rows did."""
 
     def __init__(
-        self,
-        store: JobStore,
-        blobs: BlobStore,
-        broker: Broker,
-        models: ModelManager,
-        settings: Settings,
-        notifier: JobNotifier | None = None,
+        self, runner: JobRunner, broker: Broker, store: JobStore, settings: Settings, concurrency: int
     ) -> None:
-        concurrency = max(1, settings.embedded_job_workers)
-        runner = JobRunner(store, blobs, models, settings, notifier=notifier, concurrency=concurrency)
         self.worker = JobWorker(runner, broker, store, settings, concurrency)
         self._store = store
         self._settings = settings
@@ -143,8 +132,7 @@ class EmbeddedWorker:
         await self.worker.stop(grace)
         self._task.cancel()
         await asyncio.gather(self._task, return_exceptions=True)
-        self._task = None
-        self.worker.runner.close()
+        self._task = None  # the runner is closed by whoever built it
 
 
 def worker_model_cache(settings: Settings) -> Path:

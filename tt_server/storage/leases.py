@@ -20,7 +20,6 @@ from typing import Protocol
 
 import asyncpg
 
-from tt_server.config import Settings
 from tt_server.errors import FailedPrecondition, Unavailable
 
 log = logging.getLogger(__name__)
@@ -164,10 +163,3 @@ class LocalLeaseManager:
         self._users[name] -= 1
         if self._users[name] == 0:
             del self._users[name], self._locks[name]
-
-
-def make_lease_manager(settings: Settings) -> LeaseManager:
-    """PostgreSQL advisory locks when a database URL is set (replicas share it), in-process locks otherwise."""
-    if settings.database_url:
-        return PostgresLeaseManager(settings.database_url, settings.database_connect_timeout_seconds)
-    return LocalLeaseManager()

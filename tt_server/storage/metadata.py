@@ -1,7 +1,8 @@
-"""MetadataStore: models, versions, labels (and later jobs) in a SQL database.
+"""MetadataStore: models, versions, labels, version pins and the blob GC table, in a SQL database.
 
-Two implementations share the SQL in ``sql.py``: ``PostgresMetadataStore`` (asyncpg, production) and
-``SqliteMetadataStore`` (aiosqlite, the embedded default). Both apply their schema migrations in ``open()``.
+Written once in SQL (``SqlMetadataStore``, ``sql.py``) over either backend (``sqldb.SqlBackend``): PostgreSQL
+(``postgres.py``, production) or SQLite (``sqlite.py``, the embedded default); the backend applies the schema
+migrations when it opens. Batch jobs live in the same database behind an interface of their own (``jobs.py``).
 Errors: unknown things raise ``NotFound``; a lost database connection raises ``Unavailable``.
 """
 

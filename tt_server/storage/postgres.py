@@ -1,4 +1,6 @@
-"""PostgresMetadataStore: the production MetadataStore on an asyncpg connection pool.
+"""PostgresBackend: the production SQL database, an asyncpg connection pool (``sqldb.SqlBackend``).
+
+Both SQL stores run over it (``PostgresMetadataStore`` is a metadata store with a backend of its own).
 
 Transactions run at READ COMMITTED (the default); ``sql.py`` explains how row locks on ``models`` make that
 enough. Migrations run under a transaction-scoped advisory lock, so replicas starting together take turns.
@@ -13,7 +15,8 @@ from typing import TypeVar
 import asyncpg
 
 from tt_server.errors import Unavailable
-from tt_server.storage.sql import Row, SqlConnection, SqlDatabase, SqlMetadataStore
+from tt_server.storage.sql import SqlMetadataStore
+from tt_server.storage.sqldb import Row, SqlBackend, SqlConnection, SqlDatabase
 
 # Errors meaning "the server cannot be reached or is going away"; retrying later may work. Anything else
 # (constraint violations, bad SQL, bad credentials) is a bug or a configuration error and propagates as is.
@@ -33,7 +36,7 @@ T = TypeVar("T")
 _MIGRATION_LOCK_ID = 0x7474_5F6D_6967  # "tt_mig"
 
 
-class PostgresMetadataStore(SqlMetadataStore):
+class PostgresBackend(SqlBackend):
     dialect = "postgres"
     migration_lock = f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK_ID})"
 
@@ -41,13 +44,12 @@ class PostgresMetadataStore(SqlMetadataStore):
         self,
         dsn: str,
         pool_size: int,
-        token_secret: bytes,
         connect_timeout: float = 5.0,
         command_timeout: float | None = 30.0,
     ) -> None:
         """``connect_timeout`` bounds opening a connection; ``command_timeout`` bounds every statement (None = no
         bound). Both turn a partitioned network into ``Unavailable`` instead of a call that hangs."""
-        super().__init__(token_secret)
+        super().__init__()
         self._dsn = dsn
         self._pool_size = pool_size
         self._connect_timeout = connect_timeout
@@ -67,6 +69,21 @@ class PostgresMetadataStore(SqlMetadataStore):
         except (*_CONNECTION_ERRORS, TimeoutError) as e:
             raise Unavailable("metadata database is unavailable") from e
         return _PostgresDatabase(pool)
+
+
+class PostgresMetadataStore(SqlMetadataStore):
+    """A metadata store over a PostgreSQL backend of its own (tools and tests; the servers share one backend
+    between both SQL stores: ``factory.open_stores``)."""
+
+    def __init__(
+        self,
+        dsn: str,
+        pool_size: int,
+        token_secret: bytes,
+        connect_timeout: float = 5.0,
+        command_timeout: float | None = 30.0,
+    ) -> None:
+        super().__init__(PostgresBackend(dsn, pool_size, connect_timeout, command_timeout), token_secret)
 
 
 class _PostgresConnection:

@@ -1,10 +1,7 @@
 """The MetadataStore written once in SQL, shared by PostgreSQL and SQLite.
 
-``SqlMetadataStore`` holds every query. Subclasses only connect: they return a ``SqlDatabase``, a tiny
-adapter with ``fetch``/``fetchrow``/``execute`` and ``transaction()``. Queries use PostgreSQL's ``$1, $2``
-placeholders; the SQLite adapter rewrites them to ``?1, ?2``. Only SQL both databases accept is used
-(``ON CONFLICT``, ``RETURNING``, no ``FOR UPDATE``). Adapters raise ``Unavailable`` when the database cannot
-be reached.
+``SqlMetadataStore`` holds every query about models, versions and labels, over an ``SqlBackend``
+(``sqldb.py``: the adapter, migrations and helpers it shares with its sibling ``SqlJobStore``).
 
 Concurrency: every change to a model starts by updating its ``models`` row, which on PostgreSQL takes that
 row's lock, so changes to one model's versions and labels apply one at a time (SQLite serialises all writes
@@ -14,21 +11,14 @@ out twice, even after deletes.
 
 from __future__ import annotations
 
-import base64
 import dataclasses
-import hashlib
-import hmac
 import json
-import time
 from collections.abc import Sequence
-from contextlib import AbstractAsyncContextManager
-from datetime import UTC, datetime, timedelta
-from importlib import resources
-from typing import Any, ClassVar, NoReturn, Protocol
+from typing import NoReturn
 
-from tt_server.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from tt_server.errors import FailedPrecondition, NotFound
 from tt_server.storage.metadata import NewVersion
-from tt_server.storage.sql_jobs import SqlJobStore
+from tt_server.storage.sqldb import UPSERT_BLOB_GC, Row, SqlConnection, SqlStore, clamp_page_size, from_us, now_us
 from tt_server.types import (
     FrozenGraphNodes,
     ImageScaling,
@@ -42,34 +32,7 @@ from tt_server.types import (
     VersionSource,
 )
 
-Row = dict[str, Any]
-
-DEFAULT_PAGE_SIZE = 50
-MAX_PAGE_SIZE = 1000
 _MAX_BIGINT = 2**63 - 1
-
-
-class SqlConnection(Protocol):
-    """Runs statements; inside ``SqlDatabase.transaction()`` all of them run in that transaction."""
-
-    async def fetch(self, sql: str, *args: object) -> list[Row]: ...
-
-    async def fetchrow(self, sql: str, *args: object) -> Row | None: ...
-
-    async def execute(self, sql: str, *args: object) -> None: ...
-
-    async def execute_script(self, script: str) -> None:
-        """Run several ``;``-separated statements without parameters (a migration file)."""
-
-
-class SqlDatabase(SqlConnection, Protocol):
-    """The adapter a backend provides; statements run outside ``transaction()`` autocommit one by one."""
-
-    def transaction(self) -> AbstractAsyncContextManager[SqlConnection]:
-        """Commit when the block exits normally, roll back when it raises."""
-        ...
-
-    async def close(self) -> None: ...
 
 
 _VERSION_COLUMNS = (
@@ -106,64 +69,17 @@ INSERT INTO labels (model_name, label, version, updated_at) VALUES ($1, $2, $3, 
 ON CONFLICT (model_name, label) DO UPDATE SET version = excluded.version, updated_at = excluded.updated_at
 """
 
-_UPSERT_BLOB_GC = """
-INSERT INTO blob_gc (blob_key, not_before) VALUES ($1, $2)
-ON CONFLICT (blob_key) DO UPDATE SET not_before = excluded.not_before
-"""
 
-_CREATE_MIGRATIONS_TABLE = """
-CREATE TABLE IF NOT EXISTS schema_migrations (
-    version    BIGINT PRIMARY KEY,
-    name       TEXT NOT NULL,
-    applied_at BIGINT NOT NULL
-)
-"""
+class SqlMetadataStore(SqlStore):
+    """A ``MetadataStore`` over any ``SqlBackend``; see the module docstring for the concurrency rules.
 
-
-class SqlMetadataStore(SqlJobStore):  # jobs live in sql_jobs.py: same database, same adapter
-    """A ``MetadataStore`` over any ``SqlDatabase``; see the module docstring for the concurrency rules.
-
-    Lifecycle: the constructor does no I/O; ``open()`` connects and migrates; ``close()`` disconnects. All
-    methods may be called concurrently from one event loop.
+    Lifecycle: the constructor does no I/O; ``open()`` opens the backend (connects and migrates); ``close()``
+    closes it (``SqlStore``). All methods may be called concurrently from one event loop.
     """
-
-    dialect: ClassVar[str]  # names the folder under ``migrations/``
-    migration_lock: ClassVar[str] = ""  # run first in the migration transaction, so two processes take turns
-
-    def __init__(self, token_secret: bytes) -> None:
-        self._tokens = _PageTokens(token_secret)
-        self._database: SqlDatabase | None = None
-
-    async def _connect(self) -> SqlDatabase:
-        raise NotImplementedError
-
-    # --- lifecycle ------------------------------------------------------------------------------------------
-    async def open(self) -> None:
-        database = await self._connect()
-        try:
-            await _migrate(database, self.dialect, self.migration_lock)
-        except BaseException:
-            await database.close()
-            raise
-        self._database = database
-
-    async def close(self) -> None:
-        database, self._database = self._database, None
-        if database is not None:
-            await database.close()
-
-    async def ping(self) -> None:
-        await self._db.fetchrow("SELECT 1 AS one")
-
-    @property
-    def _db(self) -> SqlDatabase:
-        if self._database is None:
-            raise Unavailable("metadata store is not open")
-        return self._database
 
     # --- models -------------------------------------------------------------------------------------------
     async def list_models(self, page_size: int, page_token: str) -> Page[Model]:
-        size = _page_size(page_size)
+        size = clamp_page_size(page_size)
         after = self._tokens.decode(page_token, "models") if page_token else ""
         rows = await self._db.fetch(_SELECT_MODELS + "WHERE m.name > $1 ORDER BY m.name LIMIT $2", after, size + 1)
         page = rows[:size]
@@ -191,7 +107,7 @@ class SqlMetadataStore(SqlJobStore):  # jobs live in sql_jobs.py: same database,
         return _model_from_row(row, {r["label"]: r["version"] for r in label_rows})
 
     async def delete_model(self, name: str) -> list[str]:
-        now = _now_us()
+        now = now_us()
         async with self._db.transaction() as tx:
             await _lock_model(tx, name, now)
             rows = await tx.fetch("SELECT blob_key FROM model_versions WHERE model_name = $1 ORDER BY version", name)
@@ -210,7 +126,7 @@ class SqlMetadataStore(SqlJobStore):  # jobs live in sql_jobs.py: same database,
     # --- versions ------------------------------------------------------------------------------------------
     async def create_version(self, new: NewVersion) -> ModelVersion:
         v = new.version
-        now = _now_us()
+        now = now_us()
         async with self._db.transaction() as tx:
             # One upsert both creates the model on its first version and allocates the number. Being a single
             # statement it cannot interleave with a concurrent first upload or delete_model, as a
@@ -266,7 +182,7 @@ class SqlMetadataStore(SqlJobStore):  # jobs live in sql_jobs.py: same database,
             if number == 1 and new.serving_policy is not None:
                 await _check_policy_target(tx, v.model_name, new.serving_policy)
         # The store stamps created_at, like the number, so both reflect the order of commits.
-        return dataclasses.replace(v, version=number, created_at=_from_us(now), labels=labels)
+        return dataclasses.replace(v, version=number, created_at=from_us(now), labels=labels)
 
     async def get_version(self, name: str, version: int) -> ModelVersion:
         found = await self._versions("WHERE model_name = $1 AND version = $2", name, version)
@@ -301,7 +217,7 @@ class SqlMetadataStore(SqlJobStore):  # jobs live in sql_jobs.py: same database,
 
     async def set_serving_policy(self, name: str, policy: ServingPolicy) -> ServingPolicy:
         async with self._db.transaction() as tx:
-            await _lock_model(tx, name, _now_us())
+            await _lock_model(tx, name, now_us())
             row = await tx.fetchrow("SELECT serving_policy FROM models WHERE name = $1", name)
             assert row is not None  # locked above
             await _check_policy_target(tx, name, policy)
@@ -310,7 +226,7 @@ class SqlMetadataStore(SqlJobStore):  # jobs live in sql_jobs.py: same database,
 
     async def promote_version(self, name: str, version: int) -> ModelVersion:
         async with self._db.transaction() as tx:
-            await _lock_model(tx, name, _now_us())
+            await _lock_model(tx, name, now_us())
             row = await tx.fetchrow(
                 "UPDATE model_versions SET promoted = 1 WHERE model_name = $1 AND version = $2 AND source = 'training' "
                 "RETURNING version",
@@ -329,7 +245,7 @@ class SqlMetadataStore(SqlJobStore):  # jobs live in sql_jobs.py: same database,
 
     async def set_retired(self, name: str, version: int, retired: bool) -> None:
         async with self._db.transaction() as tx:
-            await _lock_model(tx, name, _now_us())
+            await _lock_model(tx, name, now_us())
             await tx.execute(
                 "UPDATE model_versions SET retired = $3 WHERE model_name = $1 AND version = $2",
                 name,
@@ -339,12 +255,12 @@ class SqlMetadataStore(SqlJobStore):  # jobs live in sql_jobs.py: same database,
 
     async def set_description(self, name: str, description: str) -> None:
         async with self._db.transaction() as tx:
-            await _lock_model(tx, name, _now_us())
+            await _lock_model(tx, name, now_us())
             await tx.execute("UPDATE models SET description = $2 WHERE name = $1", name, description)
 
     async def set_retention(self, name: str, retention: RetentionPolicy) -> None:
         async with self._db.transaction() as tx:
-            await _lock_model(tx, name, _now_us())
+            await _lock_model(tx, name, now_us())
             await tx.execute(
                 "UPDATE models SET keep_training_checkpoints = $2, keep_versions = $3 WHERE name = $1",
                 name,
@@ -363,7 +279,7 @@ class SqlMetadataStore(SqlJobStore):  # jobs live in sql_jobs.py: same database,
         return found[0]
 
     async def list_versions(self, name: str, page_size: int, page_token: str) -> Page[ModelVersion]:
-        size = _page_size(page_size)
+        size = clamp_page_size(page_size)
         # The listing name binds a token to one model, so it cannot be replayed against another.
         listing = f"versions/{name}"
         # Newest first, as the API promises; the cursor is the last version already listed.
@@ -378,7 +294,7 @@ class SqlMetadataStore(SqlJobStore):  # jobs live in sql_jobs.py: same database,
         return Page(page, token)
 
     async def delete_version(self, name: str, version: int, force: bool) -> str:
-        now = _now_us()
+        now = now_us()
         async with self._db.transaction() as tx:
             await _lock_model(tx, name, now)
             row = await tx.fetchrow(
@@ -400,12 +316,12 @@ class SqlMetadataStore(SqlJobStore):  # jobs live in sql_jobs.py: same database,
                 )
             await tx.execute("DELETE FROM labels WHERE model_name = $1 AND version = $2", name, version)
             await tx.execute("DELETE FROM model_versions WHERE model_name = $1 AND version = $2", name, version)
-            await tx.execute(_UPSERT_BLOB_GC, row["blob_key"], now)
+            await tx.execute(UPSERT_BLOB_GC, row["blob_key"], now)
         return str(row["blob_key"])
 
     # --- labels --------------------------------------------------------------------------------------------
     async def set_label(self, name: str, label: str, version: int) -> int | None:
-        now = _now_us()
+        now = now_us()
         async with self._db.transaction() as tx:
             await _lock_model(tx, name, now)
             exists = await tx.fetchrow(
@@ -419,7 +335,7 @@ class SqlMetadataStore(SqlJobStore):  # jobs live in sql_jobs.py: same database,
 
     async def delete_label(self, name: str, label: str) -> int:
         async with self._db.transaction() as tx:
-            await _lock_model(tx, name, _now_us())
+            await _lock_model(tx, name, now_us())
             if (await _policy_of(tx, name)).label == label:
                 raise FailedPrecondition(
                     f"label {label!r} of model {name!r} is its serving policy; change the policy first "
@@ -451,7 +367,7 @@ class SqlMetadataStore(SqlJobStore):  # jobs live in sql_jobs.py: same database,
         await self._db.execute("DELETE FROM version_pins WHERE holder = $1", holder)
 
     async def prune_versions(self, name: str) -> list[int]:
-        now = _now_us()
+        now = now_us()
         async with self._db.transaction() as tx:
             row = await tx.fetchrow(
                 "SELECT serving_policy, keep_training_checkpoints, keep_versions FROM models WHERE name = $1", name
@@ -518,21 +434,6 @@ class SqlMetadataStore(SqlJobStore):  # jobs live in sql_jobs.py: same database,
                 await tx.execute("DELETE FROM model_versions WHERE model_name = $1 AND version = $2", name, version)
         return sorted(victims)
 
-    # --- blob garbage collection (outbox) ----------------------------------------------------------------
-    async def add_blob_gc(self, blob_key: str, not_before_us: int) -> None:
-        await self._db.execute(_UPSERT_BLOB_GC, blob_key, not_before_us)
-
-    async def due_blob_gc(self, now_us: int, limit: int) -> list[str]:
-        rows = await self._db.fetch(
-            "SELECT blob_key FROM blob_gc WHERE not_before <= $1 ORDER BY not_before, blob_key LIMIT $2",
-            now_us,
-            limit,
-        )
-        return [row["blob_key"] for row in rows]
-
-    async def remove_blob_gc(self, blob_key: str) -> None:
-        await self._db.execute("DELETE FROM blob_gc WHERE blob_key = $1", blob_key)
-
     # --- helpers -------------------------------------------------------------------------------------------
     async def _versions(self, where: str, *args: object) -> list[ModelVersion]:
         """Versions of one model matching ``where`` (whose ``$1`` is the model name), with their labels."""
@@ -551,87 +452,6 @@ class SqlMetadataStore(SqlJobStore):  # jobs live in sql_jobs.py: same database,
         for row in label_rows:
             labels.setdefault(row["version"], []).append(row["label"])
         return [_version_from_row(row, tuple(labels.get(row["version"], ()))) for row in rows]
-
-
-# --- migrations ---------------------------------------------------------------------------------------------
-async def _migrate(database: SqlDatabase, dialect: str, lock: str) -> None:
-    """Apply the numbered ``migrations/<dialect>/NNNN_*.sql`` files not yet recorded, in one transaction."""
-    folder = resources.files("tt_server.storage").joinpath("migrations").joinpath(dialect)
-    files = sorted(
-        (int(entry.name.split("_", 1)[0]), entry.name, entry.read_text(encoding="utf-8"))
-        for entry in folder.iterdir()
-        if entry.name.endswith(".sql")
-    )
-    async with database.transaction() as tx:
-        if lock:
-            await tx.execute(lock)
-        await tx.execute(_CREATE_MIGRATIONS_TABLE)
-        applied = {row["version"] for row in await tx.fetch("SELECT version FROM schema_migrations")}
-        for number, name, script in files:
-            if number not in applied:
-                await tx.execute_script(script)
-                await tx.execute(
-                    "INSERT INTO schema_migrations (version, name, applied_at) VALUES ($1, $2, $3)",
-                    number,
-                    name,
-                    _now_us(),
-                )
-
-
-# --- page tokens --------------------------------------------------------------------------------------------
-class _PageTokens:
-    """Opaque, tamper-evident cursors: base64url(JSON cursor + HMAC-SHA256 of it).
-
-    The signature lets clients hold a cursor without being able to forge one, so a garbled or edited token is
-    a clear INVALID_ARGUMENT rather than a silently wrong page.
-    """
-
-    _MAC_SIZE = hashlib.sha256().digest_size
-
-    def __init__(self, secret: bytes) -> None:
-        if not secret:
-            raise ValueError("token_secret must not be empty")
-        self._secret = secret
-
-    def encode(self, listing: str, after: str | int) -> str:
-        body = json.dumps({"listing": listing, "after": after}, separators=(",", ":")).encode()
-        raw = body + hmac.digest(self._secret, body, "sha256")
-        return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
-
-    def decode(self, token: str, listing: str) -> Any:
-        """The ``after`` value of a token this store made for ``listing``."""
-        try:
-            raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-        except ValueError:  # includes binascii.Error and non-ASCII text
-            raise _bad_token("is not a valid page token") from None
-        body, mac = raw[: -self._MAC_SIZE], raw[-self._MAC_SIZE :]
-        if not body or not hmac.compare_digest(mac, hmac.digest(self._secret, body, "sha256")):
-            raise _bad_token("is not a valid page token")
-        cursor = json.loads(body)
-        if cursor["listing"] != listing:
-            raise _bad_token("belongs to a different listing")
-        return cursor["after"]
-
-
-def _bad_token(description: str) -> InvalidArgument:
-    return InvalidArgument.field("page_token", description)
-
-
-# --- small helpers ----------------------------------------------------------------------------------------
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-def _now_us() -> int:
-    return time.time_ns() // 1000
-
-
-def _from_us(us: int) -> datetime:
-    # timedelta arithmetic is exact; datetime.fromtimestamp(us / 1e6) can be a microsecond off.
-    return _EPOCH + timedelta(microseconds=us)
-
-
-def _page_size(requested: int) -> int:
-    return DEFAULT_PAGE_SIZE if requested <= 0 else min(requested, MAX_PAGE_SIZE)
 
 
 def _model_not_found(name: str) -> NotFound:
@@ -685,8 +505,8 @@ def _model_from_row(row: Row, labels: dict[str, int]) -> Model:
     return Model(
         name=row["name"],
         description=row["description"],
-        created_at=_from_us(row["created_at"]),
-        updated_at=_from_us(row["updated_at"]),
+        created_at=from_us(row["created_at"]),
+        updated_at=from_us(row["updated_at"]),
         latest_version=row["latest_version"],
         version_count=row["version_count"],
         labels=labels,
@@ -711,7 +531,7 @@ def _version_from_row(row: Row, labels: Sequence[str]) -> ModelVersion:
         blob_key=row["blob_key"],
         signature=Signature.from_json(json.loads(row["signature"])),
         source=VersionSource(row["source"]),
-        created_at=_from_us(row["created_at"]),
+        created_at=from_us(row["created_at"]),
         description=row["description"],
         feature_names=tuple(json.loads(row["feature_names"])),
         metadata=json.loads(row["metadata"]),

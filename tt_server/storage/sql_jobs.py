@@ -1,4 +1,4 @@
-"""The JobStore in SQL: a mixin that ``SqlMetadataStore`` inherits, so both databases get it.
+"""The JobStore in SQL, for both databases: a sibling of ``SqlMetadataStore`` over the same ``SqlBackend``.
 
 Every state change is one conditional ``UPDATE ... WHERE`` (plus ``RETURNING``): the condition is the rule.
 On PostgreSQL, at READ COMMITTED, two racing updates of one row serialise on its row lock and the second
@@ -9,19 +9,12 @@ one writer at a time anyway. Times come from the caller's clock (workers are exp
 from __future__ import annotations
 
 import json
-import time
-from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from tt_server.errors import FailedPrecondition, NotFound
 from tt_server.storage.jobs import MAX_ROW_ERRORS, JobProgress
+from tt_server.storage.sqldb import Row, SqlStore, clamp_page_size, from_us, now_us, us
 from tt_server.types import CsvOptions, InputFormat, Job, JobSpec, JobState, ModelRef, OutputFormat, Page, RowError
-
-if TYPE_CHECKING:
-    from tt_server.storage.sql import Row, SqlDatabase, _PageTokens
-
-DEFAULT_PAGE_SIZE = 50
-MAX_PAGE_SIZE = 1000
 
 _JOB_COLUMNS = (
     "id, model_name, model_version, spec, state, rows_done, rows_total, rows_skipped, row_errors, attempts, "
@@ -34,18 +27,11 @@ _LEASABLE = "(state = 'QUEUED' OR (state = 'RUNNING' AND lease_until < $3))"
 _HELD = "id = $1 AND attempt = $2 AND state = 'RUNNING'"
 
 
-class SqlJobStore:
-    """``JobStore`` methods for ``SqlMetadataStore`` (which provides ``_db`` and ``_tokens``)."""
-
-    if TYPE_CHECKING:
-
-        @property
-        def _db(self) -> SqlDatabase: ...
-
-        _tokens: _PageTokens
+class SqlJobStore(SqlStore):
+    """A ``JobStore`` over any ``SqlBackend`` (see the module docstring for the rules)."""
 
     async def create_job(self, job: Job, owns_input: bool) -> Job:
-        now = _now_us()
+        now = now_us()
         async with self._db.transaction() as tx:
             await tx.execute(
                 "INSERT INTO jobs (id, model_name, model_version, spec, state, input_blob_key, input_size, "
@@ -72,7 +58,7 @@ class SqlJobStore:
     async def list_jobs(
         self, model_name: str | None, state: JobState | None, page_size: int, page_token: str
     ) -> Page[Job]:
-        size = DEFAULT_PAGE_SIZE if page_size <= 0 else min(page_size, MAX_PAGE_SIZE)
+        size = clamp_page_size(page_size)
         # The filters are part of the listing's name, so a token cannot be replayed under other filters.
         listing = f"jobs/{model_name or ''}/{state.value if state else ''}"
         conditions: list[str] = []
@@ -103,7 +89,7 @@ class SqlJobStore:
         return Page([_job_from_row(row) for row in page], token)
 
     async def lease_job(self, job_id: str, owner: str, ttl_seconds: float) -> int | None:
-        now = _now_us()
+        now = now_us()
         row = await self._db.fetchrow(
             "UPDATE jobs SET state = 'RUNNING', attempt = attempt + 1, attempts = attempts + 1, lease_owner = $2, "
             "lease_until = $4, started_at = COALESCE(started_at, $3), updated_at = $3, rows_done = 0, "
@@ -112,18 +98,16 @@ class SqlJobStore:
             job_id,
             owner,
             now,
-            now + _us(ttl_seconds),
+            now + us(ttl_seconds),
         )
         return None if row is None else int(row["attempt"])
 
     async def renew_job_lease(self, job_id: str, attempt: int, ttl_seconds: float) -> bool:
-        now = _now_us()
-        return await self._held_update(
-            "lease_until = $3, updated_at = $4", job_id, attempt, now + _us(ttl_seconds), now
-        )
+        now = now_us()
+        return await self._held_update("lease_until = $3, updated_at = $4", job_id, attempt, now + us(ttl_seconds), now)
 
     async def update_job_progress(self, job_id: str, attempt: int, progress: JobProgress, ttl_seconds: float) -> bool:
-        now = _now_us()
+        now = now_us()
         return await self._held_update(
             "rows_done = $3, rows_skipped = $4, row_errors = $5, lease_until = $6, updated_at = $7, "
             "rows_total = $8, timings = $9",
@@ -132,7 +116,7 @@ class SqlJobStore:
             progress.rows_done,
             progress.rows_skipped,
             _row_errors_json(progress.row_errors),
-            now + _us(ttl_seconds),
+            now + us(ttl_seconds),
             now,
             progress.rows_total,
             _timings_json(progress),
@@ -141,7 +125,7 @@ class SqlJobStore:
     async def commit_job(
         self, job_id: str, attempt: int, result_key: str, result_size: int, progress: JobProgress
     ) -> bool:
-        now = _now_us()
+        now = now_us()
         async with self._db.transaction() as tx:
             row = await tx.fetchrow(
                 "UPDATE jobs SET state = 'SUCCEEDED', result_blob_key = $3, result_size = $4, rows_done = $5, "
@@ -165,7 +149,7 @@ class SqlJobStore:
         return True
 
     async def fail_job(self, job_id: str, attempt: int, error: str, progress: JobProgress) -> bool:
-        now = _now_us()
+        now = now_us()
         return await self._held_update(
             "state = 'FAILED', error = $3, rows_done = $4, rows_skipped = $5, row_errors = $6, timings = $7, "
             "ended_at = $8, updated_at = $8, lease_owner = NULL, lease_until = NULL",
@@ -187,11 +171,11 @@ class SqlJobStore:
             attempt,
             error,
             0 if charge else 1,
-            _now_us(),
+            now_us(),
         )
 
     async def give_up_job(self, job_id: str, max_attempts: int, error: str) -> bool:
-        now = _now_us()
+        now = now_us()
         row = await self._db.fetchrow(
             "UPDATE jobs SET state = 'FAILED', error = $2, ended_at = $3, updated_at = $3, lease_owner = NULL, "
             f"lease_until = NULL WHERE id = $1 AND attempts >= $4 AND {_LEASABLE} RETURNING id",
@@ -203,7 +187,7 @@ class SqlJobStore:
         return row is not None
 
     async def cancel_job(self, job_id: str) -> Job:
-        now = _now_us()
+        now = now_us()
         row = await self._db.fetchrow(
             "UPDATE jobs SET state = 'CANCELLED', ended_at = $2, updated_at = $2, lease_owner = NULL, "
             "lease_until = NULL WHERE id = $1 AND state IN ('QUEUED', 'RUNNING') RETURNING id",
@@ -216,7 +200,7 @@ class SqlJobStore:
         return job
 
     async def abandon_job(self, job_id: str, error: str) -> bool:
-        now = _now_us()
+        now = now_us()
         row = await self._db.fetchrow(
             "UPDATE jobs SET state = 'FAILED', error = $2, ended_at = $3, updated_at = $3 "
             "WHERE id = $1 AND state = 'QUEUED' AND attempt = 0 RETURNING id",
@@ -227,8 +211,8 @@ class SqlJobStore:
         return row is not None
 
     async def stale_jobs(self, idle_seconds: float, limit: int) -> list[str]:
-        now = _now_us()
-        before = now - _us(idle_seconds)
+        now = now_us()
+        before = now - us(idle_seconds)
         # One statement claims and touches, so two sweepers never both republish a job in one round.
         rows = await self._db.fetch(
             "UPDATE jobs SET updated_at = $1 WHERE id IN (SELECT id FROM jobs WHERE "
@@ -327,7 +311,7 @@ def _job_from_row(row: Row) -> Job:
         state=JobState(row["state"]),
         input_blob_key=row["input_blob_key"],
         input_size=row["input_size"],
-        created_at=_from_us(row["created_at"]),
+        created_at=from_us(row["created_at"]),
         rows_done=row["rows_done"],
         rows_total=row["rows_total"],
         rows_skipped=row["rows_skipped"],
@@ -343,21 +327,6 @@ def _job_from_row(row: Row) -> Job:
         rows_total_estimate=int(stats.get(_ESTIMATE, 0)),
         rows_per_second=float(stats.get(_RATE, 0.0)),
         eta_seconds=float(stats.get(_ETA, 0.0)),
-        started_at=None if row["started_at"] is None else _from_us(row["started_at"]),
-        ended_at=None if row["ended_at"] is None else _from_us(row["ended_at"]),
+        started_at=None if row["started_at"] is None else from_us(row["started_at"]),
+        ended_at=None if row["ended_at"] is None else from_us(row["ended_at"]),
     )
-
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-def _now_us() -> int:
-    return time.time_ns() // 1000
-
-
-def _us(seconds: float) -> int:
-    return int(seconds * 1_000_000)
-
-
-def _from_us(us: int) -> datetime:
-    return _EPOCH + timedelta(microseconds=us)

@@ -1,4 +1,6 @@
-"""SqliteMetadataStore: the embedded MetadataStore, one SQLite file driven through aiosqlite.
+"""SqliteBackend: the embedded SQL database, one SQLite file driven through aiosqlite (``sqldb.SqlBackend``).
+
+Both SQL stores run over it (``SqliteMetadataStore`` is a metadata store with a backend of its own).
 
 One connection serves the whole process: SQLite allows a single writer anyway, and one connection means one
 transaction at a time, which an ``asyncio.Lock`` enforces (statements outside a transaction take it too, or
@@ -20,7 +22,8 @@ from pathlib import Path
 import aiosqlite
 
 from tt_server.errors import Unavailable
-from tt_server.storage.sql import Row, SqlConnection, SqlDatabase, SqlMetadataStore
+from tt_server.storage.sql import SqlMetadataStore
+from tt_server.storage.sqldb import Row, SqlBackend, SqlConnection, SqlDatabase
 
 _BUSY_TIMEOUT_MS = 10_000
 _WAL_RETRY_MS = 20
@@ -38,15 +41,23 @@ _UNAVAILABLE_CODES = frozenset(
 )
 
 
-class SqliteMetadataStore(SqlMetadataStore):
+class SqliteBackend(SqlBackend):
     dialect = "sqlite"
 
-    def __init__(self, path: Path, token_secret: bytes) -> None:
-        super().__init__(token_secret)
+    def __init__(self, path: Path) -> None:
+        super().__init__()
         self._path = path
 
     async def _connect(self) -> SqlDatabase:
         return await _SqliteDatabase.connect(self._path)
+
+
+class SqliteMetadataStore(SqlMetadataStore):
+    """A metadata store over a SQLite backend of its own (tools and tests; the servers share one backend
+    between both SQL stores: ``factory.open_stores``)."""
+
+    def __init__(self, path: Path, token_secret: bytes) -> None:
+        super().__init__(SqliteBackend(path), token_secret)
 
 
 @functools.lru_cache(maxsize=512)
