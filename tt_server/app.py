@@ -44,6 +44,7 @@ from tt_server.jobs.worker import EmbeddedWorker
 from tt_server.registry.repository import ModelRepository
 from tt_server.registry.service import Registry, sweep_scratch
 from tt_server.rest import HttpServer, build_http_server
+from tt_server.runtime.loader import loader_factory
 from tt_server.runtime.manager import ModelManager
 from tt_server.runtime.service import InferenceService
 from tt_server.storage.amqp_events import AmqpEventBus
@@ -151,9 +152,11 @@ class Application:
         # TensorFlow work (artifact inspection, model loads) runs here, never on the event loop.
         self.loader_executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="tt-loader")
         self.registry = Registry(self.metadata, self.blobs, self.events, s, self.loader_executor)
-        self.models = ModelManager(self.metadata, self.blobs, s.data_dir / "model-cache", s)
+        self.models = ModelManager(
+            self.metadata, self.blobs, s.data_dir / "model-cache", s, loader_factory=loader_factory(s)
+        )
         await self.models.start(self.events)
-        self.inference = InferenceService(self.models, s)
+        self.inference = InferenceService(self.models)
         # Online learning: one session per model across replicas (Postgres advisory locks, else in-process).
         self.leases = make_lease_manager(s)
         self.training = TrainingService(self.registry, self.blobs, self.leases, s)

@@ -34,6 +34,7 @@ async def run(settings: Settings) -> int:
     from tt_server.jobs.objects import JobBlobs
     from tt_server.jobs.runner import JobRunner, worker_id
     from tt_server.jobs.worker import JobWorker, worker_model_cache
+    from tt_server.runtime.loader import loader_factory
     from tt_server.runtime.manager import ModelManager
     from tt_server.storage.factory import (
         make_blob_store,
@@ -59,7 +60,9 @@ async def run(settings: Settings) -> int:
             broker = make_broker(settings, connection_name=f"tt-worker {owner}")
             await broker.open()
             opened.push_async_callback(broker.close)
-            models = ModelManager(metadata, blobs, worker_model_cache(settings), settings)
+            models = ModelManager(
+                metadata, blobs, worker_model_cache(settings), settings, loader_factory=loader_factory(settings)
+            )
             opened.push_async_callback(models.close)
             store = make_job_store(metadata)
             runner = JobRunner(store, job_blobs, models, settings, owner=owner, concurrency=settings.worker_prefetch)

@@ -35,6 +35,7 @@ from tt_server.config import Settings
 from tt_server.jobs.objects import JobBlobs
 from tt_server.jobs.runner import JobRunner
 from tt_server.jobs.worker import JobWorker
+from tt_server.runtime.loader import loader_factory
 from tt_server.runtime.manager import ModelManager
 from tt_server.storage.factory import (
     make_blob_store,
@@ -164,7 +165,9 @@ class InProcessWorker:
         await self.broker.open()
         self.job_blobs = JobBlobs(self.blobs, make_object_buckets(s))
         await self.job_blobs.open()
-        self.models = ModelManager(self.metadata, self.blobs, s.data_dir / f"cache-{uuid.uuid4().hex[:6]}", s)
+        self.models = ModelManager(
+            self.metadata, self.blobs, s.data_dir / f"cache-{uuid.uuid4().hex[:6]}", s, loader_factory=loader_factory(s)
+        )
         store = make_job_store(self.metadata)
         self.runner = JobRunner(store, self.job_blobs, self.models, s, owner=f"{self.name}:{uuid.uuid4().hex[:6]}")
         self.worker = JobWorker(self.runner, self.broker, store, s, concurrency=1)

@@ -10,6 +10,7 @@ import pytest
 
 from tests.runtime.helpers import constant_model
 from tt_server.config import Settings
+from tt_server.runtime.loader import loader_factory
 from tt_server.runtime.manager import ModelManager
 from tt_server.storage.local import LocalBlobStore
 from tt_server.storage.sqlite import SqliteMetadataStore
@@ -52,7 +53,8 @@ async def make_manager(
     def make(executor: Executor | None = None, **settings: object) -> ModelManager:
         # No gc.freeze() in the test process unless a test asks for it (test_the_collector_is_settled...).
         values: dict = {"data_dir": tmp_path, "log_json": False, "gc_freeze": False, **settings}
-        manager = ModelManager(metadata, blobs, tmp_path / "model-cache", Settings(**values), executor)
+        s = Settings(**values)
+        manager = ModelManager(metadata, blobs, tmp_path / "model-cache", s, executor, loader_factory=loader_factory(s))
         made.append(manager)
         return manager
 

@@ -20,6 +20,7 @@ from tt_server.errors import FailedPrecondition, NotFound
 from tt_server.events import LocalEventBus
 from tt_server.runtime import manager as manager_module
 from tt_server.runtime import memory
+from tt_server.runtime.loader import loader_factory
 from tt_server.runtime.manager import ModelManager, parse_model_ref
 from tt_server.storage.local import LocalBlobStore
 from tt_server.storage.sqlite import SqliteMetadataStore
@@ -72,7 +73,8 @@ async def test_a_thousand_concurrent_first_requests_share_one_load(
 ) -> None:
     await publish(metadata, blobs, constant_models[1])
     counting = CountingMetadata(metadata)
-    manager = ModelManager(counting, blobs, tmp_path / "cache", _settings(tmp_path))  # type: ignore[arg-type]
+    settings = _settings(tmp_path)
+    manager = ModelManager(counting, blobs, tmp_path / "cache", settings, loader_factory=loader_factory(settings))  # type: ignore[arg-type]
     try:
         handles = await asyncio.gather(*[manager.get(ModelRef("m")) for _ in range(1000)])
         assert manager.loads_started == 1
@@ -121,7 +123,7 @@ async def test_versions_labels_and_newest(
     assert await answer(manager, ModelRef("m")) == (2, 2.0)
     assert await answer(manager, ModelRef("m", label="prod")) == (1, 1.0)
     assert await manager.get(ModelRef("m", version=1)) is await manager.get(ModelRef("m", label="prod"))
-    assert (await manager.resolve(ModelRef("m", label="prod"))).version == 1
+    assert (await manager.current_version(ModelRef("m", label="prod"))).version == 1
     for missing in (ModelRef("nope"), ModelRef("m", version=9), ModelRef("m", label="staging")):
         with pytest.raises(NotFound):
             await manager.get(missing)
@@ -260,7 +262,7 @@ async def test_resolutions_are_reused_for_their_ttl(
     for ttl, queries in ((3600.0, 1), (0.0, 3)):
         counting = CountingMetadata(metadata)
         settings = _settings(tmp_path, model_resolution_ttl_seconds=ttl)
-        manager = ModelManager(counting, blobs, tmp_path / "cache", settings)  # type: ignore[arg-type]
+        manager = ModelManager(counting, blobs, tmp_path / "cache", settings, loader_factory=loader_factory(settings))  # type: ignore[arg-type]
         try:
             for _ in range(3):
                 await manager.get(ModelRef("m", label="prod"))

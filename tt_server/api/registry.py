@@ -64,7 +64,7 @@ class RegistryServicer(registry_service_pb2_grpc.ModelRegistryServiceServicer):
     async def GetModelVersion(
         self, request: pb.GetModelVersionRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetModelVersionResponse:
-        version = await self._registry.resolve(convert.model_ref(request.model))
+        version = await self._registry.select_version(convert.model_ref(request.model))
         return pb.GetModelVersionResponse(version=convert.model_version(version))
 
     async def DeleteModelVersion(

@@ -11,8 +11,8 @@ import grpc
 import numpy as np
 
 from tt_server.errors import InvalidArgument
+from tt_server.formats.dtypes import NUMPY_DTYPES
 from tt_server.registry.service import Registry
-from tt_server.runtime.validation import NUMPY_DTYPES
 from tt_server.types import DType, ModelRef
 
 SERVING_DEFAULT = "serving_default"  # the one signature each Tensor Trigger version has

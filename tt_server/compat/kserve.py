@@ -232,7 +232,7 @@ class GRPCInferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
     async def ModelReady(self, request: pb.ModelReadyRequest, context: grpc.aio.ServicerContext) -> Any:
         ref = oip_ref(request.name, request.version, "name", "version")
         try:
-            await self._inference.resolve(ref)  # loads the version: ready means it can answer at once
+            await self._inference.load_version(ref)  # loads the version: ready means it can answer at once
         except NotFound:
             return pb.ModelReadyResponse(ready=False)  # Triton answers false, not an error, for unknown models
         return pb.ModelReadyResponse(ready=True)
@@ -241,7 +241,7 @@ class GRPCInferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         return pb.ServerMetadataResponse(name=SERVER_NAME, version=self._version, extensions=[])
 
     async def ModelMetadata(self, request: pb.ModelMetadataRequest, context: grpc.aio.ServicerContext) -> Any:
-        version = await self._registry.resolve(oip_ref(request.name, request.version, "name", "version"))
+        version = await self._registry.select_version(oip_ref(request.name, request.version, "name", "version"))
         versions = await all_versions(self._registry, version.model_name)
         return pb.ModelMetadataResponse(
             name=version.model_name,

@@ -94,7 +94,7 @@ class JobsService:
         annotations = sum(len(k) + len(v) for k, v in spec.annotations.items())
         if annotations > MAX_ANNOTATION_BYTES:
             raise InvalidArgument.field("spec.annotations", f"over {MAX_ANNOTATION_BYTES} bytes")
-        version = await self._registry.resolve(spec.model)
+        version = await self._registry.select_version(spec.model)
         check_spec(spec, version)
         job_id = uuid.uuid4().hex
         if spec.input_uri and spec.input_blob_key:

@@ -28,9 +28,9 @@ from typing import Any
 from tt_server.config import Settings
 from tt_server.errors import FieldViolation, InvalidArgument, NotFound, ResourceExhausted, Unavailable
 from tt_server.events import EventBus
-from tt_server.registry.artifacts import ArchiveLimits, detect_format
-from tt_server.registry.frozen_graph import INPUT_FIELD, NODE_NAME, OUTPUT_FIELD
-from tt_server.registry.inspect import inspect_artifact
+from tt_server.formats.artifacts import ArchiveLimits, detect_format
+from tt_server.formats.frozen_graph import INPUT_FIELD, NODE_NAME, OUTPUT_FIELD
+from tt_server.formats.inspect import inspect_artifact
 from tt_server.storage.blobs import BlobStore
 from tt_server.storage.metadata import MetadataStore, NewVersion
 from tt_server.storage.pins import VersionPins
@@ -421,7 +421,7 @@ class Registry:
         await self._metadata.get_model(name)  # NOT_FOUND for an unknown model, not an empty page
         return await self._metadata.list_versions(name, page_size, page_token)
 
-    async def resolve(self, ref: ModelRef) -> ModelVersion:
+    async def select_version(self, ref: ModelRef) -> ModelVersion:
         """The version a reference selects: explicit version, label, or what the model's serving policy says."""
         check_model_name(ref.name, "model.name")
         if ref.version is not None:
@@ -494,7 +494,7 @@ class Registry:
             )
 
     async def download(self, ref: ModelRef) -> tuple[ModelVersion, AsyncIterator[bytes]]:
-        version = await self.resolve(ref)
+        version = await self.select_version(ref)
         return version, self._blobs.get_stream(version.blob_key)
 
     # --- deletes and labels ------------------------------------------------------------------------------

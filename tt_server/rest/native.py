@@ -207,7 +207,7 @@ class NativeRoutes:
         )
 
     async def get_version(self, request: web.Request) -> web.Response:
-        version = await self._registry.resolve(_version_ref(request))
+        version = await self._registry.select_version(_version_ref(request))
         return _json(registry_service_pb2.GetModelVersionResponse(version=convert.model_version(version)))
 
     async def delete_version(self, request: web.Request) -> web.Response:

@@ -220,7 +220,7 @@ class TfaasRoutes:
             for model in page.items:
                 if model.latest_version is None:
                     continue
-                v = await self._registry.resolve(ModelRef(model.name, version=model.latest_version))
+                v = await self._registry.select_version(ModelRef(model.name, version=model.latest_version))
                 nodes = v.frozen_graph
                 entries.append(
                     {
@@ -328,7 +328,7 @@ class TfaasRoutes:
 
     # --- inference ---------------------------------------------------------------------------------------
     async def _single_input(self, name: str) -> tuple[ModelRef, Any]:
-        version = await self._inference.resolve(ModelRef(name))
+        version = await self._inference.load_version(ModelRef(name))
         if len(version.signature.inputs) != 1:
             raise InvalidArgument.field(
                 "model", f"model {name!r} has {len(version.signature.inputs)} inputs; TFaaS routes feed one"

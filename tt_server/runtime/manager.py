@@ -38,9 +38,9 @@ from tt_server import metrics
 from tt_server.config import Settings
 from tt_server.errors import FailedPrecondition, NotFound, TensorTriggerError, Unavailable
 from tt_server.events import EventBus
-from tt_server.registry.artifacts import ArchiveLimits
+from tt_server.formats.artifacts import ARTIFACT_SUFFIX
 from tt_server.runtime.batcher import DynamicBatcher
-from tt_server.runtime.loader import ARTIFACT_SUFFIX, Loader
+from tt_server.runtime.loader import LoaderFactory
 from tt_server.runtime.memory import Settler
 from tt_server.runtime.servable import Servable, configure_threads
 from tt_server.runtime.validation import InputDecoder
@@ -95,9 +95,12 @@ class ModelManager:
         cache_dir: Path,
         settings: Settings,
         executor: Executor | None = None,
+        *,
+        loader_factory: LoaderFactory,
     ) -> None:
         """``executor`` runs model calls (the inference thread, shared by every batcher unless
-        ``inference_thread_per_model``); None = the manager makes and owns a one-thread executor."""
+        ``inference_thread_per_model``); None = the manager makes and owns a one-thread executor.
+        ``loader_factory`` makes the loader of each version the manager loads."""
         configure_threads(settings.inference_intra_op_threads, settings.inference_inter_op_threads)
         self._metadata = metadata_store
         self._blobs = blob_store
@@ -107,7 +110,7 @@ class ModelManager:
         self._executor = executor or ThreadPoolExecutor(1, thread_name_prefix="tt-inference")
         # Loads are slow (seconds for big models) and CPU-bound: one at a time, beside inference.
         self._load_executor = ThreadPoolExecutor(1, thread_name_prefix="tt-model-load")
-        self._limits = ArchiveLimits.from_settings(settings)
+        self._loader_factory = loader_factory
         self._loaded: OrderedDict[VersionKey, ServableHandle] = OrderedDict()  # LRU first
         self._loaded_bytes = 0
         self._loads: dict[VersionKey, asyncio.Task[ServableHandle]] = {}
@@ -190,7 +193,7 @@ class ModelManager:
             return handle
         return await _single_flight(self._loads, key, lambda: self._load(key, known))
 
-    async def resolve(self, ref: ModelRef) -> ModelVersion:
+    async def current_version(self, ref: ModelRef) -> ModelVersion:
         """The version ``ref`` names now, without loading it."""
         if ref.version is not None:
             handle = self._loaded.get((ref.name, ref.version))
@@ -272,7 +275,7 @@ class ModelManager:
                 raise FailedPrecondition(
                     f"model {name!r} version {number} cannot be loaded: its artifact is missing"
                 ) from None
-            loader = Loader(version, artifact, work, self._limits)
+            loader = self._loader_factory(version, artifact, work)
             servable = await loop.run_in_executor(self._load_executor, loader.load)
         except TensorTriggerError as e:
             metrics.MODEL_LOAD_FAILURES.labels(name, str(number)).inc()

@@ -39,8 +39,8 @@ from tt_server.errors import (
     TrainingDiverged,
     Unavailable,
 )
+from tt_server.formats.artifacts import ARTIFACT_SUFFIX
 from tt_server.registry.service import Registry
-from tt_server.runtime.loader import ARTIFACT_SUFFIX
 from tt_server.storage.blobs import BlobStore
 from tt_server.storage.leases import Lease, LeaseManager
 from tt_server.training.decoding import Batch, ExampleDecoder, MicroBatcher
@@ -227,12 +227,12 @@ class TrainingSession:
         spec = await self._first_message()
         self._spec = spec
         registry = self._deps.registry
-        base = await registry.resolve(spec.model)
+        base = await registry.select_version(spec.model)
         check_trainable(base)  # before waiting for a lease that would be useless
         self._lease = await self._deps.leases.acquire(base.model_name, spec.wait_for_lease)
         if spec.model.version is None:
             # A label or "newest" may have moved while we waited, e.g. to the previous session's checkpoint.
-            base = await registry.resolve(spec.model)
+            base = await registry.select_version(spec.model)
             check_trainable(base)
         self._base = base
         self._parent = base.version
