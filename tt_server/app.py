@@ -42,7 +42,8 @@ from tt_server.jobs.objects import JobBlobs
 from tt_server.jobs.service import JobsService
 from tt_server.jobs.worker import EmbeddedWorker
 from tt_server.registry.repository import ModelRepository
-from tt_server.registry.service import Registry, sweep_scratch
+from tt_server.registry.service import Registry
+from tt_server.registry.sweeper import sweep_scratch
 from tt_server.rest import HttpServer, build_http_server
 from tt_server.runtime.loader import loader_factory
 from tt_server.runtime.manager import ModelManager
@@ -367,9 +368,9 @@ class Application:
     async def _collect_garbage_forever(self) -> None:
         while True:
             try:
-                while await self.registry.collect_garbage() > 0:
+                while await self.registry.sweeper.collect_garbage() > 0:
                     pass
-                await self.registry.sweep_leftovers()
+                await self.registry.sweeper.sweep_leftovers()
             except Exception:
                 log.warning("blob garbage collection failed; will retry", exc_info=True, extra={"throttle": True})
             await asyncio.sleep(self.settings.gc_interval_seconds)

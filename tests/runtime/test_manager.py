@@ -4,6 +4,7 @@ hot swaps under load."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import threading
 import weakref
@@ -15,12 +16,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.runtime.helpers import publish
+from tests.runtime.helpers import LIMITS, publish
 from tt_server.errors import FailedPrecondition, NotFound
 from tt_server.events import LocalEventBus
 from tt_server.runtime import manager as manager_module
 from tt_server.runtime import memory
-from tt_server.runtime.loader import loader_factory
+from tt_server.runtime.loader import Loader, loader_factory
 from tt_server.runtime.manager import ModelManager, parse_model_ref
 from tt_server.storage.local import LocalBlobStore
 from tt_server.storage.sqlite import SqliteMetadataStore
@@ -91,19 +92,17 @@ async def test_a_failed_load_fails_every_waiter_and_the_next_request_retries(
     metadata: SqliteMetadataStore,
     blobs: LocalBlobStore,
     constant_models: dict[int, Path],
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     await publish(metadata, blobs, constant_models[1])
     failures = [FailedPrecondition("the artifact is broken")]
 
-    class FlakyLoader(manager_module.Loader):
+    class FlakyLoader(Loader):
         def load(self):  # type: ignore[no-untyped-def]
             if failures:
                 raise failures.pop()
             return super().load()
 
-    monkeypatch.setattr(manager_module, "Loader", FlakyLoader)
-    manager = make_manager()
+    manager = make_manager(factory=functools.partial(FlakyLoader, limits=LIMITS))
     results = await asyncio.gather(*[manager.get(ModelRef("m", version=1)) for _ in range(50)], return_exceptions=True)
     assert all(isinstance(r, FailedPrecondition) for r in results)
     assert manager.loads_started == 1 and manager.loaded_versions == []

@@ -39,7 +39,8 @@ from tt_server.compat.convert import (
     unimplemented,
 )
 from tt_server.errors import FieldViolation, InvalidArgument, NotFound, TensorTriggerError
-from tt_server.registry.service import LABEL_NAME, Registry
+from tt_server.registry.names import LABEL_NAME
+from tt_server.registry.service import Registry
 from tt_server.runtime.observe import RequestObservation
 from tt_server.runtime.service import InferenceService
 from tt_server.types import DType, ModelFormat, ModelRef, TensorSpec, WireTensor

@@ -43,7 +43,8 @@ from tt_server.jobs.tables import (
     parquet_metadata,
     plan_table,
 )
-from tt_server.registry.service import Registry, check_model_name
+from tt_server.registry.names import check_model_name
+from tt_server.registry.service import Registry
 from tt_server.storage.blobs import BlobStore
 from tt_server.storage.broker import Broker
 from tt_server.storage.jobs import JobStore

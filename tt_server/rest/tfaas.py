@@ -38,7 +38,8 @@ from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from tt_server.api.convert import class_names
 from tt_server.config import Settings
 from tt_server.errors import InvalidArgument, ResourceExhausted
-from tt_server.registry.service import Registry, UploadSpec
+from tt_server.registry.header import UploadSpec
+from tt_server.registry.service import Registry
 from tt_server.rest.core import Route, body_chunks, json_response, read_json
 from tt_server.rest.tensors import wire_from_json
 from tt_server.runtime.observe import RequestObservation

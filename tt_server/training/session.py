@@ -445,7 +445,7 @@ class TrainingSession:
 
 def check_spec(spec: TrainSpec, settings: Settings) -> None:
     """Field checks that need the server's limits; the recipe checks loss, optimizer and metrics."""
-    from tt_server.registry.service import check_label
+    from tt_server.registry.names import check_label
 
     limit = settings.training_max_micro_batch
     if not 1 <= spec.micro_batch_size <= limit:
