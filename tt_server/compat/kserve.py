@@ -38,7 +38,7 @@ from tt_server.compat.convert import (
     raw_bytes,
     unimplemented,
 )
-from tt_server.errors import FieldViolation, InvalidArgument, NotFound, TensorTriggerError
+from tt_server.errors import FieldViolation, InvalidArgument, NotFound, TensorTriggerError, request_fields
 from tt_server.registry.names import LABEL_NAME
 from tt_server.registry.service import Registry
 from tt_server.runtime.observe import RequestObservation
@@ -242,7 +242,8 @@ class GRPCInferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         return pb.ServerMetadataResponse(name=SERVER_NAME, version=self._version, extensions=[])
 
     async def ModelMetadata(self, request: pb.ModelMetadataRequest, context: grpc.aio.ServicerContext) -> Any:
-        version = await self._registry.select_version(oip_ref(request.name, request.version, "name", "version"))
+        with request_fields({"ref.name": "name"}):
+            version = await self._registry.select_version(oip_ref(request.name, request.version, "name", "version"))
         versions = await all_versions(self._registry, version.model_name)
         return pb.ModelMetadataResponse(
             name=version.model_name,

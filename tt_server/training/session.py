@@ -38,6 +38,7 @@ from tt_server.errors import (
     TensorTriggerError,
     TrainingDiverged,
     Unavailable,
+    request_fields,
 )
 from tt_server.formats.artifacts import ARTIFACT_SUFFIX
 from tt_server.registry.service import Registry
@@ -227,12 +228,14 @@ class TrainingSession:
         spec = await self._first_message()
         self._spec = spec
         registry = self._deps.registry
-        base = await registry.select_version(spec.model)
+        with request_fields({"ref": "model"}):  # the spec's model
+            base = await registry.select_version(spec.model)
         check_trainable(base)  # before waiting for a lease that would be useless
         self._lease = await self._deps.leases.acquire(base.model_name, spec.wait_for_lease)
         if spec.model.version is None:
             # A label or "newest" may have moved while we waited, e.g. to the previous session's checkpoint.
-            base = await registry.select_version(spec.model)
+            with request_fields({"ref": "model"}):
+                base = await registry.select_version(spec.model)
             check_trainable(base)
         self._base = base
         self._parent = base.version
