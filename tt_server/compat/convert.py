@@ -1,6 +1,8 @@
 """What both compatibility layers share: deadlines, output dtypes, version listings, model references.
 
-Pure functions over domain types and the one registry read both need; no protocol messages here.
+No protocol messages here (neither TF Serving's nor the Open Inference Protocol's), but the gRPC call context:
+the call's deadline and the UNIMPLEMENTED answer for protocol features no Tensor Trigger model has. The rest are
+functions over domain types and the one registry read both protocols need.
 """
 
 from __future__ import annotations

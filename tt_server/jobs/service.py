@@ -1,6 +1,6 @@
 """JobsService: batch jobs in domain terms (create, read, watch, cancel, results). Knows nothing of gRPC.
 
-Create path: resolve and pin the model version (``Registry.resolve``) and check the spec against it -> stream
+Create path: resolve and pin the model version (``Registry.select_version``) and check the spec against it -> stream
 the input into the blob store under ``jobs/<id>/input.csv`` (size cap enforced as bytes arrive; the key is first
 recorded in the blob GC table, so an interrupted upload leaves nothing behind for long) (or take the object
 ``spec.input_uri`` names in the caller's object storage, if under the allowed prefixes: ``objects.py``) -> check

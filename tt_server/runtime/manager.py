@@ -7,7 +7,9 @@
   resolution keeps serving (stale beats down for a model that is already loaded): requests get it at once
   while one background query per TTL checks whether the store is back.
 * **Loading.** The first request for a version downloads its artifact into ``cache_dir``, loads and warms
-  it up on the loader thread (never the event loop) and creates its batcher. Concurrent first requests share
+  it up on the loader thread (never the event loop) with a loader from the ``loader_factory`` it was given
+  (TF Serving's source adapter: the composition root passes ``runtime.loader.loader_factory``), and creates
+  its batcher. Concurrent first requests share
   one load; if it fails they all get the error and the next request tries again.
 * **Aspired versions.** When a label that requests use moves, or an event may change what the serving policy
   selects (new version, label moved, policy changed, promotion), the new target is resolved and loaded in the

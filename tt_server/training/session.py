@@ -281,7 +281,7 @@ class TrainingSession:
             raise InvalidArgument.field("config", "the stream ended before its config message") from None
         if not isinstance(first, TrainSpec):
             raise InvalidArgument.field("config", "the first message of a Train stream must carry config")
-        check_spec(first, self._settings)
+        check_train_spec(first, self._settings)
         return first
 
     async def _read(self, decoder: ExampleDecoder) -> None:
@@ -446,7 +446,7 @@ class TrainingSession:
             await self.events.put(event)
 
 
-def check_spec(spec: TrainSpec, settings: Settings) -> None:
+def check_train_spec(spec: TrainSpec, settings: Settings) -> None:
     """Field checks that need the server's limits; the recipe checks loss, optimizer and metrics."""
     from tt_server.registry.names import check_label
 
