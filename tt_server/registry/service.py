@@ -16,6 +16,7 @@ import concurrent.futures
 import hashlib
 import logging
 import shutil
+import time
 import uuid
 from collections.abc import AsyncIterator
 from concurrent.futures import Executor
@@ -30,7 +31,7 @@ from tt_server.formats.artifacts import ArchiveLimits, detect_format
 from tt_server.formats.inspect import inspect_artifact
 from tt_server.registry.header import MAX_METADATA_BYTES, UploadSpec, check_against_signature, check_upload_spec
 from tt_server.registry.names import check_label, check_model_name, check_serving_policy
-from tt_server.registry.sweeper import UPLOAD_SCRATCH_PREFIX, Sweeper, now_us
+from tt_server.registry.sweeper import UPLOAD_SCRATCH_PREFIX, Sweeper
 from tt_server.storage.blobs import BlobStore
 from tt_server.storage.metadata import MetadataStore, NewVersion
 from tt_server.storage.pins import VersionPins
@@ -53,6 +54,10 @@ from tt_server.types import (
 log = logging.getLogger(__name__)
 
 UPLOAD_GC_DELAY_US = 3600 * 1_000_000  # an unfinished upload's blob is swept after an hour
+
+
+def _now_us() -> int:
+    return time.time_ns() // 1000
 
 
 class Registry:
@@ -168,7 +173,7 @@ class Registry:
         training_session_id: str | None = None,
     ) -> ModelVersion:
         blob_key = f"models/{spec.model_name}/{uuid.uuid4().hex}"
-        await self._metadata.add_blob_gc(blob_key, now_us() + UPLOAD_GC_DELAY_US)
+        await self._metadata.add_blob_gc(blob_key, _now_us() + UPLOAD_GC_DELAY_US)
         committed = False
         dependency_down = False
         try:

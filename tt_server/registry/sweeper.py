@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 UPLOAD_SCRATCH_PREFIX = "upload-"  # scratch_dir/upload-<hex>: one upload's spooled artifact and unpacked files
 
 
-def now_us() -> int:
+def _now_us() -> int:
     return time.time_ns() // 1000
 
 
@@ -46,7 +46,7 @@ class Sweeper:
 
     async def collect_garbage(self, limit: int = 100) -> int:
         """Delete blobs whose GC entry is due (deleted versions, abandoned uploads); returns how many."""
-        keys = await self._metadata.due_blob_gc(now_us(), limit)
+        keys = await self._metadata.due_blob_gc(_now_us(), limit)
         for key in keys:
             await self._blobs.delete(key)
             await self._metadata.remove_blob_gc(key)
