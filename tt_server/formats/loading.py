@@ -99,7 +99,8 @@ def _load_frozen_graph(v: ModelVersion, artifact: Path) -> LoadedModel:
     del graph  # the pruned function holds its own copy of the constants
 
     def forward(tensors: list[tf.Tensor]) -> Sequence[tf.Tensor]:
-        return pruned(*tensors)  # a list, in output node order
+        outputs: Sequence[tf.Tensor] = pruned(*tensors)  # a list, in output node order
+        return outputs
 
     # No variables: the weights are constants inside the graph, whose size is about the artifact's.
     return LoadedModel(forward, pruned, (), constant_bytes=artifact.stat().st_size)
@@ -109,7 +110,7 @@ def _named_outputs(result: Any, names: Sequence[str]) -> list[tf.Tensor]:
     """A Keras call's result as tensors in signature order."""
     if isinstance(result, dict):
         return [result[name] for name in names]
-    flat = tf.nest.flatten(result)
+    flat: list[tf.Tensor] = tf.nest.flatten(result)
     if len(flat) != len(names):
         raise FailedPrecondition(f"the model returned {len(flat)} outputs, its signature has {len(names)}")
     return flat
