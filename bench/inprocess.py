@@ -41,8 +41,8 @@ def configure_threads() -> None:
 
 def load_servable(path: Path, work_dir: Path) -> Any:
     from tt_server.config import Settings
-    from tt_server.registry.artifacts import ArchiveLimits
-    from tt_server.registry.inspect import inspect_artifact
+    from tt_server.formats.artifacts import ArchiveLimits
+    from tt_server.formats.inspect import inspect_artifact
     from tt_server.runtime.loader import Loader
     from tt_server.types import ModelFormat, ModelVersion, VersionSource
 

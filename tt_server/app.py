@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 from wsgiref.simple_server import WSGIServer
@@ -47,8 +48,10 @@ from tt_server.jobs.runner import JobRunner
 from tt_server.jobs.service import JobsService
 from tt_server.jobs.worker import EmbeddedWorker
 from tt_server.registry.repository import ModelRepository
-from tt_server.registry.service import Registry, sweep_scratch
+from tt_server.registry.service import Registry
+from tt_server.registry.sweeper import sweep_scratch
 from tt_server.rest import HttpServer, build_http_server
+from tt_server.runtime.loader import loader_factory
 from tt_server.runtime.manager import ModelManager
 from tt_server.runtime.service import InferenceService
 from tt_server.storage.factory import close_quietly, enter, make_object_buckets, open_stores
@@ -103,7 +106,11 @@ class Application:
         except BaseException:
             self._stopping = True
             # Failures here are logged: the start-up's own error is the one to report.
-            for step in (lambda: self._halt(0), self._resources.aclose):
+            steps: tuple[Callable[[], Awaitable[None]], ...] = (
+                functools.partial(self._halt, 0),
+                self._resources.aclose,
+            )
+            for step in steps:
                 try:
                     await step()
                 except Exception:
@@ -136,10 +143,17 @@ class Application:
             close_quietly, lambda: self.loader_executor.shutdown(wait=False, cancel_futures=True), "loader executor"
         )
         self.registry = Registry(self.metadata, self.blobs, self.events, s, self.loader_executor)
-        self.models = ModelManager(self.metadata, self.blobs, s.data_dir / "model-cache", s, clock=self._clock)
+        self.models = ModelManager(
+            self.metadata,
+            self.blobs,
+            s.data_dir / "model-cache",
+            s,
+            clock=self._clock,
+            loader_factory=loader_factory(s),
+        )
         resources.push_async_callback(close_quietly, self.models.close, "model manager")
         await self.models.start(self.events)
-        self.inference = InferenceService(self.models, s)
+        self.inference = InferenceService(self.models)
         # Online learning: one session per model across replicas (Postgres advisory locks, else in-process).
         self.leases = self.stores.leases
         self.training = TrainingService(self.registry, self.blobs, self.leases, s)
@@ -345,9 +359,9 @@ class Application:
     async def _collect_garbage_forever(self) -> None:
         while True:
             try:
-                while await self.registry.collect_garbage() > 0:
+                while await self.registry.sweeper.collect_garbage() > 0:
                     pass
-                await self.registry.sweep_leftovers()
+                await self.registry.sweeper.sweep_leftovers()
             except Exception:
                 log.warning("blob garbage collection failed; will retry", exc_info=True, extra={"throttle": True})
             await asyncio.sleep(self.settings.gc_interval_seconds)

@@ -16,6 +16,8 @@ Hierarchy::
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 
@@ -46,6 +48,36 @@ class InvalidArgument(TensorTriggerError):
     def field(cls, field: str, description: str) -> InvalidArgument:
         """An error about a single field, message and violation alike."""
         return cls(f"{field}: {description}", [FieldViolation(field, description)])
+
+    def relocated(self, fields: Mapping[str, str]) -> InvalidArgument:
+        """This error with its field paths moved: each key of ``fields`` (a domain argument, e.g. ``ref``)
+        becomes its value (a request's field, e.g. ``model_spec``) where a path starts with it, so
+        ``ref.name`` becomes ``model_spec.name``. The message follows its first violation."""
+
+        def move(path: str) -> str:
+            for old, new in fields.items():
+                if path == old or path.startswith((f"{old}.", f"{old}[")):
+                    return new + path[len(old) :]
+            return path
+
+        violations = [FieldViolation(move(v.field), v.description) for v in self.violations]
+        if violations == self.violations:
+            return self
+        message = self.message
+        first = self.violations[0].field
+        if message.startswith(f"{first}: "):
+            message = f"{violations[0].field}{message[len(first) :]}"
+        return InvalidArgument(message, violations)
+
+
+@contextmanager
+def request_fields(fields: Mapping[str, str]) -> Iterator[None]:
+    """Around a domain call in a transport: an ``InvalidArgument`` it raises comes out ``relocated`` onto the
+    request's own fields (``with request_fields({"ref": "model_spec"}): ...``)."""
+    try:
+        yield
+    except InvalidArgument as e:
+        raise e.relocated(fields) from None
 
 
 class NotFound(TensorTriggerError):

@@ -35,6 +35,7 @@ async def run(settings: Settings) -> int:
     from tt_server.jobs.objects import JobBlobs
     from tt_server.jobs.runner import JobRunner, worker_id
     from tt_server.jobs.worker import JobWorker, worker_model_cache
+    from tt_server.runtime.loader import loader_factory
     from tt_server.runtime.manager import ModelManager
     from tt_server.storage.factory import close_quietly, enter, make_object_buckets, open_stores
 
@@ -49,7 +50,13 @@ async def run(settings: Settings) -> int:
             )
             job_blobs = JobBlobs(stores.blobs, make_object_buckets(settings))  # inputs and results as s3:// URIs
             await enter(opened, job_blobs, "job object storage")
-            models = ModelManager(stores.metadata, stores.blobs, worker_model_cache(settings), settings)
+            models = ModelManager(
+                stores.metadata,
+                stores.blobs,
+                worker_model_cache(settings),
+                settings,
+                loader_factory=loader_factory(settings),
+            )
             opened.push_async_callback(close_quietly, models.close, "model manager")
             runner = JobRunner(
                 stores.jobs, job_blobs, models, settings, owner=owner, concurrency=settings.worker_prefetch

@@ -203,6 +203,15 @@ BAD_REQUESTS: dict[str, tuple[Callable[[str], pb.ModelInferRequest], str]] = {
 }
 
 
+async def test_a_bad_model_name_is_reported_on_the_name_field(oip_stub) -> None:
+    # The registry's naming rule, reported on the Open Inference Protocol's own field (not model.name).
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await oip_stub.ModelMetadata(pb.ModelMetadataRequest(name="../etc/passwd"))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert list(violations(err.value)) == ["name"]
+    assert (err.value.details() or "").startswith("name: invalid model name")
+
+
 @pytest.mark.parametrize("case", list(BAD_REQUESTS))
 async def test_bad_requests_are_invalid_argument_with_the_field(oip_stub, served: Served, case: str) -> None:
     build, field = BAD_REQUESTS[case]

@@ -267,6 +267,26 @@ async def test_get_model_status(model_service, served: Served) -> None:
     assert (await call_error(model_service.GetModelStatus, unknown)).code() == grpc.StatusCode.NOT_FOUND
 
 
+async def test_a_bad_model_name_is_reported_on_the_model_spec(prediction, model_service) -> None:
+    # The registry's naming rule, reported on TF Serving's own field (not the native API's model.name).
+    metadata = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
+    metadata.model_spec.name = "../etc/passwd"
+    status = get_model_status_pb2.GetModelStatusRequest()
+    status.model_spec.name = "../etc/passwd"
+    labelled = get_model_status_pb2.GetModelStatusRequest()
+    labelled.model_spec.name = "../etc/passwd"
+    labelled.model_spec.version_label = "prod"
+    for method, request in (
+        (prediction.GetModelMetadata, metadata),
+        (model_service.GetModelStatus, status),
+        (model_service.GetModelStatus, labelled),
+    ):
+        error = await call_error(method, request)
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert list(violations(error)) == ["model_spec.name"]  # type: ignore[arg-type]
+        assert (error.details() or "").startswith("model_spec.name: invalid model name")  # type: ignore[attr-defined]
+
+
 async def test_classify_and_regress_say_why_they_are_unimplemented(prediction, served: Served) -> None:
     for method, request_type, kind in (
         (prediction.Classify, classification_pb2.ClassificationRequest, "classification signature"),

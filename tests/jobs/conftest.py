@@ -37,6 +37,7 @@ from tt_server.events import LocalEventBus
 from tt_server.jobs.objects import JobBlobs
 from tt_server.jobs.runner import JobRunner
 from tt_server.jobs.worker import JobWorker
+from tt_server.runtime.loader import loader_factory
 from tt_server.runtime.manager import ModelManager
 from tt_server.storage.factory import make_object_buckets, open_stores
 
@@ -158,7 +159,9 @@ class InProcessWorker:
         self.metadata, self.blobs, self.broker = stores.metadata, stores.blobs, stores.broker
         self.job_blobs = JobBlobs(self.blobs, make_object_buckets(s))
         await self.job_blobs.open()
-        self.models = ModelManager(self.metadata, self.blobs, s.data_dir / f"cache-{uuid.uuid4().hex[:6]}", s)
+        self.models = ModelManager(
+            self.metadata, self.blobs, s.data_dir / f"cache-{uuid.uuid4().hex[:6]}", s, loader_factory=loader_factory(s)
+        )
         self.runner = JobRunner(
             stores.jobs, self.job_blobs, self.models, s, owner=f"{self.name}:{uuid.uuid4().hex[:6]}"
         )

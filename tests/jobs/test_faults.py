@@ -24,6 +24,7 @@ from tests.jobs.helpers import (
 )
 from tt_server.app import Application
 from tt_server.jobs.runner import JobRunner, Outcome
+from tt_server.runtime.loader import loader_factory
 from tt_server.runtime.manager import ModelManager
 from tt_server.storage.local_broker import LocalBroker
 from tt_server.storage.sql_jobs import SqlJobStore
@@ -147,7 +148,9 @@ async def test_poison_job_is_retried_then_failed_and_dead_lettered(
     await broker.open()
     await broker.publish(job.id)
     s = bare_server.settings
-    manager = ModelManager(bare_server.metadata, bare_server.blobs, s.data_dir / "poison-cache", s)
+    manager = ModelManager(
+        bare_server.metadata, bare_server.blobs, s.data_dir / "poison-cache", s, loader_factory=loader_factory(s)
+    )
     runner = JobRunner(bare_server.job_store, _BrokenInput(bare_server.blobs), manager, s)  # type: ignore[arg-type]
     outcomes = []
     deliveries = broker.consume(prefetch=1)

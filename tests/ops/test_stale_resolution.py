@@ -18,6 +18,7 @@ from tests.ops.helpers import constant_artifacts
 from tests.runtime.helpers import publish
 from tests.serving import server_settings
 from tt_server.errors import NotFound, Unavailable
+from tt_server.runtime.loader import loader_factory
 from tt_server.runtime.manager import ModelManager
 from tt_server.storage.local import LocalBlobStore
 from tt_server.storage.sqlite import SqliteMetadataStore
@@ -79,7 +80,9 @@ async def manager(
     metadata, blobs = stores
     flaky = FlakyMetadata(metadata)
     settings = server_settings(tmp_path, model_resolution_ttl_seconds=TTL)
-    made = ModelManager(flaky, blobs, tmp_path / "cache", settings, clock=clock)  # type: ignore[arg-type]
+    made = ModelManager(  # type: ignore[arg-type]
+        flaky, blobs, tmp_path / "cache", settings, clock=clock, loader_factory=loader_factory(settings)
+    )
     yield made, flaky
     flaky.timed_out.set()
     await made.close()

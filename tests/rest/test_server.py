@@ -140,7 +140,7 @@ async def test_a_client_that_goes_away_cancels_its_request(
     artifact = compat_model_files["mlp_v1"].read_bytes()
     try:
         host, port = application.http_url.removeprefix("http://").rsplit(":", 1)
-        reader, writer = await asyncio.open_connection(host, int(port))
+        _, writer = await asyncio.open_connection(host, int(port))
         writer.write(
             b"POST /api/v1/models/dropped/versions HTTP/1.1\r\nHost: x\r\n"
             + f"Content-Length: {len(artifact)}\r\n\r\n".encode()
@@ -159,9 +159,8 @@ async def test_a_client_that_goes_away_cancels_its_request(
             await asyncio.sleep(0.01)
         assert application._http._front.in_flight == 0
         assert cancelled._value.get() == before + 1
-        async with aiohttp.ClientSession(application.http_url) as http:
-            async with http.get("/api/v1/models/dropped") as response:
-                assert response.status == 404
+        async with aiohttp.ClientSession(application.http_url) as http, http.get("/api/v1/models/dropped") as answer:
+            assert answer.status == 404
     finally:
         await application.stop(grace=1.0)
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.records

@@ -10,6 +10,7 @@ import pytest
 
 from tests.runtime.helpers import constant_model
 from tt_server.config import Settings
+from tt_server.runtime.loader import LoaderFactory, loader_factory
 from tt_server.runtime.manager import ModelManager
 from tt_server.storage.local import LocalBlobStore
 from tt_server.storage.sqlite import SqliteMetadataStore
@@ -49,10 +50,16 @@ async def make_manager(
     """Make managers over this test's stores (settings overridable); all are closed afterwards."""
     made: list[ModelManager] = []
 
-    def make(executor: Executor | None = None, **settings: object) -> ModelManager:
+    def make(
+        executor: Executor | None = None, factory: LoaderFactory | None = None, **settings: object
+    ) -> ModelManager:
+        """``factory``: the loader factory (default: the server's)."""
         # No gc.freeze() in the test process unless a test asks for it (test_the_collector_is_settled...).
         values: dict = {"data_dir": tmp_path, "log_json": False, "gc_freeze": False, **settings}
-        manager = ModelManager(metadata, blobs, tmp_path / "model-cache", Settings(**values), executor)
+        s = Settings(**values)
+        manager = ModelManager(
+            metadata, blobs, tmp_path / "model-cache", s, executor, loader_factory=factory or loader_factory(s)
+        )
         made.append(manager)
         return manager
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import keras
 
 from tests.models import MLP_SIGNATURE
-from tt_server.registry.artifacts import ArchiveLimits
-from tt_server.runtime.loader import ARTIFACT_SUFFIX, Loader
+from tt_server.formats.artifacts import ARTIFACT_SUFFIX, ArchiveLimits
+from tt_server.runtime.loader import Loader
 from tt_server.runtime.servable import Servable
 from tt_server.storage.blobs import BlobStore
 from tt_server.storage.metadata import MetadataStore, NewVersion

@@ -4,6 +4,7 @@ hot swaps under load."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import threading
 import weakref
@@ -15,11 +16,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.runtime.helpers import publish
+from tests.runtime.helpers import LIMITS, publish
 from tt_server.errors import FailedPrecondition, NotFound
 from tt_server.events import LocalEventBus
 from tt_server.runtime import manager as manager_module
 from tt_server.runtime import memory
+from tt_server.runtime.loader import Loader, loader_factory
 from tt_server.runtime.manager import ModelManager, parse_model_ref
 from tt_server.storage.local import LocalBlobStore
 from tt_server.storage.sqlite import SqliteMetadataStore
@@ -72,7 +74,8 @@ async def test_a_thousand_concurrent_first_requests_share_one_load(
 ) -> None:
     await publish(metadata, blobs, constant_models[1])
     counting = CountingMetadata(metadata)
-    manager = ModelManager(counting, blobs, tmp_path / "cache", _settings(tmp_path))  # type: ignore[arg-type]
+    settings = _settings(tmp_path)
+    manager = ModelManager(counting, blobs, tmp_path / "cache", settings, loader_factory=loader_factory(settings))  # type: ignore[arg-type]
     try:
         handles = await asyncio.gather(*[manager.get(ModelRef("m")) for _ in range(1000)])
         assert manager.loads_started == 1
@@ -89,19 +92,17 @@ async def test_a_failed_load_fails_every_waiter_and_the_next_request_retries(
     metadata: SqliteMetadataStore,
     blobs: LocalBlobStore,
     constant_models: dict[int, Path],
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     await publish(metadata, blobs, constant_models[1])
     failures = [FailedPrecondition("the artifact is broken")]
 
-    class FlakyLoader(manager_module.Loader):
+    class FlakyLoader(Loader):
         def load(self):  # type: ignore[no-untyped-def]
             if failures:
                 raise failures.pop()
             return super().load()
 
-    monkeypatch.setattr(manager_module, "Loader", FlakyLoader)
-    manager = make_manager()
+    manager = make_manager(factory=functools.partial(FlakyLoader, limits=LIMITS))
     results = await asyncio.gather(*[manager.get(ModelRef("m", version=1)) for _ in range(50)], return_exceptions=True)
     assert all(isinstance(r, FailedPrecondition) for r in results)
     assert manager.loads_started == 1 and manager.loaded_versions == []
@@ -121,7 +122,7 @@ async def test_versions_labels_and_newest(
     assert await answer(manager, ModelRef("m")) == (2, 2.0)
     assert await answer(manager, ModelRef("m", label="prod")) == (1, 1.0)
     assert await manager.get(ModelRef("m", version=1)) is await manager.get(ModelRef("m", label="prod"))
-    assert (await manager.resolve(ModelRef("m", label="prod"))).version == 1
+    assert (await manager.current_version(ModelRef("m", label="prod"))).version == 1
     for missing in (ModelRef("nope"), ModelRef("m", version=9), ModelRef("m", label="staging")):
         with pytest.raises(NotFound):
             await manager.get(missing)
@@ -260,7 +261,7 @@ async def test_resolutions_are_reused_for_their_ttl(
     for ttl, queries in ((3600.0, 1), (0.0, 3)):
         counting = CountingMetadata(metadata)
         settings = _settings(tmp_path, model_resolution_ttl_seconds=ttl)
-        manager = ModelManager(counting, blobs, tmp_path / "cache", settings)  # type: ignore[arg-type]
+        manager = ModelManager(counting, blobs, tmp_path / "cache", settings, loader_factory=loader_factory(settings))  # type: ignore[arg-type]
         try:
             for _ in range(3):
                 await manager.get(ModelRef("m", label="prod"))

@@ -14,8 +14,9 @@ import tensorflow as tf
 from tests import models
 from tests.runtime.helpers import LIMITS, load, version_of
 from tt_server.errors import FailedPrecondition, Unavailable
-from tt_server.registry.inspect import inspect_artifact
-from tt_server.runtime.loader import ARTIFACT_SUFFIX, Loader
+from tt_server.formats.artifacts import ARTIFACT_SUFFIX
+from tt_server.formats.inspect import inspect_artifact
+from tt_server.runtime.loader import Loader
 from tt_server.runtime.servable import zero_inputs
 from tt_server.types import DType, ModelFormat, Signature, TensorSpec
 

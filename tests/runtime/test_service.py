@@ -12,7 +12,6 @@ import pytest
 
 from tests import models
 from tests.runtime.helpers import publish
-from tt_server.config import Settings
 from tt_server.errors import DeadlineExceeded, InvalidArgument, NotFound
 from tt_server.runtime.manager import ModelManager
 from tt_server.runtime.service import InferenceService
@@ -43,7 +42,7 @@ async def manager(
 
 @pytest.fixture
 def service(manager: ModelManager) -> InferenceService:
-    return InferenceService(manager, Settings(log_json=False))
+    return InferenceService(manager)
 
 
 def inputs(rows: int, typed: bool = False) -> tuple[dict[str, WireTensor], dict[str, np.ndarray]]:
@@ -120,7 +119,7 @@ async def test_a_passed_deadline_is_not_run(service: InferenceService) -> None:
 
 
 async def test_resolve_pins_the_version(service: InferenceService) -> None:
-    version = await service.resolve(ModelRef("two", label="prod"))
+    version = await service.load_version(ModelRef("two", label="prod"))
     assert (version.model_name, version.version, version.format) == ("two", 1, ModelFormat.KERAS)
 
 

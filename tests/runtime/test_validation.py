@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from tt_server.errors import InvalidArgument
-from tt_server.runtime.validation import InputDecoder, decode_inputs
+from tt_server.runtime.validation import InputDecoder
 from tt_server.types import DType, Signature, TensorSpec, WireTensor
 
 SIG = Signature(
@@ -22,6 +22,13 @@ MAX_ELEMENTS = 1000
 
 def content(array: np.ndarray) -> bytes:
     return np.ascontiguousarray(array).astype(array.dtype.newbyteorder("<")).tobytes()
+
+
+def decode_inputs(
+    signature: Signature, inputs: dict[str, WireTensor], max_batch_rows: int, max_elements: int
+) -> dict[str, np.ndarray]:
+    """One-shot decoding, as a test states it (the server holds one ``InputDecoder`` per servable)."""
+    return InputDecoder(signature, max_batch_rows, max_elements).decode(inputs)[0]
 
 
 def raw(dtype: DType, array: np.ndarray) -> WireTensor:

@@ -11,8 +11,8 @@ import pytest
 
 from tests.runtime.helpers import version_of
 from tests.training.helpers import Teacher, save, student
-from tt_server.registry.artifacts import ArchiveLimits
-from tt_server.registry.inspect import inspect_artifact
+from tt_server.formats.artifacts import ArchiveLimits
+from tt_server.formats.inspect import inspect_artifact
 from tt_server.training.decoding import Batch
 from tt_server.training.engine import Trainer
 from tt_server.training.messages import TrainSpec

@@ -8,7 +8,7 @@ from google.protobuf import timestamp_pb2
 from tensortrigger.v1 import inference_service_pb2, model_pb2, registry_service_pb2, tensor_pb2
 
 from tt_server.errors import InvalidArgument
-from tt_server.registry.service import UploadSpec
+from tt_server.registry.header import UploadSpec
 from tt_server.runtime.classes import DEFAULT_TOP_K
 from tt_server.types import (
     ClassifyRequest,

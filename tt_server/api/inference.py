@@ -100,7 +100,7 @@ class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
                 if pinned is None:
                     if not request.HasField("model"):
                         raise InvalidArgument.field("model", "the first message of a stream must name the model")
-                    first = await self._inference.resolve(convert.model_ref(request.model))
+                    first = await self._inference.load_version(convert.model_ref(request.model))
                     pinned = ModelRef(first.model_name, version=first.version)
                     pins.append(self._inference.pin(first))
                     output_filter = list(request.output_filter)

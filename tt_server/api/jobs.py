@@ -9,7 +9,7 @@ from tensortrigger.v1 import jobs_service_pb2 as pb
 from tensortrigger.v1 import jobs_service_pb2_grpc
 
 from tt_server.api import convert
-from tt_server.errors import InvalidArgument
+from tt_server.errors import InvalidArgument, request_fields
 from tt_server.jobs.objects import is_uri
 from tt_server.jobs.service import JobsService
 from tt_server.types import CsvOptions, InputFormat, Job, JobSpec, JobState, ModelRef, OutputFormat
@@ -64,7 +64,9 @@ class JobsServicer(jobs_service_pb2_grpc.JobsServiceServicer):
                     raise InvalidArgument.field("spec", "only the first message may carry the spec")
                 yield message.chunk
 
-        return pb.CreateJobResponse(job=job_to_pb(await self._jobs.create(spec, chunks())))
+        with request_fields({"ref": "spec.model"}):
+            job = await self._jobs.create(spec, chunks())
+        return pb.CreateJobResponse(job=job_to_pb(job))
 
     async def GetJob(self, request: pb.GetJobRequest, context: grpc.aio.ServicerContext) -> pb.GetJobResponse:
         return pb.GetJobResponse(job=job_to_pb(await self._jobs.get(request.id)))

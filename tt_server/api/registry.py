@@ -9,7 +9,7 @@ from tensortrigger.v1 import registry_service_pb2 as pb
 from tensortrigger.v1 import registry_service_pb2_grpc
 
 from tt_server.api import convert
-from tt_server.errors import InvalidArgument
+from tt_server.errors import InvalidArgument, request_fields
 from tt_server.registry.service import Registry
 
 
@@ -64,7 +64,8 @@ class RegistryServicer(registry_service_pb2_grpc.ModelRegistryServiceServicer):
     async def GetModelVersion(
         self, request: pb.GetModelVersionRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetModelVersionResponse:
-        version = await self._registry.resolve(convert.model_ref(request.model))
+        with request_fields({"ref": "model"}):
+            version = await self._registry.select_version(convert.model_ref(request.model))
         return pb.GetModelVersionResponse(version=convert.model_version(version))
 
     async def DeleteModelVersion(
@@ -86,7 +87,8 @@ class RegistryServicer(registry_service_pb2_grpc.ModelRegistryServiceServicer):
     async def DownloadModelVersion(
         self, request: pb.DownloadModelVersionRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.DownloadModelVersionResponse]:
-        version, chunks = await self._registry.download(convert.model_ref(request.model))
+        with request_fields({"ref": "model"}):
+            version, chunks = await self._registry.download(convert.model_ref(request.model))
         yield pb.DownloadModelVersionResponse(version=convert.model_version(version))
         async for chunk in chunks:
             yield pb.DownloadModelVersionResponse(chunk=chunk)

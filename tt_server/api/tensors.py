@@ -9,7 +9,7 @@ from tensortrigger.v1 import tensor_pb2
 
 from tt_server.api.convert import DTYPE_FROM_PB, DTYPE_TO_PB
 from tt_server.errors import FieldViolation, InvalidArgument
-from tt_server.runtime.validation import NUMPY_DTYPES
+from tt_server.formats.dtypes import NUMPY_DTYPES
 from tt_server.types import DType, WireTensor
 
 _TYPED_FIELD: dict[DType, str] = {

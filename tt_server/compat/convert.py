@@ -1,6 +1,8 @@
 """What both compatibility layers share: deadlines, output dtypes, version listings, model references.
 
-Pure functions over domain types and the one registry read both need; no protocol messages here.
+No protocol messages here (neither TF Serving's nor the Open Inference Protocol's), but the gRPC call context:
+the call's deadline and the UNIMPLEMENTED answer for protocol features no Tensor Trigger model has. The rest are
+functions over domain types and the one registry read both protocols need.
 """
 
 from __future__ import annotations
@@ -11,8 +13,8 @@ import grpc
 import numpy as np
 
 from tt_server.errors import InvalidArgument
+from tt_server.formats.dtypes import NUMPY_DTYPES
 from tt_server.registry.service import Registry
-from tt_server.runtime.validation import NUMPY_DTYPES
 from tt_server.types import DType, ModelRef
 
 SERVING_DEFAULT = "serving_default"  # the one signature each Tensor Trigger version has

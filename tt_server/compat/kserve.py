@@ -38,8 +38,9 @@ from tt_server.compat.convert import (
     raw_bytes,
     unimplemented,
 )
-from tt_server.errors import FieldViolation, InvalidArgument, NotFound, TensorTriggerError
-from tt_server.registry.service import LABEL_NAME, Registry
+from tt_server.errors import FieldViolation, InvalidArgument, NotFound, TensorTriggerError, request_fields
+from tt_server.registry.names import LABEL_NAME
+from tt_server.registry.service import Registry
 from tt_server.runtime.observe import RequestObservation
 from tt_server.runtime.service import InferenceService
 from tt_server.types import DType, ModelFormat, ModelRef, TensorSpec, WireTensor
@@ -233,7 +234,7 @@ class GRPCInferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # t
     async def ModelReady(self, request: pb.ModelReadyRequest, context: grpc.aio.ServicerContext) -> Any:
         ref = oip_ref(request.name, request.version, "name", "version")
         try:
-            await self._inference.resolve(ref)  # loads the version: ready means it can answer at once
+            await self._inference.load_version(ref)  # loads the version: ready means it can answer at once
         except NotFound:
             return pb.ModelReadyResponse(ready=False)  # Triton answers false, not an error, for unknown models
         return pb.ModelReadyResponse(ready=True)
@@ -242,7 +243,8 @@ class GRPCInferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # t
         return pb.ServerMetadataResponse(name=SERVER_NAME, version=self._version, extensions=[])
 
     async def ModelMetadata(self, request: pb.ModelMetadataRequest, context: grpc.aio.ServicerContext) -> Any:
-        version = await self._registry.resolve(oip_ref(request.name, request.version, "name", "version"))
+        with request_fields({"ref.name": "name"}):
+            version = await self._registry.select_version(oip_ref(request.name, request.version, "name", "version"))
         versions = await all_versions(self._registry, version.model_name)
         return pb.ModelMetadataResponse(
             name=version.model_name,

@@ -42,7 +42,7 @@ from tt_server.compat.convert import (
     raw_bytes,
     unimplemented,
 )
-from tt_server.errors import FailedPrecondition, FieldViolation, InvalidArgument
+from tt_server.errors import FailedPrecondition, FieldViolation, InvalidArgument, request_fields
 from tt_server.registry.service import Registry
 from tt_server.runtime.observe import RequestObservation
 from tt_server.runtime.service import InferenceService
@@ -239,7 +239,8 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
                 raise InvalidArgument.field(
                     f"metadata_field[{i}]", f'metadata field "{name}" is not supported; use "{SIGNATURE_DEF_FIELD}"'
                 )
-        version = await self._registry.resolve(spec_ref(request.model_spec))
+        with request_fields({"ref": "model_spec"}):
+            version = await self._registry.select_version(spec_ref(request.model_spec))
         return get_model_metadata_pb2.GetModelMetadataResponse(
             model_spec=response_spec(version.model_name, version.version),
             metadata={SIGNATURE_DEF_FIELD: signature_def_map(version.signature)},
@@ -264,7 +265,8 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         # The model must exist (NOT_FOUND first, as in TF Serving); then say why it cannot be served this way.
         spec = request.model_spec
         check_signature(spec)
-        version = await self._registry.resolve(spec_ref(spec))
+        with request_fields({"ref": "model_spec"}):
+            version = await self._registry.select_version(spec_ref(spec))
         await unimplemented(
             context,
             f"{rpc} needs a {kind} signature ({method_name}); version {version.version} of model "
@@ -283,10 +285,11 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):  # type: ignor
     ) -> get_model_status_pb2.GetModelStatusResponse:
         # Every stored version can be served (loaded on first use), so each one is AVAILABLE.
         ref = spec_ref(request.model_spec)
-        if ref.version is None and ref.label is None:
-            versions = sorted(await all_versions(self._registry, ref.name))
-        else:
-            versions = [(await self._registry.resolve(ref)).version]
+        with request_fields({"ref": "model_spec", "name": "model_spec.name"}):
+            if ref.version is None and ref.label is None:
+                versions = sorted(await all_versions(self._registry, ref.name))
+            else:
+                versions = [(await self._registry.select_version(ref)).version]
         return get_model_status_pb2.GetModelStatusResponse(
             model_version_status=[
                 get_model_status_pb2.ModelVersionStatus(

@@ -28,8 +28,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
+from tt_server.formats.dtypes import NUMPY_DTYPES
 from tt_server.jobs.columns import BOM, ColumnPlan
-from tt_server.runtime.validation import NUMPY_DTYPES
 from tt_server.types import DType, RowError
 
 MAX_LINE_BYTES = 64 << 20  # one row longer than this fails the job instead of growing memory without bound

@@ -21,8 +21,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from tt_server.formats.dtypes import NUMPY_DTYPES
 from tt_server.jobs.columns import output_columns
-from tt_server.runtime.validation import NUMPY_DTYPES
 from tt_server.types import OutputFormat, TensorSpec
 
 _NEEDS_QUOTES = r'[",\r\n]'

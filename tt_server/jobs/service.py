@@ -1,6 +1,6 @@
 """JobsService: batch jobs in domain terms (create, read, watch, cancel, results). Knows nothing of gRPC.
 
-Create path: resolve and pin the model version (``Registry.resolve``) and check the spec against it -> stream
+Create path: resolve and pin the model version (``Registry.select_version``) and check the spec against it -> stream
 the input into the blob store under ``jobs/<id>/input.csv`` (size cap enforced as bytes arrive; the key is first
 recorded in the blob GC table, so an interrupted upload leaves nothing behind for long) (or take the object
 ``spec.input_uri`` names in the caller's object storage, if under the allowed prefixes: ``objects.py``) -> check
@@ -43,7 +43,8 @@ from tt_server.jobs.tables import (
     parquet_metadata,
     plan_table,
 )
-from tt_server.registry.service import Registry, check_model_name
+from tt_server.registry.names import check_model_name
+from tt_server.registry.service import Registry
 from tt_server.storage.blobs import BlobStore
 from tt_server.storage.broker import Broker
 from tt_server.storage.jobs import JobStore
@@ -94,7 +95,7 @@ class JobsService:
         annotations = sum(len(k) + len(v) for k, v in spec.annotations.items())
         if annotations > MAX_ANNOTATION_BYTES:
             raise InvalidArgument.field("spec.annotations", f"over {MAX_ANNOTATION_BYTES} bytes")
-        version = await self._registry.resolve(spec.model)
+        version = await self._registry.select_version(spec.model)
         check_spec(spec, version)
         job_id = uuid.uuid4().hex
         if spec.input_uri and spec.input_blob_key:

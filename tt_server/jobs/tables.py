@@ -30,9 +30,9 @@ import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
 from tt_server.errors import FailedPrecondition, InvalidArgument
+from tt_server.formats.dtypes import NUMPY_DTYPES
 from tt_server.jobs.columns import ModelInput, _model_inputs
 from tt_server.jobs.csvreader import ARROW_TYPES, JobInputError
-from tt_server.runtime.validation import NUMPY_DTYPES
 from tt_server.types import DType, JobSpec, ModelVersion, RowError, TensorSpec
 
 PARQUET_MAGIC = b"PAR1"

@@ -50,7 +50,9 @@ from typing import Any
 from tt_server import metrics
 from tt_server.config import Settings
 from tt_server.errors import NotFound, TensorTriggerError
-from tt_server.registry.service import MODEL_NAME, Registry, UploadSpec
+from tt_server.registry.header import UploadSpec
+from tt_server.registry.names import MODEL_NAME
+from tt_server.registry.service import Registry
 from tt_server.storage.leases import LeaseManager
 from tt_server.types import FrozenGraphNodes, ImageScaling, ModelFormat, ModelRef, ServingPolicy, VersionSource
 

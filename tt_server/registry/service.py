@@ -5,7 +5,8 @@ safe inspection in a worker thread (reads the signature; nothing is stored if it
 names and image scaling checked against that signature -> blob written under a
 fresh key that is first recorded in the blob GC table -> one metadata transaction creates the version and clears
 that GC entry. A crash or cancellation anywhere before the commit leaves at most a GC entry, which the sweeper
-(`collect_garbage`) deletes later; so no version row ever points at a missing blob and no blob outlives its row.
+(``sweeper.Sweeper.collect_garbage``) deletes later; so no version row ever points at a missing blob and no blob
+outlives its row. The header's rules live in ``header``, the naming rules in ``names``.
 """
 
 from __future__ import annotations
@@ -14,23 +15,23 @@ import asyncio
 import concurrent.futures
 import hashlib
 import logging
-import re
 import shutil
 import time
 import uuid
 from collections.abc import AsyncIterator
 from concurrent.futures import Executor
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from tt_server.config import Settings
-from tt_server.errors import FieldViolation, InvalidArgument, NotFound, ResourceExhausted
+from tt_server.errors import InvalidArgument, NotFound, ResourceExhausted
 from tt_server.events import EventBus
-from tt_server.registry.artifacts import ArchiveLimits, detect_format
-from tt_server.registry.frozen_graph import INPUT_FIELD, NODE_NAME, OUTPUT_FIELD
-from tt_server.registry.inspect import inspect_artifact
+from tt_server.formats.artifacts import ArchiveLimits, detect_format
+from tt_server.formats.inspect import inspect_artifact
+from tt_server.registry.header import MAX_METADATA_BYTES, UploadSpec, check_against_signature, check_upload_spec
+from tt_server.registry.names import check_label, check_model_name, check_serving_policy
+from tt_server.registry.sweeper import UPLOAD_SCRATCH_PREFIX, Sweeper
 from tt_server.storage.blobs import BlobStore
 from tt_server.storage.metadata import MetadataStore, NewVersion
 from tt_server.storage.outbox import BlobOutbox
@@ -49,64 +50,11 @@ from tt_server.types import (
     ServingPolicy,
     Signature,
     VersionSource,
-    tensor_display_name,
 )
 
 log = logging.getLogger(__name__)
 
-MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
-LABEL_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
-SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
-MAX_METADATA_BYTES = 64 * 1024
-UPLOAD_SCRATCH_PREFIX = "upload-"  # scratch_dir/upload-<hex>: one upload's spooled artifact and unpacked files
 UPLOAD_GC_DELAY_US = 3600 * 1_000_000  # an unfinished upload's blob is swept after an hour
-MAX_GRAPH_NODES = 256  # input plus output nodes a frozen graph upload may name
-# Class names: ImageNet's 1000 (some repeated, e.g. "crane") are the usual upper end; these caps only stop abuse.
-MAX_CLASS_NAMES = 100_000
-MAX_CLASS_NAME_CHARS = 256
-CLASS_NAMES_FIELD = "header.class_names_text"
-
-
-@dataclass(frozen=True, slots=True)
-class UploadSpec:
-    """The header of an upload, after protobuf conversion."""
-
-    model_name: str
-    format: ModelFormat | None = None
-    description: str = ""
-    feature_names: tuple[str, ...] = ()
-    metadata: dict[str, str] = field(default_factory=dict)
-    labels: tuple[str, ...] = ()
-    expected_size: int | None = None
-    expected_sha256: str | None = None
-    frozen_graph: FrozenGraphNodes | None = None  # given for frozen graphs only
-    class_names: tuple[str, ...] = ()  # the labels file's lines, trailing blank ones dropped
-    image_scaling: ImageScaling = ImageScaling.RAW
-    serving_policy: ServingPolicy | None = None  # the model's, when the upload creates it
-
-
-def check_model_name(name: str, field_name: str = "name") -> None:
-    if not MODEL_NAME.match(name):
-        raise InvalidArgument.field(
-            field_name,
-            f"invalid model name {name[:80]!r}: use 1-63 letters, digits, '.', '_' or '-', "
-            "starting with a letter or digit",
-        )
-
-
-def check_label(label: str, field_name: str = "label") -> None:
-    if not LABEL_NAME.match(label):
-        raise InvalidArgument.field(
-            field_name,
-            f"invalid label {label[:80]!r}: use 1-63 lowercase letters, digits, '_' or '-', starting with a letter",
-        )
-
-
-def check_serving_policy(policy: ServingPolicy, field_name: str = "policy") -> None:
-    if policy.label is not None:
-        check_label(policy.label, f"{field_name}.label")
-    if policy.version is not None and policy.version <= 0:
-        raise InvalidArgument.field(f"{field_name}.version", "versions are numbered from 1")
 
 
 def _now_us() -> int:
@@ -128,13 +76,10 @@ class Registry:
         self._events = events
         self._settings = settings
         self._executor = executor
-        self._limits = ArchiveLimits(
-            max_members=settings.max_archive_members,
-            max_unpacked_bytes=settings.max_unpacked_bytes,
-            max_ratio=settings.max_compression_ratio,
-        )
+        self._limits = ArchiveLimits.from_settings(settings)
         self._allowed_custom = frozenset(settings.allowed_custom_objects)
         self.pins = VersionPins(metadata)  # versions open Train sessions use; retention keeps them
+        self.sweeper = Sweeper(metadata, blobs, settings)  # the server runs it in the background
         # Set by the model repository after each scan: entries it refused, path -> why (shown by ListModels).
         self.repository_problems: dict[str, str] = {}
 
@@ -144,7 +89,7 @@ class Registry:
     ) -> tuple[ModelVersion, bool]:
         """Store a new version from streamed bytes (``source``: an upload, or the model repository); returns it
         and whether the model was created."""
-        self._check_upload_spec(spec)
+        check_upload_spec(spec, self._settings.max_upload_bytes)
         loop = asyncio.get_running_loop()
         scratch = self._settings.scratch_dir
         scratch.mkdir(parents=True, exist_ok=True)
@@ -168,9 +113,7 @@ class Registry:
             declared = ModelFormat.FROZEN_GRAPH if spec.format is None and spec.frozen_graph else spec.format
             inspecting = self._executor.submit(self._inspect, artifact, declared, spec.frozen_graph, work / "unpacked")
             fmt, signature = await asyncio.wrap_future(inspecting)
-            self._check_feature_names(spec.feature_names, signature)
-            _check_class_names(spec.class_names, signature)
-            _check_image_scaling(spec.image_scaling, signature)
+            check_against_signature(spec, signature)
             version = await self._publish(spec, artifact, fmt, size, sha256, signature, source=source)
         finally:
             # Shielded: a call cancelled (again) while cleaning up must not stop the clean-up, and an inspection
@@ -187,47 +130,6 @@ class Registry:
         )
         await self._prune_quietly(version.model_name)
         return version, version.version == 1
-
-    def _check_upload_spec(self, spec: UploadSpec) -> None:
-        violations: list[FieldViolation] = []
-
-        def check(ok: bool, field_name: str, description: str) -> None:
-            if not ok:
-                violations.append(FieldViolation(field_name, description))
-
-        check(
-            bool(MODEL_NAME.match(spec.model_name)),
-            "header.model_name",
-            f"invalid model name {spec.model_name[:80]!r}: use 1-63 letters, digits, '.', '_' or '-', "
-            "starting with a letter or digit",
-        )
-        for i, label in enumerate(spec.labels):
-            check(bool(LABEL_NAME.match(label)), f"header.labels[{i}]", f"invalid label {label[:80]!r}")
-        check(len(set(spec.labels)) == len(spec.labels), "header.labels", "labels repeat")
-        for i, name in enumerate(spec.feature_names):
-            check(bool(name) and len(name) <= 256, f"header.feature_names[{i}]", "must be 1-256 characters")
-        check(len(set(spec.feature_names)) == len(spec.feature_names), "header.feature_names", "names repeat")
-        metadata_size = sum(len(k) + len(v) for k, v in spec.metadata.items()) + len(spec.description)
-        check(metadata_size <= MAX_METADATA_BYTES, "header.metadata", f"over {MAX_METADATA_BYTES} bytes")
-        if spec.expected_sha256 is not None:
-            check(bool(SHA256_HEX.match(spec.expected_sha256)), "header.expected_sha256", "not a hex SHA-256")
-        if spec.serving_policy is not None and spec.serving_policy.label is not None:
-            check(
-                bool(LABEL_NAME.match(spec.serving_policy.label)),
-                "header.serving_policy.label",
-                f"invalid label {spec.serving_policy.label[:80]!r}",
-            )
-        if spec.serving_policy is not None and spec.serving_policy.version is not None:
-            check(spec.serving_policy.version > 0, "header.serving_policy.version", "versions are numbered from 1")
-        violations += _frozen_graph_violations(spec)
-        violations += _class_name_violations(spec.class_names)
-        if violations:
-            raise InvalidArgument(f"{violations[0].field}: {violations[0].description}", violations)
-        if spec.expected_size is not None and spec.expected_size > self._settings.max_upload_bytes:
-            raise ResourceExhausted(
-                f"the artifact ({spec.expected_size} bytes) is over the upload limit of "
-                f"{self._settings.max_upload_bytes} bytes"
-            )
 
     async def _spool(self, chunks: AsyncIterator[bytes], path: Path) -> tuple[int, str]:
         """Write the stream to ``path``; enforce the upload cap as bytes arrive, not after."""
@@ -259,17 +161,6 @@ class Registry:
             allow_non_finite=self._settings.allow_non_finite_weights,
         )
         return fmt, signature
-
-    @staticmethod
-    def _check_feature_names(names: tuple[str, ...], signature: Signature) -> None:
-        if not names or len(signature.inputs) != 1:
-            return
-        shape = signature.inputs[0].shape
-        if len(shape) == 2 and shape[1] >= 0 and shape[1] != len(names):
-            raise InvalidArgument.field(
-                "header.feature_names",
-                f"{len(names)} names given but the input {signature.inputs[0].name!r} has {shape[1]} features",
-            )
 
     async def _publish(
         self,
@@ -363,7 +254,7 @@ class Registry:
             class_names=class_names,
             image_scaling=image_scaling,
         )
-        self._check_upload_spec(spec)
+        check_upload_spec(spec, self._settings.max_upload_bytes)
 
         def digest() -> tuple[int, str]:
             sha = hashlib.sha256()
@@ -406,9 +297,9 @@ class Registry:
         await self._metadata.get_model(name)  # NOT_FOUND for an unknown model, not an empty page
         return await self._metadata.list_versions(name, page_size, page_token)
 
-    async def resolve(self, ref: ModelRef) -> ModelVersion:
+    async def select_version(self, ref: ModelRef) -> ModelVersion:
         """The version a reference selects: explicit version, label, or what the model's serving policy says."""
-        check_model_name(ref.name, "model.name")
+        check_model_name(ref.name, "ref.name")
         if ref.version is not None:
             return await self._metadata.get_version(ref.name, ref.version)
         if ref.label is not None:
@@ -479,7 +370,7 @@ class Registry:
             )
 
     async def download(self, ref: ModelRef) -> tuple[ModelVersion, AsyncIterator[bytes]]:
-        version = await self.resolve(ref)
+        version = await self.select_version(ref)
         return version, self._blobs.get_stream(version.blob_key)
 
     # --- deletes and labels ------------------------------------------------------------------------------
@@ -519,116 +410,8 @@ class Registry:
         await self._events.publish(RegistryEvent(EventKind.LABEL_DELETED, name, previous, label))
         return previous
 
-    # --- maintenance -----------------------------------------------------------------------------------
-    async def sweep_leftovers(self) -> tuple[int, int]:
-        """Remove what killed processes left: stale upload scratch folders and unfinished blob writes."""
-        folders = await asyncio.to_thread(
-            sweep_scratch, self._settings.scratch_dir, self._settings.scratch_max_age_seconds
-        )
-        writes = await self._blobs.abort_stale_writes(self._settings.stale_write_seconds)
-        if folders or writes:
-            log.info("removed leftovers", extra={"scratch_folders": folders, "unfinished_blob_writes": writes})
-        return folders, writes
-
-    async def collect_garbage(self, limit: int = 100) -> int:
-        """Delete blobs whose GC entry is due (deleted versions, abandoned uploads); returns how many."""
-        keys = await self._metadata.due_blob_gc(_now_us(), limit)
-        for key in keys:
-            await self._blobs.delete(key)
-            await self._metadata.remove_blob_gc(key)
-        return len(keys)
-
-
-def _remove_tree(path: Path) -> None:
-    shutil.rmtree(path, ignore_errors=True)
-
 
 def _discard_scratch(work: Path, inspecting: concurrent.futures.Future[Any] | None) -> None:
     if inspecting is not None:
         concurrent.futures.wait([inspecting])
-    _remove_tree(work)
-
-
-def sweep_scratch(scratch: Path, max_age_seconds: float) -> int:
-    """Remove upload scratch folders nothing has written to for ``max_age_seconds`` (left by a killed process);
-    returns how many. The age spares uploads in progress in sibling processes sharing the data directory."""
-    if not scratch.is_dir():
-        return 0
-    cutoff = time.time() - max_age_seconds
-    removed = 0
-    for work in scratch.glob(f"{UPLOAD_SCRATCH_PREFIX}*"):
-        try:
-            newest = max((p.stat().st_mtime for p in (work, *work.rglob("*"))), default=0.0)
-        except OSError:
-            continue  # removed meanwhile
-        if newest < cutoff:
-            _remove_tree(work)
-            removed += 1
-    return removed
-
-
-def _frozen_graph_violations(spec: UploadSpec) -> list[FieldViolation]:
-    """Header rules for frozen graph nodes: given exactly for frozen graphs, well formed, not too many, and
-    naming distinct signature inputs and outputs (``x`` and ``x:0`` are the same tensor)."""
-    nodes = spec.frozen_graph
-    if nodes is None:
-        if spec.format is ModelFormat.FROZEN_GRAPH:
-            return [FieldViolation("header.frozen_graph", "a frozen graph needs its input and output node names")]
-        return []
-    if spec.format not in (None, ModelFormat.FROZEN_GRAPH):
-        return [FieldViolation("header.frozen_graph", f"node names are for frozen graphs, not {spec.format.name}")]
-    violations: list[FieldViolation] = []
-    for path, names in ((INPUT_FIELD, nodes.inputs), (OUTPUT_FIELD, nodes.outputs)):
-        if not names:
-            violations.append(FieldViolation(path, "name at least one node"))
-        seen: set[str] = set()
-        for i, name in enumerate(names):
-            if not NODE_NAME.match(name):
-                violations.append(FieldViolation(f"{path}[{i}]", f"{name[:80]!r} is not a node name ('x' or 'x:1')"))
-            elif tensor_display_name(name) in seen:
-                violations.append(FieldViolation(f"{path}[{i}]", f"{name!r} is named twice"))
-            seen.add(tensor_display_name(name))
-    if len(nodes.inputs) + len(nodes.outputs) > MAX_GRAPH_NODES:
-        violations.append(FieldViolation("header.frozen_graph", f"more than {MAX_GRAPH_NODES} nodes named"))
-    return violations
-
-
-def _class_name_violations(names: tuple[str, ...]) -> list[FieldViolation]:
-    if len(names) > MAX_CLASS_NAMES:
-        return [FieldViolation(CLASS_NAMES_FIELD, f"{len(names)} class names; at most {MAX_CLASS_NAMES}")]
-    # Repeated names are allowed: real labels files have them (ImageNet's "crane" is a bird and a machine).
-    for line, name in enumerate(names, start=1):
-        if not name:
-            return [FieldViolation(CLASS_NAMES_FIELD, f"line {line} is empty; class {line - 1} needs a name")]
-        if len(name) > MAX_CLASS_NAME_CHARS:
-            return [FieldViolation(CLASS_NAMES_FIELD, f"line {line} is over {MAX_CLASS_NAME_CHARS} characters")]
-    return []
-
-
-def _check_class_names(names: tuple[str, ...], signature: Signature) -> None:
-    """The names must fit the first output when its width is known: one per column, or two for a single
-    sigmoid column. Other outputs are checked when ``Predict`` classifies them."""
-    if not names or not signature.outputs:
-        return
-    first = signature.outputs[0]
-    if len(first.shape) != 2 or first.shape[1] < 0:
-        return
-    width = first.shape[1]
-    if width != len(names) and not (width == 1 and len(names) == 2):
-        raise InvalidArgument.field(
-            CLASS_NAMES_FIELD,
-            f"{len(names)} class names given but the output {first.name!r} has {width} values per row",
-        )
-
-
-def _check_image_scaling(scaling: ImageScaling, signature: Signature) -> None:
-    """Scaling pixels to 0..1 or -1..1 needs an image input whose dtype can hold fractions."""
-    if scaling is ImageScaling.RAW:
-        return
-    if not any(spec.image_shape() and spec.dtype.value.startswith("float") for spec in signature.inputs):
-        inputs = ", ".join(f"{s.name} {s.dtype.value}{list(s.shape)}" for s in signature.inputs)
-        raise InvalidArgument.field(
-            "header.image_scaling",
-            f"scaling pixels needs an image input of a float dtype, [-1, H, W, C] with C 1, 3 or 4; the model's "
-            f"inputs are: {inputs}",
-        )
+    shutil.rmtree(work, ignore_errors=True)

@@ -37,7 +37,7 @@ from tensortrigger.v1 import jobs_service_pb2, model_pb2, registry_service_pb2
 from tt_server.api import convert
 from tt_server.api.jobs import STATE_FROM_PB, job_spec, job_to_pb
 from tt_server.api.middleware import REQUEST_ID_KEY
-from tt_server.errors import InvalidArgument
+from tt_server.errors import InvalidArgument, request_fields
 from tt_server.jobs.service import JobsService
 from tt_server.logs import request_id
 from tt_server.registry.service import Registry
@@ -207,7 +207,8 @@ class NativeRoutes:
         )
 
     async def get_version(self, request: web.Request) -> web.Response:
-        version = await self._registry.resolve(_version_ref(request))
+        with request_fields({"ref": "model"}):
+            version = await self._registry.select_version(_version_ref(request))
         return _json(registry_service_pb2.GetModelVersionResponse(version=convert.model_version(version)))
 
     async def delete_version(self, request: web.Request) -> web.Response:
@@ -217,7 +218,8 @@ class NativeRoutes:
         return _json(registry_service_pb2.DeleteModelVersionResponse(removed_labels=removed))
 
     async def download(self, request: web.Request) -> web.StreamResponse:
-        version, chunks = await self._registry.download(_version_ref(request))
+        with request_fields({"ref": "model"}):
+            version, chunks = await self._registry.download(_version_ref(request))
         response = web.StreamResponse(
             headers={
                 "Content-Type": "application/octet-stream",
@@ -266,7 +268,8 @@ class NativeRoutes:
             output_format=_enum(jobs_service_pb2.OutputFormat, "OUTPUT_FORMAT_", request, "output_format"),  # type: ignore[arg-type]
             skip_bad_rows=_bool(request, "skip_bad_rows"),
         )
-        job = await self._jobs.create(job_spec(spec), body_chunks(request))
+        with request_fields({"ref": "model"}):
+            job = await self._jobs.create(job_spec(spec), body_chunks(request))
         return _json(jobs_service_pb2.CreateJobResponse(job=job_to_pb(job)))
 
     async def list_jobs(self, request: web.Request) -> web.Response:

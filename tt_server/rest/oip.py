@@ -27,7 +27,7 @@ from tt_server.compat.kserve import (
     server_version,
     split_bytes,
 )
-from tt_server.errors import FieldViolation, InvalidArgument, NotFound
+from tt_server.errors import FieldViolation, InvalidArgument, NotFound, request_fields
 from tt_server.registry.service import Registry
 from tt_server.rest.core import HEALTH_RPC, Route, json_response
 from tt_server.rest.tensors import json_value, wire_with_shape
@@ -219,7 +219,8 @@ class OpenInferenceRoutes:
         return oip_ref(request.match_info["model"], request.match_info.get("version", ""), "model", "version")
 
     async def model_metadata(self, request: web.Request) -> web.Response:
-        version = await self._registry.resolve(self._ref(request))
+        with request_fields({"ref.name": "model"}):  # the name's place in OIP's path
+            version = await self._registry.select_version(self._ref(request))
         versions = await all_versions(self._registry, version.model_name)
         return json_response(
             {
@@ -234,7 +235,7 @@ class OpenInferenceRoutes:
     async def model_ready(self, request: web.Request) -> web.Response:
         ref = self._ref(request)
         try:
-            await self._inference.resolve(ref)  # loads the version: ready means it can answer at once
+            await self._inference.load_version(ref)  # loads the version: ready means it can answer at once
         except NotFound as e:
             # The protocol: 200 is ready, a 4xx status is not.
             return json_response({"name": ref.name, "ready": False, "error": e.message}, 404)

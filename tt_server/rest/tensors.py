@@ -15,7 +15,7 @@ import numpy as np
 
 from tt_server.compat.convert import as_bytes, dtype_of
 from tt_server.errors import InvalidArgument
-from tt_server.runtime.validation import NUMPY_DTYPES
+from tt_server.formats.dtypes import NUMPY_DTYPES
 from tt_server.types import DType, WireTensor
 
 MAX_DEPTH = 32  # nesting deeper than any model's rank: refused before recursion gets expensive

@@ -38,7 +38,8 @@ from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from tt_server.api.convert import class_names
 from tt_server.config import Settings
 from tt_server.errors import InvalidArgument, ResourceExhausted
-from tt_server.registry.service import Registry, UploadSpec
+from tt_server.registry.header import UploadSpec
+from tt_server.registry.service import Registry
 from tt_server.rest.core import Route, body_chunks, json_response, read_json
 from tt_server.rest.tensors import wire_from_json
 from tt_server.runtime.observe import RequestObservation
@@ -220,7 +221,7 @@ class TfaasRoutes:
             for model in page.items:
                 if model.latest_version is None:
                     continue
-                v = await self._registry.resolve(ModelRef(model.name, version=model.latest_version))
+                v = await self._registry.select_version(ModelRef(model.name, version=model.latest_version))
                 nodes = v.frozen_graph
                 entries.append(
                     {
@@ -328,7 +329,7 @@ class TfaasRoutes:
 
     # --- inference ---------------------------------------------------------------------------------------
     async def _single_input(self, name: str) -> tuple[ModelRef, Any]:
-        version = await self._inference.resolve(ModelRef(name))
+        version = await self._inference.load_version(ModelRef(name))
         if len(version.signature.inputs) != 1:
             raise InvalidArgument.field(
                 "model", f"model {name!r} has {len(version.signature.inputs)} inputs; TFaaS routes feed one"

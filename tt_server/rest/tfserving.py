@@ -27,7 +27,7 @@ from tt_server.compat.tfserving import (
     signature_def_map,
     spec_ref,
 )
-from tt_server.errors import InvalidArgument
+from tt_server.errors import InvalidArgument, request_fields
 from tt_server.registry.service import Registry
 from tt_server.rest.core import HttpError, Route, json_response, read_json
 from tt_server.rest.tensors import json_value, wire_from_json
@@ -169,7 +169,8 @@ class TfServingRoutes:
         )
 
     async def metadata(self, request: web.Request) -> web.Response:
-        version = await self._registry.resolve(_ref(request))
+        with request_fields({"ref": "model_spec"}):
+            version = await self._registry.select_version(_ref(request))
         signatures = get_model_metadata_pb2.SignatureDefMap()
         signature_def_map(version.signature).Unpack(signatures)
         return json_response(
@@ -191,7 +192,7 @@ class TfServingRoutes:
             raise InvalidArgument.field("signature_name", "must be a string")
         if signature_name not in aliases:
             check_signature(model_pb2.ModelSpec(signature_name=signature_name))
-        version = await self._inference.resolve(_ref(request))
+        version = await self._inference.load_version(_ref(request))
         # Pinned: the version whose signature shaped the tensors is the one that runs.
         return ModelRef(version.model_name, version=version.version), version
 
@@ -256,7 +257,8 @@ class TfServingRoutes:
         return json_response({"results": [[[c.name, c.score] for c in row] for row in result.classifications or []]})
 
     async def regress(self, request: web.Request) -> web.Response:
-        version = await self._registry.resolve(_ref(request))
+        with request_fields({"ref": "model_spec"}):
+            version = await self._registry.select_version(_ref(request))
         raise HttpError(
             grpc.StatusCode.UNIMPLEMENTED,
             f"Regress needs a regression signature; version {version.version} of model {version.model_name!r} has "

@@ -7,7 +7,9 @@
   resolution keeps serving (stale beats down for a model that is already loaded): requests get it at once
   while one background query per TTL checks whether the store is back.
 * **Loading.** The first request for a version downloads its artifact into ``cache_dir``, loads and warms
-  it up on the loader thread (never the event loop) and creates its batcher. Concurrent first requests share
+  it up on the loader thread (never the event loop) with a loader from the ``loader_factory`` it was given
+  (TF Serving's source adapter: the composition root passes ``runtime.loader.loader_factory``), and creates
+  its batcher. Concurrent first requests share
   one load; if it fails they all get the error and the next request tries again.
 * **Aspired versions.** When a label that requests use moves, or an event may change what the serving policy
   selects (new version, label moved, policy changed, promotion), the new target is resolved and loaded in the
@@ -38,9 +40,9 @@ from tt_server import metrics
 from tt_server.config import Settings
 from tt_server.errors import FailedPrecondition, NotFound, TensorTriggerError, Unavailable
 from tt_server.events import EventBus
-from tt_server.registry.artifacts import ArchiveLimits
+from tt_server.formats.artifacts import ARTIFACT_SUFFIX
 from tt_server.runtime.batcher import DynamicBatcher
-from tt_server.runtime.loader import ARTIFACT_SUFFIX, Loader
+from tt_server.runtime.loader import LoaderFactory
 from tt_server.runtime.memory import Settler
 from tt_server.runtime.servable import Servable, configure_threads
 from tt_server.runtime.validation import InputDecoder
@@ -96,10 +98,13 @@ class ModelManager:
         settings: Settings,
         executor: Executor | None = None,
         clock: Callable[[], float] = time.monotonic,
+        *,
+        loader_factory: LoaderFactory,
     ) -> None:
         """``executor`` runs model calls (the inference thread, shared by every batcher unless
         ``inference_thread_per_model``); None = the manager makes and owns a one-thread executor.
-        ``clock``: the seconds resolutions expire on (tests advance a fake one instead of waiting a TTL)."""
+        ``clock``: the seconds resolutions expire on (tests advance a fake one instead of waiting a TTL).
+        ``loader_factory`` makes the loader of each version the manager loads."""
         configure_threads(settings.inference_intra_op_threads, settings.inference_inter_op_threads)
         self._metadata = metadata_store
         self._blobs = blob_store
@@ -110,7 +115,7 @@ class ModelManager:
         self._executor = executor or ThreadPoolExecutor(1, thread_name_prefix="tt-inference")
         # Loads are slow (seconds for big models) and CPU-bound: one at a time, beside inference.
         self._load_executor = ThreadPoolExecutor(1, thread_name_prefix="tt-model-load")
-        self._limits = ArchiveLimits.from_settings(settings)
+        self._loader_factory = loader_factory
         self._loaded: OrderedDict[VersionKey, ServableHandle] = OrderedDict()  # LRU first
         self._loaded_bytes = 0
         self._loads: dict[VersionKey, asyncio.Task[ServableHandle]] = {}
@@ -193,7 +198,7 @@ class ModelManager:
             return handle
         return await _single_flight(self._loads, key, lambda: self._load(key, known))
 
-    async def resolve(self, ref: ModelRef) -> ModelVersion:
+    async def current_version(self, ref: ModelRef) -> ModelVersion:
         """The version ``ref`` names now, without loading it."""
         if ref.version is not None:
             handle = self._loaded.get((ref.name, ref.version))
@@ -275,7 +280,7 @@ class ModelManager:
                 raise FailedPrecondition(
                     f"model {name!r} version {number} cannot be loaded: its artifact is missing"
                 ) from None
-            loader = Loader(version, artifact, work, self._limits)
+            loader = self._loader_factory(version, artifact, work)
             servable = await loop.run_in_executor(self._load_executor, loader.load)
         except TensorTriggerError as e:
             metrics.MODEL_LOAD_FAILURES.labels(name, str(number)).inc()

@@ -28,8 +28,8 @@ import numpy as np
 import tensorflow as tf
 
 from tt_server.errors import FailedPrecondition, InvalidArgument, Unavailable
+from tt_server.formats.dtypes import NUMPY_DTYPES
 from tt_server.runtime.devices import init_devices, short_device
-from tt_server.runtime.validation import NUMPY_DTYPES
 from tt_server.types import DType, Signature, TensorSpec
 
 log = logging.getLogger(__name__)

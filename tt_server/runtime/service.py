@@ -18,7 +18,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tt_server.config import Settings
 from tt_server.errors import FieldViolation, InvalidArgument
 from tt_server.logs import served_model
 from tt_server.runtime.classes import classified_output, top_classes
@@ -36,9 +35,8 @@ class PredictResult:
 
 
 class InferenceService:
-    def __init__(self, manager: ModelManager, settings: Settings) -> None:
+    def __init__(self, manager: ModelManager) -> None:
         self._manager = manager
-        self._settings = settings
 
     def pin(self, version: ModelVersion) -> str:
         """Keep ``version`` from retention (on every replica) until ``unpin``: a stream uses it. Neither call
@@ -48,7 +46,7 @@ class InferenceService:
     def unpin(self, holder: str) -> None:
         self._manager.pins.unpin_soon(holder)
 
-    async def resolve(self, ref: ModelRef) -> ModelVersion:
+    async def load_version(self, ref: ModelRef) -> ModelVersion:
         """Load the version ``ref`` names (so the stream that pins it starts warm) and return it."""
         version = (await self._manager.get(ref)).model_version
         served_model.set((version.model_name, version.version))

@@ -17,7 +17,6 @@ size, the element count they will decode to) and passes them on as a 1-D object 
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
@@ -25,14 +24,10 @@ from typing import Any, cast
 import numpy as np
 
 from tt_server.errors import FieldViolation, InvalidArgument
+from tt_server.formats.dtypes import NUMPY_DTYPES
 from tt_server.runtime.images import MAX_IMAGE_PIXELS, decode_images
 from tt_server.types import DType, ImageScaling, ImageShape, Signature, WireTensor
 
-# Little-endian, as the wire format says; on little-endian hosts these are the native dtypes, so
-# ``frombuffer`` views need no byte swapping before TensorFlow copies them.
-NUMPY_DTYPES: dict[DType, np.dtype] = {
-    d: np.dtype(object) if d is DType.STRING else np.dtype(d.value).newbyteorder("<") for d in DType
-}
 # numpy casts some sources (protobuf repeated fields among them) to narrow ints by wrapping around, so
 # these go through int64 and a range check.
 _NARROW_INTS = frozenset({DType.INT8, DType.INT16, DType.UINT8})
@@ -319,19 +314,3 @@ def _as_bytes(value: object) -> bytes:
     if isinstance(value, str):
         return value.encode()
     raise TypeError(f"string values must be bytes, got {type(value).__name__}")
-
-
-@functools.lru_cache(maxsize=256)
-def _decoder(signature: Signature, max_batch_rows: int, max_elements: int) -> InputDecoder:
-    return InputDecoder(signature, max_batch_rows, max_elements)
-
-
-def decode_inputs(
-    signature: Signature, inputs: Mapping[str, WireTensor], max_batch_rows: int, max_elements: int
-) -> dict[str, np.ndarray]:
-    """Check ``inputs`` against ``signature`` and return numpy arrays by input name.
-
-    Decoders are cached per signature; the hot path holds its servable's ``InputDecoder`` instead, which
-    also saves hashing the signature on every request.
-    """
-    return _decoder(signature, max_batch_rows, max_elements).decode(inputs)[0]

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from tt_server.errors import FailedPrecondition, InvalidArgument, TensorTriggerError
-from tt_server.registry.inspect import check_config_classes
+from tt_server.formats.inspect import check_config_classes
 from tt_server.training.messages import OptimizerKind, TrainSpec
 from tt_server.types import ModelFormat
 

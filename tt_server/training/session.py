@@ -38,9 +38,10 @@ from tt_server.errors import (
     TensorTriggerError,
     TrainingDiverged,
     Unavailable,
+    request_fields,
 )
+from tt_server.formats.artifacts import ARTIFACT_SUFFIX
 from tt_server.registry.service import Registry
-from tt_server.runtime.loader import ARTIFACT_SUFFIX
 from tt_server.storage.blobs import BlobStore
 from tt_server.storage.leases import Lease, LeaseManager
 from tt_server.training.decoding import Batch, ExampleDecoder, MicroBatcher
@@ -227,12 +228,14 @@ class TrainingSession:
         spec = await self._first_message()
         self._spec = spec
         registry = self._deps.registry
-        base = await registry.resolve(spec.model)
+        with request_fields({"ref": "model"}):  # the spec's model
+            base = await registry.select_version(spec.model)
         check_trainable(base)  # before waiting for a lease that would be useless
         self._lease = await self._deps.leases.acquire(base.model_name, spec.wait_for_lease)
         if spec.model.version is None:
             # A label or "newest" may have moved while we waited, e.g. to the previous session's checkpoint.
-            base = await registry.resolve(spec.model)
+            with request_fields({"ref": "model"}):
+                base = await registry.select_version(spec.model)
             check_trainable(base)
         self._base = base
         self._parent = base.version
@@ -278,7 +281,7 @@ class TrainingSession:
             raise InvalidArgument.field("config", "the stream ended before its config message") from None
         if not isinstance(first, TrainSpec):
             raise InvalidArgument.field("config", "the first message of a Train stream must carry config")
-        check_spec(first, self._settings)
+        check_train_spec(first, self._settings)
         return first
 
     async def _read(self, decoder: ExampleDecoder) -> None:
@@ -443,9 +446,9 @@ class TrainingSession:
             await self.events.put(event)
 
 
-def check_spec(spec: TrainSpec, settings: Settings) -> None:
+def check_train_spec(spec: TrainSpec, settings: Settings) -> None:
     """Field checks that need the server's limits; the recipe checks loss, optimizer and metrics."""
-    from tt_server.registry.service import check_label
+    from tt_server.registry.names import check_label
 
     limit = settings.training_max_micro_batch
     if not 1 <= spec.micro_batch_size <= limit:

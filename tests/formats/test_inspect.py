@@ -11,9 +11,9 @@ from tensorflow.core.protobuf import saved_model_pb2
 
 from tests import models
 from tt_server.errors import FailedPrecondition, InvalidArgument
-from tt_server.registry.artifacts import ArchiveLimits, detect_format
-from tt_server.registry.inspect import check_config_classes, inspect_artifact
-from tt_server.registry.safety import scan_saved_model
+from tt_server.formats.artifacts import ArchiveLimits, detect_format
+from tt_server.formats.inspect import check_config_classes, inspect_artifact
+from tt_server.formats.safety import scan_saved_model
 from tt_server.types import DType, Signature, TensorSpec
 
 Builder = Callable[[Path], Path]

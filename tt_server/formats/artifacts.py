@@ -1,4 +1,5 @@
-"""Artifact format detection and safe unpacking of SavedModel archives.
+"""Artifact format detection, the file suffix each format is stored under, and safe unpacking of SavedModel
+archives.
 
 Uploads are untrusted. The format is read from the bytes (never from a file name), and archives are checked
 member by member *before* anything is written: no absolute paths, no ``..``, nothing but regular files and
@@ -31,6 +32,15 @@ SAVED_MODEL_PB = "saved_model.pb"
 _MACOS_JUNK = "__MACOSX"
 _MAX_METADATA_BYTES = 1 << 20
 _COPY_CHUNK = 1 << 20
+
+# keras.saving.load_model picks its reader by file extension, so local copies of an artifact carry these.
+ARTIFACT_SUFFIX = {
+    ModelFormat.KERAS: ".keras",
+    ModelFormat.H5: ".h5",
+    ModelFormat.SAVED_MODEL_TAR_GZ: ".tar.gz",
+    ModelFormat.SAVED_MODEL_ZIP: ".zip",
+    ModelFormat.FROZEN_GRAPH: ".pb",
+}
 
 _DESCRIPTIONS = {
     ModelFormat.KERAS: "a Keras (.keras) zip archive",

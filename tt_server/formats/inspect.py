@@ -11,7 +11,7 @@ loaded before it has been checked statically:
 * Frozen graphs (``.pb``): parsing and the named nodes' existence (:mod:`.frozen_graph`), the op scan of the
   GraphDef and its function library, then the import and prune the loader will do.
 
-TensorFlow, Keras and h5py are imported on first use so that importing the registry stays cheap.
+TensorFlow, Keras and h5py are imported on first use so that importing this module stays cheap.
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tt_server.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
-from tt_server.registry.artifacts import SAVED_MODEL_PB, ArchiveLimits, check_zip_members, unpack_archive
-from tt_server.registry.frozen_graph import check_nodes, import_frozen_graph, parse_graph_def
-from tt_server.registry.safety import scan_graph_def, scan_saved_model
+from tt_server.formats.artifacts import SAVED_MODEL_PB, ArchiveLimits, check_zip_members, unpack_archive
+from tt_server.formats.frozen_graph import check_nodes, import_frozen_graph, parse_graph_def
+from tt_server.formats.safety import scan_graph_def, scan_saved_model
 from tt_server.types import DType, FrozenGraphNodes, ModelFormat, Signature, TensorSpec
 
 if TYPE_CHECKING:

@@ -13,7 +13,7 @@ import pytest
 
 from tests import models
 from tt_server.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
-from tt_server.registry.artifacts import ArchiveLimits, detect_format, unpack_archive
+from tt_server.formats.artifacts import ArchiveLimits, detect_format, unpack_archive
 from tt_server.types import ModelFormat
 
 Builder = Callable[[Path], Path]

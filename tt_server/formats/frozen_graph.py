@@ -8,7 +8,7 @@ registry (at upload) and the loader (at every load) build the serving function t
 
 The graph is imported inside ``tf.compat.v1.wrap_function`` and pruned to a concrete function from the input
 tensors to the output tensors: only what the outputs depend on ever runs, and no TF1 session is involved. The
-registry's op scan (``safety.scan_graph_def``) runs between parsing and importing.
+op scan (``safety.scan_graph_def``) runs between parsing and importing.
 
 Blocking (TensorFlow); callers run it in a worker thread. TensorFlow is imported on first use.
 """

@@ -1,0 +1,75 @@
+"""Clean-up after the registry: blobs whose GC entry is due, and what killed processes left behind.
+
+Every blob the registry writes is first recorded in the metadata store's blob GC table with a due time; the
+commit that makes it a version clears the entry. Whatever was never committed (a crashed or abandoned upload)
+or was deleted since (pruned and deleted versions) is found here by its due entry and deleted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+import time
+from pathlib import Path
+
+from tt_server.config import Settings
+from tt_server.storage.blobs import BlobStore
+from tt_server.storage.metadata import MetadataStore
+
+log = logging.getLogger(__name__)
+
+UPLOAD_SCRATCH_PREFIX = "upload-"  # scratch_dir/upload-<hex>: one upload's spooled artifact and unpacked files
+
+
+def _now_us() -> int:
+    return time.time_ns() // 1000
+
+
+class Sweeper:
+    """Deletes due garbage blobs and stale leftovers; the server runs it periodically in the background."""
+
+    def __init__(self, metadata: MetadataStore, blobs: BlobStore, settings: Settings) -> None:
+        self._metadata = metadata
+        self._blobs = blobs
+        self._settings = settings
+
+    async def sweep_leftovers(self) -> tuple[int, int]:
+        """Remove what killed processes left: stale upload scratch folders and unfinished blob writes."""
+        folders = await asyncio.to_thread(
+            sweep_scratch, self._settings.scratch_dir, self._settings.scratch_max_age_seconds
+        )
+        writes = await self._blobs.abort_stale_writes(self._settings.stale_write_seconds)
+        if folders or writes:
+            log.info("removed leftovers", extra={"scratch_folders": folders, "unfinished_blob_writes": writes})
+        return folders, writes
+
+    async def collect_garbage(self, limit: int = 100) -> int:
+        """Delete blobs whose GC entry is due (deleted versions, abandoned uploads); returns how many."""
+        keys = await self._metadata.due_blob_gc(_now_us(), limit)
+        for key in keys:
+            await self._blobs.delete(key)
+            await self._metadata.remove_blob_gc(key)
+        return len(keys)
+
+
+def _remove_tree(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def sweep_scratch(scratch: Path, max_age_seconds: float) -> int:
+    """Remove upload scratch folders nothing has written to for ``max_age_seconds`` (left by a killed process);
+    returns how many. The age spares uploads in progress in sibling processes sharing the data directory."""
+    if not scratch.is_dir():
+        return 0
+    cutoff = time.time() - max_age_seconds
+    removed = 0
+    for work in scratch.glob(f"{UPLOAD_SCRATCH_PREFIX}*"):
+        try:
+            newest = max((p.stat().st_mtime for p in (work, *work.rglob("*"))), default=0.0)
+        except OSError:
+            continue  # removed meanwhile
+        if newest < cutoff:
+            _remove_tree(work)
+            removed += 1
+    return removed
