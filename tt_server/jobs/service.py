@@ -15,7 +15,6 @@ The work itself happens in ``runner.py``, in tt-worker processes or the embedded
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import re
 import time
@@ -34,6 +33,7 @@ from tt_server.errors import (
     Unavailable,
 )
 from tt_server.jobs.columns import BOM, MAX_FIRST_LINE_BYTES, check_spec, first_record, plan_columns
+from tt_server.jobs.inputs import read_first_line
 from tt_server.jobs.notify import JobNotifier
 from tt_server.jobs.objects import check_uri, is_uri, normalise_prefix
 from tt_server.jobs.tables import (
@@ -178,13 +178,7 @@ class JobsService:
             )
         try:
             size = await self._blobs.size(key)
-            prefix = bytearray()
-            stream = self._blobs.get_stream(key, chunk_size=64 * 1024)
-            async with contextlib.aclosing(stream):  # type: ignore[type-var]  # blob streams are generators
-                async for chunk in stream:
-                    prefix += chunk
-                    if b"\n" in chunk or len(prefix) > MAX_FIRST_LINE_BYTES:
-                        break
+            prefix = await read_first_line(self._blobs, key)
         except NotFound:
             if is_uri(key):
                 raise NotFound(f"{field}: no object {key!r}") from None
@@ -198,7 +192,7 @@ class JobsService:
         cap = self._settings.job_max_input_bytes
         if size > cap:
             raise ResourceExhausted(f"{field}: the object {key!r} is {size} bytes, over the limit of {cap} bytes")
-        return size, bytes(prefix)
+        return size, prefix
 
     async def _check_columns(self, spec: JobSpec, version: ModelVersion, key: str, size: int, prefix: bytes) -> None:
         """The column plan must work for the input's first line (CSV, JSON Lines) or schema (Parquet)."""
@@ -218,12 +212,8 @@ class JobsService:
             plan_table(spec, version, metadata.schema.to_arrow_schema())
 
     async def _tail(self, key: str, size: int, length: int) -> bytes:
-        data = bytearray()
-        stream = self._blobs.get_stream(key, offset=max(0, size - length), chunk_size=max(length, 1))
-        async with contextlib.aclosing(stream):  # type: ignore[type-var]  # blob streams are generators
-            async for chunk in stream:
-                data += chunk
-        return bytes(data)
+        start = max(0, size - length)
+        return await self._blobs.get_range(key, start, size - start)
 
     async def _discard(self, key: str) -> None:
         try:
