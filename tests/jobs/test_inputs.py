@@ -59,10 +59,11 @@ async def test_get_range(store: BlobStore) -> None:
 def _parquet(rows: int, row_group: int) -> tuple[bytes, pa.Table]:
     rng = np.random.default_rng(7)
     x = rng.standard_normal((rows, 8)).astype(np.float32)
+    noise = rng.standard_normal((rows, 32)).tobytes()
     table = pa.table(
         {
             "features": pa.FixedSizeListArray.from_arrays(pa.array(x.ravel()), 8),
-            "payload": pa.array(rng.standard_normal((rows, 32)).tobytes()[i * 128 : (i + 1) * 128] for i in range(rows)),
+            "payload": pa.array(noise[i * 256 : (i + 1) * 256] for i in range(rows)),
         }
     )
     out = io.BytesIO()
