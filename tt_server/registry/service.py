@@ -26,13 +26,14 @@ from pathlib import Path
 from typing import Any
 
 from tt_server.config import Settings
-from tt_server.errors import FieldViolation, InvalidArgument, NotFound, ResourceExhausted, Unavailable
+from tt_server.errors import FieldViolation, InvalidArgument, NotFound, ResourceExhausted
 from tt_server.events import EventBus
 from tt_server.registry.artifacts import ArchiveLimits, detect_format
 from tt_server.registry.frozen_graph import INPUT_FIELD, NODE_NAME, OUTPUT_FIELD
 from tt_server.registry.inspect import inspect_artifact
 from tt_server.storage.blobs import BlobStore
 from tt_server.storage.metadata import MetadataStore, NewVersion
+from tt_server.storage.outbox import BlobOutbox
 from tt_server.storage.pins import VersionPins
 from tt_server.types import (
     EventKind,
@@ -123,6 +124,7 @@ class Registry:
     ) -> None:
         self._metadata = metadata
         self._blobs = blobs
+        self._outbox = BlobOutbox(blobs, metadata, delay_us=UPLOAD_GC_DELAY_US)
         self._events = events
         self._settings = settings
         self._executor = executor
@@ -282,10 +284,9 @@ class Registry:
         training_session_id: str | None = None,
     ) -> ModelVersion:
         blob_key = f"models/{spec.model_name}/{uuid.uuid4().hex}"
-        await self._metadata.add_blob_gc(blob_key, _now_us() + UPLOAD_GC_DELAY_US)
-        committed = False
-        dependency_down = False
-        try:
+        # Reserved in the blob GC table first: a crash or cancellation before the commit leaves the sweeper a
+        # GC entry, never an orphan blob; create_version claims the blob in the same transaction.
+        async with self._outbox.stage(blob_key) as staged:
             await self._blobs.put_file(blob_key, artifact)
             draft = ModelVersion(
                 model_name=spec.model_name,
@@ -315,16 +316,7 @@ class Registry:
                     serving_policy=spec.serving_policy,
                 )
             )
-            committed = True
-        except Unavailable:
-            # A clean-up now would only wait out the same timeouts again; the GC entry recorded above lets the
-            # sweeper delete the blob once the store is back.
-            dependency_down = True
-            raise
-        finally:
-            if not committed and not dependency_down:
-                # Shielded: a cancelled upload must still clean up after itself.
-                await asyncio.shield(self._discard_blob(blob_key))
+            staged.claimed()
         await self._events.publish(RegistryEvent(EventKind.VERSION_CREATED, version.model_name, version.version))
         for label in spec.labels:
             await self._events.publish(RegistryEvent(EventKind.LABEL_MOVED, version.model_name, version.version, label))
@@ -400,13 +392,6 @@ class Registry:
             await self.pins.pin(model_name, version.version, pin)
         await self._prune_quietly(model_name)
         return version
-
-    async def _discard_blob(self, blob_key: str) -> None:
-        try:
-            await self._blobs.delete(blob_key)
-            await self._metadata.remove_blob_gc(blob_key)
-        except Exception:
-            log.warning("blob cleanup deferred to the sweeper", extra={"blob_key": blob_key}, exc_info=True)
 
     # --- reads -----------------------------------------------------------------------------------------------
     async def list_models(self, page_size: int, page_token: str) -> Page[Model]:
@@ -502,7 +487,7 @@ class Registry:
         check_model_name(name)
         blob_keys = await self._metadata.delete_model(name)
         for key in blob_keys:
-            await self._discard_blob(key)
+            await self._outbox.discard(key)
         await self._events.publish(RegistryEvent(EventKind.MODEL_DELETED, name))
         return len(blob_keys)
 
@@ -512,7 +497,7 @@ class Registry:
             raise InvalidArgument.field("version", "versions are numbered from 1")
         labels = list((await self._metadata.get_version(name, version)).labels)
         blob_key = await self._metadata.delete_version(name, version, force)
-        await self._discard_blob(blob_key)
+        await self._outbox.discard(blob_key)
         await self._events.publish(RegistryEvent(EventKind.VERSION_DELETED, name, version))
         for label in labels:
             await self._events.publish(RegistryEvent(EventKind.LABEL_DELETED, name, version, label))
