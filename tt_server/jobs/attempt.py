@@ -50,7 +50,8 @@ from tt_server.jobs.tables import JsonLinesParser, TableBatch, TablePlan, conver
 from tt_server.runtime.manager import ModelManager
 from tt_server.runtime.servable import Servable
 from tt_server.storage.blobs import BlobInfo, BlobStore
-from tt_server.storage.jobs import MAX_ROW_ERRORS, JobProgress, JobStore
+from tt_server.storage.jobs import MAX_ROW_ERRORS, JobProgress
+from tt_server.storage.outbox import BlobOutbox
 from tt_server.types import InputFormat, Job, ModelRef, ModelVersion, RowError, TensorSpec
 
 log = logging.getLogger(__name__)
@@ -159,14 +160,14 @@ class AttemptPipeline:
 
     def __init__(
         self,
-        store: JobStore,
+        results: BlobOutbox,
         blobs: BlobStore,
         models: ModelManager,
         settings: Settings,
         stopping: asyncio.Event,
         concurrency: int = 1,
     ) -> None:
-        self._store = store
+        self._results = results
         self._blobs = blobs
         self._models = models
         self._settings = settings
@@ -191,7 +192,7 @@ class AttemptPipeline:
             encoder = make_encoder(job.spec.output_format, passthrough, outputs)
             key = f"{attempts_prefix(job)}{attempt.number}/results.{encoder.extension}"
             if not is_uri(key):  # results in the caller's object storage are cleaned up by the committing attempt
-                await self._store.add_blob_gc(key, time.time_ns() // 1000 + RESULT_GC_DELAY_US)
+                await self._results.reserve(key)  # claimed by commit_job, or discarded by the delivery
             info = await self._blobs.put_stream(key, self._pipeline(job, attempt, produce, handle.servable, encoder))
             attempt.add_time("total_seconds", time.perf_counter() - started)
             return AttemptEnd(Ending.WRITTEN, result=info)

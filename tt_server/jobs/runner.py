@@ -36,12 +36,13 @@ import uuid
 from tt_server import metrics
 from tt_server.config import Settings
 from tt_server.errors import DeadlineExceeded, NotFound, Unavailable
-from tt_server.jobs.attempt import Attempt, AttemptEnd, AttemptPipeline, Ending, attempts_prefix
+from tt_server.jobs.attempt import RESULT_GC_DELAY_US, Attempt, AttemptEnd, AttemptPipeline, Ending, attempts_prefix
 from tt_server.jobs.notify import JobNotifier
 from tt_server.runtime.manager import ModelManager
 from tt_server.storage.blobs import BlobStore
 from tt_server.storage.broker import Delivery
 from tt_server.storage.jobs import JobStore
+from tt_server.storage.outbox import BlobOutbox
 from tt_server.types import Job, JobState
 
 log = logging.getLogger(__name__)
@@ -87,7 +88,9 @@ class JobRunner:
         self.owner = owner or worker_id()
         self._notifier = notifier
         self._stopping = asyncio.Event()
-        self._pipeline = AttemptPipeline(store, blobs, models, settings, self._stopping, concurrency)
+        # Result objects: reserved in the blob GC table by the pipeline, claimed by commit_job, else discarded.
+        self._results = BlobOutbox(blobs, store, delay_us=RESULT_GC_DELAY_US, what="job result")
+        self._pipeline = AttemptPipeline(self._results, blobs, models, settings, self._stopping, concurrency)
 
     def stop(self) -> None:
         self._stopping.set()
@@ -197,7 +200,7 @@ class JobRunner:
             assert end.result is not None
             key, size = end.result.key, end.result.size
             if not await self._store.commit_job(job.id, number, key, size, attempt.progress(final=True)):
-                await self._discard(key)
+                await self._results.discard(key)
                 return await self._lost(job.id, context)
             self._notify(job.id)
             metrics.JOBS_FINISHED.labels(job.model_name, str(job.model_version), "SUCCEEDED").inc()
@@ -262,13 +265,6 @@ class JobRunner:
         self._notify(job_id)
         return Outcome.RETRY
 
-    async def _discard(self, key: str) -> None:
-        try:
-            await self._blobs.delete(key)
-            await self._store.remove_blob_gc(key)
-        except Exception:
-            log.warning("result cleanup deferred to the sweeper", extra={"blob_key": key}, exc_info=True)
-
     async def _discard_other_attempts(self, job: Job, kept: str) -> None:
         """Delete results that earlier attempts of the job wrote but never committed."""
         try:
@@ -278,7 +274,7 @@ class JobRunner:
             return
         for key in keys:
             if key != kept:
-                await self._discard(key)
+                await self._results.discard(key)
 
 
 def _give_up_message(job: Job) -> str:

@@ -14,7 +14,6 @@ The work itself happens in ``runner.py``, in tt-worker processes or the embedded
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 import time
@@ -47,6 +46,7 @@ from tt_server.registry.service import Registry, check_model_name
 from tt_server.storage.blobs import BlobStore
 from tt_server.storage.broker import Broker
 from tt_server.storage.jobs import JobStore
+from tt_server.storage.outbox import BlobOutbox
 from tt_server.types import InputFormat, Job, JobSpec, JobState, ModelVersion, Page
 
 log = logging.getLogger(__name__)
@@ -84,6 +84,8 @@ class JobsService:
         self._registry = registry
         self._settings = settings
         self.notifier = notifier or JobNotifier()
+        # A streamed input is reserved in the blob GC table before its first byte, claimed by create_job.
+        self._inputs = BlobOutbox(blobs, store, delay_us=UPLOAD_GC_DELAY_US, what="job input")
         for prefix in settings.job_s3_allowed_prefixes:
             normalise_prefix(prefix)  # a misconfigured prefix stops the server at start-up
 
@@ -105,34 +107,18 @@ class JobsService:
         if spec.input_uri:
             uri = check_uri(spec.input_uri, self._settings.job_s3_allowed_prefixes, "spec.input_uri")
             spec = replace(spec, input_uri=uri)
-            key, owned = uri, False
-            size, prefix = await self._existing_input(key, chunks, "spec.input_uri")
+            size, prefix = await self._existing_input(uri, chunks, "spec.input_uri")
+            job = await self._store_job(job_id, spec, version, uri, size, prefix, owns_input=False)
         elif spec.input_blob_key:
-            key, owned = spec.input_blob_key, False
-            size, prefix = await self._existing_input(key, chunks, "spec.input_blob_key")
+            size, prefix = await self._existing_input(spec.input_blob_key, chunks, "spec.input_blob_key")
+            job = await self._store_job(job_id, spec, version, spec.input_blob_key, size, prefix, owns_input=False)
         else:
-            key, owned = input_key(job_id), True
-            await self._store.add_blob_gc(key, _now_us() + UPLOAD_GC_DELAY_US)
-        stored = False
-        try:
-            if owned:
+            key = input_key(job_id)
+            # Any failure before the row is stored discards the upload (also an outage: nothing waits on it).
+            async with self._inputs.stage(key, keep_when_unavailable=False) as staged:
                 size, prefix = await self._upload(key, chunks)
-            await self._check_columns(spec, version, key, size, prefix)
-            draft = Job(
-                id=job_id,
-                model_name=version.model_name,
-                model_version=version.version,
-                spec=spec,
-                state=JobState.QUEUED,
-                input_blob_key=key,
-                input_size=size,
-                created_at=datetime.now(UTC),
-            )
-            job = await self._store.create_job(draft, owns_input=owned)
-            stored = True
-        finally:
-            if owned and not stored:
-                await asyncio.shield(self._discard(key))  # a cancelled call still cleans up after itself
+                job = await self._store_job(job_id, spec, version, key, size, prefix, owns_input=True)
+                staged.claimed()  # create_job removed the GC entry in its transaction
         try:
             await self._broker.publish(job_id)
         except Exception as e:
@@ -146,6 +132,30 @@ class JobsService:
             extra={"job": job_id, "model": job.model_name, "version": job.model_version, "input_bytes": size},
         )
         return job
+
+    async def _store_job(
+        self,
+        job_id: str,
+        spec: JobSpec,
+        version: ModelVersion,
+        key: str,
+        size: int,
+        prefix: bytes,
+        owns_input: bool,
+    ) -> Job:
+        """Check the columns against the input, then insert the QUEUED row."""
+        await self._check_columns(spec, version, key, size, prefix)
+        draft = Job(
+            id=job_id,
+            model_name=version.model_name,
+            model_version=version.version,
+            spec=spec,
+            state=JobState.QUEUED,
+            input_blob_key=key,
+            input_size=size,
+            created_at=datetime.now(UTC),
+        )
+        return await self._store.create_job(draft, owns_input=owns_input)
 
     async def _upload(self, key: str, chunks: AsyncIterator[bytes]) -> tuple[int, bytes]:
         """Stream the input to ``key`` under the size cap; returns its size and its first bytes (the header)."""
@@ -214,13 +224,6 @@ class JobsService:
     async def _tail(self, key: str, size: int, length: int) -> bytes:
         start = max(0, size - length)
         return await self._blobs.get_range(key, start, size - start)
-
-    async def _discard(self, key: str) -> None:
-        try:
-            await self._blobs.delete(key)
-            await self._store.remove_blob_gc(key)
-        except Exception:
-            log.warning("job input cleanup deferred to the sweeper", extra={"blob_key": key}, exc_info=True)
 
     # --- reads ----------------------------------------------------------------------------------------------
     async def get(self, job_id: str) -> Job:
