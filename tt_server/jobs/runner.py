@@ -119,6 +119,7 @@ class JobRunner:
                         metrics.JOBS_FINISHED.labels(job.model_name, str(job.model_version), "FAILED").inc()
                         log.error("job failed: out of attempts; message dead-lettered", extra={"job": job_id})
                         self._notify(job_id)
+                        await self._discard_other_attempts(job, kept="")
                         await delivery.nack(requeue=False)
                         return Outcome.GAVE_UP
                     continue
@@ -214,7 +215,7 @@ class JobRunner:
         if end.ending is Ending.LOST:
             return await self._lost(job.id, context)
         if end.ending is Ending.FAILED:
-            return await self._fail(job.id, number, end.error, attempt, context)
+            return await self._fail(job, number, end.error, attempt, context)
         return await self._retry(job.id, number, end.error, context)
 
     async def _heartbeat(self, attempt: Attempt) -> None:
@@ -238,19 +239,19 @@ class JobRunner:
         job = await self._store.get_job(job_id)
         if job.state is JobState.CANCELLED:
             log.info("job attempt stopped: cancelled", extra=context)
+            await self._discard_other_attempts(job, kept="")
             return Outcome.CANCELLED
         log.warning("job attempt stopped: another attempt holds the job", extra={**context, "state": job.state.value})
         return Outcome.LOST
 
-    async def _fail(
-        self, job_id: str, number: int, error: str, attempt: Attempt, context: dict[str, object]
-    ) -> Outcome:
-        if await self._store.fail_job(job_id, number, error, attempt.progress()):
+    async def _fail(self, job: Job, number: int, error: str, attempt: Attempt, context: dict[str, object]) -> Outcome:
+        if await self._store.fail_job(job.id, number, error, attempt.progress()):
             metrics.JOBS_FINISHED.labels(str(context["model"]), str(context["version"]), "FAILED").inc()
             log.warning("job failed", extra={**context, "error": error})
-            self._notify(job_id)
+            self._notify(job.id)
+            await self._discard_other_attempts(job, kept="")
             return Outcome.FAILED
-        return await self._lost(job_id, context)
+        return await self._lost(job.id, context)
 
     async def _retry(self, job_id: str, number: int, error: str, context: dict[str, object]) -> Outcome:
         try:
@@ -266,7 +267,9 @@ class JobRunner:
         return Outcome.RETRY
 
     async def _discard_other_attempts(self, job: Job, kept: str) -> None:
-        """Delete results that earlier attempts of the job wrote but never committed."""
+        """Delete results that attempts of the job wrote but never committed (an attempt that died between its
+        write and its commit), once the job is finished: in the blob store the GC table would sweep them a
+        day later, but in a caller's bucket (``output_uri``) nothing else would."""
         try:
             keys = await self._blobs.list_keys(attempts_prefix(job))
         except Exception:
