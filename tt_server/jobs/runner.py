@@ -83,7 +83,6 @@ class JobRunner:
     ) -> None:
         self._store = store
         self._blobs = blobs
-        self._models = models
         self._settings = settings
         self.owner = owner or worker_id()
         self._notifier = notifier
