@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from tt_server.errors import NotFound
+from tt_server.jobs.attempt import _row_group_batches
 from tt_server.jobs.columns import MAX_FIRST_LINE_BYTES
 from tt_server.jobs.inputs import RangedFile, read_first_line
 from tt_server.storage.blobs import BlobStore
@@ -94,6 +95,20 @@ async def test_parquet_is_read_by_ranged_reads_of_the_needed_column_chunks(store
         pq.ParquetFile(io.BytesIO(data)).metadata.row_group(i).column(1).total_compressed_size for i in range(8)
     )
     assert source.bytes_read < len(data) - payload_bytes + 64 * 1024
+
+
+async def test_the_next_row_group_is_read_ahead(store: BlobStore) -> None:
+    data, table = _parquet(rows=4000, row_group=500)
+    await put(store, "inputs/t.parquet", data)
+    source = RangedFile(store, "inputs/t.parquet", len(data), asyncio.get_running_loop())
+
+    def read() -> pa.Table:
+        return pa.Table.from_batches(list(_row_group_batches(pq.ParquetFile(source), source, 300, ["features"])))
+
+    read_back = await asyncio.to_thread(read)
+    assert read_back.column("features").equals(table.column("features"))
+    assert source.read_ahead_hits == 7  # every row group but the first was on its way before it was needed
+    assert source.requests - source.read_ahead_hits <= 3  # the footer and the first row group
 
 
 async def test_ranged_file_refuses_the_event_loop(store: BlobStore) -> None:

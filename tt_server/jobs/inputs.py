@@ -10,6 +10,7 @@ group at a time: memory holds about one row group whatever the file size, and no
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import io
 import threading
@@ -41,8 +42,9 @@ async def read_first_line(blobs: BlobStore, key: str) -> bytes:
 
 class RangedFile(io.RawIOBase):
     """A read-only, seekable file over ``blobs.get_range`` for pyarrow, used from worker threads only: each
-    ``read`` runs one ranged read on the event loop ``loop`` and waits for it. Counts its reads (``requests``,
-    ``bytes_read``, ``seconds``) so the attempt can tell reading from parsing."""
+    ``read`` runs one ranged read on the event loop ``loop`` and waits for it, unless ``prefetch`` started it
+    already. Counts its reads (``requests``, ``bytes_read``, ``seconds``) so the attempt can tell reading from
+    parsing."""
 
     def __init__(self, blobs: BlobStore, key: str, size: int, loop: asyncio.AbstractEventLoop) -> None:
         super().__init__()
@@ -52,7 +54,10 @@ class RangedFile(io.RawIOBase):
         self._loop = loop
         self._position = 0
         self._lock = threading.Lock()  # pyarrow may read from more than one thread
+        # Ranges asked for ahead (``prefetch``): (offset, length) -> the read in flight, taken by ``read``.
+        self._ahead: dict[tuple[int, int], concurrent.futures.Future[bytes]] = {}
         self.requests = 0
+        self.read_ahead_hits = 0  # reads served by a ``prefetch``
         self.bytes_read = 0
         self.seconds = 0.0
 
@@ -98,6 +103,20 @@ class RangedFile(io.RawIOBase):
         view[: len(data)] = data
         return len(data)
 
+    def prefetch(self, ranges: list[tuple[int, int]]) -> None:
+        """Start reading ``ranges`` (offset, length) now, for a later ``read`` of exactly one of them; reads
+        asked for before and not taken are dropped, so at most one set of ranges is held."""
+        with self._lock:
+            for future in self._ahead.values():
+                future.cancel()
+            self._ahead = {
+                (offset, length): asyncio.run_coroutine_threadsafe(
+                    self._blobs.get_range(self._key, offset, length), self._loop
+                )
+                for offset, length in ranges
+                if length > 0
+            }
+
     def _fetch(self, offset: int, length: int) -> bytes:
         try:
             running = asyncio.get_running_loop()
@@ -106,7 +125,11 @@ class RangedFile(io.RawIOBase):
         if running is self._loop:
             raise RuntimeError("RangedFile blocks: read it from a worker thread, not the event loop")
         began = time.perf_counter()
-        future = asyncio.run_coroutine_threadsafe(self._blobs.get_range(self._key, offset, length), self._loop)
+        future = self._ahead.pop((offset, length), None)
+        if future is None:
+            future = asyncio.run_coroutine_threadsafe(self._blobs.get_range(self._key, offset, length), self._loop)
+        else:
+            self.read_ahead_hits += 1
         try:
             data = future.result(RANGE_READ_TIMEOUT_SECONDS)
         except TimeoutError:
