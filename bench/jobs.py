@@ -7,6 +7,9 @@ and real ``tt-worker`` processes. Four variants, each on a fresh worker with a 1
 * ``csv-s3``: the same CSV already in object storage, named with ``spec.input_uri`` (nothing is uploaded);
 * ``parquet-streamed`` / ``parquet-s3``: a Parquet file with one fixed-size-list ``features`` column (float32).
 
+A streamed input is sent by a client in a process of its own (``bench.jobs_submit``), as a real caller: from
+the server's process it would share its GIL and the Python work of reading and serialising 300 MB.
+
 Object storage is moto's S3 server in a process of its own (``moto_server``): a Python server, so the S3
 variants measure moto's read speed too, not S3's. Per job: end-to-end rows/s (submit -> SUCCEEDED, incl. the
 upload for streamed inputs), worker rows/s (its start to its end), the worker's CPU seconds for the job and
@@ -112,6 +115,25 @@ async def requests(spec: pb.JobSpec, path: Path | None) -> AsyncIterator[pb.Crea
             yield pb.CreateJobRequest(chunk=chunk)
 
 
+async def submit_from_own_process(address: str, spec: pb.JobSpec, path: Path) -> tuple[str, float, float]:
+    """Stream ``path`` with CreateJob from a process of its own (``bench.jobs_submit``), as a real caller;
+    (job id, wall-clock time the call began, time it returned)."""
+    client = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bench.jobs_submit",
+        address,
+        str(path),
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    out, _ = await client.communicate(spec.SerializeToString())
+    if client.returncode != 0:
+        raise RuntimeError(f"bench.jobs_submit exited with {client.returncode}")
+    answer = json.loads(out.decode().strip().splitlines()[-1])
+    return answer["id"], answer["began"], answer["returned"]
+
+
 async def start_worker(env: dict[str, str], log: Path) -> asyncio.subprocess.Process:
     with log.open("wb") as out:
         worker = await asyncio.create_subprocess_exec(
@@ -134,20 +156,30 @@ async def stop_worker(worker: asyncio.subprocess.Process) -> None:
 
 
 async def run_job(
-    app: Any, channel: grpc.aio.Channel, worker: asyncio.subprocess.Process, spec: pb.JobSpec, path: Path | None
+    app: Any,
+    channel: grpc.aio.Channel,
+    worker: asyncio.subprocess.Process,
+    spec: pb.JobSpec,
+    path: Path | None,
+    in_process_client: bool = False,
 ) -> dict[str, Any]:
-    """Run one job (``path``: streamed in; None: ``spec.input_uri``) on ``worker``; what was measured."""
+    """Run one job (``path``: streamed in; None: ``spec.input_uri``) on ``worker``; what was measured.
+    ``in_process_client``: stream ``path`` from this (the server's) process, as the bench did before."""
     reset_peak_rss(worker.pid)
     idle_rss = peak_rss_mib(worker.pid)[1]
     cpu_before = cpu_seconds(worker.pid)
     jobs = jobs_service_pb2_grpc.JobsServiceStub(channel)
-    began = time.perf_counter()
-    job = (await jobs.CreateJob(requests(spec, path))).job
-    uploaded = time.perf_counter()
+    if path is None or in_process_client:  # nothing to stream (the call is short) or asked to: from here
+        began = time.time()
+        job = (await jobs.CreateJob(requests(spec, path))).job
+        uploaded = time.time()
+    else:
+        job_id, began, uploaded = await submit_from_own_process(app.address, spec, path)
+        job = (await jobs.GetJob(pb.GetJobRequest(id=job_id))).job
     while job.state not in (pb.JOB_STATE_SUCCEEDED, pb.JOB_STATE_FAILED, pb.JOB_STATE_CANCELLED):
         await asyncio.sleep(0.05)
         job = (await jobs.GetJob(pb.GetJobRequest(id=job.id))).job
-    finished = time.perf_counter()
+    finished = time.time()
     if job.state != pb.JOB_STATE_SUCCEEDED:
         raise RuntimeError(f"job ended {pb.JobState.Name(job.state)}: {job.error}")
     cpu = cpu_seconds(worker.pid) - cpu_before
@@ -213,8 +245,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             break
         except Exception:
             await asyncio.sleep(0.2)
-    for (fmt, rows), path in files.items():
-        await lake.put_file(f"inputs/{rows}.{fmt}", path)
+    for (fmt, rows), file in files.items():
+        await lake.put_file(f"inputs/{rows}.{fmt}", file)
     await lake.close()
     values = {
         "grpc_address": "127.0.0.1:0",
@@ -265,6 +297,11 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                                 spec.input_uri = f"s3://bench-lake/inputs/{rows}.{fmt}"
                                 path = None
                             measured[str(rows)] = await run_job(app, channel, worker, spec, path)
+                            if path is not None and args.compare_client:
+                                # Paired: the same job on the same worker, its input streamed from this process.
+                                measured[f"{rows} in-process client"] = await run_job(
+                                    app, channel, worker, spec, path, in_process_client=True
+                                )
                     finally:
                         await stop_worker(worker)
                     small, large = measured[str(args.small_rows)], measured[str(args.rows)]
@@ -298,6 +335,11 @@ def main() -> None:
     parser.add_argument("--postgres", default="postgresql://postgres@127.0.0.1:5432/test")
     parser.add_argument("--amqp", default="amqp://guest:guest@127.0.0.1:5672/")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (inputs, logs)")
+    parser.add_argument(
+        "--compare-client",
+        action="store_true",
+        help="also run each streamed job with its client in the server's process (paired comparison)",
+    )
     parser.add_argument("--formats", nargs="+", default=["csv", "parquet"], choices=["csv", "parquet"])
     print(json.dumps(asyncio.run(main_async(parser.parse_args())), indent=2))
 

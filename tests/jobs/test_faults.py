@@ -166,3 +166,33 @@ async def test_poison_job_is_retried_then_failed_and_dead_lettered(
     assert failed.attempts == s.job_max_attempts
     assert failed.error.startswith(f"gave up after {s.job_max_attempts} attempts; last error: internal error")
     assert await broker.dead_letters() == [job.id]
+
+
+async def test_a_failed_job_leaves_no_uncommitted_result_behind(
+    bare_jobs, bare_models, bare_server: Application
+) -> None:
+    jobs, mlp = bare_jobs, bare_models[0]
+    job = await create_job(jobs, spec(mlp), csv_bytes(features(10)) + b"11,1,2,not-a-number,4,x\n")
+    # What an attempt that wrote its result and died before committing leaves (in a caller's bucket no GC
+    # entry would ever sweep it): the attempt that ends the job deletes it.
+    stray = f"jobs/{job.id}/attempt-7/results.csv"
+
+    async def one_chunk() -> AsyncIterator[bytes]:
+        yield b"id,score\n"
+
+    await bare_server.blobs.put_stream(stray, one_chunk())
+    broker = LocalBroker()
+    await broker.open()
+    await broker.publish(job.id)
+    s = bare_server.settings
+    manager = ModelManager(bare_server.metadata, bare_server.blobs, s.data_dir / "failed-cache", s)
+    runner = JobRunner(make_job_store(bare_server.metadata), bare_server.blobs, manager, s)
+    try:
+        delivery = await asyncio.wait_for(anext(broker.consume(prefetch=1)), 30)
+        assert await runner.handle(delivery) == Outcome.FAILED
+    finally:
+        runner.close()
+        await manager.close()
+    failed = (await jobs.GetJob(pb.GetJobRequest(id=job.id))).job
+    assert failed.state == pb.JOB_STATE_FAILED and "row 11" in failed.error, failed.error
+    assert await bare_server.blobs.list_keys(f"jobs/{job.id}/attempt-") == []

@@ -106,7 +106,7 @@ async def test_killed_worker_restarts_within_5_seconds_and_a_paused_one_writes_n
     assert await bare_server.blobs.list_keys(f"jobs/{job.id}/attempt-") == [f"jobs/{job.id}/attempt-2/results.csv"]
     assert paused.process.returncode is None  # it carries on serving the queue
 
-    # A Parquet job on these processes (each with a data folder of its own: the scratch copy must find room).
+    # A Parquet job on these processes (read by ranged reads of the blob store, row group by row group).
     x = features(3000, seed=32)
     table = pa.table({"id": np.arange(3000), "features": pa.FixedSizeListArray.from_arrays(pa.array(x.ravel()), 4)})
     out = io.BytesIO()

@@ -112,6 +112,10 @@ class JobBlobs:
         store, object_key = self._route(key)
         return store.get_stream(object_key, offset, chunk_size)
 
+    async def get_range(self, key: str, offset: int, length: int) -> bytes:
+        store, object_key = self._route(key)
+        return await store.get_range(object_key, offset, length)
+
     async def get_file(self, key: str, path: Path) -> None:
         store, object_key = self._route(key)
         await store.get_file(object_key, path)

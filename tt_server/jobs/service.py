@@ -14,8 +14,6 @@ The work itself happens in ``runner.py``, in tt-worker processes or the embedded
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import re
 import time
@@ -34,6 +32,7 @@ from tt_server.errors import (
     Unavailable,
 )
 from tt_server.jobs.columns import BOM, MAX_FIRST_LINE_BYTES, check_spec, first_record, plan_columns
+from tt_server.jobs.inputs import read_first_line
 from tt_server.jobs.notify import JobNotifier
 from tt_server.jobs.objects import check_uri, is_uri, normalise_prefix
 from tt_server.jobs.tables import (
@@ -48,6 +47,7 @@ from tt_server.registry.service import Registry
 from tt_server.storage.blobs import BlobStore
 from tt_server.storage.broker import Broker
 from tt_server.storage.jobs import JobStore
+from tt_server.storage.outbox import BlobOutbox
 from tt_server.types import InputFormat, Job, JobSpec, JobState, ModelVersion, Page
 
 log = logging.getLogger(__name__)
@@ -85,6 +85,8 @@ class JobsService:
         self._registry = registry
         self._settings = settings
         self.notifier = notifier or JobNotifier()
+        # A streamed input is reserved in the blob GC table before its first byte, claimed by create_job.
+        self._inputs = BlobOutbox(blobs, store, delay_us=UPLOAD_GC_DELAY_US, what="job input")
         for prefix in settings.job_s3_allowed_prefixes:
             normalise_prefix(prefix)  # a misconfigured prefix stops the server at start-up
 
@@ -106,34 +108,18 @@ class JobsService:
         if spec.input_uri:
             uri = check_uri(spec.input_uri, self._settings.job_s3_allowed_prefixes, "spec.input_uri")
             spec = replace(spec, input_uri=uri)
-            key, owned = uri, False
-            size, prefix = await self._existing_input(key, chunks, "spec.input_uri")
+            size, prefix = await self._existing_input(uri, chunks, "spec.input_uri")
+            job = await self._store_job(job_id, spec, version, uri, size, prefix, owns_input=False)
         elif spec.input_blob_key:
-            key, owned = spec.input_blob_key, False
-            size, prefix = await self._existing_input(key, chunks, "spec.input_blob_key")
+            size, prefix = await self._existing_input(spec.input_blob_key, chunks, "spec.input_blob_key")
+            job = await self._store_job(job_id, spec, version, spec.input_blob_key, size, prefix, owns_input=False)
         else:
-            key, owned = input_key(job_id), True
-            await self._store.add_blob_gc(key, _now_us() + UPLOAD_GC_DELAY_US)
-        stored = False
-        try:
-            if owned:
+            key = input_key(job_id)
+            # Any failure before the row is stored discards the upload (also an outage: nothing waits on it).
+            async with self._inputs.stage(key, keep_when_unavailable=False) as staged:
                 size, prefix = await self._upload(key, chunks)
-            await self._check_columns(spec, version, key, size, prefix)
-            draft = Job(
-                id=job_id,
-                model_name=version.model_name,
-                model_version=version.version,
-                spec=spec,
-                state=JobState.QUEUED,
-                input_blob_key=key,
-                input_size=size,
-                created_at=datetime.now(UTC),
-            )
-            job = await self._store.create_job(draft, owns_input=owned)
-            stored = True
-        finally:
-            if owned and not stored:
-                await asyncio.shield(self._discard(key))  # a cancelled call still cleans up after itself
+                job = await self._store_job(job_id, spec, version, key, size, prefix, owns_input=True)
+                staged.claimed()  # create_job removed the GC entry in its transaction
         try:
             await self._broker.publish(job_id)
         except Exception as e:
@@ -147,6 +133,30 @@ class JobsService:
             extra={"job": job_id, "model": job.model_name, "version": job.model_version, "input_bytes": size},
         )
         return job
+
+    async def _store_job(
+        self,
+        job_id: str,
+        spec: JobSpec,
+        version: ModelVersion,
+        key: str,
+        size: int,
+        prefix: bytes,
+        owns_input: bool,
+    ) -> Job:
+        """Check the columns against the input, then insert the QUEUED row."""
+        await self._check_columns(spec, version, key, size, prefix)
+        draft = Job(
+            id=job_id,
+            model_name=version.model_name,
+            model_version=version.version,
+            spec=spec,
+            state=JobState.QUEUED,
+            input_blob_key=key,
+            input_size=size,
+            created_at=datetime.now(UTC),
+        )
+        return await self._store.create_job(draft, owns_input=owns_input)
 
     async def _upload(self, key: str, chunks: AsyncIterator[bytes]) -> tuple[int, bytes]:
         """Stream the input to ``key`` under the size cap; returns its size and its first bytes (the header)."""
@@ -179,13 +189,7 @@ class JobsService:
             )
         try:
             size = await self._blobs.size(key)
-            prefix = bytearray()
-            stream = self._blobs.get_stream(key, chunk_size=64 * 1024)
-            async with contextlib.aclosing(stream):  # type: ignore[type-var]  # blob streams are generators
-                async for chunk in stream:
-                    prefix += chunk
-                    if b"\n" in chunk or len(prefix) > MAX_FIRST_LINE_BYTES:
-                        break
+            prefix = await read_first_line(self._blobs, key)
         except NotFound:
             if is_uri(key):
                 raise NotFound(f"{field}: no object {key!r}") from None
@@ -199,7 +203,7 @@ class JobsService:
         cap = self._settings.job_max_input_bytes
         if size > cap:
             raise ResourceExhausted(f"{field}: the object {key!r} is {size} bytes, over the limit of {cap} bytes")
-        return size, bytes(prefix)
+        return size, prefix
 
     async def _check_columns(self, spec: JobSpec, version: ModelVersion, key: str, size: int, prefix: bytes) -> None:
         """The column plan must work for the input's first line (CSV, JSON Lines) or schema (Parquet)."""
@@ -219,19 +223,8 @@ class JobsService:
             plan_table(spec, version, metadata.schema.to_arrow_schema())
 
     async def _tail(self, key: str, size: int, length: int) -> bytes:
-        data = bytearray()
-        stream = self._blobs.get_stream(key, offset=max(0, size - length), chunk_size=max(length, 1))
-        async with contextlib.aclosing(stream):  # type: ignore[type-var]  # blob streams are generators
-            async for chunk in stream:
-                data += chunk
-        return bytes(data)
-
-    async def _discard(self, key: str) -> None:
-        try:
-            await self._blobs.delete(key)
-            await self._store.remove_blob_gc(key)
-        except Exception:
-            log.warning("job input cleanup deferred to the sweeper", extra={"blob_key": key}, exc_info=True)
+        start = max(0, size - length)
+        return await self._blobs.get_range(key, start, size - start)
 
     # --- reads ----------------------------------------------------------------------------------------------
     async def get(self, job_id: str) -> Job:

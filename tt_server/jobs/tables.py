@@ -13,8 +13,9 @@ Without ``feature_columns``: the version's feature names when it has them, else 
 writes them as they were; CSV and JSON Lines print them). A null feature value or a list of the wrong length
 is a malformed row: the job fails with its row number, or skips and reports it with ``skip_bad_rows``.
 
-Parquet is read row group by row group (``iter_batches``) from a local copy in the scratch folder, so memory
-holds about one batch whatever the file size; JSON Lines is read in blocks of whole lines like CSV.
+Parquet is read row group by row group (``iter_batches``) through ranged reads of the needed column chunks
+(``inputs.RangedFile``), so memory holds about one row group whatever the file size; JSON Lines is read in
+blocks of whole lines like CSV.
 """
 
 from __future__ import annotations

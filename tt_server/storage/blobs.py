@@ -35,6 +35,11 @@ class BlobStore(Protocol):
         """Yield the object's bytes from ``offset`` in chunks of at most ``chunk_size``."""
         ...
 
+    async def get_range(self, key: str, offset: int, length: int) -> bytes:
+        """The object's bytes ``[offset, offset + length)`` in one read (fewer at its end): for readers that
+        seek, such as Parquet's footer-then-row-groups, without fetching the whole object."""
+        ...
+
     async def get_file(self, key: str, path: Path) -> None:
         """Download the whole object to ``path``."""
 

@@ -43,6 +43,12 @@ async def read_file_chunks(path: Path, chunk_size: int = CHUNK_SIZE, offset: int
         f.close()
 
 
+def _read_range(path: Path, offset: int, length: int) -> bytes:
+    with path.open("rb") as f:
+        f.seek(offset)
+        return f.read(length)
+
+
 async def write_file_chunks(path: Path, chunks: AsyncIterator[bytes]) -> None:
     """Write the chunks to ``path`` from a worker thread; on any failure no partial file is left behind."""
     f = path.open("wb")  # on the loop: see the comment above read_file_chunks
@@ -121,6 +127,15 @@ class LocalBlobStore:
                 yield chunk
         finally:
             await chunks.aclose()
+
+    async def get_range(self, key: str, offset: int, length: int) -> bytes:
+        if offset < 0 or length < 0:
+            raise ValueError("offset and length must not be negative")
+        f = self._path(key)
+        try:
+            return await asyncio.to_thread(_read_range, f, offset, length)
+        except _MISSING:
+            raise NotFound(f"blob {key!r} not found") from None
 
     async def get_file(self, key: str, path: Path) -> None:
         await write_file_chunks(path, self.get_stream(key))

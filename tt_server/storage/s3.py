@@ -235,6 +235,23 @@ class S3BlobStore:
                 while chunk := await body.read(chunk_size):
                     yield chunk
 
+    async def get_range(self, key: str, offset: int, length: int) -> bytes:
+        if offset < 0 or length < 0:
+            raise ValueError("offset and length must not be negative")
+        if length == 0:
+            return b""
+        with _errors(key, self._external):
+            try:
+                response = await self._client.get_object(
+                    Bucket=self._bucket, Key=self._object_key(key), Range=f"bytes={offset}-{offset + length - 1}"
+                )
+            except ClientError as e:
+                if _error_code(e) == "InvalidRange":  # offset at or past the end: nothing to read
+                    return b""
+                raise
+            async with response["Body"] as body:
+                return bytes(await body.read())
+
     async def get_file(self, key: str, path: Path) -> None:
         await write_file_chunks(path, self.get_stream(key))
 
