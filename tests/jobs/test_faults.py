@@ -185,8 +185,10 @@ async def test_a_failed_job_leaves_no_uncommitted_result_behind(
     await broker.open()
     await broker.publish(job.id)
     s = bare_server.settings
-    manager = ModelManager(bare_server.metadata, bare_server.blobs, s.data_dir / "failed-cache", s)
-    runner = JobRunner(make_job_store(bare_server.metadata), bare_server.blobs, manager, s)
+    manager = ModelManager(
+        bare_server.metadata, bare_server.blobs, s.data_dir / "failed-cache", s, loader_factory=loader_factory(s)
+    )
+    runner = JobRunner(bare_server.job_store, bare_server.blobs, manager, s)
     try:
         delivery = await asyncio.wait_for(anext(broker.consume(prefetch=1)), 30)
         assert await runner.handle(delivery) == Outcome.FAILED
