@@ -30,6 +30,7 @@ import tempfile
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -42,6 +43,8 @@ from tensortrigger.v1 import (
     registry_service_pb2_grpc,
     tensor_pb2,
 )
+
+from bench import cpu
 
 FEATURES = 42
 HIDDEN = (128, 128, 128, 64, 64)
@@ -211,7 +214,7 @@ async def train_stream(
 
 async def predict_loop(
     stub: inference_service_pb2_grpc.InferenceServiceStub, name: str, seconds: float
-) -> dict[str, object]:
+) -> dict[str, Any]:
     x = np.random.default_rng(1).normal(size=(1, FEATURES)).astype(np.float32)
     request = pb.PredictRequest(model=model_pb2.ModelRef(name=name), inputs={"features": tensor(x)})
     for _ in range(200):  # warm: load, trace paths, connection
@@ -222,6 +225,17 @@ async def predict_loop(
         await stub.Predict(request)
         latencies.append(time.perf_counter() - start)
     return {"calls": len(latencies), **percentiles(latencies), "mean": round(statistics.fmean(latencies) * 1e3, 3)}
+
+
+async def wait_idle(pid: int, limit_s: float = 15.0) -> float:
+    """Wait until the server's process tree uses under 5% of a core over 0.5 s (at most ``limit_s``)."""
+    start = time.monotonic()
+    while time.monotonic() - start < limit_s:
+        before = cpu.tree_cpu_seconds(pid)
+        await asyncio.sleep(0.5)
+        if cpu.tree_cpu_seconds(pid) - before < 0.025:
+            break
+    return round(time.monotonic() - start, 1)
 
 
 async def main(args: argparse.Namespace) -> dict[str, object]:
@@ -258,13 +272,26 @@ async def main(args: argparse.Namespace) -> dict[str, object]:
             # shared machine; the worst pair counts).
             pairs = []
             for _ in range(args.runs):
+                # The "alone" runs once measured worse than the runs under training: the previous Train stream's
+                # tail (its last steps and checkpoint in the training process) overlapped them. Start only once
+                # the server's processes are idle again, and record what they used meanwhile.
+                settled = await wait_idle(proc.pid)
+                before = cpu.tree_cpu_seconds(proc.pid)
                 alone = await predict_loop(inference, "tfaas-serve", args.predict_seconds)
+                alone["server_cpu_us_per_call"] = round(
+                    (cpu.tree_cpu_seconds(proc.pid) - before) / alone["calls"] * 1e6
+                )
+                alone["waited_for_idle_s"] = settled
                 stop = asyncio.Event()
                 training = asyncio.ensure_future(
                     train_stream(inference, "tfaas-train", messages, args.micro_batch[0], True, stop)
                 )
                 await asyncio.sleep(1.0)  # the stream is at full speed
+                before = cpu.tree_cpu_seconds(proc.pid)
                 during = await predict_loop(inference, "tfaas-serve", args.predict_seconds)
+                during["server_cpu_us_per_call"] = round(
+                    (cpu.tree_cpu_seconds(proc.pid) - before) / during["calls"] * 1e6
+                )
                 stop.set()
                 background = await training
                 pairs.append(
