@@ -325,7 +325,12 @@ async def main(args: argparse.Namespace) -> dict[str, object]:
         shutil.rmtree(work, ignore_errors=True)
 
 
-if __name__ == "__main__":
+def run_default() -> dict[str, object]:
+    """The benchmark with its default arguments (``make bench`` runs it inside ``python -m bench``)."""
+    return asyncio.run(main(_parser().parse_args([])))
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--messages", type=int, default=400, help="256-example messages per throughput run")
     parser.add_argument("--idle-messages", type=int, default=100, help="messages of the one-at-a-time run")
@@ -336,4 +341,8 @@ if __name__ == "__main__":
     parser.add_argument(
         "--setting", action="append", default=[], help="server setting, e.g. TT_TRAINING_THREAD_NICE=10"
     )
-    print(json.dumps(asyncio.run(main(parser.parse_args())), indent=2))
+    return parser
+
+
+if __name__ == "__main__":
+    print(json.dumps(asyncio.run(main(_parser().parse_args())), indent=2))
