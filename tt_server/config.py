@@ -211,12 +211,6 @@ class Settings(BaseSettings):
         "TFaaS MLP at 128 in flight: 1 ms merges ~9 requests per call instead of ~2.5 and gives ~40% more "
         "req/s with a lower p99. 0 = never wait.",
     )
-    batch_inline_max_rows: int = Field(
-        0,
-        ge=0,
-        description="Model calls of at most this many rows run on the event loop itself instead of the inference "
-        "thread (no thread hand-off); 0 = always on the inference thread.",
-    )
     batch_max_queue_rows: int = Field(
         65_536,
         description="Rows that may wait per model version; beyond this requests get RESOURCE_EXHAUSTED.",

@@ -72,7 +72,6 @@ class DynamicBatcher:
         merge: bool = True,
         name: str = "",
         series: ServingSeries | None = None,
-        inline_max_rows: int = 0,
     ) -> None:
         self._run = servable_run
         self._max_batch_rows = max_batch_rows
@@ -80,7 +79,6 @@ class DynamicBatcher:
         self._max_queue_rows = max_queue_rows
         self._executor = executor
         self._merge = merge
-        self._inline_max_rows = inline_max_rows
         self._name = name
         self._last_batch_requests = 0
         self._series = series  # None: not counted (tests)
@@ -186,15 +184,11 @@ class DynamicBatcher:
         return batch
 
     async def _run_batch(self, batch: list[_Item]) -> None:
+        loop = asyncio.get_running_loop()
         try:
-            parts = [i.arrays for i in batch]
-            if self._inline_max_rows and sum(i.rows for i in batch) <= self._inline_max_rows:
-                # Small enough to run right here: no executor hand-off, no cross-thread wake-up, no GIL ping-pong.
-                outputs, started, seconds = self._run_merged(parts)
-            else:
-                outputs, started, seconds = await asyncio.get_running_loop().run_in_executor(
-                    self._executor, self._run_merged, parts
-                )
+            outputs, started, seconds = await loop.run_in_executor(
+                self._executor, self._run_merged, [i.arrays for i in batch]
+            )
             self.batches_run += 1
             self.items_run += len(batch)
             self._last_batch_requests = len(batch)

@@ -324,7 +324,6 @@ class ModelManager:
             merge=servable.batchable,
             name=f"{version.model_name}:{version.version}",
             series=series,
-            inline_max_rows=s.batch_inline_max_rows,
         )
         decoder = InputDecoder(
             version.signature,
