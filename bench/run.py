@@ -10,7 +10,11 @@ references share the same cores):
 4. the same levels from the Python client, server then echo;
 5. PredictBatch at 1k/8k/64k rows per chunk and unary Predict at 8192 rows;
 6. a few server settings at 128 in flight, each on a fresh server;
-7. write JSON, Markdown and PNG, with how much CPU other processes took during each step (``bench.cpu``).
+7. the four unary paths (``bench.paths``: echo, canned Predict, Predict, ModelInfer) at every level with the
+   server's CPU microseconds per request, and three paired rounds at 128 in flight;
+8. the ``TT_WORKERS`` scaling table (``bench.workers``) and the training benchmark (``bench.train``: examples/s,
+   Predict p99 alone vs under a full-speed Train stream, every run);
+9. write JSON, Markdown and PNG, with how much CPU other processes took during each step (``bench.cpu``).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import json
 import os
 import platform
 import shutil
@@ -90,6 +95,10 @@ def main(argv: list[str] | None = None) -> None:
         results = Bench(Path(tmp), durations, args.wait_quiet).run(variants)
     for path in report.write(results, out_dir, args.name):
         print(f"wrote {path}")
+    if results.get("train"):  # also on its own, where bench.train alone writes it
+        train_path = out_dir / ("train.json" if args.name == "latest" else f"{args.name}-train.json")
+        train_path.write_text(json.dumps(results["train"], indent=2) + "\n")
+        print(f"wrote {train_path}")
 
 
 class Bench:

@@ -330,7 +330,7 @@ def child_main(argv: Sequence[str]) -> None:
     # creator's niceness): the intra-op threads that run the train steps are most of training's CPU, and at
     # nice 0 they took the cores from the serving process's event loop and inference thread (Predict's p99
     # under a full-speed Train stream). Training gets what serving leaves; alone it runs at full speed.
-    lower_priority(nice)
+    _lower_process_priority(nice)
     from tt_server.logs import configure_logging
 
     configure_logging(log_level, log_json)
@@ -387,6 +387,21 @@ def child_main(argv: Sequence[str]) -> None:
     # orderly TensorFlow teardown takes seconds the serving process's exit should not wait for.
     logging.shutdown()
     os._exit(0)
+
+
+def _lower_process_priority(nice: int) -> None:
+    """Raise the niceness of every thread of this process (Linux niceness is per thread; the imports have
+    started some already, e.g. OpenBLAS's pool with numpy); threads started later inherit it."""
+    tasks = Path("/proc/self/task")
+    if nice <= 0 or not tasks.is_dir():
+        return
+    for task in tasks.iterdir():
+        try:
+            os.setpriority(os.PRIO_PROCESS, int(task.name), nice)
+        except ProcessLookupError:  # the thread ended meanwhile
+            continue
+        except OSError:
+            log.warning("could not lower the training process's priority", exc_info=True)
 
 
 def lower_priority(nice: int) -> None:
