@@ -18,6 +18,7 @@ hardware counters are not available on this VM) and reports the share of samples
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import statistics
 import subprocess
@@ -167,34 +168,44 @@ def _has_uvloop() -> bool:
     return True
 
 
-def perf_profile(bench: Bench, server: procs.Server, in_flight: tuple[int, int], seconds: float) -> dict[str, float]:
-    """Share of the server's CPU samples per shared object (perf record, software clock) under h2load."""
+def perf_profile(
+    bench: Bench, pid: int, url: str, request_file: Path, in_flight: tuple[int, int], seconds: float
+) -> dict[str, Any]:
+    """Share of ``pid``'s CPU samples per shared object, and its top symbols (perf record, software clock),
+    while h2load drives ``url``; with the process tree's CPU microseconds per request over the same run."""
     if shutil.which("perf") is None:
         return {}
     connections, streams = in_flight
-    url = f"http://{server.address}{workload.PREDICT_PATH}"
     data = bench.tmp / "perf.data"
     recorder = subprocess.Popen(
-        ["perf", "record", "-e", "cpu-clock", "-F", "2000", "-p", str(server.process.proc.pid), "-o", str(data)],
+        ["perf", "record", "-e", "cpu-clock", "-F", "2000", "-p", str(pid), "-o", str(data)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
     try:
-        h2load.run(url, bench.tmp / "request.bin", 10**9, connections, streams, seconds, bench.tmp / "perf.tsv")
+        before = cpu.tree_cpu_seconds(pid)
+        result = h2load.run(url, request_file, 10**9, connections, streams, seconds, bench.tmp / "perf.tsv")
+        used = cpu.tree_cpu_seconds(pid) - before
     finally:
         recorder.send_signal(2)
         recorder.wait(30)
-    out = subprocess.run(
-        ["perf", "report", "-i", str(data), "--no-children", "--sort", "dso", "--stdio", "-q"],
-        capture_output=True,
-        text=True,
-        check=False,
-    ).stdout
-    shares: dict[str, float] = {}
-    for line in out.splitlines():
-        parts = line.split()
-        if len(parts) >= 2 and parts[0].endswith("%"):
-            shares[parts[1]] = float(parts[0][:-1])
+    shares: dict[str, Any] = {
+        "requests": result.requests,
+        "cpu_us_per_request": round(used / max(result.requests, 1) * 1e6, 1),
+    }
+    for key, sort in (("dso", "dso"), ("symbols", "dso,sym")):
+        out = subprocess.run(
+            ["perf", "report", "-i", str(data), "--no-children", "--sort", sort, "--stdio", "-q"],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout
+        table: dict[str, float] = {}
+        for line in out.splitlines():
+            parts = line.split(None, 1)
+            if len(parts) == 2 and parts[0].endswith("%") and len(table) < 25:
+                table[" ".join(parts[1].split())] = float(parts[0][:-1])
+        shares[key] = table
     return shares
 
 
@@ -235,10 +246,35 @@ def main(argv: list[str] | None = None) -> None:
             bench.echo_pid = echo.proc.pid
             try:
                 result = compare(bench, server, echo_address, levels, args.rounds, args.seconds, variants)
+                if args.perf:  # each path's server process, one after the other, at the last level
+                    canned, canned_address = _start_canned(bench)
+                    try:
+                        targets = {
+                            "echo": (echo.proc.pid, f"http://{echo_address}{workload.PREDICT_PATH}", "request.bin"),
+                            "canned": (
+                                canned.proc.pid,
+                                f"http://{canned_address}{workload.PREDICT_PATH}",
+                                "request.bin",
+                            ),
+                            "Predict": (
+                                server.process.proc.pid,
+                                f"http://{server.address}{workload.PREDICT_PATH}",
+                                "request.bin",
+                            ),
+                            "ModelInfer": (
+                                server.process.proc.pid,
+                                f"http://{server.address}{MODEL_INFER_PATH}",
+                                "infer.bin",
+                            ),
+                        }
+                        result["perf"] = {
+                            name: perf_profile(bench, pid, url, bench.tmp / file, levels[-1], args.seconds)
+                            for name, (pid, url, file) in targets.items()
+                        }
+                    finally:
+                        canned.stop()
             finally:
                 echo.stop()
-            if args.perf:
-                result["perf_dso_shares"] = perf_profile(bench, server, levels[-1], args.seconds)
         finally:
             for other in variants.values():
                 other.process.stop()
@@ -255,8 +291,8 @@ def main(argv: list[str] | None = None) -> None:
             f"(p99 {row['Predict_p99_vs_echo']:.2f}x), ModelInfer {row['ModelInfer_vs_echo']:.2f}x; "
             f"ModelInfer/Predict {row['ModelInfer_vs_Predict']:.2f}"
         )
-    for dso, share in list(result.get("perf_dso_shares", {}).items())[:15]:
-        print(f"  perf {share:5.1f}% {dso}")
+    if result.get("perf"):
+        print(json.dumps(result["perf"], indent=1))
 
 
 if __name__ == "__main__":
