@@ -111,7 +111,6 @@ BENCH_ARGS ?= --wait-quiet 120
 bench: $(DEV_VENV)/.installed services
 	command -v h2load >/dev/null || (apt-get update && apt-get install -y nghttp2-client)
 	$(PY) -m bench $(BENCH_ARGS)
-	$(PY) -m bench.train > bench/results/train.json
 	$(PY) -m bench.jobs > bench/results/jobs.json
 	$(PY) -m bench.rest
 

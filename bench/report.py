@@ -277,9 +277,110 @@ def markdown(r: dict[str, Any]) -> str:
             text = ", ".join(f"N = {n}: ~{v:,} req/s" for n, v in projected.items())
             out += [f"Projected for N free cores from the CPU per request at {measured} worker(s): {text}.", ""]
         out += ["(An upper bound: N cores / CPU per request; memory bandwidth and connection spreading ignored.)", ""]
+    out += _paths_section(r.get("paths") or {})
+    out += _train_section(r.get("train") or {})
     if r["notes"]:
         out += ["## Notes", ""] + [f"- {note}" for note in r["notes"]] + [""]
     return "\n".join(out)
+
+
+def _paths_section(paths: dict[str, Any]) -> list[str]:
+    """echo / canned / Predict / ModelInfer at each level, with the server's CPU per request (bench.paths)."""
+    if not paths.get("levels"):
+        return []
+    names = paths["paths"]
+    out = [
+        f"## Where the CPU goes: four unary paths at the same load (h2load, {paths['seconds']:g} s each, "
+        f"{paths['rounds']} round(s) per level, medians)",
+        "",
+        "*echo*: bare grpc.aio, fixed bytes. *canned*: our middleware and Predict servicer over a fixed result (no "
+        "runtime). *Predict*, *ModelInfer*: the real server. CPU = the serving process tree's CPU microseconds per "
+        "answered request over the run; ratios are per round (paired), then the median.",
+        "",
+    ]
+    rows = []
+    for level in paths["levels"]:
+        for name in names:
+            x = level[name]
+            rows.append(
+                [
+                    str(level["in_flight"]),
+                    name,
+                    _f(x["req_per_s"]),
+                    _f(x["p50_ms"], 2),
+                    _f(x["p99_ms"], 2),
+                    _f(x["cpu_us_per_request"]),
+                    "1" if name == "echo" else f"{level[f'{name}_vs_echo']:.2f}x",
+                    "1" if name == "echo" else f"{level[f'{name}_p99_vs_echo']:.2f}x",
+                    str(x["errors"]),
+                    f"{x['others_share']:.0%}",
+                ]
+            )
+    out += _table(
+        [
+            "in flight",
+            "path",
+            "req/s",
+            "p50 ms",
+            "p99 ms",
+            "server CPU us/request",
+            "req/s vs echo",
+            "p99 vs echo",
+            "errors",
+            "others' CPU",
+        ],
+        rows,
+    )
+    out += [
+        "ModelInfer / Predict req/s: "
+        + ", ".join(f"{level['in_flight']} in flight {level['ModelInfer_vs_Predict']:.2f}" for level in paths["levels"])
+        + ".",
+        "",
+    ]
+    return out
+
+
+def _train_section(train: dict[str, Any]) -> list[str]:
+    """Training throughput and Predict p99 alone / under a full-speed Train stream, every run (bench.train)."""
+    if not train.get("predict_ms"):
+        return []
+    out = ["## Training: throughput, and Predict p99 alone vs under a full-speed Train stream (every run)", ""]
+    out += _table(
+        ["micro-batch", "examples/s (256-example messages)", "message RTT p50 ms", "p99 ms"],
+        [
+            [k, _f(v["examples_per_second"]), _f(v["rtt_ms"]["p50"], 1), _f(v["rtt_ms"]["p99"], 1)]
+            for k, v in train["train"].items()
+        ],
+    )
+    out += _table(
+        [
+            "run",
+            "alone p50 / p99 ms",
+            "alone server CPU us/call",
+            "under training p50 / p99 ms",
+            "under training server CPU us/call",
+            "p99 ratio",
+            "training examples/s meanwhile",
+        ],
+        [
+            [
+                str(i + 1),
+                f"{run['alone']['p50']:.2f} / {run['alone']['p99']:.2f}",
+                _f(run["alone"].get("server_cpu_us_per_call")),
+                f"{run['while_training_full_speed']['p50']:.2f} / {run['while_training_full_speed']['p99']:.2f}",
+                _f(run["while_training_full_speed"].get("server_cpu_us_per_call")),
+                f"{run['p99_ratio']:.2f}",
+                _f(run["training_examples_per_second_meanwhile"]),
+            ]
+            for i, run in enumerate(train["predict_ms"]["runs"])
+        ],
+    )
+    out += [
+        "Predict: one closed-loop caller, 1 row, on a second model; each 'alone' starts once the server's processes "
+        "are idle (the previous Train stream's tail in the training process had overlapped it).",
+        "",
+    ]
+    return out
 
 
 def plot(r: dict[str, Any], path: Path) -> None:

@@ -230,6 +230,23 @@ async def test_max_wait_gathers_requests_that_arrive_a_little_later(gate: Gate, 
     assert gate.calls == [[1.0, 2.0], [0.0, 50.0]]
 
 
+async def test_the_wait_ends_once_as_many_requests_are_queued_as_the_last_call_merged(
+    gate: Gate, executor: ThreadPoolExecutor
+) -> None:
+    batcher = batcher_for(gate, executor, max_wait_s=5.0)
+    await asyncio.gather(batcher.submit(rows_of(1, 1), 1), batcher.submit(rows_of(1, 2), 1))  # merged two
+
+    async def later() -> Arrays:
+        await asyncio.sleep(0.02)
+        return await batcher.submit(rows_of(1, 50), 1)
+
+    started = time.monotonic()
+    await asyncio.gather(batcher.submit(rows_of(1, 0), 1), later())
+    # The second request completed the pair the last call merged: the call ran then, not 5 s after the first.
+    assert time.monotonic() - started < 1.0
+    assert gate.calls == [[1.0, 2.0], [0.0, 50.0]]
+
+
 async def test_a_lone_caller_never_waits(gate: Gate, executor: ThreadPoolExecutor) -> None:
     batcher = batcher_for(gate, executor, max_wait_s=5.0)
     started = time.monotonic()

@@ -35,6 +35,17 @@ def _training_processes() -> list[int]:
     return found
 
 
+def _thread_niceness(pid: int) -> set[int]:
+    """The niceness of each of ``pid``'s threads (field 19 of /proc/<pid>/task/<tid>/stat)."""
+    values = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            values.add(int((task / "stat").read_text().rsplit(")", 1)[1].split()[16]))
+        except (OSError, IndexError):
+            continue  # the thread ended meanwhile
+    return values
+
+
 @pytest.mark.parametrize("app", ["embedded"], indirect=True)  # the backend makes no difference here
 async def test_a_dead_training_process_ends_its_sessions_and_is_replaced(
     app: Application, registry_stub, inference_stub, tmp_path: Path
@@ -53,6 +64,10 @@ async def test_a_dead_training_process_ends_its_sessions_and_is_replaced(
     s = app.settings
     pid = shared_training_process(s.training_thread_nice, s.log_level, s.log_json).pid
     assert pid is not None and pid in _training_processes()
+    # Every thread there is niced, TensorFlow's intra-op pool (which runs the steps) included: training takes
+    # what serving leaves of the cores.
+    assert s.training_thread_nice > 0
+    assert _thread_niceness(pid) == {s.training_thread_nice}
 
     os.kill(pid, signal.SIGKILL)
     with pytest.raises(grpc.aio.AioRpcError) as err:

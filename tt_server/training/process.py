@@ -4,7 +4,7 @@ A train step holds the GIL for part of its time (Keras bookkeeping, the step's P
 and TensorFlow's intra-op threads compete with the inference thread for the cores. In the serving process
 that shows as Predict latency under a full-speed Train stream. So by default (``TT_TRAINING_PROCESS``) every
 session's trainer lives in one separate training process with its own GIL and its own TensorFlow thread pools
-(each session's thread there niced as before), started with the first session and kept for the next ones:
+(the whole process niced, TensorFlow's pools included), started with the first session and kept for the next:
 
     session (event loop, serving process) --pipe: (call id, session, method, args)--> training process
         receiver thread -> the session's own thread there (Trainer methods, in order) --pipe: result-->
@@ -326,6 +326,11 @@ def _rebuild_error(payload: tuple[str, str, list[Any]]) -> BaseException:
 def child_main(argv: Sequence[str]) -> None:
     """The training process: one thread per session runs its Trainer's calls in order."""
     fd, nice, log_level, log_json = int(argv[0]), int(argv[1]), argv[2], argv[3] == "1"
+    # The whole process niced, before TensorFlow starts its thread pools (Linux threads inherit their
+    # creator's niceness): the intra-op threads that run the train steps are most of training's CPU, and at
+    # nice 0 they took the cores from the serving process's event loop and inference thread (Predict's p99
+    # under a full-speed Train stream). Training gets what serving leaves; alone it runs at full speed.
+    _lower_process_priority(nice)
     from tt_server.logs import configure_logging
 
     configure_logging(log_level, log_json)
@@ -374,17 +379,29 @@ def child_main(argv: Sequence[str]) -> None:
         except (EOFError, OSError):
             break
         if session_id not in sessions:
-            # Niced as on a thread of the serving process; TensorFlow's own pools are not (loads and steps
-            # would crawl on a busy machine), the separate GIL is what keeps training off Predict's path.
-            executor = ThreadPoolExecutor(
-                1, thread_name_prefix=f"tt-train-{session_id[:8]}", initializer=lower_priority, initargs=(nice,)
-            )
+            # Inherits the process's niceness (set at start, with TensorFlow's pools).
+            executor = ThreadPoolExecutor(1, thread_name_prefix=f"tt-train-{session_id[:8]}")
             sessions[session_id] = (None, executor)
         sessions[session_id][1].submit(run, call_id, session_id, method, args)
     # The serving process closed its end (it is exiting) or died: nothing here is worth keeping, and an
     # orderly TensorFlow teardown takes seconds the serving process's exit should not wait for.
     logging.shutdown()
     os._exit(0)
+
+
+def _lower_process_priority(nice: int) -> None:
+    """Raise the niceness of every thread of this process (Linux niceness is per thread; the imports have
+    started some already, e.g. OpenBLAS's pool with numpy); threads started later inherit it."""
+    tasks = Path("/proc/self/task")
+    if nice <= 0 or not tasks.is_dir():
+        return
+    for task in tasks.iterdir():
+        try:
+            os.setpriority(os.PRIO_PROCESS, int(task.name), nice)
+        except ProcessLookupError:  # the thread ended meanwhile
+            continue
+        except OSError:
+            log.warning("could not lower the training process's priority", exc_info=True)
 
 
 def lower_priority(nice: int) -> None:
