@@ -75,7 +75,7 @@ def check_spec(spec: JobSpec, version: ModelVersion) -> None:
             )
     if violations:
         raise InvalidArgument(f"{violations[0].field}: {violations[0].description}", violations)
-    _model_inputs(version, None)  # FailedPrecondition for models jobs cannot feed
+    model_inputs(version, None)  # FailedPrecondition for models jobs cannot feed
 
 
 def first_record(prefix: bytes, complete: bool, delimiter: str) -> list[str]:
@@ -142,13 +142,7 @@ def plan_columns(spec: JobSpec, version: ModelVersion, first: list[str]) -> Colu
         features = tuple(i for i in range(count) if i not in skipped)
     if not features:
         raise InvalidArgument.field(field, "no feature columns are selected")
-    inputs = _model_inputs(version, len(features))
-    wanted = sum(i.width for i in inputs)
-    if wanted != len(features):
-        described = ", ".join(f"{i.name!r} {i.width}" for i in inputs)
-        raise InvalidArgument.field(
-            field, f"{len(features)} feature columns selected, but the model's inputs take {wanted} ({described})"
-        )
+    inputs = feature_inputs(version, len(features), field)
     return ColumnPlan(
         column_count=count,
         names=names,
@@ -172,7 +166,20 @@ def output_columns(spec: TensorSpec, per_row: int | None = None) -> list[str]:
     return [spec.name] if per_row == 1 else [f"{spec.name}_{i}" for i in range(per_row)]
 
 
-def _model_inputs(version: ModelVersion, feature_count: int | None) -> tuple[ModelInput, ...]:
+def feature_inputs(version: ModelVersion, count: int, field: str) -> tuple[ModelInput, ...]:
+    """``model_inputs`` fed from ``count`` selected feature columns, or INVALID_ARGUMENT on ``field`` when the
+    inputs take another number of values per row."""
+    inputs = model_inputs(version, count)
+    wanted = sum(i.width for i in inputs)
+    if wanted != count:
+        described = ", ".join(f"{i.name!r} {i.width}" for i in inputs)
+        raise InvalidArgument.field(
+            field, f"{count} feature columns selected, but the model's inputs take {wanted} ({described})"
+        )
+    return inputs
+
+
+def model_inputs(version: ModelVersion, feature_count: int | None) -> tuple[ModelInput, ...]:
     """How the signature's inputs are fed; ``feature_count`` sizes a single (-1, -1) input."""
     signature = version.signature
     where = f"model {version.model_name!r} version {version.version}"

@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 
 from tt_server.errors import FailedPrecondition, InvalidArgument
 from tt_server.formats.dtypes import NUMPY_DTYPES
-from tt_server.jobs.columns import ModelInput, _model_inputs
+from tt_server.jobs.columns import ModelInput, feature_inputs, model_inputs
 from tt_server.jobs.csvreader import ARROW_TYPES, JobInputError
 from tt_server.types import DType, JobSpec, ModelVersion, RowError, TensorSpec
 
@@ -134,7 +134,7 @@ def plan_table(spec: JobSpec, version: ModelVersion, schema: pa.Schema) -> Table
     if vector:
         assert value_type is not None
         width = fields[0].type.list_size if pa.types.is_fixed_size_list(fields[0].type) else None
-        inputs = _model_inputs(version, width)
+        inputs = model_inputs(version, width)
         if len(inputs) != 1 or not inputs[0].vector:
             raise FailedPrecondition(
                 f"the list column {features[0]!r} feeds a model with one input of shape [-1, k]; model "
@@ -147,13 +147,7 @@ def plan_table(spec: JobSpec, version: ModelVersion, schema: pa.Schema) -> Table
             )
         _check_type(features[0], value_type, inputs[0].dtype)
     else:
-        inputs = _model_inputs(version, len(features))
-        wanted = sum(i.width for i in inputs)
-        if wanted != len(features):
-            described = ", ".join(f"{i.name!r} {i.width}" for i in inputs)
-            raise InvalidArgument.field(
-                field, f"{len(features)} feature columns selected, but the model's inputs take {wanted} ({described})"
-            )
+        inputs = feature_inputs(version, len(features), field)
         for model_input in inputs:
             for f in fields[model_input.start : model_input.start + model_input.width]:
                 _check_type(f.name, f.type, model_input.dtype)
