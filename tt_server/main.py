@@ -16,7 +16,7 @@ import sys
 
 from tt_server.cli import SERVER_FLAGS, parse_settings
 from tt_server.config import Settings
-from tt_server.logs import configure_process_logging, log_startup_failure
+from tt_server.logs import configure_process_logging, exit_now, log_startup_failure
 
 log = logging.getLogger("tt_server.main")
 
@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> None:
         code = uvloop.run(serve(settings))
     else:
         code = asyncio.run(serve(settings))
-    sys.exit(code)
+    exit_now(code)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ from typing import Any
 
 from tt_server.config import Settings
 from tt_server.events import LocalEventBus
-from tt_server.logs import configure_process_logging
+from tt_server.logs import configure_process_logging, exit_now
 from tt_server.storage.local_broker import LocalBroker
 from tt_server.types import EventKind, RegistryEvent
 
@@ -184,6 +184,7 @@ def main(argv: list[str] | None = None) -> None:
         uvloop.run(serving)
     else:
         asyncio.run(serving)
+    exit_now(0)
 
 
 if __name__ == "__main__":

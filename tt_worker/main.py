@@ -18,7 +18,7 @@ import sys
 
 from tt_server.cli import WORKER_FLAGS, parse_settings
 from tt_server.config import Settings
-from tt_server.logs import configure_process_logging, log_startup_failure
+from tt_server.logs import configure_process_logging, exit_now, log_startup_failure
 
 log = logging.getLogger("tt_worker")
 
@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> None:
         )
         sys.exit(2)
     configure_process_logging(settings.log_level, settings.log_json, settings.log_repeat_interval_seconds)
-    sys.exit(asyncio.run(run(settings)))
+    exit_now(asyncio.run(run(settings)))
 
 
 if __name__ == "__main__":
