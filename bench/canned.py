@@ -13,7 +13,6 @@ protobuf -> domain conversion (``wire_tensors``, ``RequestObservation``) and the
 from __future__ import annotations
 
 import asyncio
-import signal
 import sys
 from typing import Any
 
@@ -21,7 +20,7 @@ import grpc
 import numpy as np
 from tensortrigger.v1 import inference_service_pb2_grpc
 
-from bench.echo import MAX_MESSAGE
+from bench.echo import MAX_MESSAGE, serve_until_signalled
 from bench.workload import MODEL_NAME, OUTPUT_NAME
 from tt_server import metrics
 from tt_server.api.inference import InferenceServicer
@@ -63,16 +62,7 @@ async def serve(port: int, output_name: str, version: int) -> None:
     middleware = Middleware({"tensortrigger.v1.InferenceService"})
     servicer = InferenceServicer(CannedInference(output_name, version))  # type: ignore[arg-type]
     inference_service_pb2_grpc.add_InferenceServiceServicer_to_server(servicer, middleware.on(server))  # type: ignore[arg-type]
-    if server.add_insecure_port(f"127.0.0.1:{port}") == 0:
-        raise SystemExit(f"cannot listen on port {port}")
-    await server.start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    print("ready", flush=True)
-    await stop.wait()
-    await server.stop(1)
+    await serve_until_signalled(server, port)
 
 
 def main() -> None:

@@ -30,6 +30,11 @@ async def serve(port: int, response: bytes) -> None:
         options=[("grpc.max_receive_message_length", MAX_MESSAGE), ("grpc.max_send_message_length", MAX_MESSAGE)]
     )
     server.add_generic_rpc_handlers((handler,))
+    await serve_until_signalled(server, port)
+
+
+async def serve_until_signalled(server: grpc.aio.Server, port: int) -> None:
+    """Listen on 127.0.0.1:``port``, print ``ready`` (what the benchmark waits for), serve until SIGTERM/SIGINT."""
     if server.add_insecure_port(f"127.0.0.1:{port}") == 0:
         raise SystemExit(f"cannot listen on port {port}")
     await server.start()

@@ -6,6 +6,8 @@ moto's server). Each test module gets a fresh server, database and bucket.
 
 from __future__ import annotations
 
+import asyncio
+import threading
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -84,3 +86,19 @@ def jobs_stub(channel: grpc.aio.Channel) -> jobs_service_pb2_grpc.JobsServiceStu
 
 def unique_name(prefix: str = "m") -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+async def leftover_threads(before: set[int | None]) -> list[threading.Thread]:
+    """Threads started since ``before`` (idents) that would keep the process alive (SQLite's, for one); waits up
+    to 5 s for them to end. The test's own event loop's default executor (``asyncio_N``) does not count."""
+    leftover: list[threading.Thread] = []
+    for _ in range(100):
+        leftover = [
+            t
+            for t in threading.enumerate()
+            if t.ident not in before and not t.daemon and t.is_alive() and not t.name.startswith("asyncio_")
+        ]
+        if not leftover:
+            break
+        await asyncio.sleep(0.05)
+    return leftover

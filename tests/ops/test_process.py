@@ -30,7 +30,7 @@ from tensortrigger.v1 import inference_service_pb2_grpc, model_pb2, registry_ser
 import tt_worker.main
 from tests import models
 from tests.api.helpers import upload
-from tests.serving import server_settings
+from tests.serving import leftover_threads, server_settings
 from tt_server.app import Application
 from tt_server.cli import env_name
 from tt_server.config import Settings
@@ -165,16 +165,7 @@ async def test_the_application_refuses_a_busy_port_and_closes_what_it_opened(tmp
         app = Application(server_settings(tmp_path, grpc_address=f"127.0.0.1:{taken.getsockname()[1]}"))
         with pytest.raises(RuntimeError, match="cannot listen"):
             await app.start()
-    for _ in range(100):
-        # (asyncio_N: this test's event loop's own default executor, not the application's)
-        leftover = [
-            t
-            for t in threading.enumerate()
-            if t.ident not in before and not t.daemon and t.is_alive() and not t.name.startswith("asyncio_")
-        ]
-        if not leftover:
-            break
-        await asyncio.sleep(0.05)
+    leftover = await leftover_threads(before)
     assert not leftover, leftover
 
 
@@ -185,15 +176,7 @@ async def test_the_worker_closes_what_it_opened_when_its_job_queue_is_down(tmp_p
     settings = server_settings(tmp_path, amqp_url="amqp://guest:guest@127.0.0.1:1/")  # nothing listens on port 1
     assert await tt_worker.main.run(settings) == 1
     assert (tmp_path / "tensortrigger.db").exists()  # it had got as far as opening the database
-    for _ in range(100):
-        leftover = [
-            t
-            for t in threading.enumerate()
-            if t.ident not in before and not t.daemon and t.is_alive() and not t.name.startswith("asyncio_")
-        ]
-        if not leftover:
-            break
-        await asyncio.sleep(0.05)
+    leftover = await leftover_threads(before)
     assert not leftover, leftover
 
 

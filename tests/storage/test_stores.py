@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import threading
 from pathlib import Path
 
 import pytest
 
-from tests.serving import server_settings
+from tests.serving import leftover_threads, server_settings
 from tt_server.errors import Unavailable
 from tt_server.events import LocalEventBus
 from tt_server.storage.factory import Stores, open_stores
@@ -17,22 +16,6 @@ from tt_server.storage.local import LocalBlobStore
 from tt_server.storage.local_broker import LocalBroker
 
 UNREACHABLE_AMQP = "amqp://guest:guest@127.0.0.1:1/"  # nothing listens on port 1: refused at once
-
-
-async def _leftover_threads(before: set[int | None]) -> list[threading.Thread]:
-    """Threads started since ``before`` that would keep the process alive (SQLite's, for one)."""
-    leftover: list[threading.Thread] = []
-    for _ in range(100):
-        # (asyncio_N: this test's event loop's own default executor)
-        leftover = [
-            t
-            for t in threading.enumerate()
-            if t.ident not in before and not t.daemon and t.is_alive() and not t.name.startswith("asyncio_")
-        ]
-        if not leftover:
-            break
-        await asyncio.sleep(0.05)
-    return leftover
 
 
 async def test_embedded_stores_share_one_database_and_close_on_exit(tmp_path: Path) -> None:
@@ -54,7 +37,7 @@ async def test_embedded_stores_share_one_database_and_close_on_exit(tmp_path: Pa
         await stores.jobs.get_job("0" * 32)
     with pytest.raises(Unavailable):
         await stores.broker.publish("job-2")
-    assert not await _leftover_threads(before)
+    assert not await leftover_threads(before)
 
 
 async def test_a_failure_halfway_closes_what_was_opened(tmp_path: Path) -> None:
@@ -66,7 +49,7 @@ async def test_a_failure_halfway_closes_what_was_opened(tmp_path: Path) -> None:
         async with open_stores(server_settings(tmp_path, amqp_url=UNREACHABLE_AMQP), events=events):
             pytest.fail("the stores opened without their job queue")
     assert (tmp_path / "tensortrigger.db").exists()  # it had got as far as opening the database
-    assert not await _leftover_threads(before)
+    assert not await leftover_threads(before)
 
 
 async def test_an_unreachable_event_bus_fails_before_the_job_queue(tmp_path: Path) -> None:
@@ -74,4 +57,4 @@ async def test_an_unreachable_event_bus_fails_before_the_job_queue(tmp_path: Pat
     with pytest.raises(Unavailable, match="event broker"):
         async with open_stores(server_settings(tmp_path, amqp_url=UNREACHABLE_AMQP)):
             pytest.fail("the stores opened without their event bus")
-    assert not await _leftover_threads(before)
+    assert not await leftover_threads(before)
