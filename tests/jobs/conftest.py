@@ -219,6 +219,21 @@ def registry(job_channel: grpc.aio.Channel) -> registry_service_pb2_grpc.ModelRe
     return registry_service_pb2_grpc.ModelRegistryServiceStub(job_channel)
 
 
+# The job server's MLP and slow models (job_artifacts), uploaded once per module that asks for them.
+@pytest.fixture(scope="module")
+async def mlp(registry, job_artifacts: dict[str, Path]) -> str:
+    name = unique_name("mlp")
+    await upload_model(registry, name, job_artifacts["mlp"])
+    return name
+
+
+@pytest.fixture(scope="module")
+async def slow(registry, job_artifacts: dict[str, Path]) -> str:
+    name = unique_name("slow")
+    await upload_model(registry, name, job_artifacts["slow"])
+    return name
+
+
 @pytest.fixture(scope="module")
 async def bare_server(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import json
-from pathlib import Path
 
 import grpc
 import numpy as np
@@ -30,20 +29,6 @@ from tests.jobs.helpers import (
 )
 from tests.serving import unique_name
 from tt_server.jobs.runner import Outcome
-
-
-@pytest.fixture(scope="module")
-async def mlp(registry, job_artifacts: dict[str, Path]) -> str:
-    name = unique_name("mlp")
-    await upload_model(registry, name, job_artifacts["mlp"])
-    return name
-
-
-@pytest.fixture(scope="module")
-async def slow(registry, job_artifacts: dict[str, Path]) -> str:
-    name = unique_name("slow")
-    await upload_model(registry, name, job_artifacts["slow"])
-    return name
 
 
 async def test_csv_round_trip_matches_in_process_predictions(jobs, mlp, job_artifacts, job_server: JobServer) -> None:

@@ -28,28 +28,12 @@ from tests.jobs.helpers import (
     predict,
     results,
     spec,
-    upload_model,
     wait_for,
 )
-from tests.serving import unique_name
 
 # The production mode only (PostgreSQL, S3 on moto, RabbitMQ, a worker over AMQP): the readers are the same in
 # both modes, and the local blob store's reads are covered by the CSV tests; this keeps the module's time down.
 pytestmark = pytest.mark.parametrize("job_server", ["production"], indirect=True)
-
-
-@pytest.fixture(scope="module")
-async def mlp(registry, job_artifacts: dict[str, Path]) -> str:
-    name = unique_name("mlp")
-    await upload_model(registry, name, job_artifacts["mlp"])
-    return name
-
-
-@pytest.fixture(scope="module")
-async def slow(registry, job_artifacts: dict[str, Path]) -> str:
-    name = unique_name("slow")
-    await upload_model(registry, name, job_artifacts["slow"])
-    return name
 
 
 def parquet_bytes(table: pa.Table, row_group_size: int | None = None) -> bytes:
