@@ -53,6 +53,7 @@ from tt_server.errors import NotFound, TensorTriggerError
 from tt_server.registry.header import UploadSpec
 from tt_server.registry.names import MODEL_NAME
 from tt_server.registry.service import Registry
+from tt_server.storage.factory import make_s3_blob_store
 from tt_server.storage.leases import LeaseManager
 from tt_server.types import FrozenGraphNodes, ImageScaling, ModelFormat, ModelRef, ServingPolicy, VersionSource
 
@@ -300,19 +301,7 @@ class S3Mirror:
         self._etags = local_root.parent / "model-repository.etags.json"
 
     async def mirror(self) -> None:
-        from tt_server.storage.s3 import S3BlobStore
-
-        s = self._settings
-        store = S3BlobStore(
-            bucket=self._bucket,
-            endpoint_url=s.s3_endpoint_url or None,
-            region=s.s3_region,
-            prefix=self._prefix,
-            connect_timeout=s.s3_connect_timeout_seconds,
-            read_timeout=s.s3_read_timeout_seconds,
-            max_attempts=s.s3_max_attempts,
-            create_bucket=False,
-        )
+        store = make_s3_blob_store(self._settings, self._bucket, self._prefix, create_bucket=False)
         await store.open()
         try:
             objects = await store.list_objects("")

@@ -29,7 +29,7 @@ from tt_server.storage.sql_jobs import SqlJobStore
 from tt_server.storage.sqldb import SqlBackend
 
 if TYPE_CHECKING:
-    from tt_server.storage.s3 import S3Objects
+    from tt_server.storage.s3 import S3BlobStore, S3Objects
 
 log = logging.getLogger(__name__)
 
@@ -153,22 +153,29 @@ def make_lease_manager(settings: Settings) -> LeaseManager:
 
 def make_blob_store(settings: Settings) -> BlobStore:
     if settings.s3_bucket:
-        from tt_server.storage.s3 import S3BlobStore
-
-        return S3BlobStore(
-            bucket=settings.s3_bucket,
-            endpoint_url=settings.s3_endpoint_url or None,
-            region=settings.s3_region,
-            prefix=settings.s3_prefix,
-            part_size=settings.s3_part_size_bytes,
-            upload_concurrency=settings.s3_upload_concurrency,
-            connect_timeout=settings.s3_connect_timeout_seconds,
-            read_timeout=settings.s3_read_timeout_seconds,
-            max_attempts=settings.s3_max_attempts,
-        )
+        return make_s3_blob_store(settings, settings.s3_bucket, settings.s3_prefix)
     from tt_server.storage.local import LocalBlobStore
 
     return LocalBlobStore(settings.blob_dir)
+
+
+def make_s3_blob_store(settings: Settings, bucket: str, prefix: str, *, create_bucket: bool = True) -> S3BlobStore:
+    """A blob store over ``bucket``/``prefix`` with the configured S3 endpoint, region, timeouts and part sizes
+    (the server's own bucket, or a model repository's)."""
+    from tt_server.storage.s3 import S3BlobStore
+
+    return S3BlobStore(
+        bucket=bucket,
+        endpoint_url=settings.s3_endpoint_url or None,
+        region=settings.s3_region,
+        prefix=prefix,
+        part_size=settings.s3_part_size_bytes,
+        upload_concurrency=settings.s3_upload_concurrency,
+        connect_timeout=settings.s3_connect_timeout_seconds,
+        read_timeout=settings.s3_read_timeout_seconds,
+        max_attempts=settings.s3_max_attempts,
+        create_bucket=create_bucket,
+    )
 
 
 def make_object_buckets(settings: Settings) -> S3Objects | None:
