@@ -19,7 +19,6 @@ import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
-from wsgiref.simple_server import WSGIServer
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -90,7 +89,6 @@ class Application:
         self._tasks: list[asyncio.Task[None]] = []
         self._stopped = asyncio.Event()
         self._stopping = False
-        self._metrics_server: WSGIServer | None = None
         self._tracing: Tracing | None = None
         self._http: HttpServer | None = None
         self.http_port: int = 0
@@ -265,9 +263,7 @@ class Application:
         if self.embedded_worker is not None:
             await self.embedded_worker.start()
         if s.metrics_address:
-            self._metrics_server, _ = metrics.serve(s.metrics_address)
-            resources.callback(self._metrics_server.server_close)
-            resources.callback(self._metrics_server.shutdown)
+            metrics.serve(s.metrics_address, resources)
         if s.http_address:
             self._http = build_http_server(
                 s, self.inference, self.registry, self.jobs, auth, limiter, is_ready=lambda: not self._stopping

@@ -28,7 +28,6 @@ import threading
 import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterator
-from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
@@ -363,7 +362,10 @@ def _forget(match: Callable[[dict[str, str]], bool]) -> None:
                         metric.remove(*key)
 
 
-def serve(address: str) -> tuple[WSGIServer, threading.Thread]:
-    """Serve /metrics on ``host:port`` from a daemon thread; returns the server so it can be shut down."""
+def serve(address: str, stack: contextlib.AsyncExitStack) -> None:
+    """Serve /metrics on ``host:port`` from a daemon thread until ``stack`` closes (it stops the server and
+    releases the port)."""
     host, port = address.rsplit(":", 1)
-    return start_http_server(int(port), addr=host)
+    server, _ = start_http_server(int(port), addr=host)
+    stack.callback(server.server_close)
+    stack.callback(server.shutdown)

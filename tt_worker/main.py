@@ -64,9 +64,7 @@ async def run(settings: Settings) -> int:
             opened.callback(runner.close)
             worker = JobWorker(runner, stores.broker, stores.jobs, settings, concurrency=settings.worker_prefetch)
             if settings.metrics_address:
-                metrics_server = metrics.serve(settings.metrics_address)[0]
-                opened.callback(metrics_server.server_close)
-                opened.callback(metrics_server.shutdown)
+                metrics.serve(settings.metrics_address, opened)
         except Exception as e:
             log_startup_failure(log, e)
             return 1
