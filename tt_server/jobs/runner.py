@@ -115,11 +115,13 @@ class JobRunner:
                 leasable = job.state is JobState.QUEUED or (job.lease_until_us or 0) < now_us
                 if leasable and job.attempts >= s.job_max_attempts:
                     if await self._store.give_up_job(job_id, s.job_max_attempts, _give_up_message(job)):
+                        # Dead-letter first: the row says FAILED from here on, and a caller who sees that should
+                        # find the message in the dead-letter queue, not after the attempts' leftovers are gone.
+                        await delivery.nack(requeue=False)
                         metrics.JOBS_FINISHED.labels(job.model_name, str(job.model_version), "FAILED").inc()
                         log.error("job failed: out of attempts; message dead-lettered", extra={"job": job_id})
                         self._notify(job_id)
                         await self._discard_other_attempts(job, kept="")
-                        await delivery.nack(requeue=False)
                         return Outcome.GAVE_UP
                     continue
                 attempt = await self._store.lease_job(job_id, self.owner, s.job_lease_seconds) if leasable else None
