@@ -48,11 +48,11 @@ from tt_server.jobs.service import JobsService
 from tt_server.jobs.worker import EmbeddedWorker
 from tt_server.registry.repository import ModelRepository
 from tt_server.registry.service import Registry
-from tt_server.registry.sweeper import sweep_scratch
 from tt_server.rest import HttpServer, build_http_server
 from tt_server.runtime.loader import loader_factory
 from tt_server.runtime.manager import ModelManager
 from tt_server.runtime.service import InferenceService
+from tt_server.storage import scratch
 from tt_server.storage.factory import close_quietly, enter, make_object_buckets, open_stores
 from tt_server.tracing import Tracing, start_tracing
 from tt_server.training.service import TrainingService
@@ -121,7 +121,8 @@ class Application:
         s = self.settings
         s.data_dir.mkdir(parents=True, exist_ok=True)
         s.scratch_dir.mkdir(parents=True, exist_ok=True)
-        await asyncio.to_thread(sweep_scratch, s.scratch_dir, s.scratch_max_age_seconds)  # a killed run's leftovers
+        # What a killed run left: scratch folders whose owner lock is free (storage/scratch.py).
+        await asyncio.to_thread(scratch.sweep_abandoned, s.scratch_dir, s.scratch_max_age_seconds)
 
         resources = self._resources
         # Embedded mode under the supervisor (TT_WORKERS): registry events and job ids reach the other workers

@@ -92,9 +92,10 @@ class Settings(BaseSettings):
     scratch_max_age_seconds: float = Field(
         3600.0,
         gt=0,
-        description="Upload scratch folders (data_dir/tmp/upload-*) nothing has written to for this long are "
-        "removed at start-up and by the periodic sweep (a killed process's leftovers; younger ones may belong "
-        "to a sibling process sharing the data directory).",
+        description="Scratch folders (data_dir/tmp/upload-*, train-*) are removed at start-up and by the "
+        "periodic sweep as soon as the process that owned them is gone (its lock on the folder is free); a folder "
+        "without an owner lock (left by a process killed while creating it, or by an older release) is removed "
+        "once it is older than this.",
     )
     amqp_url: str = Field("", description="amqp://... for RabbitMQ; empty = in-process broker and worker.")
 

@@ -85,7 +85,11 @@ async def test_one_writer_per_model(app: Application, registry_stub, inference_s
     await upload(registry_stub, name, compiled_model)
     first = inference_stub.Train()
     await first.write(config(name, move_label="online", promote=True))  # promoted: unpinned sessions start from it
-    assert (await first.read()).started.base_version == 1
+    started_first = (await first.read()).started
+    assert started_first.base_version == 1
+    # A live session's scratch folder survives the sweep of killed processes' leftovers (it holds its lock).
+    await app.registry.sweeper.sweep_leftovers()
+    assert (app.settings.scratch_dir / f"train-{started_first.session_id}" / ".owner").exists()
 
     _, error = await run_until_error(inference_stub, [config(name)])
     assert error.code() == grpc.StatusCode.FAILED_PRECONDITION, error.details()

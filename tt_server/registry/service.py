@@ -15,7 +15,6 @@ import asyncio
 import concurrent.futures
 import hashlib
 import logging
-import shutil
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -31,7 +30,8 @@ from tt_server.formats.artifacts import ArchiveLimits, detect_format
 from tt_server.formats.inspect import inspect_artifact
 from tt_server.registry.header import MAX_METADATA_BYTES, UploadSpec, check_against_signature, check_upload_spec
 from tt_server.registry.names import check_label, check_model_name, check_serving_policy
-from tt_server.registry.sweeper import UPLOAD_SCRATCH_PREFIX, Sweeper
+from tt_server.registry.sweeper import Sweeper
+from tt_server.storage import scratch
 from tt_server.storage.blobs import BlobStore
 from tt_server.storage.metadata import MetadataStore, NewVersion
 from tt_server.storage.outbox import BlobOutbox
@@ -91,10 +91,8 @@ class Registry:
         and whether the model was created."""
         check_upload_spec(spec, self._settings.max_upload_bytes)
         loop = asyncio.get_running_loop()
-        scratch = self._settings.scratch_dir
-        scratch.mkdir(parents=True, exist_ok=True)
-        work = scratch / f"{UPLOAD_SCRATCH_PREFIX}{uuid.uuid4().hex}"
-        work.mkdir()
+        claimed = scratch.claim(self._settings.scratch_dir / f"{scratch.UPLOAD_PREFIX}{uuid.uuid4().hex}")
+        work = claimed.path
         inspecting: concurrent.futures.Future[tuple[ModelFormat, Signature]] | None = None
         try:
             artifact = work / "artifact"
@@ -118,7 +116,7 @@ class Registry:
         finally:
             # Shielded: a call cancelled (again) while cleaning up must not stop the clean-up, and an inspection
             # still running in its thread (cancelling the call cannot stop it) is waited for before the removal.
-            await asyncio.shield(loop.run_in_executor(None, _discard_scratch, work, inspecting))
+            await asyncio.shield(loop.run_in_executor(None, _discard_scratch, claimed, inspecting))
         log.info(
             "model version uploaded",
             extra={
@@ -411,7 +409,7 @@ class Registry:
         return previous
 
 
-def _discard_scratch(work: Path, inspecting: concurrent.futures.Future[Any] | None) -> None:
+def _discard_scratch(work: scratch.ClaimedFolder, inspecting: concurrent.futures.Future[Any] | None) -> None:
     if inspecting is not None:
         concurrent.futures.wait([inspecting])
-    shutil.rmtree(work, ignore_errors=True)
+    work.release()

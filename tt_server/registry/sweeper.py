@@ -9,17 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import shutil
 import time
-from pathlib import Path
 
 from tt_server.config import Settings
 from tt_server.storage.blobs import BlobStore
 from tt_server.storage.metadata import MetadataStore
+from tt_server.storage.scratch import sweep_abandoned
 
 log = logging.getLogger(__name__)
-
-UPLOAD_SCRATCH_PREFIX = "upload-"  # scratch_dir/upload-<hex>: one upload's spooled artifact and unpacked files
 
 
 def _now_us() -> int:
@@ -35,9 +32,9 @@ class Sweeper:
         self._settings = settings
 
     async def sweep_leftovers(self) -> tuple[int, int]:
-        """Remove what killed processes left: stale upload scratch folders and unfinished blob writes."""
+        """Remove what killed processes left: their upload and Train scratch folders, unfinished blob writes."""
         folders = await asyncio.to_thread(
-            sweep_scratch, self._settings.scratch_dir, self._settings.scratch_max_age_seconds
+            sweep_abandoned, self._settings.scratch_dir, self._settings.scratch_max_age_seconds
         )
         writes = await self._blobs.abort_stale_writes(self._settings.stale_write_seconds)
         if folders or writes:
@@ -51,25 +48,3 @@ class Sweeper:
             await self._blobs.delete(key)
             await self._metadata.remove_blob_gc(key)
         return len(keys)
-
-
-def _remove_tree(path: Path) -> None:
-    shutil.rmtree(path, ignore_errors=True)
-
-
-def sweep_scratch(scratch: Path, max_age_seconds: float) -> int:
-    """Remove upload scratch folders nothing has written to for ``max_age_seconds`` (left by a killed process);
-    returns how many. The age spares uploads in progress in sibling processes sharing the data directory."""
-    if not scratch.is_dir():
-        return 0
-    cutoff = time.time() - max_age_seconds
-    removed = 0
-    for work in scratch.glob(f"{UPLOAD_SCRATCH_PREFIX}*"):
-        try:
-            newest = max((p.stat().st_mtime for p in (work, *work.rglob("*"))), default=0.0)
-        except OSError:
-            continue  # removed meanwhile
-        if newest < cutoff:
-            _remove_tree(work)
-            removed += 1
-    return removed

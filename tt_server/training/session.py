@@ -23,7 +23,6 @@ import contextlib
 import enum
 import logging
 import math
-import shutil
 import time
 from collections import deque
 from collections.abc import AsyncIterator
@@ -42,6 +41,7 @@ from tt_server.errors import (
 )
 from tt_server.formats.artifacts import ARTIFACT_SUFFIX
 from tt_server.registry.service import Registry
+from tt_server.storage import scratch
 from tt_server.storage.blobs import BlobStore
 from tt_server.storage.leases import Lease, LeaseManager
 from tt_server.training.decoding import Batch, ExampleDecoder, MicroBatcher
@@ -151,7 +151,8 @@ class TrainingSession:
         self._ending = False
         self._inputs: asyncio.Queue[_Input] = asyncio.Queue(READ_AHEAD_MESSAGES)
         self._reader: asyncio.Task[None] | None = None
-        self._scratch = self._settings.scratch_dir / f"train-{session_id}"
+        self._scratch = self._settings.scratch_dir / f"{scratch.TRAIN_PREFIX}{session_id}"
+        self._claimed: scratch.ClaimedFolder | None = None  # held while the session runs (storage/scratch.py)
         self._lease: Lease | None = None
         self._spec: TrainSpec | None = None
         self._base: ModelVersion | None = None
@@ -242,7 +243,7 @@ class TrainingSession:
         metrics.TRAINING_SESSIONS.labels(base.model_name, str(base.version)).inc()
         # The second pin moves to each checkpoint as it is published (so retention never prunes the newest).
         self._pins = [await registry.pins.pin(base.model_name, base.version) for _ in range(2)]
-        await asyncio.to_thread(self._scratch.mkdir, parents=True, exist_ok=True)
+        self._claimed = await asyncio.to_thread(scratch.claim, self._scratch)
         artifact = self._scratch / f"base{ARTIFACT_SUFFIX[base.format]}"
         try:
             await self._deps.blobs.get_file(base.blob_key, artifact)
@@ -436,7 +437,8 @@ class TrainingSession:
             # files go only once nothing uses them.
             with contextlib.suppress(Exception):
                 await asyncio.shield(self._trainer.close())
-        await asyncio.to_thread(shutil.rmtree, self._scratch, True)
+        if self._claimed is not None:
+            await asyncio.to_thread(self._claimed.release)
 
     # --- helpers -------------------------------------------------------------------------------------
     async def _emit(self, event: TrainEvent) -> None:
