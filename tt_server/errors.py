@@ -16,6 +16,7 @@ Hierarchy::
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -23,7 +24,8 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True, slots=True)
 class FieldViolation:
-    """One offending request field: ``field`` is a dotted path (``inputs["x"].shape[1]``)."""
+    """One offending request field: ``field`` is a dotted path (``inputs["x"].shape[1]``). A description that
+    points at another field names it between backquotes, so relocation moves it too."""
 
     field: str
     description: str
@@ -50,24 +52,32 @@ class InvalidArgument(TensorTriggerError):
         return cls(f"{field}: {description}", [FieldViolation(field, description)])
 
     def relocated(self, fields: Mapping[str, str]) -> InvalidArgument:
-        """This error with its field paths moved: each key of ``fields`` (a domain argument, e.g. ``ref``)
-        becomes its value (a request's field, e.g. ``model_spec``) where a path starts with it, so
-        ``ref.name`` becomes ``model_spec.name``. The message follows its first violation."""
+        """This error with its field paths moved: each key of ``fields`` (a domain argument, e.g. ``ref``, or a
+        path under one, e.g. ``spec.expected_size``) becomes its value (a request's field, e.g. ``model_spec``)
+        where a path starts with it, the longest key winning, so ``ref.name`` becomes ``model_spec.name``. Paths
+        a description names between backquotes move too. The message follows its first violation."""
 
         def move(path: str) -> str:
-            for old, new in fields.items():
-                if path == old or path.startswith((f"{old}.", f"{old}[")):
-                    return new + path[len(old) :]
-            return path
+            matches = [old for old in fields if path == old or path.startswith((f"{old}.", f"{old}["))]
+            if not matches:
+                return path
+            old = max(matches, key=len)
+            return fields[old] + path[len(old) :]
 
-        violations = [FieldViolation(move(v.field), v.description) for v in self.violations]
+        def move_quoted(text: str) -> str:
+            return _QUOTED_PATH.sub(lambda m: f"`{move(m[1])}`", text)
+
+        violations = [FieldViolation(move(v.field), move_quoted(v.description)) for v in self.violations]
         if violations == self.violations:
             return self
         message = self.message
         first = self.violations[0].field
         if message.startswith(f"{first}: "):
             message = f"{violations[0].field}{message[len(first) :]}"
-        return InvalidArgument(message, violations)
+        return InvalidArgument(move_quoted(message), violations)
+
+
+_QUOTED_PATH = re.compile(r"`([^`\s]+)`")  # a field path a description points at
 
 
 @contextmanager

@@ -75,7 +75,7 @@ def test_declared_format_must_match_content(
 ) -> None:
     with pytest.raises(InvalidArgument) as info:
         detect_format(build(builder), declared)
-    assert info.value.violations[0].field == "header.format"
+    assert info.value.violations[0].field == "spec.format"
     assert info.value.violations[0].description == f"declared {declared.name} but the file is {description}"
 
 
@@ -113,7 +113,7 @@ def test_unknown_content_is_described(tmp_path: Path, content: bytes, looks_like
     blob.write_bytes(content)
     with pytest.raises(InvalidArgument) as info:
         detect_format(blob, ModelFormat.KERAS)
-    assert info.value.violations[0].field == "header.format"
+    assert info.value.violations[0].field == "spec.format"
     assert looks_like in info.value.message
 
 
@@ -126,7 +126,7 @@ def test_keras_zip_needs_keras_version(tmp_path: Path) -> None:
 def test_truncated_keras_file_is_corrupt(build: Build) -> None:
     with pytest.raises(InvalidArgument) as info:
         detect_format(build(models.truncated_keras), None)
-    assert info.value.violations[0].field == "chunk"
+    assert info.value.violations[0].field == "artifact"
     assert "truncated or corrupt" in info.value.message
 
 
@@ -268,7 +268,7 @@ def test_zip_that_understates_a_size_is_corrupt(tmp_path: Path) -> None:
     archive.write_bytes(raw)
     with pytest.raises(InvalidArgument) as info:
         unpack_archive(archive, tmp_path / "out", LIMITS)
-    assert info.value.violations[0].field == "chunk"
+    assert info.value.violations[0].field == "artifact"
     # Extraction stopped at the declared size instead of trusting the stream.
     assert (tmp_path / "out" / "variables" / "data").stat().st_size <= 10
 
@@ -280,5 +280,5 @@ def test_truncated_archives_are_corrupt(build: Build, tmp_path: Path, builder: B
     truncated.write_bytes(source.read_bytes()[: source.stat().st_size * 2 // 3])
     with pytest.raises(InvalidArgument) as info:
         unpack_archive(truncated, tmp_path / "out", LIMITS)
-    assert info.value.violations[0].field == "chunk"
+    assert info.value.violations[0].field == "artifact"
     assert info.value.violations[0].description.startswith("the archive is truncated or corrupt: ")

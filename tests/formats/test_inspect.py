@@ -122,7 +122,7 @@ def test_allowing_lambda_still_refuses_python_bytecode(build: Build, tmp_path: P
 def test_weights_only_h5_is_invalid(build: Build, tmp_path: Path) -> None:
     with pytest.raises(InvalidArgument) as info:
         inspect(build(models.weights_only_h5), tmp_path)
-    assert info.value.violations[0].field == "chunk"
+    assert info.value.violations[0].field == "artifact"
     assert info.value.violations[0].description == (
         "the .h5 file holds weights only, no model config: save with model.save('x.h5')"
     )
@@ -131,7 +131,7 @@ def test_weights_only_h5_is_invalid(build: Build, tmp_path: Path) -> None:
 def test_corrupt_keras_weights_are_invalid(build: Build, tmp_path: Path) -> None:
     with pytest.raises(InvalidArgument) as info:
         inspect(build(models.corrupt_weights_keras), tmp_path)
-    assert info.value.violations[0].field == "chunk"
+    assert info.value.violations[0].field == "artifact"
     assert "truncated or corrupt" in info.value.message
 
 

@@ -19,7 +19,7 @@ def test_one_model_name_rule_for_calls_and_upload_headers() -> None:
         with pytest.raises(InvalidArgument) as uploaded:
             check_upload_spec(UploadSpec(model_name=bad), max_upload_bytes=1 << 20)
         assert called.value.violations == [FieldViolation("name", problem)]
-        assert uploaded.value.violations == [FieldViolation("header.model_name", problem)]
+        assert uploaded.value.violations == [FieldViolation("spec.model_name", problem)]
 
 
 def test_a_transport_relocates_a_domain_argument_onto_its_field() -> None:

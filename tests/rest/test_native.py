@@ -57,15 +57,39 @@ async def test_upload_list_get_labels_download_and_delete(http: aiohttp.ClientSe
         assert (await response.json()) == {"deletedVersions": "1"}  # proto3 JSON: int64 as a string
 
 
-async def test_bad_uploads_get_field_violations(http: aiohttp.ClientSession) -> None:
+async def _violations(response: aiohttp.ClientResponse) -> dict[str, str]:
+    assert response.status == 400, await response.text()
+    return {v["field"]: v["description"] for v in (await response.json())["field_violations"]}
+
+
+async def test_bad_uploads_get_violations_on_the_fields_the_caller_sent(
+    http: aiohttp.ClientSession, served: Served
+) -> None:
+    """The path's {name}, the query parameters and the body: never the gRPC upload's header.* or chunk."""
     async with http.post("/api/v1/models/bad%20name/versions", data=b"x") as response:
-        body = await response.json()
-    assert response.status == 400 and body["field_violations"][0]["field"] == "header.model_name"
+        assert list(await _violations(response)) == ["name"]
     async with http.post("/api/v1/models/m1/versions", params={"format": "onnx"}, data=b"x") as response:
-        body = await response.json()
-    assert response.status == 400 and body["field_violations"][0]["field"] == "format"
-    async with http.post(f"/api/v1/models/{unique_name()}/versions", data=b"not a model at all") as response:
-        assert response.status == 400
+        assert list(await _violations(response)) == ["format"]
+    versions = f"/api/v1/models/{unique_name()}/versions"
+    params = [("label", "ok"), ("label", "Not A Label"), ("feature_name", "a"), ("feature_name", "a")]
+    async with http.post(versions, params=params, data=b"x") as response:
+        assert list(await _violations(response)) == ["label[1]", "feature_name"]
+    async with http.post(versions, params={"input_node": "x", "output_node": "y"}, data=b"x") as response:
+        assert "not a TensorFlow GraphDef" in (await _violations(response))["body"]
+    async with http.post(versions, params={"format": "keras", "input_node": "x", "output_node": "y"}) as response:
+        assert "not KERAS" in (await _violations(response))["input_node"]
+    async with http.post(versions, params={"expected_sha256": "0" * 64}, data=b"x") as response:
+        assert list(await _violations(response)) == ["expected_sha256"]
+    async with http.post(versions, data=b"") as response:
+        assert (await _violations(response)) == {"body": "the upload carried no data"}
+    async with http.post(versions, data=bytes(range(256))) as response:  # unknown binary: perhaps a .pb
+        found = await _violations(response)
+    assert "unrecognised model file" in found["format"] and "`input_node`" in found["format"]
+    mlp = served.files["mlp_v1"].read_bytes()
+    async with http.post(versions, params=[("feature_name", "a")], data=mlp) as response:
+        assert "1 names given" in (await _violations(response))["feature_name"]
+    async with http.post(versions, params=[("class_name", c) for c in "abc"], data=mlp) as response:
+        assert list(await _violations(response)) == ["class_name"]
 
 
 async def test_job_from_a_streamed_csv(http: aiohttp.ClientSession, served: Served) -> None:
@@ -98,3 +122,25 @@ async def test_job_from_a_streamed_csv(http: aiohttp.ClientSession, served: Serv
         assert response.status in (400, 404)
     async with http.post("/api/v1/jobs", params={"model": ""}, data=b"1,2,3,4\n") as response:
         assert (await response.json())["field_violations"][0]["field"] == "model"
+
+
+async def test_bad_jobs_get_violations_on_the_fields_the_caller_sent(
+    http: aiohttp.ClientSession, served: Served
+) -> None:
+    """The query parameters and the body: never the gRPC CreateJob's spec.* or chunk."""
+    model = f"{served.mlp}:1"
+    csv = b"a,b,c,d\n1,2,3,4\n"
+    async with http.post("/api/v1/jobs", params={"model": model}, data=b"") as response:
+        assert list(await _violations(response)) == ["body"]
+    async with http.post("/api/v1/jobs", params={"model": f"{unique_name()}-no:1"}, data=csv) as response:
+        assert response.status == 404
+    cases = [
+        ([("has_header", "true"), *(("feature_column", c) for c in "abcz")], "feature_column[3]"),
+        ([("has_header", "true"), ("passthrough_column", "a"), ("passthrough_column", "a")], "passthrough_column[1]"),
+        ([("feature_column", "a")], "feature_column"),
+        ([("feature_column_index", i) for i in "0129"], "feature_column_index[3]"),
+        ([("delimiter", ";;")], "delimiter"),
+    ]
+    for params, field in cases:
+        async with http.post("/api/v1/jobs", params=[("model", model), *params], data=csv) as response:
+            assert field in await _violations(response), params

@@ -153,3 +153,29 @@ async def test_bundle_of_a_frozen_graph_with_params_and_labels(app: Application,
     row = json.dumps({"values": ROW, "model": name})
     status, answer = await curl("-H", "Content-type: application/json", "-d", row, f"{app.http_url}/json")
     assert answer == [pytest.approx(expected_score(model), abs=1e-6)]
+
+
+async def test_bad_uploads_name_the_form_field_or_bundle_file(app: Application, files, tmp_path: Path) -> None:
+    """Violations name what a TFaaS caller sent (a form field, a file in the bundle), not the gRPC header."""
+    _, folder = files
+    name = unique_name("badfg")
+    params = {"model": "model.pb", "inputNode": "no_such_node", "outputNode": models.FROZEN_OUTPUT}
+    (tmp_path / "params.json").write_text(json.dumps(params))
+    (tmp_path / "labels.txt").write_text("a\nb\nc\n")  # 3 names, one output column
+    form = ["-F", f"name={name}", "-F", f"params=@{tmp_path}/params.json", "-F", f"model=@{folder}/model.pb"]
+    status, body = await curl("-X", "POST", f"{app.http_url}/upload", *form)
+    assert status == 400 and [v["field"] for v in body["field_violations"]] == ["params.inputNode"], body
+    params["inputNode"] = models.FROZEN_INPUT
+    (tmp_path / "params.json").write_text(json.dumps(params))
+    status, body = await curl("-X", "POST", f"{app.http_url}/upload", *form, "-F", f"labels=@{tmp_path}/labels.txt")
+    assert status == 400 and [v["field"] for v in body["field_violations"]] == ["labels"], body
+
+    bundle = tmp_path / name
+    bundle.mkdir()
+    (bundle / "model.pb").write_bytes((folder / "model.pb").read_bytes())
+    (bundle / "params.json").write_text(json.dumps({**params, "outputNode": "no_such_node"}))
+    archive = tmp_path / "models.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(bundle, arcname=name)
+    status, body = await curl("-X", "POST", "--data-binary", f"@{archive}", f"{app.http_url}/upload")
+    assert status == 400 and [v["field"] for v in body["field_violations"]] == ["params.json.outputNode"], body

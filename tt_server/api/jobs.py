@@ -64,7 +64,7 @@ class JobsServicer(jobs_service_pb2_grpc.JobsServiceServicer):
                     raise InvalidArgument.field("spec", "only the first message may carry the spec")
                 yield message.chunk
 
-        with request_fields({"ref": "spec.model"}):
+        with request_fields({"ref": "spec.model", "input": "chunk"}):  # the domain's spec.* are the wire's
             job = await self._jobs.create(spec, chunks())
         return pb.CreateJobResponse(job=job_to_pb(job))
 

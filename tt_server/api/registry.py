@@ -12,6 +12,16 @@ from tt_server.api import convert
 from tt_server.errors import InvalidArgument, request_fields
 from tt_server.registry.service import Registry
 
+# The upload's domain arguments (Registry.upload: the UploadSpec, the artifact's bytes) -> UploadModelVersion's fields.
+UPLOAD_FIELDS = {
+    "spec": "header",
+    "spec.expected_size": "header.expected_size_bytes",
+    "spec.class_names": "header.class_names_text",
+    "spec.frozen_graph.inputs": "header.frozen_graph.input_nodes",
+    "spec.frozen_graph.outputs": "header.frozen_graph.output_nodes",
+    "artifact": "chunk",
+}
+
 
 class RegistryServicer(registry_service_pb2_grpc.ModelRegistryServiceServicer):
     def __init__(self, registry: Registry) -> None:
@@ -31,7 +41,8 @@ class RegistryServicer(registry_service_pb2_grpc.ModelRegistryServiceServicer):
                     raise InvalidArgument.field("header", "only the first message may carry a header")
                 yield message.chunk
 
-        version, created = await self._registry.upload(spec, chunks())
+        with request_fields(UPLOAD_FIELDS):
+            version, created = await self._registry.upload(spec, chunks())
         return pb.UploadModelVersionResponse(version=convert.model_version(version), model_created=created)
 
     async def ListModels(

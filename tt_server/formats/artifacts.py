@@ -85,12 +85,10 @@ def detect_format(path: Path, declared: ModelFormat | None) -> ModelFormat:
     else:
         description = _describe(head)
         if description.startswith("unknown binary"):
-            description += "; a TensorFlow frozen graph (.pb) must be declared with header.frozen_graph"
-        raise InvalidArgument.field("header.format", f"unrecognised model file: {description}")
+            description += "; a TensorFlow frozen graph (.pb) must be declared with `spec.frozen_graph`"
+        raise InvalidArgument.field("spec.format", f"unrecognised model file: {description}")
     if declared is not None and declared != actual:
-        raise InvalidArgument.field(
-            "header.format", f"declared {declared.name} but the file is {_DESCRIPTIONS[actual]}"
-        )
+        raise InvalidArgument.field("spec.format", f"declared {declared.name} but the file is {_DESCRIPTIONS[actual]}")
     return actual
 
 
@@ -105,7 +103,7 @@ def _zip_format(path: Path) -> ModelFormat:
     except (zipfile.BadZipFile, EOFError, zlib.error) as e:
         raise _corrupt(e) from None
     raise InvalidArgument.field(
-        "header.format",
+        "spec.format",
         "unrecognised zip archive: it is neither a Keras .keras file (config.json + metadata.json with "
         "keras_version) nor a SavedModel (saved_model.pb at the top or in one top directory)",
     )
@@ -171,7 +169,7 @@ def unpack_archive(path: Path, dest_dir: Path, limits: ArchiveLimits) -> Path:
     elif head.startswith(ZIP_MAGIC):
         _unpack_zip(path, dest_dir, limits)
     else:
-        raise InvalidArgument.field("header.format", "a SavedModel must be packed as .tar.gz or .zip")
+        raise InvalidArgument.field("spec.format", "a SavedModel must be packed as .tar.gz or .zip")
     return _saved_model_root(dest_dir)
 
 
@@ -331,7 +329,7 @@ def _saved_model_root(dest_dir: Path) -> Path:
     pb = saved_model_pb_name(names)
     if pb is None:
         raise InvalidArgument.field(
-            "header.format",
+            "spec.format",
             f"the archive holds no {SAVED_MODEL_PB} at its top level or in its single top directory",
         )
     return dest_dir.joinpath(pb).parent
@@ -339,4 +337,4 @@ def _saved_model_root(dest_dir: Path) -> Path:
 
 def _corrupt(e: BaseException) -> InvalidArgument:
     detail = str(e) or type(e).__name__
-    return InvalidArgument.field("chunk", f"the archive is truncated or corrupt: {detail}")
+    return InvalidArgument.field("artifact", f"the archive is truncated or corrupt: {detail}")

@@ -27,8 +27,9 @@ if TYPE_CHECKING:
 
 # TensorFlow's own rule for node names, plus an optional output index.
 NODE_NAME = re.compile(r"^[A-Za-z0-9.][A-Za-z0-9_.\-/>]*(:\d{1,4})?$")
-INPUT_FIELD = "header.frozen_graph.input_nodes"
-OUTPUT_FIELD = "header.frozen_graph.output_nodes"
+# Where a bad node name is reported: the upload spec's FrozenGraphNodes (see the package's docstring).
+INPUT_FIELD = "spec.frozen_graph.inputs"
+OUTPUT_FIELD = "spec.frozen_graph.outputs"
 _HINTS = 5  # node names suggested when a name is wrong
 
 
@@ -45,7 +46,7 @@ def parse_graph_def(data: bytes) -> GraphDef:
         graph.Clear()
     if not graph.node or any(not node.name or not node.op for node in graph.node):
         raise InvalidArgument.field(
-            "chunk", "the file is not a TensorFlow GraphDef (.pb): it does not parse as a graph of named nodes"
+            "artifact", "the file is not a TensorFlow GraphDef (.pb): it does not parse as a graph of named nodes"
         )
     return graph
 
@@ -85,13 +86,13 @@ def import_frozen_graph(graph: GraphDef, nodes: FrozenGraphNodes) -> tuple[Any, 
     try:
         wrapped = tf.compat.v1.wrap_function(import_all, [])
     except Exception as e:  # unknown ops, bad attributes, dangling inputs ...: TF raises many types
-        raise InvalidArgument.field("chunk", f"the frozen graph cannot be imported: {_first_line(e)}") from None
+        raise InvalidArgument.field("artifact", f"the frozen graph cannot be imported: {_first_line(e)}") from None
     feeds = [_tensor(wrapped.graph, name, f"{INPUT_FIELD}[{i}]") for i, name in enumerate(nodes.inputs)]
     fetches = [_tensor(wrapped.graph, name, f"{OUTPUT_FIELD}[{i}]") for i, name in enumerate(nodes.outputs)]
     try:
         function = wrapped.prune(feeds=feeds, fetches=fetches)
     except Exception as e:  # check_nodes rules out the known causes; anything left is the graph's fault
-        raise InvalidArgument.field("header.frozen_graph", f"the graph cannot be cut at these nodes: {e}") from None
+        raise InvalidArgument.field("spec.frozen_graph", f"the graph cannot be cut at these nodes: {e}") from None
     signature = Signature(
         inputs=_specs(nodes.inputs, feeds, "input"),
         outputs=_specs(nodes.outputs, fetches, "output"),

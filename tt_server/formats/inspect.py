@@ -63,7 +63,7 @@ def inspect_artifact(
     """
     if fmt is ModelFormat.FROZEN_GRAPH:
         if frozen_graph is None:
-            raise InvalidArgument.field("header.frozen_graph", "a frozen graph needs its input and output nodes")
+            raise InvalidArgument.field("spec.frozen_graph", "a frozen graph needs its input and output nodes")
         return _inspect_frozen_graph(path, frozen_graph, allow_non_finite)
     if fmt is ModelFormat.KERAS:
         return _inspect_keras(path, work_dir, limits, allowed_custom_objects, allow_non_finite)
@@ -130,7 +130,7 @@ def _inspect_h5(path: Path, work_dir: Path, allowed: frozenset[str], allow_non_f
             raw = f.attrs.get("model_config")
             if raw is None:
                 raise InvalidArgument.field(
-                    "chunk",
+                    "artifact",
                     "the .h5 file holds weights only, no model config: save with model.save('x.h5')",
                 )
             config = _parse_json(raw, "model_config")
@@ -145,7 +145,7 @@ def _parse_json(raw: Any, what: str) -> Any:
     try:
         return json.loads(raw.decode() if isinstance(raw, bytes) else raw)
     except (ValueError, TypeError, RecursionError):  # RecursionError: absurdly deep nesting
-        raise InvalidArgument.field("chunk", f"the model's {what} is not valid JSON") from None
+        raise InvalidArgument.field("artifact", f"the model's {what} is not valid JSON") from None
 
 
 def check_config_classes(config: Any, allowed: frozenset[str]) -> None:
@@ -397,4 +397,4 @@ def _corrupt(message: str, e: BaseException) -> InvalidArgument:
     detail = lines[0] if lines else type(e).__name__
     if len(detail) > 200:
         detail = detail[:197] + "..."
-    return InvalidArgument.field("chunk", f"{message} {detail}")
+    return InvalidArgument.field("artifact", f"{message} {detail}")

@@ -84,14 +84,14 @@ def first_record(prefix: bytes, complete: bool, delimiter: str) -> list[str]:
     end = data.find(b"\n")
     if end < 0:
         if not complete or len(data) > MAX_FIRST_LINE_BYTES:
-            raise InvalidArgument.field("chunk", f"the first line of the input is over {MAX_FIRST_LINE_BYTES} bytes")
+            raise InvalidArgument.field("input", f"the first line of the input is over {MAX_FIRST_LINE_BYTES} bytes")
         end = len(data)
     try:
         line = data[:end].decode("utf-8").rstrip("\r")
     except UnicodeDecodeError:
-        raise InvalidArgument.field("chunk", "the first line of the input is not UTF-8 text") from None
+        raise InvalidArgument.field("input", "the first line of the input is not UTF-8 text") from None
     if not line:
-        raise InvalidArgument.field("chunk", "the first line of the input is empty")
+        raise InvalidArgument.field("input", "the first line of the input is empty")
     return next(csv.reader([line], delimiter=delimiter))
 
 

@@ -93,7 +93,8 @@ class JobsService:
     # --- create ---------------------------------------------------------------------------------------------
     async def create(self, spec: JobSpec, chunks: AsyncIterator[bytes]) -> Job:
         """Store the input, pin the model version, queue the job. ``chunks`` is the input file, or nothing when
-        ``spec.input_blob_key`` names an object already in the blob store."""
+        ``spec.input_blob_key`` names an object already in the blob store. Violations name ``spec.*`` (``ref`` for
+        its model) and ``input`` (the file's bytes); each transport moves them onto its request's fields."""
         annotations = sum(len(k) + len(v) for k, v in spec.annotations.items())
         if annotations > MAX_ANNOTATION_BYTES:
             raise InvalidArgument.field("spec.annotations", f"over {MAX_ANNOTATION_BYTES} bytes")
@@ -176,7 +177,7 @@ class JobsService:
 
         info = await self._blobs.put_stream(key, capped())
         if info.size == 0:
-            raise InvalidArgument.field("chunk", "the job input is empty: send the file in chunks after the spec")
+            raise InvalidArgument.field("input", "the job input is empty: send the file's bytes")
         return info.size, bytes(prefix)
 
     async def _existing_input(self, key: str, chunks: AsyncIterator[bytes], field: str) -> tuple[int, bytes]:

@@ -1,7 +1,8 @@
 """The rules an upload's header must follow: on its own before any byte is stored (``check_upload_spec``), and
 against the signature the inspection read (``check_against_signature``).
 
-Violations carry the native upload header's field paths (``header.*``).
+Violations name the spec's own attributes (``spec.model_name``, ``spec.labels[0]``); each transport moves them
+onto its request's fields (``InvalidArgument.relocated``), e.g. ``header.model_name`` for gRPC, ``name`` for HTTP.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ MAX_GRAPH_NODES = 256  # input plus output nodes a frozen graph upload may name
 # Class names: ImageNet's 1000 (some repeated, e.g. "crane") are the usual upper end; these caps only stop abuse.
 MAX_CLASS_NAMES = 100_000
 MAX_CLASS_NAME_CHARS = 256
-CLASS_NAMES_FIELD = "header.class_names_text"
+CLASS_NAMES_FIELD = "spec.class_names"
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,25 +51,25 @@ def check_upload_spec(spec: UploadSpec, max_upload_bytes: int) -> None:
             violations.append(FieldViolation(field_name, description))
 
     name_problem = model_name_problem(spec.model_name)
-    check(name_problem is None, "header.model_name", name_problem or "")
+    check(name_problem is None, "spec.model_name", name_problem or "")
     for i, label in enumerate(spec.labels):
-        check(bool(LABEL_NAME.match(label)), f"header.labels[{i}]", f"invalid label {label[:80]!r}")
-    check(len(set(spec.labels)) == len(spec.labels), "header.labels", "labels repeat")
+        check(bool(LABEL_NAME.match(label)), f"spec.labels[{i}]", f"invalid label {label[:80]!r}")
+    check(len(set(spec.labels)) == len(spec.labels), "spec.labels", "labels repeat")
     for i, name in enumerate(spec.feature_names):
-        check(bool(name) and len(name) <= 256, f"header.feature_names[{i}]", "must be 1-256 characters")
-    check(len(set(spec.feature_names)) == len(spec.feature_names), "header.feature_names", "names repeat")
+        check(bool(name) and len(name) <= 256, f"spec.feature_names[{i}]", "must be 1-256 characters")
+    check(len(set(spec.feature_names)) == len(spec.feature_names), "spec.feature_names", "names repeat")
     metadata_size = sum(len(k) + len(v) for k, v in spec.metadata.items()) + len(spec.description)
-    check(metadata_size <= MAX_METADATA_BYTES, "header.metadata", f"over {MAX_METADATA_BYTES} bytes")
+    check(metadata_size <= MAX_METADATA_BYTES, "spec.metadata", f"over {MAX_METADATA_BYTES} bytes")
     if spec.expected_sha256 is not None:
-        check(bool(SHA256_HEX.match(spec.expected_sha256)), "header.expected_sha256", "not a hex SHA-256")
+        check(bool(SHA256_HEX.match(spec.expected_sha256)), "spec.expected_sha256", "not a hex SHA-256")
     if spec.serving_policy is not None and spec.serving_policy.label is not None:
         check(
             bool(LABEL_NAME.match(spec.serving_policy.label)),
-            "header.serving_policy.label",
+            "spec.serving_policy.label",
             f"invalid label {spec.serving_policy.label[:80]!r}",
         )
     if spec.serving_policy is not None and spec.serving_policy.version is not None:
-        check(spec.serving_policy.version > 0, "header.serving_policy.version", "versions are numbered from 1")
+        check(spec.serving_policy.version > 0, "spec.serving_policy.version", "versions are numbered from 1")
     violations += _frozen_graph_violations(spec)
     violations += _class_name_violations(spec.class_names)
     if violations:
@@ -92,7 +93,7 @@ def _check_feature_names(names: tuple[str, ...], signature: Signature) -> None:
     shape = signature.inputs[0].shape
     if len(shape) == 2 and shape[1] >= 0 and shape[1] != len(names):
         raise InvalidArgument.field(
-            "header.feature_names",
+            "spec.feature_names",
             f"{len(names)} names given but the input {signature.inputs[0].name!r} has {shape[1]} features",
         )
 
@@ -103,10 +104,10 @@ def _frozen_graph_violations(spec: UploadSpec) -> list[FieldViolation]:
     nodes = spec.frozen_graph
     if nodes is None:
         if spec.format is ModelFormat.FROZEN_GRAPH:
-            return [FieldViolation("header.frozen_graph", "a frozen graph needs its input and output node names")]
+            return [FieldViolation("spec.frozen_graph", "a frozen graph needs its input and output node names")]
         return []
     if spec.format not in (None, ModelFormat.FROZEN_GRAPH):
-        return [FieldViolation("header.frozen_graph", f"node names are for frozen graphs, not {spec.format.name}")]
+        return [FieldViolation("spec.frozen_graph", f"node names are for frozen graphs, not {spec.format.name}")]
     violations: list[FieldViolation] = []
     for path, names in ((INPUT_FIELD, nodes.inputs), (OUTPUT_FIELD, nodes.outputs)):
         if not names:
@@ -119,7 +120,7 @@ def _frozen_graph_violations(spec: UploadSpec) -> list[FieldViolation]:
                 violations.append(FieldViolation(f"{path}[{i}]", f"{name!r} is named twice"))
             seen.add(tensor_display_name(name))
     if len(nodes.inputs) + len(nodes.outputs) > MAX_GRAPH_NODES:
-        violations.append(FieldViolation("header.frozen_graph", f"more than {MAX_GRAPH_NODES} nodes named"))
+        violations.append(FieldViolation("spec.frozen_graph", f"more than {MAX_GRAPH_NODES} nodes named"))
     return violations
 
 
@@ -158,7 +159,7 @@ def _check_image_scaling(scaling: ImageScaling, signature: Signature) -> None:
     if not any(spec.image_shape() and spec.dtype.value.startswith("float") for spec in signature.inputs):
         inputs = ", ".join(f"{s.name} {s.dtype.value}{list(s.shape)}" for s in signature.inputs)
         raise InvalidArgument.field(
-            "header.image_scaling",
+            "spec.image_scaling",
             f"scaling pixels needs an image input of a float dtype, [-1, H, W, C] with C 1, 3 or 4; the model's "
             f"inputs are: {inputs}",
         )

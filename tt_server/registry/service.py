@@ -88,7 +88,8 @@ class Registry:
         self, spec: UploadSpec, chunks: AsyncIterator[bytes], source: VersionSource = VersionSource.UPLOAD
     ) -> tuple[ModelVersion, bool]:
         """Store a new version from streamed bytes (``source``: an upload, or the model repository); returns it
-        and whether the model was created."""
+        and whether the model was created. Violations name ``spec.*`` (its attributes) and ``artifact`` (the
+        bytes); each transport moves them onto its request's fields."""
         check_upload_spec(spec, self._settings.max_upload_bytes)
         loop = asyncio.get_running_loop()
         claimed = scratch.claim(self._settings.scratch_dir / f"{scratch.UPLOAD_PREFIX}{uuid.uuid4().hex}")
@@ -99,14 +100,14 @@ class Registry:
             size, sha256 = await self._spool(chunks, artifact)
             if spec.expected_size is not None and size != spec.expected_size:
                 raise InvalidArgument.field(
-                    "header.expected_size_bytes", f"declared {spec.expected_size} bytes, received {size}"
+                    "spec.expected_size", f"declared {spec.expected_size} bytes, received {size}"
                 )
             if spec.expected_sha256 is not None and sha256 != spec.expected_sha256:
                 raise InvalidArgument.field(
-                    "header.expected_sha256", f"declared {spec.expected_sha256}, received data has {sha256}"
+                    "spec.expected_sha256", f"declared {spec.expected_sha256}, received data has {sha256}"
                 )
             if size == 0:
-                raise InvalidArgument.field("chunk", "the upload carried no data")
+                raise InvalidArgument.field("artifact", "the upload carried no data")
             # The nodes are the only sign of a frozen graph: a GraphDef has no magic bytes.
             declared = ModelFormat.FROZEN_GRAPH if spec.format is None and spec.frozen_graph else spec.format
             inspecting = self._executor.submit(self._inspect, artifact, declared, spec.frozen_graph, work / "unpacked")

@@ -57,6 +57,36 @@ _JOB_QUERY = (
     "model", "has_header", "delimiter", "feature_column", "feature_column_index", "passthrough_column",
     "output_format", "skip_bad_rows",
 )  # fmt: skip
+# The domain's argument paths -> the route's own names ({name} in the path, query parameters, the body), so a
+# violation names what the HTTP caller sent.
+UPLOAD_FIELDS = {
+    "spec.model_name": "name",
+    "spec.format": "format",
+    "spec.description": "description",
+    "spec.metadata": "description",  # the only metadata an HTTP upload carries
+    "spec.labels": "label",
+    "spec.feature_names": "feature_name",
+    "spec.class_names": "class_name",
+    "spec.frozen_graph": "input_node",
+    "spec.frozen_graph.inputs": "input_node",
+    "spec.frozen_graph.outputs": "output_node",
+    "spec.image_scaling": "image_scaling",
+    "spec.expected_sha256": "expected_sha256",
+    "spec.expected_size": "body",  # from Content-Length
+    "artifact": "body",
+}
+JOB_FIELDS = {
+    "ref": "model",
+    "spec.model": "model",
+    "spec.csv.has_header": "has_header",
+    "spec.csv.delimiter": "delimiter",
+    "spec.csv.feature_columns": "feature_column",
+    "spec.csv.feature_column_indices": "feature_column_index",
+    "spec.csv.passthrough_columns": "passthrough_column",
+    "spec.output_format": "output_format",
+    "spec.skip_bad_rows": "skip_bad_rows",
+    "input": "body",
+}
 
 
 def _json(message: Message) -> web.Response:
@@ -199,7 +229,9 @@ class NativeRoutes:
         if "input_node" in q or "output_node" in q:
             header.frozen_graph.input_nodes.extend(q.getall("input_node", []))
             header.frozen_graph.output_nodes.extend(q.getall("output_node", []))
-        version, created = await self._registry.upload(convert.upload_spec(header), body_chunks(request))
+        spec = convert.upload_spec(header)
+        with request_fields(UPLOAD_FIELDS):
+            version, created = await self._registry.upload(spec, body_chunks(request))
         return _json(
             registry_service_pb2.UploadModelVersionResponse(
                 version=convert.model_version(version), model_created=created
@@ -268,7 +300,7 @@ class NativeRoutes:
             output_format=_enum(jobs_service_pb2.OutputFormat, "OUTPUT_FORMAT_", request, "output_format"),  # type: ignore[arg-type]
             skip_bad_rows=_bool(request, "skip_bad_rows"),
         )
-        with request_fields({"ref": "model"}):
+        with request_fields(JOB_FIELDS):
             job = await self._jobs.create(job_spec(spec), body_chunks(request))
         return _json(jobs_service_pb2.CreateJobResponse(job=job_to_pb(job)))
 

@@ -37,7 +37,7 @@ from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
 from tt_server.api.convert import class_names
 from tt_server.config import Settings
-from tt_server.errors import InvalidArgument, ResourceExhausted
+from tt_server.errors import InvalidArgument, ResourceExhausted, request_fields
 from tt_server.registry.header import UploadSpec
 from tt_server.registry.service import Registry
 from tt_server.rest.core import Route, body_chunks, json_response, read_json
@@ -141,6 +141,24 @@ def _spec(name: str, params: dict[str, Any], labels_text: str, model_file: str, 
         frozen_graph=FrozenGraphNodes((inputs,), (outputs,)) if inputs and outputs else None,
         class_names=class_names(labels_text),
     )
+
+
+def upload_fields(name: str, params: str, model: str, labels: str) -> dict[str, str]:
+    """The upload's domain paths -> where a TFaaS caller gave each: a form field, or a file in the bundle."""
+    return {
+        "spec.model_name": name,
+        "spec.description": f"{params}.description",
+        "spec.metadata": params,
+        "spec.frozen_graph": params,
+        "spec.frozen_graph.inputs[0]": f"{params}.inputNode",  # TFaaS names one node of each
+        "spec.frozen_graph.outputs[0]": f"{params}.outputNode",
+        "spec.class_names": labels,
+        "spec.format": model,
+        "artifact": model,
+    }
+
+
+FORM_FIELDS = upload_fields("name", "params", "model", "labels")
 
 
 async def _file_chunks(path: Path, size: int = 1 << 20) -> AsyncIterator[bytes]:
@@ -256,10 +274,11 @@ class TfaasRoutes:
         work.mkdir(parents=True)
         try:
             if request.content_type == "multipart/form-data":
-                spec, artifact = await self._form(request, work)
+                spec, artifact, fields = await self._form(request, work)
             else:
-                spec, artifact = await self._bundle(request, work)
-            version, created = await self._registry.upload(spec, _file_chunks(artifact))
+                spec, artifact, fields = await self._bundle(request, work)
+            with request_fields(fields):
+                version, created = await self._registry.upload(spec, _file_chunks(artifact))
         finally:
             await asyncio.to_thread(_remove, work)
         return json_response({"name": version.model_name, "version": version.version, "model_created": created})
@@ -277,7 +296,7 @@ class TfaasRoutes:
                 await asyncio.to_thread(out.write, chunk)
         return written
 
-    async def _form(self, request: web.Request, work: Path) -> tuple[UploadSpec, Path]:
+    async def _form(self, request: web.Request, work: Path) -> tuple[UploadSpec, Path, dict[str, str]]:
         reader = await request.multipart()
         small: dict[str, bytes] = {}
         filenames: dict[str, str] = {}
@@ -304,9 +323,10 @@ class TfaasRoutes:
         if "name" in params and params["name"] != name:
             raise InvalidArgument.field("params", f"params.json names model {params['name']!r}, the form {name!r}")
         labels = _text(small.get("labels", b""), "labels")
-        return _spec(name, params, labels, filenames.get("model", ""), filenames.get("labels", "")), artifact
+        spec = _spec(name, params, labels, filenames.get("model", ""), filenames.get("labels", ""))
+        return spec, artifact, FORM_FIELDS
 
-    async def _bundle(self, request: web.Request, work: Path) -> tuple[UploadSpec, Path]:
+    async def _bundle(self, request: web.Request, work: Path) -> tuple[UploadSpec, Path, dict[str, str]]:
         archive = work / "bundle.tar.gz"
         # A body sent with Content-Encoding: gzip arrives decompressed; the registry takes gzip archives only.
         await self._spool(_gzipped(body_chunks(request)), archive)
@@ -316,8 +336,9 @@ class TfaasRoutes:
         name = named if isinstance(named, str) and named else bundle.name
         model_file = bundle.frozen_graph.name if bundle.frozen_graph else ""
         spec = _spec(name, params, bundle.labels_text, model_file, bundle.labels_file)
+        fields = upload_fields("body", "params.json", "body", bundle.labels_file or "labels.txt")
         if bundle.frozen_graph is not None:
-            return spec, bundle.frozen_graph
+            return spec, bundle.frozen_graph, fields
         saved_model = UploadSpec(
             model_name=spec.model_name,
             format=ModelFormat.SAVED_MODEL_TAR_GZ,
@@ -325,7 +346,7 @@ class TfaasRoutes:
             metadata={**spec.metadata, META_MODEL: f"{bundle.name}/saved_model.pb"},
             class_names=spec.class_names,
         )
-        return saved_model, archive
+        return saved_model, archive, fields
 
     # --- inference ---------------------------------------------------------------------------------------
     async def _single_input(self, name: str) -> tuple[ModelRef, Any]:

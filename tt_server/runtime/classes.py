@@ -26,8 +26,8 @@ def classified_output(version: ModelVersion, request: ClassifyRequest) -> Tensor
     names = version.class_names
     if not names:
         raise FailedPrecondition(
-            f"model {version.model_name!r} version {version.version} has no class names; upload it with a labels "
-            "file (header.class_names_text) to classify"
+            f"model {version.model_name!r} version {version.version} has no class names; upload it with class "
+            "names (a labels file) to classify"
         )
     outputs = version.signature.outputs
     if request.output is None:
