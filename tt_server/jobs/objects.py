@@ -16,12 +16,15 @@ a SUCCEEDED job are the caller's and stay.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Protocol
 
 from tt_server.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 from tt_server.storage.blobs import BlobInfo, BlobStore
+
+log = logging.getLogger(__name__)
 
 SCHEME = "s3://"
 
@@ -153,7 +156,15 @@ class JobBlobs:
         bucket, object_key = self._bucket(key)
         try:
             # Aborted first, so that a late writer cannot complete the upload after the delete.
-            await bucket.abort_writes(object_key)
+            try:
+                await bucket.abort_writes(object_key)
+            except PermissionDenied:
+                # Credentials that may delete but not list or abort uploads: the object still goes.
+                log.warning(
+                    "could not look for unfinished uploads to a job result in a caller's bucket "
+                    "(grant s3:ListBucketMultipartUploads and s3:AbortMultipartUpload)",
+                    extra={"blob_key": key, "throttle": True},
+                )
             await bucket.delete(object_key)
         except NotFound:
             pass  # the bucket is gone, and with it whatever was written there
