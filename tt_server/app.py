@@ -48,6 +48,7 @@ from tt_server.jobs.service import JobsService
 from tt_server.jobs.worker import EmbeddedWorker
 from tt_server.registry.repository import ModelRepository
 from tt_server.registry.service import Registry
+from tt_server.registry.sweeper import Sweeper
 from tt_server.rest import HttpServer, build_http_server
 from tt_server.runtime.loader import loader_factory
 from tt_server.runtime.manager import ModelManager
@@ -168,6 +169,9 @@ class Application:
         self.job_blobs = JobBlobs(self.blobs, make_object_buckets(s))
         await enter(resources, self.job_blobs, "job object storage")
         self.jobs = JobsService(self.job_store, self.job_blobs, self.broker, self.registry, s)
+        # The blob GC (run in the background): one table for the registry's and the jobs' blobs, so it deletes
+        # through job_blobs, which also reaches result keys in callers' buckets.
+        self.sweeper = Sweeper(self.metadata, self.job_blobs, s)
         if not (s.amqp_url or (self.link is not None and not self.link.runs_jobs)):
             concurrency = max(1, s.embedded_job_workers)
             runner = JobRunner(
@@ -356,9 +360,9 @@ class Application:
     async def _collect_garbage_forever(self) -> None:
         while True:
             try:
-                while await self.registry.sweeper.collect_garbage() > 0:
+                while await self.sweeper.collect_garbage() > 0:
                     pass
-                await self.registry.sweeper.sweep_leftovers()
+                await self.sweeper.sweep_leftovers()
             except Exception:
                 log.warning("blob garbage collection failed; will retry", exc_info=True, extra={"throttle": True})
             await asyncio.sleep(self.settings.gc_interval_seconds)

@@ -40,6 +40,7 @@ from tt_server.jobs.worker import JobWorker
 from tt_server.runtime.loader import loader_factory
 from tt_server.runtime.manager import ModelManager
 from tt_server.storage.factory import make_object_buckets, open_stores
+from tt_server.storage.s3 import S3BlobStore
 
 AMQP_HOST = os.environ.get("TT_TEST_AMQP_HOST", "127.0.0.1")
 AMQP_PORT = int(os.environ.get("TT_TEST_AMQP_PORT", "5672"))
@@ -235,13 +236,22 @@ async def slow(registry, job_artifacts: dict[str, Path]) -> str:
 
 
 @pytest.fixture(scope="module")
+async def caller_bucket(request: pytest.FixtureRequest) -> str:
+    """A bucket of a job caller's own (on moto), under whose ``out/`` the bare server's jobs may write results."""
+    name = f"caller-{uuid.uuid4().hex[:10]}"
+    store = S3BlobStore(name, request.getfixturevalue("s3_endpoint"), "us-east-1")
+    await store.open()  # creates the bucket
+    await store.close()
+    return name
+
+
+@pytest.fixture(scope="module")
 async def bare_server(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, caller_bucket: str
 ) -> AsyncIterator[Application]:
     """A production-mode server without any worker: each test brings its own (in-process or processes)."""
-    settings = server_settings(
-        tmp_path_factory.mktemp("bare"), **FAST_JOB_SETTINGS, **(await production_overrides(request))
-    )
+    overrides = await production_overrides(request, job_s3_allowed_prefixes=[f"s3://{caller_bucket}/out/"])
+    settings = server_settings(tmp_path_factory.mktemp("bare"), **FAST_JOB_SETTINGS, **overrides)
     app = Application(settings)
     await app.start()
     yield app

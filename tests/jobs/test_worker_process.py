@@ -11,15 +11,20 @@ import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
+from aiobotocore.session import get_session
 from tensortrigger.v1 import jobs_service_pb2 as pb
 
 from tests.api.scrape import free_port, scrape
 from tests.jobs.helpers import create_job, csv_bytes, features, parse_results_csv, predict, results, spec, wait_for
 from tt_server.app import Application
 from tt_server.config import Settings
+
+if TYPE_CHECKING:
+    from types_aiobotocore_s3 import S3Client
 
 pytestmark = pytest.mark.slow
 
@@ -59,6 +64,7 @@ def worker_env(settings: Settings, data_dir: Path, **extra: object) -> dict[str,
         "job_progress_interval_seconds": settings.job_progress_interval_seconds,
         "job_retry_delay_seconds": settings.job_retry_delay_seconds,
         "job_max_attempts": settings.job_max_attempts,
+        "job_s3_allowed_prefixes": json.dumps(settings.job_s3_allowed_prefixes),
         "shutdown_grace_seconds": 20,
         **extra,
     }
@@ -151,6 +157,45 @@ async def test_killed_worker_job_is_finished_by_another_with_one_result(
         [float(r[2]) for r in rows[sample]], predict(job_artifacts["slow"], x[sample])[:, 0], rtol=1e-5, atol=1e-6
     )
     assert await bare_server.broker.dead_letters() == []
+
+
+async def _multipart_uploads(s3: S3Client, bucket: str) -> list[str]:
+    response = await s3.list_multipart_uploads(Bucket=bucket)
+    return sorted(upload["Key"] for upload in response.get("Uploads", []))
+
+
+async def test_a_killed_workers_unfinished_upload_in_a_callers_bucket_is_aborted_by_the_sweep(
+    bare_jobs, bare_models, bare_server: Application, start_workers, caller_bucket: str
+) -> None:
+    jobs, slow = bare_jobs, bare_models[1]
+    (worker,) = await start_workers()
+    output_uri = f"s3://{caller_bucket}/out/"
+    job = await create_job(jobs, spec(slow, output_uri=output_uri), csv_bytes(features(ROWS, seed=23)))
+    await wait_for(jobs, job.id, lambda j: j.rows_done > 0)
+    worker.process.send_signal(signal.SIGKILL)
+    assert await worker.process.wait() == -signal.SIGKILL
+    # Cancelled while nobody runs it: no later attempt of this job will clean up after the killed one.
+    await jobs.CancelJob(pb.CancelJobRequest(id=job.id))
+    result_key = f"out/{job.id}/attempt-1/results.csv"
+    # The killed attempt reserved its result key in the caller's bucket before writing to it.
+    assert f"s3://{caller_bucket}/{result_key}" in await bare_server.metadata.due_blob_gc(2**62, 10_000)
+    endpoint = bare_server.settings.s3_endpoint_url
+    async with get_session().create_client("s3", endpoint_url=endpoint, region_name="us-east-1") as s3:
+        # What the attempt leaves when killed in the middle of a result over one part (this one's was smaller),
+        # next to the caller's own uploads: elsewhere in the bucket, in the allowed prefix, and at a key that
+        # merely starts with the attempt's.
+        theirs = ["elsewhere/big.bin", "out/theirs.csv", f"{result_key}.copy"]
+        for key in [result_key, *theirs]:
+            await s3.create_multipart_upload(Bucket=caller_bucket, Key=key)
+        assert await _multipart_uploads(s3, caller_bucket) == sorted([result_key, *theirs])
+        # A day on, the reservation falls due (moto dates every upload 2010, so age alone proves nothing here).
+        await bare_server.metadata.add_blob_gc(f"s3://{caller_bucket}/{result_key}", 0)
+        await bare_server.sweeper.collect_garbage()
+        assert await _multipart_uploads(s3, caller_bucket) == sorted(theirs)
+        # The server's own stale-write sweep never reaches into the caller's bucket.
+        await bare_server.sweeper.sweep_leftovers()
+        assert await _multipart_uploads(s3, caller_bucket) == sorted(theirs)
+    assert f"s3://{caller_bucket}/{result_key}" not in await bare_server.metadata.due_blob_gc(2**62, 10_000)
 
 
 async def test_job_that_kills_every_worker_fails_and_is_dead_lettered(

@@ -62,7 +62,7 @@ async def test_checkpoints_beyond_the_limit_are_pruned_but_labelled_and_served_o
     # Pruned as the session went: the labelled checkpoint, the served upload and the newest two stay.
     assert await stored(registry_stub, name) == [1, 2, 6, 7]
     # The pruned artifacts are collected by the blob GC.
-    assert await app.registry.sweeper.collect_garbage() >= 3
+    assert await app.sweeper.collect_garbage() >= 3
     missing = registry_stub.GetModelVersion(rpb.GetModelVersionRequest(model=model_pb2.ModelRef(name=name, version=3)))
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await missing

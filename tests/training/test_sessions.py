@@ -88,7 +88,7 @@ async def test_one_writer_per_model(app: Application, registry_stub, inference_s
     started_first = (await first.read()).started
     assert started_first.base_version == 1
     # A live session's scratch folder survives the sweep of killed processes' leftovers (it holds its lock).
-    await app.registry.sweeper.sweep_leftovers()
+    await app.sweeper.sweep_leftovers()
     assert (app.settings.scratch_dir / f"train-{started_first.session_id}" / ".owner").exists()
 
     _, error = await run_until_error(inference_stub, [config(name)])

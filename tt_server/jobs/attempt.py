@@ -14,7 +14,8 @@ Three stages with bounded queues between them, so memory stays a few blocks and 
 
 Between batches the pipeline stops if the attempt lost the job (the delivery's heartbeat found it cancelled or
 taken over) or the worker is shutting down. Every result key is recorded in the blob GC table before it is
-written, so the object of an attempt that dies is swept later.
+written, in the blob store and in a caller's bucket alike, so the object (or unfinished upload) of an attempt
+that dies is swept later.
 
 Endings: malformed input and data the model rejects are ``FAILED`` (retrying cannot help); a store down or a bug
 is ``RETRY``.
@@ -44,7 +45,6 @@ from tt_server.errors import DeadlineExceeded, TensorTriggerError, Unavailable
 from tt_server.jobs.columns import BOM, first_record, plan_columns
 from tt_server.jobs.csvreader import BlockParser, JobInputError, ParsedBlock, split_blocks
 from tt_server.jobs.inputs import RangedFile, read_first_line
-from tt_server.jobs.objects import is_uri
 from tt_server.jobs.results import ParquetResultWriter, ResultEncoder, make_encoder
 from tt_server.jobs.tables import JsonLinesParser, TableBatch, TablePlan, convert_batch, jsonl_schema, plan_table
 from tt_server.runtime.manager import ModelManager
@@ -191,8 +191,9 @@ class AttemptPipeline:
             produce, passthrough, outputs = await self._plan(job, attempt, handle.model_version)
             encoder = make_encoder(job.spec.output_format, passthrough, outputs)
             key = f"{attempts_prefix(job)}{attempt.number}/results.{encoder.extension}"
-            if not is_uri(key):  # results in the caller's object storage are cleaned up by the committing attempt
-                await self._results.reserve(key)  # claimed by commit_job, or discarded by the delivery
+            # Also in a caller's bucket: if this worker is killed, the GC entry is what lets the sweeper delete the
+            # object or abort the unfinished upload there (JobBlobs.delete), and touch nothing else of theirs.
+            await self._results.reserve(key)  # claimed by commit_job, or discarded by the delivery
             info = await self._blobs.put_stream(key, self._pipeline(job, attempt, produce, handle.servable, encoder))
             attempt.add_time("total_seconds", time.perf_counter() - started)
             return AttemptEnd(Ending.WRITTEN, result=info)

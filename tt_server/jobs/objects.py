@@ -8,18 +8,33 @@ Which URIs a caller may name is the operator's choice, ``job_s3_allowed_prefixes
 URI only under one of them (a prefix names a bucket, or a "folder" in it: ``s3://lake/scoring/`` allows
 ``s3://lake/scoring/day1.csv`` but not ``s3://lake/scoring-private/x``); anything else is PermissionDenied,
 whether or not it exists. A bare key (no scheme) is taken relative to the first allowed prefix.
+
+What the server removes from a caller's bucket: its own attempts' result objects that no commit claimed, and
+unfinished uploads to exactly those keys (``JobBlobs.delete``), never anything else. Inputs and the result of
+a SUCCEEDED job are the caller's and stay.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Protocol
 
-from tt_server.errors import FailedPrecondition, InvalidArgument, PermissionDenied
+from tt_server.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 from tt_server.storage.blobs import BlobInfo, BlobStore
 
+log = logging.getLogger(__name__)
+
 SCHEME = "s3://"
+
+
+class ObjectBucket(BlobStore, Protocol):
+    """One bucket of object storage (``tt_server.storage.s3.S3BlobStore``)."""
+
+    async def abort_writes(self, key: str) -> int:
+        """Abort every unfinished write to exactly ``key``; returns how many."""
+        ...
 
 
 class ObjectBuckets(Protocol):
@@ -29,7 +44,7 @@ class ObjectBuckets(Protocol):
 
     async def close(self) -> None: ...
 
-    def bucket(self, name: str) -> BlobStore: ...
+    def bucket(self, name: str) -> ObjectBucket: ...
 
 
 def is_uri(key: str) -> bool:
@@ -90,6 +105,9 @@ class JobBlobs:
     def _route(self, key: str) -> tuple[BlobStore, str]:
         if not is_uri(key):
             return self.blobs, key
+        return self._bucket(key)
+
+    def _bucket(self, key: str) -> tuple[ObjectBucket, str]:
         if self._objects is None:
             raise FailedPrecondition(
                 f"{key!r} is in object storage, which this process is not set up to reach "
@@ -129,11 +147,31 @@ class JobBlobs:
         return await store.exists(object_key)
 
     async def delete(self, key: str) -> None:
-        store, object_key = self._route(key)
-        await store.delete(object_key)
+        """Delete ``key``; in a caller's bucket also abort unfinished uploads to exactly that key (a killed
+        attempt's parts, which S3 keeps and bills for good). The server deletes in a caller's bucket only its
+        own attempts' result keys, so a caller's other objects and uploads are never touched."""
+        if not is_uri(key):
+            await self.blobs.delete(key)
+            return
+        bucket, object_key = self._bucket(key)
+        try:
+            # Aborted first, so that a late writer cannot complete the upload after the delete.
+            try:
+                await bucket.abort_writes(object_key)
+            except PermissionDenied:
+                # Credentials that may delete but not list or abort uploads: the object still goes.
+                log.warning(
+                    "could not look for unfinished uploads to a job result in a caller's bucket "
+                    "(grant s3:ListBucketMultipartUploads and s3:AbortMultipartUpload)",
+                    extra={"blob_key": key, "throttle": True},
+                )
+            await bucket.delete(object_key)
+        except NotFound:
+            pass  # the bucket is gone, and with it whatever was written there
 
     async def abort_stale_writes(self, older_than_seconds: float) -> int:
-        # The server's own store only: unfinished writes in a caller's bucket are the caller's to clean.
+        # The server's own store only: it cannot tell its own unfinished uploads in a caller's bucket from the
+        # caller's by age; those are aborted key by key when their GC entry falls due (``delete``).
         return await self.blobs.abort_stale_writes(older_than_seconds)
 
     async def list_keys(self, prefix: str) -> list[str]:

@@ -16,7 +16,8 @@ The heartbeat writes progress and renews the lease every ``job_progress_interval
 finds the attempt no longer holds the job (cancelled, or taken over after the lease ran out) the pipeline
 stops at the next batch. The result is committed only if the attempt still holds the job, so only one attempt
 can ever succeed; other attempts' result objects are deleted then (or, for attempts that died, swept through
-the blob GC table, where the pipeline records every result key before it writes it).
+the blob GC table, where the pipeline records every result key before it writes it: the sweep deletes the
+object and, in a caller's bucket, aborts an unfinished upload to that key).
 
 Endings: a pipeline that FAILED fails the job at once; RETRY hands it back for another attempt, up to
 ``job_max_attempts``.
@@ -88,7 +89,10 @@ class JobRunner:
         self._notifier = notifier
         self._stopping = asyncio.Event()
         # Result objects: reserved in the blob GC table by the pipeline, claimed by commit_job, else discarded.
-        self._results = BlobOutbox(blobs, store, delay_us=RESULT_GC_DELAY_US, what="job result")
+        # Not due before a write may still be running (TT_STALE_WRITE_SECONDS): the sweep aborts a due key's
+        # unfinished upload in a caller's bucket, as abort_stale_writes does in the server's own.
+        delay_us = max(RESULT_GC_DELAY_US, int(settings.stale_write_seconds * 1_000_000))
+        self._results = BlobOutbox(blobs, store, delay_us=delay_us, what="job result")
         self._pipeline = AttemptPipeline(self._results, blobs, models, settings, self._stopping, concurrency)
 
     def stop(self) -> None:
@@ -269,8 +273,8 @@ class JobRunner:
 
     async def _discard_other_attempts(self, job: Job, kept: str) -> None:
         """Delete results that attempts of the job wrote but never committed (an attempt that died between its
-        write and its commit), once the job is finished: in the blob store the GC table would sweep them a
-        day later, but in a caller's bucket (``output_uri``) nothing else would."""
+        write and its commit), once the job is finished, rather than a day later when their GC entries fall
+        due. Only finished objects are listed; a dead attempt's unfinished upload waits for its GC entry."""
         try:
             keys = await self._blobs.list_keys(attempts_prefix(job))
         except Exception:

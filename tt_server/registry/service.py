@@ -30,7 +30,6 @@ from tt_server.formats.artifacts import ArchiveLimits, detect_format
 from tt_server.formats.inspect import inspect_artifact
 from tt_server.registry.header import MAX_METADATA_BYTES, UploadSpec, check_against_signature, check_upload_spec
 from tt_server.registry.names import check_label, check_model_name, check_serving_policy
-from tt_server.registry.sweeper import Sweeper
 from tt_server.storage import scratch
 from tt_server.storage.blobs import BlobStore
 from tt_server.storage.metadata import MetadataStore, NewVersion
@@ -79,7 +78,6 @@ class Registry:
         self._limits = ArchiveLimits.from_settings(settings)
         self._allowed_custom = frozenset(settings.allowed_custom_objects)
         self.pins = VersionPins(metadata)  # versions open Train sessions use; retention keeps them
-        self.sweeper = Sweeper(metadata, blobs, settings)  # the server runs it in the background
         # Set by the model repository after each scan: entries it refused, path -> why (shown by ListModels).
         self.repository_problems: dict[str, str] = {}
 

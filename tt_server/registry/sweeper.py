@@ -2,7 +2,10 @@
 
 Every blob the registry writes is first recorded in the metadata store's blob GC table with a due time; the
 commit that makes it a version clears the entry. Whatever was never committed (a crashed or abandoned upload)
-or was deleted since (pruned and deleted versions) is found here by its due entry and deleted.
+or was deleted since (pruned and deleted versions) is found here by its due entry and deleted. The same table
+holds job inputs and results, some of them in callers' buckets (``s3://`` keys): the server gives the sweeper
+a blob store that reaches those too (``jobs.objects.JobBlobs``), whose delete also aborts an unfinished upload
+to the key.
 """
 
 from __future__ import annotations
@@ -12,11 +15,14 @@ import logging
 import time
 
 from tt_server.config import Settings
+from tt_server.errors import FailedPrecondition, PermissionDenied
 from tt_server.storage.blobs import BlobStore
 from tt_server.storage.metadata import MetadataStore
 from tt_server.storage.scratch import sweep_abandoned
 
 log = logging.getLogger(__name__)
+
+RETRY_DELAY_US = 3600 * 1_000_000  # a garbage blob that could not be deleted is tried again after this
 
 
 def _now_us() -> int:
@@ -42,9 +48,17 @@ class Sweeper:
         return folders, writes
 
     async def collect_garbage(self, limit: int = 100) -> int:
-        """Delete blobs whose GC entry is due (deleted versions, abandoned uploads); returns how many."""
+        """Delete blobs whose GC entry is due (deleted versions, abandoned uploads, dead job attempts' results);
+        returns how many entries it handled."""
         keys = await self._metadata.due_blob_gc(_now_us(), limit)
         for key in keys:
-            await self._blobs.delete(key)
+            try:
+                await self._blobs.delete(key)
+            except (PermissionDenied, FailedPrecondition):
+                # A caller's bucket this process may not (or cannot) reach: try again later, and do not hold up
+                # the rest of the table meanwhile.
+                log.warning("could not delete a garbage blob; will retry", extra={"blob_key": key}, exc_info=True)
+                await self._metadata.add_blob_gc(key, _now_us() + RETRY_DELAY_US)
+                continue
             await self._metadata.remove_blob_gc(key)
         return len(keys)

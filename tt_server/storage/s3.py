@@ -300,6 +300,28 @@ class S3BlobStore:
                         aborted += 1
         return aborted
 
+    async def abort_writes(self, key: str) -> int:
+        """Abort every unfinished multipart upload to exactly ``key`` (none to a longer key it is a prefix of),
+        whatever its age; returns how many. For a key whose writer is known to be dead: its GC entry fell due."""
+        object_key = self._object_key(key)
+        aborted = 0
+        with _errors(key, self._external):
+            paginator = self._client.get_paginator("list_multipart_uploads")
+            async for page in paginator.paginate(Bucket=self._bucket, Prefix=object_key):
+                for upload in page.get("Uploads", ()):
+                    if upload["Key"] != object_key:
+                        continue
+                    try:
+                        await self._client.abort_multipart_upload(
+                            Bucket=self._bucket, Key=object_key, UploadId=upload["UploadId"]
+                        )
+                    except ClientError as e:
+                        if _error_code(e) != "NoSuchUpload":  # gone meanwhile (another sweeper): as good as done
+                            raise
+                        continue
+                    aborted += 1
+        return aborted
+
     def _object_key(self, key: str) -> str:
         if not key:
             raise ValueError("blob key must not be empty")
