@@ -92,10 +92,10 @@ class Settings(BaseSettings):
     scratch_max_age_seconds: float = Field(
         3600.0,
         gt=0,
-        description="Scratch folders (data_dir/tmp/upload-*, train-*) are removed at start-up and by the "
-        "periodic sweep as soon as the process that owned them is gone (its lock on the folder is free); a folder "
-        "without an owner lock (left by a process killed while creating it, or by an older release) is removed "
-        "once it is older than this.",
+        description="Scratch folders (data_dir/tmp/upload-*, train-*, http-upload-*) are removed at start-up "
+        "and by the periodic sweep as soon as the process that owned them is gone (its lock on the folder is "
+        "free); a folder without an owner lock (left by a process killed while creating it, or by an older "
+        "release) is removed once it is older than this.",
     )
     amqp_url: str = Field("", description="amqp://... for RabbitMQ; empty = in-process broker and worker.")
 

@@ -20,10 +20,8 @@ registry like any upload: the same checks, and each upload is a new immutable ve
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import posixpath
-import shutil
 import tarfile
 import uuid
 import zlib
@@ -44,6 +42,7 @@ from tt_server.rest.core import Route, body_chunks, json_response, read_json
 from tt_server.rest.tensors import wire_from_json
 from tt_server.runtime.observe import RequestObservation
 from tt_server.runtime.service import InferenceService
+from tt_server.storage import scratch
 from tt_server.types import ClassifyRequest, DType, FrozenGraphNodes, ModelFormat, ModelRef, WireTensor
 
 _REGISTRY = "/tensortrigger.v1.ModelRegistryService/"
@@ -270,8 +269,8 @@ class TfaasRoutes:
         return json_response({"name": name, "deleted_versions": deleted})
 
     async def upload(self, request: web.Request) -> web.Response:
-        work = self._settings.scratch_dir / f"http-upload-{uuid.uuid4().hex}"
-        work.mkdir(parents=True)
+        claimed = scratch.claim(self._settings.scratch_dir / f"{scratch.HTTP_UPLOAD_PREFIX}{uuid.uuid4().hex}")
+        work = claimed.path
         try:
             if request.content_type == "multipart/form-data":
                 spec, artifact, fields = await self._form(request, work)
@@ -280,7 +279,7 @@ class TfaasRoutes:
             with request_fields(fields):
                 version, created = await self._registry.upload(spec, _file_chunks(artifact))
         finally:
-            await asyncio.to_thread(_remove, work)
+            await asyncio.to_thread(claimed.release)
         return json_response({"name": version.model_name, "version": version.version, "model_created": created})
 
     async def _spool(self, chunks: AsyncIterator[bytes], target: Path) -> int:
@@ -531,8 +530,3 @@ def _member_name(tar: tarfile.TarFile, path: str) -> str:
         if posixpath.normpath(member.name.lstrip("./")) == path:
             return member.name
     raise InvalidArgument.field("body", f"{path} is missing")
-
-
-def _remove(path: Path) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        shutil.rmtree(path)

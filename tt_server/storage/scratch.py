@@ -22,7 +22,8 @@ from typing import BinaryIO
 OWNER_FILE = ".owner"
 UPLOAD_PREFIX = "upload-"  # scratch_dir/upload-<hex>: one upload's spooled artifact and unpacked files
 TRAIN_PREFIX = "train-"  # scratch_dir/train-<session id>: a Train session's base artifact and checkpoints
-PREFIXES = (UPLOAD_PREFIX, TRAIN_PREFIX)
+HTTP_UPLOAD_PREFIX = "http-upload-"  # scratch_dir/http-upload-<hex>: a TFaaS upload's form files or bundle
+PREFIXES = (UPLOAD_PREFIX, TRAIN_PREFIX, HTTP_UPLOAD_PREFIX)
 
 
 class ClaimedFolder:
