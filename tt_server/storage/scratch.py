@@ -7,7 +7,8 @@ The kernel drops a ``flock`` when the process holding it dies, however it dies (
 take the lock knows the owner is gone. ``flock`` (not ``fcntl``/``lockf`` record locks, which are per process)
 also excludes a second open file in the same process, so the server's own sweeper never takes a live session's
 folder; sibling processes sharing the data directory (``--workers``) see each other's locks. The training process
-is started with ``pass_fds`` (only its socket), so it never inherits a lock.
+is started with ``pass_fds`` (only its socket), so it never inherits a lock. The data directory is one host's
+(an emptyDir in k8s/): a network filesystem shared by several hosts may not carry ``flock`` between them.
 """
 
 from __future__ import annotations
