@@ -118,6 +118,14 @@ async def read_json(request: web.Request, what: str = "body") -> Any:
         raise InvalidArgument.field(what, f"not valid JSON: {e}") from None
 
 
+def whole_number(raw: str, field: str, maximum: int, what: str = "a non-negative integer") -> int:
+    """``raw`` (a path segment, query parameter or header) as an integer from 0 to ``maximum``, or
+    INVALID_ARGUMENT naming ``field``. ASCII digits only: ``str.isdigit`` also takes "²", which ``int`` refuses."""
+    if not (raw.isascii() and raw.isdigit()) or int(raw) > maximum:
+        raise InvalidArgument.field(field, f"{raw[:40]!r} is not {what}")
+    return int(raw)
+
+
 async def body_chunks(request: web.Request, size: int = 1 << 20) -> AsyncIterator[bytes]:
     """The request body as it arrives, never held whole: the domain enforces its own size caps."""
     while True:
@@ -189,6 +197,11 @@ class Front:
                 raise
             except Exception as exc:
                 response, code = self._failure(exc, rpc, rid)
+                if isinstance(exc, web.RequestPayloadError):
+                    # The rest of the body cannot be read: close the connection after the answer, and mark the
+                    # body done so aiohttp does not try to drain it (and log the same error again as unhandled).
+                    response.force_close()
+                    request.content.feed_eof()
                 metrics.RPCS.labels(label, code.name).inc()
                 elapsed = time.perf_counter() - started
                 seconds.observe(elapsed)
@@ -223,6 +236,12 @@ class Front:
         elif isinstance(exc, web.HTTPRequestEntityTooLarge):
             code = grpc.StatusCode.RESOURCE_EXHAUSTED
             response = error_response(code, f"the request body is too large ({exc.text})", rid, http_status=413)
+        elif isinstance(exc, web.RequestPayloadError):
+            # The body's framing or Content-Encoding is broken (aiohttp found it while the handler read it).
+            code = grpc.StatusCode.INVALID_ARGUMENT
+            reason = " ".join(str(exc).split()).removeprefix("400, message: ")
+            message = f"the request body could not be read ({reason})"
+            response = error_response(code, f"body: {message}", rid, [{"field": "body", "description": message}])
         else:
             status = status_for(exc, rpc)
             code = status.code

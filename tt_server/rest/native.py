@@ -37,15 +37,18 @@ from tensortrigger.v1 import jobs_service_pb2, model_pb2, registry_service_pb2
 from tt_server.api import convert
 from tt_server.api.jobs import STATE_FROM_PB, job_spec, job_to_pb
 from tt_server.api.middleware import REQUEST_ID_KEY
+from tt_server.compat.convert import MAX_VERSION
 from tt_server.errors import InvalidArgument, request_fields
 from tt_server.jobs.service import JobsService
 from tt_server.logs import request_id
 from tt_server.registry.service import Registry
-from tt_server.rest.core import Route, body_chunks, json_response, read_json
+from tt_server.rest.core import Route, body_chunks, json_response, read_json, whole_number
 from tt_server.runtime.manager import parse_model_ref
 from tt_server.types import ModelRef, OutputFormat
 
 log = logging.getLogger(__name__)
+
+INT64_MAX, INT32_MAX = 2**63 - 1, 2**31 - 1  # the gRPC fields' ranges (offsets, page sizes; column indices)
 
 _REGISTRY = "/tensortrigger.v1.ModelRegistryService/"
 _JOBS = "/tensortrigger.v1.JobsService/"
@@ -75,9 +78,14 @@ UPLOAD_FIELDS = {
     "spec.expected_size": "body",  # from Content-Length
     "artifact": "body",
 }
+REF_FIELDS = {"ref.name": "name", "ref.version": "version", "ref.label": "label"}  # the path's segments
 JOB_FIELDS = {
     "ref": "model",
+    "ref.name": "model",  # one query parameter holds the whole reference (name, name:3, name@label)
     "spec.model": "model",
+    "spec.model.name": "model",
+    "spec.model.version": "model",
+    "spec.model.label": "model",
     "spec.csv.has_header": "has_header",
     "spec.csv.delimiter": "delimiter",
     "spec.csv.feature_columns": "feature_column",
@@ -97,9 +105,7 @@ def _int(request: web.Request, key: str, default: int = 0) -> int:
     raw = request.query.get(key)
     if raw is None or raw == "":
         return default
-    if not raw.isdigit():
-        raise InvalidArgument.field(key, f"{raw[:40]!r} is not a non-negative integer")
-    return int(raw)
+    return whole_number(raw, key, INT64_MAX)
 
 
 def _bool(request: web.Request, key: str) -> bool:
@@ -126,10 +132,11 @@ def _version_ref(request: web.Request) -> ModelRef:
     name = request.match_info["name"]
     if "label" in request.match_info:
         return ModelRef(name, label=request.match_info["label"])
-    raw = request.match_info["version"]
-    if not raw.isdigit() or int(raw) == 0:
-        raise InvalidArgument.field("version", f"{raw[:40]!r} is not a version number (1, 2, ...)")
-    return ModelRef(name, version=int(raw))
+    raw, what = request.match_info["version"], "a version number (1, 2, ...)"
+    version = whole_number(raw, "version", MAX_VERSION, what)
+    if version == 0:
+        raise InvalidArgument.field("version", f"{raw[:40]!r} is not {what}")
+    return ModelRef(name, version=version)
 
 
 class NativeRoutes:
@@ -239,7 +246,7 @@ class NativeRoutes:
         )
 
     async def get_version(self, request: web.Request) -> web.Response:
-        with request_fields({"ref": "model"}):
+        with request_fields(REF_FIELDS):
             version = await self._registry.select_version(_version_ref(request))
         return _json(registry_service_pb2.GetModelVersionResponse(version=convert.model_version(version)))
 
@@ -250,7 +257,7 @@ class NativeRoutes:
         return _json(registry_service_pb2.DeleteModelVersionResponse(removed_labels=removed))
 
     async def download(self, request: web.Request) -> web.StreamResponse:
-        with request_fields({"ref": "model"}):
+        with request_fields(REF_FIELDS):
             version, chunks = await self._registry.download(_version_ref(request))
         response = web.StreamResponse(
             headers={
@@ -266,7 +273,7 @@ class NativeRoutes:
     async def set_label(self, request: web.Request) -> web.Response:
         body = await read_json(request)
         version = body.get("version") if isinstance(body, dict) else None
-        if not isinstance(version, int) or isinstance(version, bool) or version <= 0:
+        if not isinstance(version, int) or isinstance(version, bool) or not 0 < version <= MAX_VERSION:
             raise InvalidArgument.field("version", 'send {"version": N} with the version number the label points at')
         previous = await self._registry.set_label(request.match_info["name"], request.match_info["label"], version)
         return _json(registry_service_pb2.SetLabelResponse(previous_version=previous or 0))
@@ -283,11 +290,12 @@ class NativeRoutes:
             ref = parse_model_ref(model)
         except ValueError:
             raise InvalidArgument.field("model", f"{model[:80]!r}: use name, name:version or name@label") from None
-        indices = []
-        for raw in q.getall("feature_column_index", []):
-            if not raw.isdigit():
-                raise InvalidArgument.field("feature_column_index", f"{raw[:40]!r} is not a column index")
-            indices.append(int(raw))
+        if ref.version is not None and not 0 < ref.version <= MAX_VERSION:
+            raise InvalidArgument.field("model", f"{model[:80]!r}: versions are numbered from 1")
+        indices = [
+            whole_number(raw, "feature_column_index", INT32_MAX, "a column index")
+            for raw in q.getall("feature_column_index", [])
+        ]
         spec = jobs_service_pb2.JobSpec(
             model=convert.model_ref_to_pb(ref),
             csv=jobs_service_pb2.CsvOptions(
@@ -307,9 +315,10 @@ class NativeRoutes:
     async def list_jobs(self, request: web.Request) -> web.Response:
         state_value = _enum(jobs_service_pb2.JobState, "JOB_STATE_", request, "state")
         state = STATE_FROM_PB.get(state_value) if state_value else None
-        page = await self._jobs.list_jobs(
-            request.query.get("model", ""), state, _int(request, "page_size"), request.query.get("page_token", "")
-        )
+        with request_fields({"model_name": "model"}):
+            page = await self._jobs.list_jobs(
+                request.query.get("model", ""), state, _int(request, "page_size"), request.query.get("page_token", "")
+            )
         return _json(
             jobs_service_pb2.ListJobsResponse(
                 jobs=[job_to_pb(x) for x in page.items], next_page_token=page.next_page_token

@@ -27,9 +27,9 @@ from tt_server.compat.kserve import (
     server_version,
     split_bytes,
 )
-from tt_server.errors import FieldViolation, InvalidArgument, NotFound, request_fields
+from tt_server.errors import FieldViolation, InvalidArgument, request_fields
 from tt_server.registry.service import Registry
-from tt_server.rest.core import HEALTH_RPC, Route, json_response
+from tt_server.rest.core import HEALTH_RPC, Route, json_response, whole_number
 from tt_server.rest.tensors import json_value, wire_with_shape
 from tt_server.runtime.observe import RequestObservation
 from tt_server.runtime.service import InferenceService
@@ -80,14 +80,27 @@ def _object(value: Any, path: str) -> dict[str, Any]:
     return value
 
 
+def _check_envelope(request: dict[str, Any]) -> None:
+    """The request's fields besides its inputs, typed as the gRPC ModelInferRequest types them (null = absent)."""
+    if not isinstance(request.get("id") or "", str):
+        raise InvalidArgument.field("id", "must be a string")
+    _object(request.get("parameters") or {}, "parameters")
+    outputs = request.get("outputs") or []
+    if not isinstance(outputs, list):
+        raise InvalidArgument.field("outputs", "a list of requested outputs is required")
+    for i, output in enumerate(outputs):
+        _object(output, f"outputs[{i}]")
+        if not isinstance(output.get("name"), str):
+            raise InvalidArgument.field(f"outputs[{i}].name", "each requested output needs a name")
+        _object(output.get("parameters") or {}, f"outputs[{i}].parameters")
+
+
 def parse_infer(
     body: bytes, header_length: str | None, max_elements: int
 ) -> tuple[dict[str, Any], dict[str, WireTensor]]:
     """The request's JSON header and its inputs as domain tensors; INVALID_ARGUMENT names every bad field."""
     if header_length is not None:
-        if not header_length.isdigit() or int(header_length) > len(body):
-            raise InvalidArgument.field(HEADER_LENGTH, f"{header_length[:20]!r} is not a length within the body")
-        split = int(header_length)
+        split = whole_number(header_length, HEADER_LENGTH, len(body), "a length within the body")
         head, binary = body[:split], memoryview(body)[split:]
     else:
         head, binary = body, memoryview(b"")
@@ -95,6 +108,7 @@ def parse_infer(
         request = _object(json.loads(head), "body")
     except (ValueError, UnicodeDecodeError, RecursionError) as e:
         raise InvalidArgument.field("body", f"not valid JSON: {e}") from None
+    _check_envelope(request)
     inputs = request.get("inputs")
     if not isinstance(inputs, list):
         raise InvalidArgument.field("inputs", "a list of input tensors is required")
@@ -234,25 +248,15 @@ class OpenInferenceRoutes:
 
     async def model_ready(self, request: web.Request) -> web.Response:
         ref = self._ref(request)
-        try:
-            await self._inference.load_version(ref)  # loads the version: ready means it can answer at once
-        except NotFound as e:
-            # The protocol: 200 is ready, a 4xx status is not.
-            return json_response({"name": ref.name, "ready": False, "error": e.message}, 404)
+        # Loads the version: ready means it can answer at once. The protocol: 200 is ready, a 4xx status is not;
+        # an unknown model or version is the front's 404 (NOT_FOUND), with its error body.
+        await self._inference.load_version(ref)
         return json_response({"name": ref.name, "ready": True})
 
     async def infer(self, request: web.Request) -> web.Response:
         with RequestObservation(request.match_info.get("model", "")) as observation:
             ref = self._ref(request)
             body, inputs = parse_infer(await request.read(), request.headers.get(HEADER_LENGTH), self._max_elements)
-            names = [o.get("name") for o in body.get("outputs") or [] if isinstance(o, dict)]
-            if not all(isinstance(n, str) for n in names):
-                raise InvalidArgument.field("outputs", "each requested output needs a name")
-            result = await self._inference.predict(
-                ref,
-                inputs,
-                names,  # type: ignore[arg-type]
-                None,
-                observation=observation,
-            )
+            names = [o["name"] for o in body.get("outputs") or []]  # checked by parse_infer
+            result = await self._inference.predict(ref, inputs, names, None, observation=observation)
             return infer_response(body, result.model_name, result.version, result.outputs)

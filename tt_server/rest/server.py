@@ -99,5 +99,21 @@ def server_ssl_context(cert_file: Path, key_file: Path, client_ca_file: Path | N
 
 
 async def _not_found(request: web.Request) -> web.Response:
+    """404 for a path no route serves; 405 with ``Allow`` for a path whose routes take other methods (HEAD and
+    OPTIONS included: no route answers them), the HTTP spelling of gRPC's UNIMPLEMENTED for an unknown method."""
     rid = request_id_for(request.headers.get(REQUEST_ID_KEY))
+    allowed: set[str] = set()
+    for resource in request.app.router.resources():
+        _, methods = await resource.resolve(request)
+        allowed |= methods - {"*"}  # the catch-all route (this one) takes any method
+    if allowed:
+        methods_text = ", ".join(sorted(allowed))
+        response = error_response(
+            grpc.StatusCode.UNIMPLEMENTED,
+            f"{request.method} is not allowed on {request.path}; it takes {methods_text}",
+            rid,
+            http_status=405,
+        )
+        response.headers["Allow"] = methods_text
+        return response
     return error_response(grpc.StatusCode.NOT_FOUND, f"no route for {request.method} {request.path}", rid)

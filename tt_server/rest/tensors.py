@@ -23,13 +23,27 @@ MAX_DEPTH = 32  # nesting deeper than any model's rank: refused before recursion
 
 def numeric_array(value: Any, dtype: DType, path: str) -> np.ndarray:
     """``value`` (a number or nested lists of them) as an array of ``dtype``; INVALID_ARGUMENT if it is not one."""
+    target = NUMPY_DTYPES[dtype]
     try:
-        array = np.asarray(value, dtype=NUMPY_DTYPES[dtype])
+        # Read as JSON gave it first, then cast: asked for floats at once, numpy would take null as NaN and "1.5"
+        # as 1.5. An integer too large for int64 makes an object array; such numbers are still numbers. A number
+        # too large for float16/32 becomes inf, as numpy reads it (without its overflow warning).
+        with np.errstate(over="ignore"):
+            array = np.asarray(value)
+            if array.dtype.kind == "O" and all(type(x) in (int, float) for x in array.flat):
+                return np.asarray(value, dtype=target)  # OverflowError for an integer type too small
+            if array.dtype.kind not in "biuf":
+                found = "string" if array.dtype.kind == "U" else "null or object"
+                raise TypeError(f"found {found} values")
+            if target.kind in "iu" and array.size:
+                if array.dtype.kind == "f" and not np.isfinite(array).all():
+                    raise ValueError(f"NaN or infinity is not {dtype.value}")
+                info = np.iinfo(target)
+                if array.min() < info.min or array.max() > info.max:
+                    raise OverflowError(f"values out of {dtype.value}'s range")
+            return array.astype(target, copy=False)
     except (ValueError, TypeError, OverflowError) as e:
         raise InvalidArgument.field(path, f"not {dtype.value} values of a regular (rectangular) shape: {e}") from None
-    if array.dtype == object:  # pragma: no cover - a numeric dtype was asked for
-        raise InvalidArgument.field(path, f"not {dtype.value} values")
-    return array
 
 
 def string_elements(value: Any, path: str) -> tuple[list[bytes], tuple[int, ...]]:

@@ -25,7 +25,7 @@ import posixpath
 import tarfile
 import uuid
 import zlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -260,12 +260,14 @@ class TfaasRoutes:
     async def delete(self, request: web.Request) -> web.Response:
         name = request.query.get("model")
         if name is None and request.can_read_body:
-            form = await request.post()
+            with _form_errors():
+                form = await request.post()
             value = form.get("model")
             name = value if isinstance(value, str) else None
         if not name:
             raise InvalidArgument.field("model", "name the model to delete (?model=NAME or a model form field)")
-        deleted = await self._registry.delete_model(name)
+        with request_fields({"name": "model"}):
+            deleted = await self._registry.delete_model(name)
         return json_response({"name": name, "deleted_versions": deleted})
 
     async def upload(self, request: web.Request) -> web.Response:
@@ -296,22 +298,23 @@ class TfaasRoutes:
         return written
 
     async def _form(self, request: web.Request, work: Path) -> tuple[UploadSpec, Path, dict[str, str]]:
-        reader = await request.multipart()
         small: dict[str, bytes] = {}
         filenames: dict[str, str] = {}
         artifact = work / "model"
         seen_model = False
         parts = 0
-        while (part := await reader.next()) is not None:
-            parts = _count_part(parts)
-            if not isinstance(part, BodyPartReader) or not part.name:
-                continue
-            filenames[part.name] = posixpath.basename(part.filename or "")
-            if part.name == "model":
-                await self._spool(_part_chunks(part), artifact)
-                seen_model = True
-            else:
-                small[part.name] = await _read_small(part)
+        with _form_errors():
+            reader = await request.multipart()
+            while (part := await reader.next()) is not None:
+                parts = _count_part(parts)
+                if not isinstance(part, BodyPartReader) or not part.name:
+                    continue
+                filenames[part.name] = posixpath.basename(part.filename or "")
+                if part.name == "model":
+                    await self._spool(_part_chunks(part), artifact)
+                    seen_model = True
+                else:
+                    small[part.name] = await _read_small(part)
         missing = [
             n for n in ("name", "model") if (n == "model" and not seen_model) or (n == "name" and n not in small)
         ]
@@ -363,8 +366,8 @@ class TfaasRoutes:
             raise InvalidArgument.field("values", "a list of numbers is required")
         ref, version = await self._single_input(model)
         if version.feature_names and keys:
-            if not isinstance(keys, list) or len(keys) != len(values):
-                raise InvalidArgument.field("keys", "one key per value is required")
+            if not isinstance(keys, list) or len(keys) != len(values) or not all(isinstance(k, str) for k in keys):
+                raise InvalidArgument.field("keys", "one key (a feature name) per value is required")
             named = dict(zip(keys, values, strict=True))
             missing = [f for f in version.feature_names if f not in named]
             if missing:
@@ -400,18 +403,19 @@ class TfaasRoutes:
     async def image(self, request: web.Request) -> web.Response:
         if request.content_type != "multipart/form-data":
             raise InvalidArgument.field("body", "send a multipart form with image and model fields (curl -F)")
-        reader = await request.multipart()
         fields: dict[str, bytes] = {}
         filename = "input"
         parts = 0
-        while (part := await reader.next()) is not None:
-            parts = _count_part(parts)
-            if not isinstance(part, BodyPartReader) or part.name not in ("image", "model"):
-                continue
-            limit = self._settings.max_message_bytes if part.name == "image" else MAX_SMALL_PART
-            fields[part.name] = await _read_small(part, limit)
-            if part.name == "image" and part.filename:
-                filename = posixpath.basename(part.filename)
+        with _form_errors():
+            reader = await request.multipart()
+            while (part := await reader.next()) is not None:
+                parts = _count_part(parts)
+                if not isinstance(part, BodyPartReader) or part.name not in ("image", "model"):
+                    continue
+                limit = self._settings.max_message_bytes if part.name == "image" else MAX_SMALL_PART
+                fields[part.name] = await _read_small(part, limit)
+                if part.name == "image" and part.filename:
+                    filename = posixpath.basename(part.filename)
         for needed in ("image", "model"):
             if needed not in fields:
                 raise InvalidArgument.field(needed, f"the form has no {needed} field")
@@ -437,6 +441,16 @@ def _options(stored: str | None) -> Any:
         return json.loads(stored) if stored else None
     except ValueError:
         return None
+
+
+@contextlib.contextmanager
+def _form_errors() -> Iterator[None]:
+    """Around reading a form: aiohttp's multipart reader refuses a broken form (no or wrong boundary, cut short)
+    with ValueError; that is the caller's body at fault."""
+    try:
+        yield
+    except ValueError as e:
+        raise InvalidArgument.field("body", f"not a readable form: {e}") from None
 
 
 def _count_part(seen: int) -> int:

@@ -19,7 +19,7 @@ from aiohttp import web
 from google.protobuf import json_format
 from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2, model_pb2
 
-from tt_server.compat.convert import SERVING_DEFAULT
+from tt_server.compat.convert import MAX_VERSION, SERVING_DEFAULT
 from tt_server.compat.tfserving import (
     ModelServicer,
     check_signature,
@@ -29,7 +29,7 @@ from tt_server.compat.tfserving import (
 )
 from tt_server.errors import InvalidArgument, request_fields
 from tt_server.registry.service import Registry
-from tt_server.rest.core import HttpError, Route, json_response, read_json
+from tt_server.rest.core import HttpError, Route, json_response, read_json, whole_number
 from tt_server.rest.tensors import json_value, wire_from_json
 from tt_server.runtime.classes import classified_output
 from tt_server.runtime.observe import RequestObservation
@@ -56,6 +56,17 @@ CLASSIFY_SCHEMA = {
         "examples": {"type": "array", "items": {"type": "object"}},
     },
 }
+# The gRPC API's field paths (and the domain's) -> the path's own segments, so a violation names what the HTTP
+# caller sent.
+PATH_FIELDS = {
+    "model_spec.name": "model",
+    "model_spec.version": "version",
+    "model_spec.version_label": "label",
+    "ref": "model",
+    "ref.name": "model",
+    "ref.version": "version",
+    "ref.label": "label",
+}
 _SELECTORS = ("/v1/models/{model}", "/v1/models/{model}/versions/{version}", "/v1/models/{model}/labels/{label}")
 
 
@@ -68,9 +79,7 @@ def _spec(request: web.Request) -> model_pb2.ModelSpec:
     info = request.match_info
     spec = model_pb2.ModelSpec(name=info["model"])
     if "version" in info:
-        if not info["version"].isdigit():
-            raise InvalidArgument.field("version", f"{info['version'][:40]!r} is not a version number")
-        spec.version.value = int(info["version"])
+        spec.version.value = whole_number(info["version"], "version", MAX_VERSION, "a version number")
     if "label" in info:
         spec.version_label = info["label"]
     return spec
@@ -160,8 +169,9 @@ class TfServingRoutes:
 
     async def status(self, request: web.Request) -> web.Response:
         # The gRPC servicer's answer is TF Serving's REST answer as JSON; it reads nothing from its context.
-        status_request = get_model_status_pb2.GetModelStatusRequest(model_spec=_spec(request))
-        answer = await self._status.GetModelStatus(status_request, None)
+        with request_fields(PATH_FIELDS):
+            status_request = get_model_status_pb2.GetModelStatusRequest(model_spec=_spec(request))
+            answer = await self._status.GetModelStatus(status_request, None)
         return json_response(
             json_format.MessageToDict(
                 answer, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
@@ -169,7 +179,7 @@ class TfServingRoutes:
         )
 
     async def metadata(self, request: web.Request) -> web.Response:
-        with request_fields({"ref": "model_spec"}):
+        with request_fields(PATH_FIELDS):
             version = await self._registry.select_version(_ref(request))
         signatures = get_model_metadata_pb2.SignatureDefMap()
         signature_def_map(version.signature).Unpack(signatures)
@@ -192,7 +202,8 @@ class TfServingRoutes:
             raise InvalidArgument.field("signature_name", "must be a string")
         if signature_name not in aliases:
             check_signature(model_pb2.ModelSpec(signature_name=signature_name))
-        version = await self._inference.load_version(_ref(request))
+        with request_fields(PATH_FIELDS):
+            version = await self._inference.load_version(_ref(request))
         # Pinned: the version whose signature shaped the tensors is the one that runs.
         return ModelRef(version.model_name, version=version.version), version
 
@@ -257,7 +268,7 @@ class TfServingRoutes:
         return json_response({"results": [[[c.name, c.score] for c in row] for row in result.classifications or []]})
 
     async def regress(self, request: web.Request) -> web.Response:
-        with request_fields({"ref": "model_spec"}):
+        with request_fields(PATH_FIELDS):
             version = await self._registry.select_version(_ref(request))
         raise HttpError(
             grpc.StatusCode.UNIMPLEMENTED,
