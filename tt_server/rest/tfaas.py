@@ -20,6 +20,7 @@ registry like any upload: the same checks, and each upload is a new immutable ve
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import posixpath
 import tarfile
