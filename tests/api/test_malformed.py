@@ -64,23 +64,28 @@ async def mlp(channel: grpc.aio.Channel, tmp_path_factory: pytest.TempPathFactor
     return name
 
 
+CALL_DEADLINE = 120.0
+
+
 async def _raw_call(
     channel: grpc.aio.Channel, method: MethodDescriptor, messages: list[bytes], metadata: tuple = ()
 ) -> tuple[grpc.aio.AioRpcError, list[bytes]]:
-    """Send raw messages on ``method``; the error the call ended with and the responses before it."""
+    """Send raw messages on ``method``; the error the call ended with and the responses before it. The deadline
+    only keeps a hung call from hanging the suite: a Train stream's first answer may wait for the training
+    process to start (a new interpreter importing TensorFlow), which took over 10 s on a loaded machine."""
     path = f"/{method.containing_service.full_name}/{method.name}"
     received: list[bytes] = []
     with pytest.raises(grpc.aio.AioRpcError) as err:
         if method.client_streaming and method.server_streaming:
-            async for response in channel.stream_stream(path)(iter(messages), metadata=metadata, timeout=10):
+            async for response in channel.stream_stream(path)(iter(messages), metadata=metadata, timeout=CALL_DEADLINE):
                 received.append(response)
         elif method.client_streaming:
-            await channel.stream_unary(path)(iter(messages), metadata=metadata, timeout=10)
+            await channel.stream_unary(path)(iter(messages), metadata=metadata, timeout=CALL_DEADLINE)
         elif method.server_streaming:
-            async for response in channel.unary_stream(path)(messages[0], metadata=metadata, timeout=10):
+            async for response in channel.unary_stream(path)(messages[0], metadata=metadata, timeout=CALL_DEADLINE):
                 received.append(response)
         else:
-            await channel.unary_unary(path)(messages[0], metadata=metadata, timeout=10)
+            await channel.unary_unary(path)(messages[0], metadata=metadata, timeout=CALL_DEADLINE)
     return err.value, received
 
 
