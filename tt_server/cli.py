@@ -11,13 +11,17 @@ Nothing here imports TensorFlow: ``--help``, ``--version`` and a bad setting ans
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
+import logging
+import os
 import re
 import sys
 import textwrap
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any, Literal, NoReturn, get_args, get_origin
 from urllib.parse import urlsplit, urlunsplit
 
@@ -31,6 +35,8 @@ MASK = "***"
 # Settings whose values are secrets: shown as *** (URLs keep everything but their password).
 SECRET_FIELDS = frozenset({"page_token_secret"})
 SECRET_URL_FIELDS = frozenset({"database_url", "amqp_url"})
+# TT_* variables that are not settings but belong to the `tt` command line client, which may share the shell.
+CLIENT_VARIABLES = frozenset({"TT_ADDRESS", "TT_TOKEN"})
 
 
 @dataclass(frozen=True)
@@ -142,6 +148,26 @@ def load_settings(prog: str, overrides: dict[str, Any], flags: dict[str, str] | 
         field = match[1] if match else ""
         expects = _expects(Settings.model_fields[field].annotation) if field in Settings.model_fields else ""
         _fail([f"{prog}: invalid setting {env_name(field) if field else '(unknown)'}: expected {expects or 'JSON'}"])
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """``TT_*`` variables that name no setting, each with the setting it was probably meant to be. pydantic-settings
+    ignores them, so a typo (``TT_BATCH_MAX_ROW``) would silently leave the default in force."""
+    known = [env_name(name) for name in Settings.model_fields]
+    unknown = []
+    for name in sorted(environ):
+        upper = name.upper()  # pydantic-settings reads variable names case-insensitively
+        if upper.startswith(ENV_PREFIX) and upper not in known and upper not in CLIENT_VARIABLES:
+            close = difflib.get_close_matches(upper, known, n=1)
+            unknown.append(f"{name} (did you mean {close[0]}?)" if close else name)
+    return unknown
+
+
+def warn_unknown_variables(log: logging.Logger, environ: Mapping[str, str] = os.environ) -> None:
+    """One start-up warning naming every ``TT_*`` variable that is not a setting (see ``unknown_variables``)."""
+    unknown = unknown_variables(environ)
+    if unknown:
+        log.warning("unknown TT_* environment variables, ignored: %s", ", ".join(unknown))
 
 
 def render_config(settings: Settings) -> str:

@@ -14,7 +14,7 @@ import signal
 import socket
 import sys
 
-from tt_server.cli import SERVER_FLAGS, parse_settings
+from tt_server.cli import SERVER_FLAGS, parse_settings, warn_unknown_variables
 from tt_server.config import Settings
 from tt_server.logs import configure_process_logging, exit_now, log_startup_failure
 
@@ -81,6 +81,7 @@ async def serve(settings: Settings) -> int:
 def main(argv: list[str] | None = None) -> None:
     settings, _ = parse_settings("tt-server", DESCRIPTION, SERVER_FLAGS, argv)
     configure_process_logging(settings.log_level, settings.log_json, settings.log_repeat_interval_seconds)
+    warn_unknown_variables(log)
     if settings.worker_count != 1:
         from tt_server import supervisor  # holds the shared port itself, and refuses one a plain server holds
 

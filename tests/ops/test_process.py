@@ -155,6 +155,31 @@ def test_a_busy_port_fails_fast_and_leaves_no_process(tmp_path: Path) -> None:
     assert entry["level"] == "ERROR" and "address is already in use" in entry["message"]
 
 
+@pytest.mark.parametrize("command", ["tt-server", "tt-worker"])
+def test_unknown_tt_variables_are_named_in_a_start_up_warning(tmp_path: Path, command: str) -> None:
+    """pydantic-settings ignores a TT_* name that is no setting: a typo would silently leave the default in force.
+    The process says so at start-up (here it then stops at once: the gRPC port, or RabbitMQ's, is refused)."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {
+            "TT_BATCH_MAX_ROW": "64",  # TT_BATCH_MAX_ROWS misspelt
+            "tt_no_such_setting": "1",  # names are read case-insensitively
+            "TT_ADDRESS": "127.0.0.1:1",  # the tt client's own variable: not the server's business
+            "TT_GRPC_ADDRESS": f"127.0.0.1:{port}",
+            "TT_AMQP_URL": "amqp://guest:guest@127.0.0.1:1/",
+            "TT_DATA_DIR": str(tmp_path),
+        }
+        result = run(command, env=env, timeout=120)
+    assert result.returncode == 1, result.stderr
+    warnings = [e for e in map(json.loads, result.stderr.splitlines()) if e["level"] == "WARNING"]
+    (warning,) = [e for e in warnings if e["message"].startswith("unknown TT_* environment variables")]
+    assert "TT_BATCH_MAX_ROW (did you mean TT_BATCH_MAX_ROWS?)" in warning["message"]
+    assert "tt_no_such_setting" in warning["message"]
+    assert "TT_ADDRESS" not in warning["message"] and "TT_GRPC_ADDRESS" not in warning["message"]
+
+
 async def test_the_application_refuses_a_busy_port_and_closes_what_it_opened(tmp_path: Path) -> None:
     """Without the command line's early check: the real bind fails (no SO_REUSEPORT), and start() closes the
     SQLite store (whose thread would keep the process alive), the blob store and the rest before raising."""
