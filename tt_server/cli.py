@@ -18,11 +18,11 @@ import os
 import re
 import sys
 import textwrap
+from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from collections.abc import Mapping
-from typing import Any, Literal, NoReturn, get_args, get_origin
+from typing import Annotated, Any, Literal, NoReturn, get_args, get_origin
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import ValidationError
@@ -131,17 +131,23 @@ def load_settings(prog: str, overrides: dict[str, Any], flags: dict[str, str] | 
     try:
         return Settings(**overrides)
     except ValidationError as e:
-        problems = []
+        problems: dict[str, str] = {}  # by variable: one line each
         for error in e.errors():
             field = str(error["loc"][0]) if error["loc"] else ""
+            message = re.sub(r"^Value error, ", "", error["msg"])
+            if not field:  # a rule across settings: its message names them
+                problems[message] = f"{prog}: invalid settings: {message}"
+                continue
             where = flags[field] if field in overrides and field in flags else env_name(field)
             shown = _show(field, error.get("input"))
-            message = re.sub(r"^Value error, ", "", error["msg"])
             expects = _expects(Settings.model_fields[field].annotation) if field in Settings.model_fields else ""
-            if expects and "Input should" in message:
+            bound = _BOUNDS.get(error["type"])
+            if bound is not None and where not in problems:
+                message = f"must be {bound} {_number(next(iter(error.get('ctx', {}).values()), ''))}"
+            elif expects and ("Input should" in message or where in problems):  # where: a union's second member
                 message = f"expected {expects}"
-            problems.append(f"{prog}: invalid setting {where}={shown}: {message}")
-        _fail(problems)
+            problems[where] = f"{prog}: invalid setting {where}={shown}: {message}"
+        _fail(list(problems.values()))
     except SettingsError as e:
         # pydantic-settings' own parse errors (a list or dict that is not JSON) name the field in quotes.
         match = re.search(r'field "([^"]+)"', str(e))
@@ -213,18 +219,27 @@ def _mask_url(url: str) -> str:
         return MASK
 
 
+# pydantic's error types for a number out of its bounds, and how an operator reads them.
+_BOUNDS = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}
+
+
 def _expects(annotation: Any) -> str:
     """What a value of this type looks like in an environment variable."""
     origin = get_origin(annotation)
     args = [a for a in get_args(annotation) if a is not type(None)]
     if origin is Literal:
-        return "one of " + ", ".join(str(a) for a in get_args(annotation))
+        values = [str(a) for a in get_args(annotation)]
+        return "one of " + ", ".join(values) if len(values) > 1 else values[0]
     if origin is list:
         return 'a JSON list, e.g. ["a", "b"]'
     if origin is dict:
         return 'a JSON object, e.g. {"key": "value"}'
-    if args and origin is not None:  # X | None
-        return _expects(args[0]) + ", or unset"
+    if origin is Annotated:  # a union member with bounds of its own: Annotated[int, Field(ge=1)]
+        limits = [m for info in args[1:] for m in getattr(info, "metadata", [info])]
+        return _expects(args[0]) + "".join(_limit(m) for m in limits)
+    if args and origin is not None:  # a union: X | None, int | Literal["auto"]
+        optional = len(args) < len(get_args(annotation))
+        return ", or ".join(_expects(a) for a in args) + (", or unset" if optional else "")
     if annotation is bool:
         return "true or false"
     if annotation is int:
@@ -234,3 +249,16 @@ def _expects(annotation: Any) -> str:
     if annotation is Path:
         return "a path"
     return ""
+
+
+def _limit(constraint: Any) -> str:
+    """`` >= 1`` for annotated_types' Ge(1), and so on; nothing for other metadata."""
+    for attribute, sign in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")):
+        if hasattr(constraint, attribute):
+            return f" {sign} {_number(getattr(constraint, attribute))}"
+    return ""
+
+
+def _number(value: Any) -> str:
+    """A bound as an operator would write it: 0, not 0.0."""
+    return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)

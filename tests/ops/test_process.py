@@ -90,7 +90,14 @@ def test_version_and_unknown_arguments(command: str) -> None:
         ("TT_PRELOAD_MODELS", "mlp", "expected a JSON list"),
         ("TT_DATABASE_URL", "mysql://db/x", "expected a postgresql:// or postgres:// URL"),
         ("TT_AMQP_URL", "localhost:5672", "expected a amqp:// or amqps:// URL"),
-        ("TT_MAX_UPLOAD_BYTES", "-1", "must not be negative"),
+        ("TT_MAX_ARCHIVE_MEMBERS", "-1", "must not be negative"),
+        # Zero where it would refuse every call, spin a loop or (AMQP prefetch 0) mean "unlimited"
+        ("TT_MAX_UPLOAD_BYTES", "0", "must be >= 1"),
+        ("TT_MAX_CONCURRENT_RPCS", "0", "must be >= 1"),
+        ("TT_GC_INTERVAL_SECONDS", "0", "must be > 0"),
+        ("TT_WORKER_PREFETCH", "0", "must be >= 1"),
+        ("TT_S3_UPLOAD_CONCURRENCY", "0", "must be >= 1"),  # said "expected a whole number"
+        ("TT_WORKERS", "0", "expected a whole number >= 1, or auto"),  # was two lines, "or unset, or unset"
         ("TT_BATCH_MAX_WAIT_SECONDS", "soon", "expected a number"),
         ("TT_GRPC_ADDRESS", "50051", "expected host:port"),
         ("TT_LOG_LEVEL", "loud", "expected one of DEBUG"),
@@ -105,6 +112,31 @@ def test_an_invalid_setting_is_one_line_and_exit_2(variable: str, value: str, sa
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith(f"tt-server: invalid setting {variable}") and says in lines[0], lines[0]
     assert time.monotonic() - started < 10  # answered before TensorFlow is imported
+
+
+@pytest.mark.parametrize("variable", ["TT_TLS_KEY_FILE", "TT_TLS_CERT_FILE", "TT_TLS_CLIENT_CA_FILE"])
+def test_half_a_tls_configuration_is_refused_not_served_in_plaintext(tmp_path: Path, variable: str) -> None:
+    pem = tmp_path / "file.pem"
+    pem.write_text("-----BEGIN-----\n")
+    result = run("tt-server", "--print-config", env={variable: str(pem)})
+    assert result.returncode == 2, result.stdout
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("tt-server: invalid settings: TT_TLS_CERT_FILE and TT_TLS_KEY_FILE must be set together")
+
+
+def test_print_config_reads_back_as_the_same_settings(tmp_path: Path) -> None:
+    """--print-config writes an env file; an unset optional setting is written empty and must read back as unset
+    (it was a parse error, or for a path the folder ".")."""
+    written = run("tt-server", "--print-config", "--data-dir", str(tmp_path))
+    assert written.returncode == 0, written.stderr
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("TT_")}
+    env.update(line.split("=", 1) for line in written.stdout.splitlines())
+    assert env["TT_AUTH_TOKENS_FILE"] == "" and env["TT_MAX_CONCURRENT_RPCS"] == ""
+    read_back = subprocess.run(
+        [str(BIN / "tt-server"), "--print-config"], capture_output=True, text=True, env=env, timeout=30, check=False
+    )
+    assert read_back.returncode == 0, read_back.stderr
+    assert read_back.stdout == written.stdout
 
 
 def test_a_flag_overrides_its_variable_and_is_named_when_bad() -> None:
