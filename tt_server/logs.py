@@ -30,6 +30,8 @@ from datetime import UTC, datetime
 from types import TracebackType
 from typing import NoReturn
 
+from tt_server.errors import TensorTriggerError
+
 # Attributes every LogRecord has; anything else came from ``extra=`` (or a filter) and is emitted as a field.
 _STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName", "throttle"}
 
@@ -211,11 +213,15 @@ def exit_now(code: int) -> NoReturn:
 
 
 def log_startup_failure(log: logging.Logger, error: Exception) -> None:
-    """The one line a failed start-up leaves (tt-server, tt-worker): the reason, and a traceback only for the
-    unexpected (an address in use or a refused connection is explained by its message)."""
-    log.error(
-        "start-up failed: %s", error or type(error).__name__, exc_info=not isinstance(error, OSError | RuntimeError)
-    )
+    """The one line a failed start-up leaves (tt-server, tt-worker): the reason with its cause ("metadata database
+    is unavailable (Connect call failed ...)"), and a traceback only for the unexpected (an address in use, a
+    refused connection or a dependency's domain error is explained by its message)."""
+    reason = str(error) or type(error).__name__
+    cause = str(error.__cause__ or "")
+    if cause and cause not in reason:
+        reason = f"{reason} ({cause})"
+    expected = isinstance(error, OSError | RuntimeError | TensorTriggerError)
+    log.error("start-up failed: %s", reason, exc_info=not expected)
 
 
 def _is_log_record(line: str) -> bool:

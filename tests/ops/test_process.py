@@ -237,26 +237,63 @@ async def test_the_worker_closes_what_it_opened_when_its_job_queue_is_down(tmp_p
     assert not leftover, leftover
 
 
-async def test_a_start_up_failure_after_the_stores_opened_exits_non_zero(tmp_path: Path) -> None:
-    """The metrics port is busy: the SQLite store is open by then. The process must exit 1, not hang."""
+def test_a_busy_metrics_port_or_an_unreadable_token_file_fails_before_anything_opens(tmp_path: Path) -> None:
+    """Both used to be found after TensorFlow's import and the stores' opening: "[Errno 98] Address already in use"
+    (which address?), and for a missing token file a traceback after a misleading "keeping the tokens loaded
+    before" warning."""
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
-        env = {
-            **os.environ,
-            "TT_GRPC_ADDRESS": f"127.0.0.1:{free_port()}",
-            "TT_METRICS_ADDRESS": f"127.0.0.1:{taken.getsockname()[1]}",
-            "TT_DATA_DIR": str(tmp_path),
+        busy = f"127.0.0.1:{taken.getsockname()[1]}"
+        cases = {
+            f"cannot listen on {busy}: the address is already in use": {"TT_METRICS_ADDRESS": busy},
+            f"cannot read TT_AUTH_TOKENS_FILE={tmp_path / 'missing'}: No such file or directory": {
+                "TT_AUTH_TOKENS_FILE": str(tmp_path / "missing")
+            },
+            f"cannot read TT_TLS_KEY_FILE={tmp_path}: Is a directory": {
+                "TT_TLS_CERT_FILE": __file__,  # readable: the key is the one named
+                "TT_TLS_KEY_FILE": str(tmp_path),
+            },
         }
-        proc = await asyncio.create_subprocess_exec(
-            BIN / "tt-server", env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
-        )
-        try:
-            out, err = await asyncio.wait_for(proc.communicate(), 90)
-        finally:
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
+        for says, env in cases.items():
+            result = run("tt-server", env={"TT_GRPC_ADDRESS": f"127.0.0.1:{free_port()}", **env}, timeout=60)
+            assert result.returncode == 1, result.stderr
+            (line,) = result.stderr.strip().splitlines()
+            entry = json.loads(line)
+            assert entry["message"] == f"start-up failed: {says}" and "exception" not in entry, entry
+    assert not (tmp_path / "tensortrigger.db").exists()
+
+
+def test_an_unreachable_database_is_one_line_with_its_cause_and_no_password(tmp_path: Path) -> None:
+    """ "start-up failed: metadata database is unavailable" said neither why nor, with its traceback, briefly."""
+    url = f"postgresql://tt:hunter2@127.0.0.1:{free_port()}/tt"
+    result = run("tt-server", env={"TT_DATABASE_URL": url, "TT_DATA_DIR": str(tmp_path)}, timeout=120)
+    assert result.returncode == 1, result.stderr
+    (failure,) = [e for e in map(json.loads, result.stderr.splitlines()) if e["level"] == "ERROR"]
+    assert failure["message"].startswith("start-up failed: metadata database is unavailable (")
+    assert "refused" in failure["message"].lower() and "exception" not in failure
+    assert "hunter2" not in result.stderr + result.stdout
+
+
+async def test_a_start_up_failure_after_the_stores_opened_exits_non_zero(tmp_path: Path) -> None:
+    """The token file holds no token: the SQLite store is open by then. The process must exit 1, not hang."""
+    tokens = tmp_path / "tokens"
+    tokens.write_text("# nobody yet\n")
+    env = {
+        **os.environ,
+        "TT_GRPC_ADDRESS": f"127.0.0.1:{free_port()}",
+        "TT_AUTH_TOKENS_FILE": str(tokens),
+        "TT_DATA_DIR": str(tmp_path),
+    }
+    proc = await asyncio.create_subprocess_exec(
+        BIN / "tt-server", env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), 90)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
     assert proc.returncode == 1
     lines = [json.loads(line) for line in (out + err).decode().splitlines()]
     assert any(e["level"] == "ERROR" and e["message"].startswith("start-up failed") for e in lines), lines
