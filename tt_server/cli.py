@@ -196,7 +196,7 @@ def _show(field: str, value: Any, raw: bool = False) -> str:
     if field in SECRET_FIELDS and value:
         return MASK
     if field in SECRET_URL_FIELDS and isinstance(value, str) and value:
-        return _mask_url(value)
+        return mask_url(value)
     if isinstance(value, bool):
         return str(value).lower()
     if isinstance(value, list | dict):
@@ -208,7 +208,8 @@ def _show(field: str, value: Any, raw: bool = False) -> str:
     return str(value)
 
 
-def _mask_url(url: str) -> str:
+def mask_url(url: str) -> str:
+    """``url`` with its password, if any, shown as ``***`` (for logs and --print-config)."""
     try:
         parts = urlsplit(url)
         if parts.password is None:

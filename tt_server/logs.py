@@ -80,6 +80,33 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False)
 
 
+class PlainFormatter(logging.Formatter):
+    """For people (``TT_LOG_JSON=false``): time, level, logger, [request id]: message, then the line's own facts as
+    ``key=value`` (``model=mlp version=2``), which JSON lines carry as fields."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "%(asctime)s %(levelname)s %(name)s [%(request_id)s]: %(message)s", defaults={"request_id": "-"}
+        )
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        line = super().formatMessage(record)
+        facts = [
+            f"{key}={_plain(value)}"
+            for key, value in record.__dict__.items()
+            if key not in _STANDARD and key != "request_id" and value is not None
+        ]
+        return " ".join([line, *facts])
+
+
+def _plain(value: object) -> str:
+    text = str(value)
+    return text if text and not _NEEDS_QUOTES.search(text) else json.dumps(text, ensure_ascii=False)
+
+
+_NEEDS_QUOTES = re.compile(r'[\s="]')
+
+
 class RepeatFilter(logging.Filter):
     """Lets a repeating warning through once per ``interval`` seconds, with ``repeated``: how many like it were
     held back since. Applies to WARNING and above from ``THROTTLED_LOGGERS`` and to records logged with
@@ -124,11 +151,7 @@ def configure_logging(
     if json_lines:
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(
-            logging.Formatter(
-                "%(asctime)s %(levelname)s %(name)s [%(request_id)s]: %(message)s", defaults={"request_id": "-"}
-            )
-        )
+        handler.setFormatter(PlainFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

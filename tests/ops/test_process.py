@@ -34,7 +34,7 @@ from tests.serving import leftover_threads, server_settings
 from tt_server.app import Application
 from tt_server.cli import env_name
 from tt_server.config import Settings
-from tt_server.logs import RepeatFilter
+from tt_server.logs import PlainFormatter, RepeatFilter
 
 BIN = Path(sys.executable).parent
 
@@ -300,6 +300,39 @@ async def test_a_start_up_failure_after_the_stores_opened_exits_non_zero(tmp_pat
     assert (tmp_path / "tensortrigger.db").exists()  # it had got as far as opening the database
 
 
+async def test_the_start_up_line_says_where_it_listens_and_which_stores_it_uses(
+    postgres_dsn: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """It said "database": "postgresql" and "blobs": "local", and of the HTTP front only its port."""
+    database_url = postgres_dsn.replace("postgresql://postgres@", "postgresql://postgres:hunter2@")  # trust auth
+    assert "hunter2" in database_url
+    tokens = tmp_path / "tokens"
+    tokens.write_text("admin t0ken ops\n")
+    metrics_address = f"127.0.0.1:{free_port()}"
+    settings = server_settings(
+        tmp_path / "data",
+        database_url=database_url,
+        http_address="127.0.0.1:0",
+        metrics_address=metrics_address,
+        auth_tokens_file=tokens,
+    )
+    caplog.set_level(logging.INFO, logger="tt_server.app")
+    application = Application(settings)
+    await application.start()
+    try:
+        (started,) = [r for r in caplog.records if r.getMessage() == "server started"]
+    finally:
+        await application.stop()
+    facts = started.__dict__
+    assert facts["address"] == "127.0.0.1:0" and facts["port"] == application.port
+    assert facts["http_address"] == "127.0.0.1:0" and facts["http_port"] == application.http_port
+    assert facts["metrics_address"] == metrics_address
+    assert facts["database_url"] == database_url.replace(":hunter2@", ":***@")
+    assert facts["blobs_at"] == str(settings.blob_dir) and facts["jobs"] == "in-process"
+    assert facts["auth"] == "tokens" and facts["tls"] == "off"
+    assert "hunter2" not in caplog.text and not any("hunter2" in str(v) for v in facts.values())
+
+
 async def test_every_line_the_process_writes_is_json(tmp_path: Path) -> None:
     """Start-up (TensorFlow's import and its native logging), an upload, a model load and a Predict, SIGTERM:
     stdout and stderr hold JSON objects only; the access log names the model and version; a host without a GPU
@@ -348,6 +381,17 @@ async def test_every_line_the_process_writes_is_json(tmp_path: Path) -> None:
     assert "request_id" in access[0] and access[0]["duration_ms"] > 0
     assert not [e for e in entries if e["level"] in ("ERROR", "CRITICAL")], entries
     assert not [e for e in entries if "cuInit" in e["message"]]
+
+
+def test_plain_text_logs_show_each_line_s_facts() -> None:
+    """TT_LOG_JSON=false ("plain text for humans") showed only the message: "model load failed" without the model
+    or the error, "server started" without the address."""
+    record = logging.makeLogRecord(
+        {"name": "tt_server.runtime.manager", "msg": "model load failed", "levelname": "WARNING", "model": "mlp"}
+        | {"version": 2, "error": 'no "artifact"', "unset": None}
+    )
+    line = PlainFormatter().format(record)
+    assert line.endswith('[-]: model load failed model=mlp version=2 error="no \\"artifact\\""'), line
 
 
 def test_repeated_dependency_warnings_are_throttled_with_a_count() -> None:
