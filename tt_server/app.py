@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import ipaddress
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -298,6 +299,13 @@ class Application:
                 "startup_seconds": round(time.perf_counter() - started, 3),
             },
         )
+        exposed = [a for a in (s.grpc_address, s.http_address) if a and not _is_loopback(a)]
+        if auth is None and exposed:
+            log.warning(
+                "authentication is off on an address other hosts can reach: any caller may upload, delete and "
+                "train (set TT_AUTH_TOKENS_FILE)",
+                extra={"addresses": ", ".join(exposed)},
+            )
 
     async def set_serving(self, serving: bool) -> None:
         """Health (every service) SERVING or NOT_SERVING; ignored once draining."""
@@ -379,6 +387,16 @@ class Application:
             except Exception:
                 log.warning("blob garbage collection failed; will retry", exc_info=True, extra={"throttle": True})
             await asyncio.sleep(self.settings.gc_interval_seconds)
+
+
+def _is_loopback(address: str) -> bool:
+    host = address.rpartition(":")[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve to anything
+        return False
 
 
 def _server_credentials(s: Settings) -> grpc.ServerCredentials:

@@ -333,6 +333,22 @@ async def test_the_start_up_line_says_where_it_listens_and_which_stores_it_uses(
     assert "hunter2" not in caplog.text and not any("hunter2" in str(v) for v in facts.values())
 
 
+@pytest.mark.parametrize(("address", "warned"), [("0.0.0.0:0", True), ("127.0.0.1:0", False)])
+async def test_no_authentication_on_a_reachable_address_is_warned_about(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, address: str, warned: bool
+) -> None:
+    """The image listens on 0.0.0.0 and authentication is off unless a token file is set: `docker run -p` gave
+    anyone who reaches the port every right (delete included) without a word in the log."""
+    caplog.set_level(logging.WARNING, logger="tt_server.app")
+    application = Application(server_settings(tmp_path, grpc_address=address))
+    await application.start()
+    await application.stop()
+    warnings = [r for r in caplog.records if r.getMessage().startswith("authentication is off")]
+    assert len(warnings) == int(warned), caplog.text
+    if warned:
+        assert warnings[0].__dict__["addresses"] == address
+
+
 async def test_every_line_the_process_writes_is_json(tmp_path: Path) -> None:
     """Start-up (TensorFlow's import and its native logging), an upload, a model load and a Predict, SIGTERM:
     stdout and stderr hold JSON objects only; the access log names the model and version; a host without a GPU
