@@ -36,8 +36,11 @@ from tt_server.errors import TensorTriggerError
 _STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName", "throttle"}
 
 request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("tt_request_id", default=None)
-# The model and version a call was served by, set where a request is resolved; the access log reads it.
-served_model: contextvars.ContextVar[tuple[str, int] | None] = contextvars.ContextVar("tt_served_model", default=None)
+# The model a call named and the version that served it (None until resolved, so a NOT_FOUND still names the model
+# asked for), set where a request is resolved; the access log reads it.
+served_model: contextvars.ContextVar[tuple[str, int | None] | None] = contextvars.ContextVar(
+    "tt_served_model", default=None
+)
 
 # Loggers of the dependencies' client libraries and of our storage adapters: their warnings repeat for as long as
 # an outage lasts (one per reconnect attempt, per connection), so they are throttled.

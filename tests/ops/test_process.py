@@ -349,6 +349,27 @@ async def test_no_authentication_on_a_reachable_address_is_warned_about(
         assert warnings[0].__dict__["addresses"] == address
 
 
+async def test_the_access_log_names_the_model_a_failed_predict_asked_for(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A Predict that failed before a version was resolved (no such model or version: the NOT_FOUND an operator
+    chases) was logged with "model": null, although the metrics count it under the model's name."""
+    application = Application(server_settings(tmp_path, access_log="all"))
+    await application.start()
+    try:
+        caplog.set_level(logging.INFO, logger="tt_server.access")
+        async with grpc.aio.insecure_channel(application.address) as channel:
+            features = tensor_pb2.Tensor(dtype=tensor_pb2.DATA_TYPE_FLOAT32, shape=[1, 4], float_val=[1, 2, 3, 4])
+            request = ipb.PredictRequest(model=model_pb2.ModelRef(name="ghost", version=7), inputs={"x": features})
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await inference_service_pb2_grpc.InferenceServiceStub(channel).Predict(request, timeout=30)
+            assert refused.value.code() == grpc.StatusCode.NOT_FOUND
+    finally:
+        await application.stop()
+    (line,) = [r for r in caplog.records if r.name == "tt_server.access" and r.__dict__["method"].endswith("Predict")]
+    assert (line.__dict__["model"], line.__dict__["version"], line.__dict__["status"]) == ("ghost", None, "NOT_FOUND")
+
+
 async def test_every_line_the_process_writes_is_json(tmp_path: Path) -> None:
     """Start-up (TensorFlow's import and its native logging), an upload, a model load and a Predict, SIGTERM:
     stdout and stderr hold JSON objects only; the access log names the model and version; a host without a GPU
