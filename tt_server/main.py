@@ -97,15 +97,15 @@ def main(argv: list[str] | None = None) -> None:
     settings, _ = parse_settings("tt-server", DESCRIPTION, SERVER_FLAGS, argv)
     configure_process_logging(settings.log_level, settings.log_json, settings.log_repeat_interval_seconds)
     warn_unknown_variables(log)
-    if settings.worker_count != 1:
-        from tt_server import supervisor  # holds the shared port itself, and refuses one a plain server holds
-
-        sys.exit(supervisor.run(settings))
     try:
+        check_files_readable(settings)
+        if settings.worker_count != 1:
+            from tt_server import supervisor  # holds the shared port itself, and refuses one a plain server holds
+
+            sys.exit(supervisor.run(settings))
         for address in (settings.grpc_address, settings.http_address, settings.metrics_address):
             if address:
                 check_port_free(address)
-        check_files_readable(settings)
     except StartupError as e:
         log.error("start-up failed: %s", e)
         sys.exit(1)

@@ -255,6 +255,9 @@ def test_a_busy_metrics_port_or_an_unreadable_token_file_fails_before_anything_o
                 "TT_TLS_KEY_FILE": str(tmp_path),
             },
         }
+        cases[f"cannot read TT_AUTH_TOKENS_FILE={tmp_path / 'missing'}: No such file or directory"] |= {
+            "TT_WORKERS": "2"  # the supervisor's workers would each fail on it
+        }
         for says, env in cases.items():
             result = run("tt-server", env={"TT_GRPC_ADDRESS": f"127.0.0.1:{free_port()}", **env}, timeout=60)
             assert result.returncode == 1, result.stderr
