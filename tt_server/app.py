@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import ipaddress
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -40,6 +41,7 @@ from tt_server.api.middleware import AccessLog, Middleware
 from tt_server.api.reflection import V1_SERVICE_NAME as REFLECTION_V1
 from tt_server.api.reflection import DocumentedReflectionServicer, add_reflection_to_server, documented_files
 from tt_server.api.registry import RegistryServicer
+from tt_server.cli import mask_url
 from tt_server.config import Settings
 from tt_server.events import EventBus
 from tt_server.jobs.objects import JobBlobs
@@ -274,17 +276,36 @@ class Application:
                 s, self.inference, self.registry, self.jobs, auth, limiter, is_ready=lambda: not self._stopping
             )
             self.http_port = await self._http.start(s.http_address, reuse_port=s.grpc_port_sharing)
+        # Where it listens and what it uses, as an operator checks a deployment (no secret: URLs are masked).
         log.info(
             "server started",
             extra={
                 "address": s.grpc_address,
                 "port": self.port,
+                "tls": ("mutual" if s.tls_client_ca_file else "on") if s.tls_cert_file else "off",
+                "auth": "tokens" if s.auth_tokens_file else "off",
+                "http_address": s.http_address or None,
                 "http_port": self.http_port or None,
+                "metrics_address": s.metrics_address or None,
                 "database": "postgresql" if s.database_url else "sqlite",
+                "database_url": mask_url(s.database_url) if s.database_url else str(s.sqlite_path),
                 "blobs": "s3" if s.s3_bucket else "local",
+                "blobs_at": (
+                    f"s3://{s.s3_bucket}/{s.s3_prefix}" + (f" at {s.s3_endpoint_url}" if s.s3_endpoint_url else "")
+                    if s.s3_bucket
+                    else str(s.blob_dir)
+                ),
+                "jobs": f"rabbitmq {mask_url(s.amqp_url)}" if s.amqp_url else "in-process",
                 "startup_seconds": round(time.perf_counter() - started, 3),
             },
         )
+        exposed = [a for a in (s.grpc_address, s.http_address) if a and not _is_loopback(a)]
+        if auth is None and exposed:
+            log.warning(
+                "authentication is off on an address other hosts can reach: any caller may upload, delete and "
+                "train (set TT_AUTH_TOKENS_FILE)",
+                extra={"addresses": ", ".join(exposed)},
+            )
 
     async def set_serving(self, serving: bool) -> None:
         """Health (every service) SERVING or NOT_SERVING; ignored once draining."""
@@ -366,6 +387,16 @@ class Application:
             except Exception:
                 log.warning("blob garbage collection failed; will retry", exc_info=True, extra={"throttle": True})
             await asyncio.sleep(self.settings.gc_interval_seconds)
+
+
+def _is_loopback(address: str) -> bool:
+    host = address.rpartition(":")[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve to anything
+        return False
 
 
 def _server_credentials(s: Settings) -> grpc.ServerCredentials:

@@ -11,14 +11,18 @@ Nothing here imports TensorFlow: ``--help``, ``--version`` and a bad setting ans
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
+import logging
+import os
 import re
 import sys
 import textwrap
+from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Literal, NoReturn, get_args, get_origin
+from typing import Annotated, Any, Literal, NoReturn, get_args, get_origin
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import ValidationError
@@ -31,6 +35,8 @@ MASK = "***"
 # Settings whose values are secrets: shown as *** (URLs keep everything but their password).
 SECRET_FIELDS = frozenset({"page_token_secret"})
 SECRET_URL_FIELDS = frozenset({"database_url", "amqp_url"})
+# TT_* variables that are not settings but belong to the `tt` command line client, which may share the shell.
+CLIENT_VARIABLES = frozenset({"TT_ADDRESS", "TT_TOKEN"})
 
 
 @dataclass(frozen=True)
@@ -125,23 +131,49 @@ def load_settings(prog: str, overrides: dict[str, Any], flags: dict[str, str] | 
     try:
         return Settings(**overrides)
     except ValidationError as e:
-        problems = []
+        problems: dict[str, str] = {}  # by variable: one line each
         for error in e.errors():
             field = str(error["loc"][0]) if error["loc"] else ""
+            message = re.sub(r"^Value error, ", "", error["msg"])
+            if not field:  # a rule across settings: its message names them
+                problems[message] = f"{prog}: invalid settings: {message}"
+                continue
             where = flags[field] if field in overrides and field in flags else env_name(field)
             shown = _show(field, error.get("input"))
-            message = re.sub(r"^Value error, ", "", error["msg"])
             expects = _expects(Settings.model_fields[field].annotation) if field in Settings.model_fields else ""
-            if expects and "Input should" in message:
+            bound = _BOUNDS.get(error["type"])
+            if bound is not None and where not in problems:
+                message = f"must be {bound} {_number(next(iter(error.get('ctx', {}).values()), ''))}"
+            elif expects and ("Input should" in message or where in problems):  # where: a union's second member
                 message = f"expected {expects}"
-            problems.append(f"{prog}: invalid setting {where}={shown}: {message}")
-        _fail(problems)
+            problems[where] = f"{prog}: invalid setting {where}={shown}: {message}"
+        _fail(list(problems.values()))
     except SettingsError as e:
         # pydantic-settings' own parse errors (a list or dict that is not JSON) name the field in quotes.
         match = re.search(r'field "([^"]+)"', str(e))
         field = match[1] if match else ""
         expects = _expects(Settings.model_fields[field].annotation) if field in Settings.model_fields else ""
         _fail([f"{prog}: invalid setting {env_name(field) if field else '(unknown)'}: expected {expects or 'JSON'}"])
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """``TT_*`` variables that name no setting, each with the setting it was probably meant to be. pydantic-settings
+    ignores them, so a typo (``TT_BATCH_MAX_ROW``) would silently leave the default in force."""
+    known = [env_name(name) for name in Settings.model_fields]
+    unknown = []
+    for name in sorted(environ):
+        upper = name.upper()  # pydantic-settings reads variable names case-insensitively
+        if upper.startswith(ENV_PREFIX) and upper not in known and upper not in CLIENT_VARIABLES:
+            close = difflib.get_close_matches(upper, known, n=1)
+            unknown.append(f"{name} (did you mean {close[0]}?)" if close else name)
+    return unknown
+
+
+def warn_unknown_variables(log: logging.Logger, environ: Mapping[str, str] = os.environ) -> None:
+    """One start-up warning naming every ``TT_*`` variable that is not a setting (see ``unknown_variables``)."""
+    unknown = unknown_variables(environ)
+    if unknown:
+        log.warning("unknown TT_* environment variables, ignored: %s", ", ".join(unknown))
 
 
 def render_config(settings: Settings) -> str:
@@ -164,7 +196,7 @@ def _show(field: str, value: Any, raw: bool = False) -> str:
     if field in SECRET_FIELDS and value:
         return MASK
     if field in SECRET_URL_FIELDS and isinstance(value, str) and value:
-        return _mask_url(value)
+        return mask_url(value)
     if isinstance(value, bool):
         return str(value).lower()
     if isinstance(value, list | dict):
@@ -176,7 +208,8 @@ def _show(field: str, value: Any, raw: bool = False) -> str:
     return str(value)
 
 
-def _mask_url(url: str) -> str:
+def mask_url(url: str) -> str:
+    """``url`` with its password, if any, shown as ``***`` (for logs and --print-config)."""
     try:
         parts = urlsplit(url)
         if parts.password is None:
@@ -187,18 +220,27 @@ def _mask_url(url: str) -> str:
         return MASK
 
 
+# pydantic's error types for a number out of its bounds, and how an operator reads them.
+_BOUNDS = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}
+
+
 def _expects(annotation: Any) -> str:
     """What a value of this type looks like in an environment variable."""
     origin = get_origin(annotation)
     args = [a for a in get_args(annotation) if a is not type(None)]
     if origin is Literal:
-        return "one of " + ", ".join(str(a) for a in get_args(annotation))
+        values = [str(a) for a in get_args(annotation)]
+        return "one of " + ", ".join(values) if len(values) > 1 else values[0]
     if origin is list:
         return 'a JSON list, e.g. ["a", "b"]'
     if origin is dict:
         return 'a JSON object, e.g. {"key": "value"}'
-    if args and origin is not None:  # X | None
-        return _expects(args[0]) + ", or unset"
+    if origin is Annotated:  # a union member with bounds of its own: Annotated[int, Field(ge=1)]
+        limits = [m for info in args[1:] for m in getattr(info, "metadata", [info])]
+        return _expects(args[0]) + "".join(_limit(m) for m in limits)
+    if args and origin is not None:  # a union: X | None, int | Literal["auto"]
+        optional = len(args) < len(get_args(annotation))
+        return ", or ".join(_expects(a) for a in args) + (", or unset" if optional else "")
     if annotation is bool:
         return "true or false"
     if annotation is int:
@@ -208,3 +250,16 @@ def _expects(annotation: Any) -> str:
     if annotation is Path:
         return "a path"
     return ""
+
+
+def _limit(constraint: Any) -> str:
+    """`` >= 1`` for annotated_types' Ge(1), and so on; nothing for other metadata."""
+    for attribute, sign in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")):
+        if hasattr(constraint, attribute):
+            return f" {sign} {_number(getattr(constraint, attribute))}"
+    return ""
+
+
+def _number(value: Any) -> str:
+    """A bound as an operator would write it: 0, not 0.0."""
+    return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MiB = 1 << 20
@@ -31,10 +31,13 @@ class Settings(BaseSettings):
         "limits and errors; empty = off (`make run` serves it on 127.0.0.1:8501).",
     )
     max_message_bytes: int = Field(
-        64 * MiB, description="Largest gRPC message accepted or sent; also the largest HTTP body read whole (JSON)."
+        64 * MiB,
+        ge=1,
+        description="Largest gRPC message accepted or sent; also the largest HTTP body read whole (JSON).",
     )
     max_concurrent_rpcs: int | None = Field(
         None,
+        ge=1,
         description="Calls in progress at once; more get RESOURCE_EXHAUSTED. Health checks are neither counted "
         "nor refused (a busy pod must not fail its probes). None = unbounded.",
     )
@@ -69,19 +72,21 @@ class Settings(BaseSettings):
     database_url: str = Field(
         "", description="postgresql://user@host/db for PostgreSQL; empty = SQLite file in data_dir."
     )
-    database_pool_size: int = Field(10, description="PostgreSQL connection pool size.")
+    database_pool_size: int = Field(10, ge=1, description="PostgreSQL connection pool size.")
     s3_bucket: str = Field("", description="S3 bucket for blobs; empty = local folder in data_dir.")
     s3_endpoint_url: str = Field("", description="S3 endpoint (MinIO, moto, ...); empty = AWS.")
     s3_region: str = Field("us-east-1", description="S3 region.")
     s3_prefix: str = Field("", description="Key prefix inside the bucket, for sharing one bucket.")
-    s3_part_size_bytes: int = Field(8 * MiB, description="Multipart upload part size (S3 minimum is 5 MiB).")
+    s3_part_size_bytes: int = Field(
+        8 * MiB, ge=5 * MiB, description="Multipart upload part size (S3 minimum is 5 MiB)."
+    )
     s3_upload_concurrency: int = Field(
         4, ge=1, description="Parts of one multipart upload in flight at once (memory: this many parts per upload)."
     )
     page_token_secret: str = Field(
         "", description="Key that signs list page tokens; set the same value on every replica."
     )
-    gc_interval_seconds: float = Field(60.0, description="How often orphaned blobs are swept.")
+    gc_interval_seconds: float = Field(60.0, gt=0, description="How often orphaned blobs are swept.")
     stale_write_seconds: float = Field(
         86_400.0,
         gt=0,
@@ -100,7 +105,7 @@ class Settings(BaseSettings):
     amqp_url: str = Field("", description="amqp://... for RabbitMQ; empty = in-process broker and worker.")
 
     # --- uploads and model safety -----------------------------------------------------------------------
-    max_upload_bytes: int = Field(2048 * MiB, description="Largest model artifact accepted.")
+    max_upload_bytes: int = Field(2048 * MiB, ge=1, description="Largest model artifact accepted.")
     max_archive_members: int = Field(10_000, description="Most files a SavedModel archive may hold.")
     max_unpacked_bytes: int = Field(8192 * MiB, description="Largest total unpacked size of an archive.")
     max_compression_ratio: float = Field(
@@ -192,17 +197,19 @@ class Settings(BaseSettings):
         description="Give each loaded version its own inference thread instead of one shared thread, so "
         "different models' calls can overlap (helps on many cores; on 2 cores the shared thread wins).",
     )
-    max_request_rows: int = Field(65_536, description="Most rows (batch dim) one Predict request may carry.")
+    max_request_rows: int = Field(65_536, ge=1, description="Most rows (batch dim) one Predict request may carry.")
     max_request_elements: int = Field(
-        16 * MiB, description="Most elements one input tensor of a request may hold (16 Mi = 64 MiB float32)."
+        16 * MiB, ge=1, description="Most elements one input tensor of a request may hold (16 Mi = 64 MiB float32)."
     )
     max_image_pixels: int = Field(
         32 * 1024 * 1024,
+        ge=1,
         description="Most pixels an encoded PNG/JPEG input may declare in its header (decompression-bomb guard; "
         "checked before any pixel is decoded).",
     )
     batch_max_rows: int = Field(
         1024,
+        ge=1,
         description="Most rows the dynamic batcher merges into one model call; a bigger request runs alone.",
     )
     batch_max_wait_seconds: float = Field(
@@ -216,10 +223,11 @@ class Settings(BaseSettings):
     )
     batch_max_queue_rows: int = Field(
         65_536,
+        ge=1,
         description="Rows that may wait per model version; beyond this requests get RESOURCE_EXHAUSTED.",
     )
     model_cache_max_versions: int = Field(
-        16, description="Most model versions kept loaded; the least recently used is unloaded first."
+        16, ge=1, description="Most model versions kept loaded; the least recently used is unloaded first."
     )
     model_cache_max_bytes: int = Field(
         4096 * MiB,
@@ -242,6 +250,7 @@ class Settings(BaseSettings):
     )
     registry_poll_seconds: float = Field(
         30.0,
+        gt=0,
         description="How often loaded versions are checked against the metadata store: the fallback when a "
         "registry event from another replica is lost.",
     )
@@ -266,52 +275,57 @@ class Settings(BaseSettings):
         "s3://bucket/prefix/ (JSON list; read and written with the S3 settings above). A URI outside them is "
         "PERMISSION_DENIED; empty = jobs use streamed inputs and the blob store only. Set on the workers too.",
     )
-    job_max_input_bytes: int = Field(8192 * MiB, description="Largest job input file accepted.")
+    job_max_input_bytes: int = Field(8192 * MiB, ge=1, description="Largest job input file accepted.")
     job_batch_rows: int = Field(
         16_384,
+        ge=1,
         description="Rows per model call in a job. Large batches amortise the per-call cost; 16k rows of the "
         "TFaaS MLP are ~3 MiB of inputs (measured: 8k-32k rows all within noise of the best throughput).",
     )
     job_parse_block_bytes: int = Field(
         1 * MiB,
+        ge=1,
         description="CSV text parsed per step. 1 MiB parsed fastest on one thread (measured 1/4/16 MiB); "
         "memory per job is a few blocks plus one batch whatever the file size.",
     )
     job_parse_threads: int = Field(
         2,
+        ge=1,
         description="CSV blocks parsed at once per job. Parsing is the costliest stage for wide CSVs (42 float "
         "columns parse ~2x slower than the TFaaS MLP infers), so two parser threads run beside the inference "
         "thread (bench/jobs.py, 1M rows, 2 cores: 236k rows/s with one, 346k rows/s with two).",
     )
     job_lease_seconds: float = Field(
         3.0,
+        gt=0,
         description="How long a worker's claim on a job lasts without renewal; a killed worker's job is taken "
         "over by another after at most this long (RabbitMQ redelivers its message at once, the new worker waits "
         "out the lease). Keep several progress intervals long, so a briefly stalled worker keeps its job.",
     )
     job_progress_interval_seconds: float = Field(
-        0.5, description="How often a running job's progress is written (which also renews its lease)."
+        0.5, gt=0, description="How often a running job's progress is written (which also renews its lease)."
     )
     job_max_attempts: int = Field(
-        3, description="Attempts per job before it fails and its message is dead-lettered (poison guard)."
+        3, ge=1, description="Attempts per job before it fails and its message is dead-lettered (poison guard)."
     )
     job_retry_delay_seconds: float = Field(
         2.0, description="Pause before a failed attempt's job is handed back to the queue (times attempt)."
     )
     job_requeue_after_seconds: float = Field(
         600.0,
+        gt=0,
         description="A QUEUED job untouched this long, or a RUNNING one whose lease expired this long ago, is "
         "published again (covers a crash between storing a job and publishing it).",
     )
-    job_sweep_interval_seconds: float = Field(60.0, description="How often workers look for such stale jobs.")
+    job_sweep_interval_seconds: float = Field(60.0, gt=0, description="How often workers look for such stale jobs.")
     job_watch_poll_seconds: float = Field(
-        0.5, description="How often WatchJob re-reads a job that another process runs."
+        0.5, gt=0, description="How often WatchJob re-reads a job that another process runs."
     )
     embedded_job_workers: int = Field(
         1, description="Jobs run at once inside the server when TT_AMQP_URL is unset (embedded mode)."
     )
     worker_prefetch: int = Field(
-        1, description="Jobs one tt-worker process runs at once (AMQP prefetch); scale with more processes."
+        1, ge=1, description="Jobs one tt-worker process runs at once (AMQP prefetch); scale with more processes."
     )
 
     # --- training ------------------------------------------------------------------------------------------
@@ -320,7 +334,9 @@ class Settings(BaseSettings):
         description="Train streams open at once on this server (each holds a model copy and a thread); more "
         "get RESOURCE_EXHAUSTED.",
     )
-    training_max_micro_batch: int = Field(8192, description="Largest micro_batch_size a Train stream may ask for.")
+    training_max_micro_batch: int = Field(
+        8192, ge=1, description="Largest micro_batch_size a Train stream may ask for."
+    )
     training_process: bool = Field(
         True,
         description="Run Train sessions' steps in a separate training process (started with the first session, "
@@ -360,6 +376,7 @@ class Settings(BaseSettings):
     )
     amqp_publish_timeout_seconds: float = Field(
         10.0,
+        gt=0,
         description="RabbitMQ: how long CreateJob waits for the job message to be confirmed, including waiting "
         "for a reconnect, before UNAVAILABLE.",
     )
@@ -372,6 +389,14 @@ class Settings(BaseSettings):
         if isinstance(value, int | float) and not isinstance(value, bool) and value < 0:
             raise ValueError("must not be negative")
         return value
+
+    @field_validator(
+        "max_concurrent_rpcs", "auth_tokens_file", "tls_cert_file", "tls_key_file", "tls_client_ca_file", mode="before"
+    )
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        # An empty variable (as --print-config writes an unset one) is unset: not the path "." nor a parse error.
+        return None if value == "" else value
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -410,6 +435,17 @@ class Settings(BaseSettings):
             if not _MODEL_REF.fullmatch(ref):
                 raise ValueError(f'{ref!r} is not "name", "name:3" or "name@label"')
         return value
+
+    @model_validator(mode="after")
+    def _tls_files_together(self) -> Settings:
+        # Half a TLS configuration is a typo, not "TLS off": without this the server would listen in plaintext.
+        if (self.tls_cert_file is None) != (self.tls_key_file is None) or (
+            self.tls_client_ca_file is not None and self.tls_cert_file is None
+        ):
+            raise ValueError(
+                "TT_TLS_CERT_FILE and TT_TLS_KEY_FILE must be set together, and TT_TLS_CLIENT_CA_FILE only with them"
+            )
+        return self
 
     @property
     def worker_count(self) -> int:

@@ -30,12 +30,17 @@ from datetime import UTC, datetime
 from types import TracebackType
 from typing import NoReturn
 
+from tt_server.errors import TensorTriggerError
+
 # Attributes every LogRecord has; anything else came from ``extra=`` (or a filter) and is emitted as a field.
 _STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName", "throttle"}
 
 request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("tt_request_id", default=None)
-# The model and version a call was served by, set where a request is resolved; the access log reads it.
-served_model: contextvars.ContextVar[tuple[str, int] | None] = contextvars.ContextVar("tt_served_model", default=None)
+# The model a call named and the version that served it (None until resolved, so a NOT_FOUND still names the model
+# asked for), set where a request is resolved; the access log reads it.
+served_model: contextvars.ContextVar[tuple[str, int | None] | None] = contextvars.ContextVar(
+    "tt_served_model", default=None
+)
 
 # Loggers of the dependencies' client libraries and of our storage adapters: their warnings repeat for as long as
 # an outage lasts (one per reconnect attempt, per connection), so they are throttled.
@@ -76,6 +81,33 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry, ensure_ascii=False)
+
+
+class PlainFormatter(logging.Formatter):
+    """For people (``TT_LOG_JSON=false``): time, level, logger, [request id]: message, then the line's own facts as
+    ``key=value`` (``model=mlp version=2``), which JSON lines carry as fields."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "%(asctime)s %(levelname)s %(name)s [%(request_id)s]: %(message)s", defaults={"request_id": "-"}
+        )
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        line = super().formatMessage(record)
+        facts = [
+            f"{key}={_plain(value)}"
+            for key, value in record.__dict__.items()
+            if key not in _STANDARD and key != "request_id" and value is not None
+        ]
+        return " ".join([line, *facts])
+
+
+def _plain(value: object) -> str:
+    text = str(value)
+    return text if text and not _NEEDS_QUOTES.search(text) else json.dumps(text, ensure_ascii=False)
+
+
+_NEEDS_QUOTES = re.compile(r'[\s="]')
 
 
 class RepeatFilter(logging.Filter):
@@ -122,11 +154,7 @@ def configure_logging(
     if json_lines:
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(
-            logging.Formatter(
-                "%(asctime)s %(levelname)s %(name)s [%(request_id)s]: %(message)s", defaults={"request_id": "-"}
-            )
-        )
+        handler.setFormatter(PlainFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
@@ -211,11 +239,15 @@ def exit_now(code: int) -> NoReturn:
 
 
 def log_startup_failure(log: logging.Logger, error: Exception) -> None:
-    """The one line a failed start-up leaves (tt-server, tt-worker): the reason, and a traceback only for the
-    unexpected (an address in use or a refused connection is explained by its message)."""
-    log.error(
-        "start-up failed: %s", error or type(error).__name__, exc_info=not isinstance(error, OSError | RuntimeError)
-    )
+    """The one line a failed start-up leaves (tt-server, tt-worker): the reason with its cause ("metadata database
+    is unavailable (Connect call failed ...)"), and a traceback only for the unexpected (an address in use, a
+    refused connection or a dependency's domain error is explained by its message)."""
+    reason = str(error) or type(error).__name__
+    cause = str(error.__cause__ or "")
+    if cause and cause not in reason:
+        reason = f"{reason} ({cause})"
+    expected = isinstance(error, OSError | RuntimeError | TensorTriggerError)
+    log.error("start-up failed: %s", reason, exc_info=not expected)
 
 
 def _is_log_record(line: str) -> bool:

@@ -1,7 +1,8 @@
 """``tt-server`` / ``python -m tt_server``: run the server until SIGTERM or SIGINT, then drain.
 
 Start-up fails fast and cleanly: the command line and every setting are checked before anything is opened (exit 2),
-the listening port is checked before TensorFlow is even imported (a busy port exits 1 within a second or two), and a
+the listening ports and the token and TLS files are checked before TensorFlow is even imported (a busy port or a
+missing file exits 1 within a second or two), and a
 failure later in start-up closes what was opened and exits 1 with one log line.
 """
 
@@ -14,7 +15,7 @@ import signal
 import socket
 import sys
 
-from tt_server.cli import SERVER_FLAGS, parse_settings
+from tt_server.cli import SERVER_FLAGS, env_name, parse_settings, warn_unknown_variables
 from tt_server.config import Settings
 from tt_server.logs import configure_process_logging, exit_now, log_startup_failure
 
@@ -51,6 +52,20 @@ def check_port_free(address: str) -> None:
             raise StartupError(f"cannot listen on {address}: {reason}") from None
 
 
+def check_files_readable(settings: Settings) -> None:
+    """Fail fast on a token or TLS file that cannot be read (missing, a folder, no permission): the server would
+    find out only after TensorFlow's import and the stores' opening, and say less."""
+    for field in ("auth_tokens_file", "tls_cert_file", "tls_key_file", "tls_client_ca_file"):
+        path = getattr(settings, field)
+        if path is None:
+            continue
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as e:
+            raise StartupError(f"cannot read {env_name(field)}={path}: {e.strerror}") from None
+
+
 async def serve(settings: Settings) -> int:
     # Imported here, after the settings and the port were checked: this is where TensorFlow is loaded.
     from tt_server.app import Application
@@ -81,12 +96,14 @@ async def serve(settings: Settings) -> int:
 def main(argv: list[str] | None = None) -> None:
     settings, _ = parse_settings("tt-server", DESCRIPTION, SERVER_FLAGS, argv)
     configure_process_logging(settings.log_level, settings.log_json, settings.log_repeat_interval_seconds)
-    if settings.worker_count != 1:
-        from tt_server import supervisor  # holds the shared port itself, and refuses one a plain server holds
-
-        sys.exit(supervisor.run(settings))
+    warn_unknown_variables(log)
     try:
-        for address in (settings.grpc_address, settings.http_address):
+        check_files_readable(settings)
+        if settings.worker_count != 1:
+            from tt_server import supervisor  # holds the shared port itself, and refuses one a plain server holds
+
+            sys.exit(supervisor.run(settings))
+        for address in (settings.grpc_address, settings.http_address, settings.metrics_address):
             if address:
                 check_port_free(address)
     except StartupError as e:

@@ -366,6 +366,9 @@ def serve(address: str, stack: contextlib.AsyncExitStack) -> None:
     """Serve /metrics on ``host:port`` from a daemon thread until ``stack`` closes (it stops the server and
     releases the port)."""
     host, port = address.rsplit(":", 1)
-    server, _ = start_http_server(int(port), addr=host)
+    try:
+        server, _ = start_http_server(int(port), addr=host.strip("[]"))
+    except OSError as e:  # the bare "[Errno 98] Address already in use" named neither the address nor the server
+        raise RuntimeError(f"cannot serve /metrics on {address}: {e.strerror}") from None
     stack.callback(server.server_close)
     stack.callback(server.shutdown)

@@ -16,7 +16,7 @@ import logging
 import signal
 import sys
 
-from tt_server.cli import WORKER_FLAGS, parse_settings
+from tt_server.cli import WORKER_FLAGS, parse_settings, warn_unknown_variables
 from tt_server.config import Settings
 from tt_server.logs import configure_process_logging, exit_now, log_startup_failure
 
@@ -97,6 +97,7 @@ def main(argv: list[str] | None = None) -> None:
         )
         sys.exit(2)
     configure_process_logging(settings.log_level, settings.log_json, settings.log_repeat_interval_seconds)
+    warn_unknown_variables(log)
     exit_now(asyncio.run(run(settings)))
 
 

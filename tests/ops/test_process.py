@@ -34,7 +34,7 @@ from tests.serving import leftover_threads, server_settings
 from tt_server.app import Application
 from tt_server.cli import env_name
 from tt_server.config import Settings
-from tt_server.logs import RepeatFilter
+from tt_server.logs import PlainFormatter, RepeatFilter
 
 BIN = Path(sys.executable).parent
 
@@ -90,7 +90,14 @@ def test_version_and_unknown_arguments(command: str) -> None:
         ("TT_PRELOAD_MODELS", "mlp", "expected a JSON list"),
         ("TT_DATABASE_URL", "mysql://db/x", "expected a postgresql:// or postgres:// URL"),
         ("TT_AMQP_URL", "localhost:5672", "expected a amqp:// or amqps:// URL"),
-        ("TT_MAX_UPLOAD_BYTES", "-1", "must not be negative"),
+        ("TT_MAX_ARCHIVE_MEMBERS", "-1", "must not be negative"),
+        # Zero where it would refuse every call, spin a loop or (AMQP prefetch 0) mean "unlimited"
+        ("TT_MAX_UPLOAD_BYTES", "0", "must be >= 1"),
+        ("TT_MAX_CONCURRENT_RPCS", "0", "must be >= 1"),
+        ("TT_GC_INTERVAL_SECONDS", "0", "must be > 0"),
+        ("TT_WORKER_PREFETCH", "0", "must be >= 1"),
+        ("TT_S3_UPLOAD_CONCURRENCY", "0", "must be >= 1"),  # said "expected a whole number"
+        ("TT_WORKERS", "0", "expected a whole number >= 1, or auto"),  # was two lines, "or unset, or unset"
         ("TT_BATCH_MAX_WAIT_SECONDS", "soon", "expected a number"),
         ("TT_GRPC_ADDRESS", "50051", "expected host:port"),
         ("TT_LOG_LEVEL", "loud", "expected one of DEBUG"),
@@ -105,6 +112,31 @@ def test_an_invalid_setting_is_one_line_and_exit_2(variable: str, value: str, sa
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith(f"tt-server: invalid setting {variable}") and says in lines[0], lines[0]
     assert time.monotonic() - started < 10  # answered before TensorFlow is imported
+
+
+@pytest.mark.parametrize("variable", ["TT_TLS_KEY_FILE", "TT_TLS_CERT_FILE", "TT_TLS_CLIENT_CA_FILE"])
+def test_half_a_tls_configuration_is_refused_not_served_in_plaintext(tmp_path: Path, variable: str) -> None:
+    pem = tmp_path / "file.pem"
+    pem.write_text("-----BEGIN-----\n")
+    result = run("tt-server", "--print-config", env={variable: str(pem)})
+    assert result.returncode == 2, result.stdout
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("tt-server: invalid settings: TT_TLS_CERT_FILE and TT_TLS_KEY_FILE must be set together")
+
+
+def test_print_config_reads_back_as_the_same_settings(tmp_path: Path) -> None:
+    """--print-config writes an env file; an unset optional setting is written empty and must read back as unset
+    (it was a parse error, or for a path the folder ".")."""
+    written = run("tt-server", "--print-config", "--data-dir", str(tmp_path))
+    assert written.returncode == 0, written.stderr
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("TT_")}
+    env.update(line.split("=", 1) for line in written.stdout.splitlines())
+    assert env["TT_AUTH_TOKENS_FILE"] == "" and env["TT_MAX_CONCURRENT_RPCS"] == ""
+    read_back = subprocess.run(
+        [str(BIN / "tt-server"), "--print-config"], capture_output=True, text=True, env=env, timeout=30, check=False
+    )
+    assert read_back.returncode == 0, read_back.stderr
+    assert read_back.stdout == written.stdout
 
 
 def test_a_flag_overrides_its_variable_and_is_named_when_bad() -> None:
@@ -155,6 +187,31 @@ def test_a_busy_port_fails_fast_and_leaves_no_process(tmp_path: Path) -> None:
     assert entry["level"] == "ERROR" and "address is already in use" in entry["message"]
 
 
+@pytest.mark.parametrize("command", ["tt-server", "tt-worker"])
+def test_unknown_tt_variables_are_named_in_a_start_up_warning(tmp_path: Path, command: str) -> None:
+    """pydantic-settings ignores a TT_* name that is no setting: a typo would silently leave the default in force.
+    The process says so at start-up (here it then stops at once: the gRPC port, or RabbitMQ's, is refused)."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {
+            "TT_BATCH_MAX_ROW": "64",  # TT_BATCH_MAX_ROWS misspelt
+            "tt_no_such_setting": "1",  # names are read case-insensitively
+            "TT_ADDRESS": "127.0.0.1:1",  # the tt client's own variable: not the server's business
+            "TT_GRPC_ADDRESS": f"127.0.0.1:{port}",
+            "TT_AMQP_URL": "amqp://guest:guest@127.0.0.1:1/",
+            "TT_DATA_DIR": str(tmp_path),
+        }
+        result = run(command, env=env, timeout=120)
+    assert result.returncode == 1, result.stderr
+    warnings = [e for e in map(json.loads, result.stderr.splitlines()) if e["level"] == "WARNING"]
+    (warning,) = [e for e in warnings if e["message"].startswith("unknown TT_* environment variables")]
+    assert "TT_BATCH_MAX_ROW (did you mean TT_BATCH_MAX_ROWS?)" in warning["message"]
+    assert "tt_no_such_setting" in warning["message"]
+    assert "TT_ADDRESS" not in warning["message"] and "TT_GRPC_ADDRESS" not in warning["message"]
+
+
 async def test_the_application_refuses_a_busy_port_and_closes_what_it_opened(tmp_path: Path) -> None:
     """Without the command line's early check: the real bind fails (no SO_REUSEPORT), and start() closes the
     SQLite store (whose thread would keep the process alive), the blob store and the rest before raising."""
@@ -180,30 +237,140 @@ async def test_the_worker_closes_what_it_opened_when_its_job_queue_is_down(tmp_p
     assert not leftover, leftover
 
 
-async def test_a_start_up_failure_after_the_stores_opened_exits_non_zero(tmp_path: Path) -> None:
-    """The metrics port is busy: the SQLite store is open by then. The process must exit 1, not hang."""
+def test_a_busy_metrics_port_or_an_unreadable_token_file_fails_before_anything_opens(tmp_path: Path) -> None:
+    """Both used to be found after TensorFlow's import and the stores' opening: "[Errno 98] Address already in use"
+    (which address?), and for a missing token file a traceback after a misleading "keeping the tokens loaded
+    before" warning."""
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
-        env = {
-            **os.environ,
-            "TT_GRPC_ADDRESS": f"127.0.0.1:{free_port()}",
-            "TT_METRICS_ADDRESS": f"127.0.0.1:{taken.getsockname()[1]}",
-            "TT_DATA_DIR": str(tmp_path),
+        busy = f"127.0.0.1:{taken.getsockname()[1]}"
+        cases = {
+            f"cannot listen on {busy}: the address is already in use": {"TT_METRICS_ADDRESS": busy},
+            f"cannot read TT_AUTH_TOKENS_FILE={tmp_path / 'missing'}: No such file or directory": {
+                "TT_AUTH_TOKENS_FILE": str(tmp_path / "missing")
+            },
+            f"cannot read TT_TLS_KEY_FILE={tmp_path}: Is a directory": {
+                "TT_TLS_CERT_FILE": __file__,  # readable: the key is the one named
+                "TT_TLS_KEY_FILE": str(tmp_path),
+            },
         }
-        proc = await asyncio.create_subprocess_exec(
-            BIN / "tt-server", env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
-        )
-        try:
-            out, err = await asyncio.wait_for(proc.communicate(), 90)
-        finally:
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
+        cases[f"cannot read TT_AUTH_TOKENS_FILE={tmp_path / 'missing'}: No such file or directory"] |= {
+            "TT_WORKERS": "2"  # the supervisor's workers would each fail on it
+        }
+        for says, env in cases.items():
+            result = run("tt-server", env={"TT_GRPC_ADDRESS": f"127.0.0.1:{free_port()}", **env}, timeout=60)
+            assert result.returncode == 1, result.stderr
+            (line,) = result.stderr.strip().splitlines()
+            entry = json.loads(line)
+            assert entry["message"] == f"start-up failed: {says}" and "exception" not in entry, entry
+    assert not (tmp_path / "tensortrigger.db").exists()
+
+
+def test_an_unreachable_database_is_one_line_with_its_cause_and_no_password(tmp_path: Path) -> None:
+    """ "start-up failed: metadata database is unavailable" said neither why nor, with its traceback, briefly."""
+    url = f"postgresql://tt:hunter2@127.0.0.1:{free_port()}/tt"
+    result = run("tt-server", env={"TT_DATABASE_URL": url, "TT_DATA_DIR": str(tmp_path)}, timeout=120)
+    assert result.returncode == 1, result.stderr
+    (failure,) = [e for e in map(json.loads, result.stderr.splitlines()) if e["level"] == "ERROR"]
+    assert failure["message"].startswith("start-up failed: metadata database is unavailable (")
+    assert "refused" in failure["message"].lower() and "exception" not in failure
+    assert "hunter2" not in result.stderr + result.stdout
+
+
+async def test_a_start_up_failure_after_the_stores_opened_exits_non_zero(tmp_path: Path) -> None:
+    """The token file holds no token: the SQLite store is open by then. The process must exit 1, not hang."""
+    tokens = tmp_path / "tokens"
+    tokens.write_text("# nobody yet\n")
+    env = {
+        **os.environ,
+        "TT_GRPC_ADDRESS": f"127.0.0.1:{free_port()}",
+        "TT_AUTH_TOKENS_FILE": str(tokens),
+        "TT_DATA_DIR": str(tmp_path),
+    }
+    proc = await asyncio.create_subprocess_exec(
+        BIN / "tt-server", env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), 90)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
     assert proc.returncode == 1
     lines = [json.loads(line) for line in (out + err).decode().splitlines()]
     assert any(e["level"] == "ERROR" and e["message"].startswith("start-up failed") for e in lines), lines
     assert (tmp_path / "tensortrigger.db").exists()  # it had got as far as opening the database
+
+
+async def test_the_start_up_line_says_where_it_listens_and_which_stores_it_uses(
+    postgres_dsn: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """It said "database": "postgresql" and "blobs": "local", and of the HTTP front only its port."""
+    database_url = postgres_dsn.replace("postgresql://postgres@", "postgresql://postgres:hunter2@")  # trust auth
+    assert "hunter2" in database_url
+    tokens = tmp_path / "tokens"
+    tokens.write_text("admin t0ken ops\n")
+    metrics_address = f"127.0.0.1:{free_port()}"
+    settings = server_settings(
+        tmp_path / "data",
+        database_url=database_url,
+        http_address="127.0.0.1:0",
+        metrics_address=metrics_address,
+        auth_tokens_file=tokens,
+    )
+    caplog.set_level(logging.INFO, logger="tt_server.app")
+    application = Application(settings)
+    await application.start()
+    try:
+        (started,) = [r for r in caplog.records if r.getMessage() == "server started"]
+    finally:
+        await application.stop()
+    facts = started.__dict__
+    assert facts["address"] == "127.0.0.1:0" and facts["port"] == application.port
+    assert facts["http_address"] == "127.0.0.1:0" and facts["http_port"] == application.http_port
+    assert facts["metrics_address"] == metrics_address
+    assert facts["database_url"] == database_url.replace(":hunter2@", ":***@")
+    assert facts["blobs_at"] == str(settings.blob_dir) and facts["jobs"] == "in-process"
+    assert facts["auth"] == "tokens" and facts["tls"] == "off"
+    assert "hunter2" not in caplog.text and not any("hunter2" in str(v) for v in facts.values())
+
+
+@pytest.mark.parametrize(("address", "warned"), [("0.0.0.0:0", True), ("127.0.0.1:0", False)])
+async def test_no_authentication_on_a_reachable_address_is_warned_about(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, address: str, warned: bool
+) -> None:
+    """The image listens on 0.0.0.0 and authentication is off unless a token file is set: `docker run -p` gave
+    anyone who reaches the port every right (delete included) without a word in the log."""
+    caplog.set_level(logging.WARNING, logger="tt_server.app")
+    application = Application(server_settings(tmp_path, grpc_address=address))
+    await application.start()
+    await application.stop()
+    warnings = [r for r in caplog.records if r.getMessage().startswith("authentication is off")]
+    assert len(warnings) == int(warned), caplog.text
+    if warned:
+        assert warnings[0].__dict__["addresses"] == address
+
+
+async def test_the_access_log_names_the_model_a_failed_predict_asked_for(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A Predict that failed before a version was resolved (no such model or version: the NOT_FOUND an operator
+    chases) was logged with "model": null, although the metrics count it under the model's name."""
+    application = Application(server_settings(tmp_path, access_log="all"))
+    await application.start()
+    try:
+        caplog.set_level(logging.INFO, logger="tt_server.access")
+        async with grpc.aio.insecure_channel(application.address) as channel:
+            features = tensor_pb2.Tensor(dtype=tensor_pb2.DATA_TYPE_FLOAT32, shape=[1, 4], float_val=[1, 2, 3, 4])
+            request = ipb.PredictRequest(model=model_pb2.ModelRef(name="ghost", version=7), inputs={"x": features})
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await inference_service_pb2_grpc.InferenceServiceStub(channel).Predict(request, timeout=30)
+            assert refused.value.code() == grpc.StatusCode.NOT_FOUND
+    finally:
+        await application.stop()
+    (line,) = [r for r in caplog.records if r.name == "tt_server.access" and r.__dict__["method"].endswith("Predict")]
+    assert (line.__dict__["model"], line.__dict__["version"], line.__dict__["status"]) == ("ghost", None, "NOT_FOUND")
 
 
 async def test_every_line_the_process_writes_is_json(tmp_path: Path) -> None:
@@ -254,6 +421,17 @@ async def test_every_line_the_process_writes_is_json(tmp_path: Path) -> None:
     assert "request_id" in access[0] and access[0]["duration_ms"] > 0
     assert not [e for e in entries if e["level"] in ("ERROR", "CRITICAL")], entries
     assert not [e for e in entries if "cuInit" in e["message"]]
+
+
+def test_plain_text_logs_show_each_line_s_facts() -> None:
+    """TT_LOG_JSON=false ("plain text for humans") showed only the message: "model load failed" without the model
+    or the error, "server started" without the address."""
+    record = logging.makeLogRecord(
+        {"name": "tt_server.runtime.manager", "msg": "model load failed", "levelname": "WARNING", "model": "mlp"}
+        | {"version": 2, "error": 'no "artifact"', "unset": None}
+    )
+    line = PlainFormatter().format(record)
+    assert line.endswith('[-]: model load failed model=mlp version=2 error="no \\"artifact\\""'), line
 
 
 def test_repeated_dependency_warnings_are_throttled_with_a_count() -> None:

@@ -48,6 +48,7 @@ class InferenceService:
 
     async def load_version(self, ref: ModelRef) -> ModelVersion:
         """Load the version ``ref`` names (so the stream that pins it starts warm) and return it."""
+        served_model.set((ref.name, None))  # the access log names the model even if it is not found
         version = (await self._manager.get(ref)).model_version
         served_model.set((version.model_name, version.version))
         return version
@@ -69,6 +70,7 @@ class InferenceService:
         ``ResourceExhausted`` (queue full), ``DeadlineExceeded``. ``observation`` gets the version's series and
         the request's decode, queue and compute times.
         """
+        served_model.set((ref.name, None))  # the access log names the model even if it is not found
         handle = await self._manager.get(ref)
         served_model.set((handle.model_name, handle.version))  # for the access log
         if observation is not None:
