@@ -171,7 +171,9 @@ def configure_process_logging(level: str, json_lines: bool, repeat_interval: flo
     # A handler error would print its traceback to stderr, which is now the pipe this process reads itself.
     logging.raiseExceptions = False
     for fd, name in ((1, "stdout"), (2, "stderr")):
-        NativeOutput(fd, logging.getLogger(f"native.{name}"), out).start()
+        relay = NativeOutput(fd, logging.getLogger(f"native.{name}"), out)
+        relay.start()
+        _relays.append(relay)
     sys.stdout = os.fdopen(1, "w", buffering=1, encoding="utf-8", errors="backslashreplace", closefd=False)
     sys.stderr = os.fdopen(2, "w", buffering=1, encoding="utf-8", errors="backslashreplace", closefd=False)
     sys.excepthook = _log_uncaught
@@ -186,6 +188,20 @@ _NO_GPU = re.compile(r"failed call to cuInit|Could not find cuda drivers|cuda_di
 _ABSL_PREAMBLE = "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR"
 
 
+_relays: list[NativeOutput] = []
+
+
+def finish_native_output(timeout: float = 5.0) -> None:
+    """Log what is still on its way through fd 1 and 2 (the last lines of child processes that have exited: the
+    TT_WORKERS supervisor's workers write theirs there), then write whatever comes later there straight to
+    the log stream. A no-op unless ``configure_process_logging`` ran."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    while _relays:
+        _relays.pop().finish(timeout)
+
+
 class NativeOutput(threading.Thread):
     """Reads what is written to file descriptor ``fd`` (which it replaces with a pipe) and logs it line by line."""
 
@@ -194,6 +210,7 @@ class NativeOutput(threading.Thread):
         read, write = os.pipe()
         os.dup2(write, fd)
         os.close(write)
+        self._fd = fd
         self._read = read
         self._logger = logger
         # Child processes that inherit fd 2 (the TT_WORKERS supervisor's workers) log JSON lines of their own:
@@ -209,6 +226,14 @@ class NativeOutput(threading.Thread):
                     # every write to the descriptor (TensorFlow's included) would block the process.
                     with contextlib.suppress(Exception):
                         self._log(line)
+
+    def finish(self, timeout: float) -> None:
+        """Point the descriptor at the log stream itself, which closes this process's end of the pipe, and
+        relay what is left in it: the reader sees the end once no child holds the pipe either."""
+        os.dup2(self._passthrough.fileno(), self._fd)
+        self.join(timeout)
+        with contextlib.suppress(Exception):
+            self._passthrough.flush()
 
     def _log(self, line: str) -> None:
         if line.startswith("{") and line.endswith("}") and _is_log_record(line):

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tt_server.config import Settings
+from tt_server.logs import finish_native_output
 
 log = logging.getLogger("tt_server.supervisor")
 
@@ -125,6 +126,8 @@ class Supervisor:
             if self._metrics_dir is not None:
                 shutil.rmtree(self._metrics_dir, ignore_errors=True)
         ok = self._failed is None and killed == 0 and all(code == 0 for code in codes)
+        # The workers' last lines come through this process's stderr relay: out before the last line of all.
+        await asyncio.to_thread(finish_native_output)
         log.info(
             "supervisor stopped",
             extra={"exit_codes": str(codes), "seconds": round(time.perf_counter() - started, 3)},

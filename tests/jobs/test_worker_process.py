@@ -18,15 +18,18 @@ import pytest
 from aiobotocore.session import get_session
 from tensortrigger.v1 import jobs_service_pb2 as pb
 
-from tests.api.scrape import free_port, scrape
+from tests.api.scrape import Scrape, free_port, scrape
 from tests.jobs.helpers import create_job, csv_bytes, features, parse_results_csv, predict, results, spec, wait_for
+from tests.waiting import eventually, json_records
 from tt_server.app import Application
 from tt_server.config import Settings
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client
 
-pytestmark = pytest.mark.slow
+# Each test starts tt-worker processes (TensorFlow each) and waits for jobs of several seconds: slow on a loaded
+# 2-core machine, where the default per-test timeout would cut a run that is only slow.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 ROWS = 20_000  # with the slow model: several seconds per attempt
 
@@ -41,11 +44,7 @@ class WorkerProcess:
         return self.process.pid
 
     def lines(self) -> list[dict[str, object]]:
-        found = []
-        for line in self.log.read_text(errors="replace").splitlines():
-            if line.startswith("{"):
-                found.append(json.loads(line))
-        return found
+        return json_records(self.log)  # whole lines only: the worker may be writing one
 
 
 def worker_env(settings: Settings, data_dir: Path, **extra: object) -> dict[str, str]:
@@ -97,7 +96,8 @@ async def start_workers(
             worker = WorkerProcess(process, log)
             started.append(worker)
             batch.append(worker)
-        deadline = time.monotonic() + 120
+        # Each imports TensorFlow and opens three stores; several at once on a loaded 2-core machine take long.
+        deadline = time.monotonic() + 240
         for worker in batch:
             while not any(line.get("message") == "worker started" for line in worker.lines()):
                 assert worker.process.returncode is None, worker.log.read_text()
@@ -134,9 +134,15 @@ async def test_killed_worker_job_is_finished_by_another_with_one_result(
     await start_workers(metrics_address=f"127.0.0.1:{metrics_port}")
     done = await wait_for(jobs, job.id, seconds=120)
     assert done.state == pb.JOB_STATE_SUCCEEDED, done.error
-    # The second worker's /metrics: it took the job over from a lease that ran out, and ran all of it.
+    # The second worker's /metrics: it took the job over from a lease that ran out, and ran all of it. The worker
+    # counts the job finished just after its commit makes the row SUCCEEDED, so the scrape waits for that.
     version = {"model": slow, "version": "1"}  # the job pinned the newest version, the only one
-    taken_over = await scrape(metrics_port)
+
+    async def counted() -> Scrape | None:
+        metrics = await scrape(metrics_port)
+        return metrics if metrics.has("tt_jobs_finished_total", **version, state="SUCCEEDED") else None
+
+    taken_over = await eventually(counted, "the finished job counted")
     assert taken_over.value("tt_job_lease_expiries_total", **version) == 1
     assert taken_over.value("tt_job_attempts_total", **version) == 1
     assert taken_over.value("tt_jobs_finished_total", **version, state="SUCCEEDED") == 1
@@ -220,12 +226,13 @@ async def test_job_that_kills_every_worker_fails_and_is_dead_lettered(
     done = await wait_for(jobs, job.id, seconds=120)
     assert done.state == pb.JOB_STATE_FAILED
     assert done.error.startswith("gave up after 2 attempts; each attempt ended without a result")
+
     # The row turns FAILED before the worker rejects the message (a crash in between must not leave a job with no
     # message and no end), so the dead letter may land a moment after the state is seen.
-    deadline = time.monotonic() + 30
-    while job.id not in await bare_server.broker.dead_letters():
-        assert time.monotonic() < deadline, "the given-up job's message was not dead-lettered"
-        await asyncio.sleep(0.1)
+    async def dead_lettered() -> bool:
+        return job.id in await bare_server.broker.dead_letters()
+
+    await eventually(dead_lettered, "the given-up job's message dead-lettered", pause=0.1)
     survivor = next(w for w in workers if w.pid not in killed)
     assert survivor.process.returncode is None  # the worker that gave up is fine
 

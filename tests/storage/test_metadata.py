@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections.abc import Callable, Coroutine
@@ -381,3 +382,20 @@ async def test_prune_removes_exactly_what_retention_allows(metadata_store: SqlMe
         await metadata_store.delete_version("m", 5, force=True)
     with pytest.raises(FailedPrecondition, match="no version 99"):
         await metadata_store.set_serving_policy("m", ServingPolicy(version=99))
+
+
+async def test_a_write_cancelled_at_any_point_leaves_the_store_usable(metadata_store: SqlMetadataStore) -> None:
+    # A caller cancelled mid-transaction (a client's deadline during an upload) must not leave the connection
+    # inside a transaction: SQLite's one connection would then refuse every later BEGIN, and every statement
+    # outside a transaction would join the abandoned one.
+    for steps in range(1, 25):
+        task = asyncio.create_task(publish(metadata_store, "m"))
+        for _ in range(steps):
+            await asyncio.sleep(0)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        assert (await publish(metadata_store, f"other-{steps}")).version == 1
+    # Each cancelled write happened whole or not at all: the version numbers have no gap.
+    numbers = sorted(v.version for v in (await metadata_store.list_versions("m", 0, "")).items)
+    assert numbers == list(range(1, len(numbers) + 1))

@@ -16,8 +16,9 @@ import contextlib
 import functools
 import re
 import sqlite3
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Coroutine, Iterator
 from pathlib import Path
+from typing import Any
 
 import aiosqlite
 
@@ -95,6 +96,26 @@ async def _enable_wal(conn: aiosqlite.Connection) -> None:
     await conn.execute_fetchall("PRAGMA journal_mode = WAL")  # last try: its error is the one to report
 
 
+async def _to_the_end(operation: Coroutine[Any, Any, None]) -> None:
+    """Await ``operation`` until it is done, even if the caller is cancelled meanwhile; the cancellation is
+    raised afterwards (``asyncio.shield`` alone would return at once and let the next caller in too early)."""
+    task = asyncio.ensure_future(operation)
+    cancelled = False
+    while True:
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if not task.done():
+                cancelled = True
+                continue
+        break
+    try:
+        task.result()  # its own error, if any
+    finally:
+        if cancelled:
+            raise asyncio.CancelledError
+
+
 class _SqliteConnection:
     """Runs statements on the shared connection; the caller holds the lock."""
 
@@ -169,12 +190,16 @@ class _SqliteDatabase:
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[SqlConnection]:
         async with self._lock:
-            await self._tx.execute("BEGIN IMMEDIATE")
+            # BEGIN, COMMIT and ROLLBACK run to the end even when the caller is cancelled meanwhile (a client's
+            # deadline): the aiosqlite thread runs a statement whose waiter is gone all the same, and a BEGIN
+            # nobody ends would leave the one connection inside a transaction that refuses every later BEGIN
+            # and swallows every later statement.
             try:
+                await _to_the_end(self._tx.execute("BEGIN IMMEDIATE"))
                 yield self._tx
-                await self._tx.execute("COMMIT")
+                await _to_the_end(self._tx.execute("COMMIT"))
             except BaseException:
-                await self._rollback()
+                await _to_the_end(self._rollback())
                 raise
 
     async def _rollback(self) -> None:

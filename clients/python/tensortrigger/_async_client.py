@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
@@ -29,6 +30,7 @@ from tensortrigger.v1 import (
 
 T = TypeVar("T")
 ADMISSION_WAIT = 5.0  # seconds a client stream waits for the server to admit it (see AsyncClient._send_stream)
+CORE_WRITE_FAILED = "Internal error from Core"  # grpc.aio's status for a write into a call that has ended
 
 
 async def _aiter(items: Iterable[T] | AsyncIterable[T]) -> AsyncIterator[T]:
@@ -44,6 +46,45 @@ def _read_at(path: Path, offset: int, size: int) -> bytes:
     with path.open("rb") as f:
         f.seek(offset)
         return f.read(size)
+
+
+def _is_write_failure(error: grpc.RpcError) -> bool:
+    return error.code() == grpc.StatusCode.INTERNAL and error.details() == CORE_WRITE_FAILED
+
+
+def _note_status(call: Any, into: list[grpc.aio.AioRpcError]) -> None:
+    """A done callback: note the status the call has now. grpc.aio runs it each time the status is set, and
+    then its accessors return without waiting, so their coroutines are stepped once, right here."""
+
+    def now(coroutine: Any) -> Any:
+        try:
+            coroutine.send(None)
+        except StopIteration as done:
+            return done.value
+        coroutine.close()
+        raise RuntimeError("the call's status is not set")
+
+    with contextlib.suppress(Exception):
+        into.append(
+            grpc.aio.AioRpcError(
+                now(call.code()),
+                now(call.initial_metadata()),
+                now(call.trailing_metadata()),
+                now(call.details()),
+                now(call.debug_error_string()),
+            )
+        )
+
+
+async def _sent(operation: Awaitable[None]) -> bool:
+    """Await a client stream's ``write``/``done_writing``; False when the call ended under it (its status is what
+    the caller needs). grpc.aio says so with an RpcError, an InvalidStateError, or, when the deadline passes
+    during ``done_writing``, an error of its private Cython layer: any exception here means the same."""
+    try:
+        await operation
+    except Exception:
+        return False
+    return True
 
 
 async def _file_chunks(path: Path, message: Callable[[bytes], Any], progress: m.Progress | None) -> AsyncIterator[Any]:
@@ -121,6 +162,8 @@ class AsyncClient(BaseClient):
         has already refused (no token, no permission, overloaded) as INTERNAL "Internal error from Core", and
         the server's real status is lost. Servers older than this client are waited for ``ADMISSION_WAIT`` s."""
         call = method(timeout=timeout, metadata=self._metadata)
+        ended: list[grpc.aio.AioRpcError] = []
+        call.add_done_callback(lambda done: _note_status(done, ended))
         try:
             try:
                 sent = await asyncio.wait_for(asyncio.shield(call.initial_metadata()), ADMISSION_WAIT)
@@ -128,14 +171,17 @@ class AsyncClient(BaseClient):
             except TimeoutError:
                 admitted = True  # an older server: it answers only at the end
             if admitted:
-                try:
-                    async for request in requests:
-                        await call.write(request)
-                    await call.done_writing()
-                except (grpc.RpcError, asyncio.InvalidStateError):
-                    pass  # the call ended while sending: its status is what the caller needs
+                async for request in requests:
+                    if not await _sent(call.write(request)):
+                        break
+                else:
+                    await _sent(call.done_writing())
             return await call
         except grpc.RpcError as error:
+            if _is_write_failure(error):
+                # The status arrived while a write was under way (the server refused the upload after reading its
+                # header, the deadline passed): grpc.aio then puts its INTERNAL in the status's place.
+                error = next((e for e in ended if not _is_write_failure(e)), error)
             raise from_rpc_error(error) from None
         finally:
             call.cancel()  # a no-op when done; stops the call when the caller is cancelled
