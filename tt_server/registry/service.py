@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import hashlib
 import logging
 import time
@@ -115,7 +116,7 @@ class Registry:
         finally:
             # Shielded: a call cancelled (again) while cleaning up must not stop the clean-up, and an inspection
             # still running in its thread (cancelling the call cannot stop it) is waited for before the removal.
-            await asyncio.shield(loop.run_in_executor(None, _discard_scratch, claimed, inspecting))
+            await asyncio.shield(loop.run_in_executor(None, discard_scratch, claimed, inspecting))
         log.info(
             "model version uploaded",
             extra={
@@ -408,7 +409,12 @@ class Registry:
         return previous
 
 
-def _discard_scratch(work: scratch.ClaimedFolder, inspecting: concurrent.futures.Future[Any] | None) -> None:
+def discard_scratch(work: scratch.ClaimedFolder, inspecting: concurrent.futures.Future[Any] | None) -> None:
+    """Remove an upload's scratch once its inspection (if any) has ended, however it ended. Waits with
+    ``result()``, not ``concurrent.futures.wait``: a future the executor's ``shutdown(cancel_futures=True)``
+    cancelled never notifies ``wait``'s waiters (it is CANCELLED, never CANCELLED_AND_NOTIFIED), which hung a
+    stopping server's default executor for good."""
     if inspecting is not None:
-        concurrent.futures.wait([inspecting])
+        with contextlib.suppress(Exception):  # its outcome is the upload's business; only its end matters here
+            inspecting.result()
     work.release()
