@@ -83,7 +83,7 @@ def parse_model_ref(text: str) -> ModelRef:
 class _LoadFailure:
     """The last failed load of a version: what it raised, and when the next one may start."""
 
-    error: Exception
+    error: Exception  # a copy of a domain error (no traceback), or a RuntimeError standing for an unexpected one
     failures: int  # consecutive failed loads
     retry_at: float  # on the manager's clock
 
@@ -309,7 +309,13 @@ class ModelManager:
         previous = self._load_failures.get(key)
         failures = previous.failures + 1 if previous is not None else 1
         seconds = min(limit, LOAD_RETRY_FIRST_SECONDS * 2.0 ** min(failures - 1, 30))
-        self._load_failures[key] = _LoadFailure(error, failures, now + seconds)
+        # Kept without its traceback, whose frames may hold what the failed load had built.
+        kept = (
+            copy.copy(error)
+            if isinstance(error, TensorTriggerError)
+            else RuntimeError(f"the last load failed unexpectedly ({type(error).__name__})")
+        )
+        self._load_failures[key] = _LoadFailure(kept, failures, now + seconds)
         return seconds
 
     async def _load(self, key: VersionKey, known: ModelVersion | None) -> ServableHandle:
@@ -498,7 +504,7 @@ def _refusal(error: Exception, wait: float) -> Exception:
         refused.args = (refused.message,)
         return refused
     # An unexpected error: the client sees INTERNAL with a generic message, as for the load itself.
-    return RuntimeError(f"the last load failed unexpectedly ({type(error).__name__}); {note}")
+    return RuntimeError(f"{error}; {note}")
 
 
 async def _single_flight(flights: dict[K, asyncio.Task[V]], key: K, start: Callable[[], Awaitable[V]]) -> V:
