@@ -46,17 +46,22 @@ def server_settings(tmp: Path, **overrides: object) -> Settings:
     return Settings(**values)  # type: ignore[arg-type]
 
 
+async def backend_overrides(request: pytest.FixtureRequest) -> dict[str, object]:
+    """The settings of a fixture parametrised with ``BACKENDS``: a fresh database and bucket for "production"."""
+    if request.param != "production":
+        return {}
+    base_dsn = request.getfixturevalue("postgres_dsn")
+    s3_endpoint = request.getfixturevalue("s3_endpoint")
+    return {
+        "database_url": await _fresh_database(base_dsn),
+        "s3_bucket": f"tt-{uuid.uuid4().hex[:12]}",
+        "s3_endpoint_url": s3_endpoint,
+    }
+
+
 @pytest.fixture(scope="module", params=BACKENDS)
 async def app(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Application]:
-    overrides: dict[str, object] = {}
-    if request.param == "production":
-        base_dsn = request.getfixturevalue("postgres_dsn")
-        s3_endpoint = request.getfixturevalue("s3_endpoint")
-        overrides = {
-            "database_url": await _fresh_database(base_dsn),
-            "s3_bucket": f"tt-{uuid.uuid4().hex[:12]}",
-            "s3_endpoint_url": s3_endpoint,
-        }
+    overrides = await backend_overrides(request)
     application = Application(server_settings(tmp_path_factory.mktemp(f"server-{request.param}"), **overrides))
     await application.start()
     yield application

@@ -81,7 +81,8 @@ class Application:
     ) -> None:
         """``link``: this process is one of the supervisor's serving workers (tt_server/supervisor.py); it
         carries registry events and job ids to the other workers and decides when health says SERVING.
-        ``clock``: the model manager's (resolution expiries); tests pass a fake one to pass a TTL at once."""
+        ``clock``: the model manager's (resolution expiries, load backoffs); tests pass a fake one to pass them
+        at once."""
         self.settings = settings or Settings()
         self.link = link
         self._clock = clock

@@ -238,6 +238,16 @@ class Settings(BaseSettings):
         description="How long a label or 'newest' resolution is reused; registry events invalidate it "
         "sooner, this bounds staleness if an event is lost.",
     )
+    model_load_retry_max_seconds: float = Field(
+        60.0,
+        ge=0,
+        le=900,
+        description="After a version fails to load, calls for it fail at once with the load's error (no download, "
+        "no load) until a backoff passes: 1 s after the first failure, doubling per consecutive failure up to "
+        "this. A successful load, or any registry event for the model (a new version, a deletion, a label or "
+        "policy change), ends it. 0 = try again on every call. At most 900: the TensorTriggerModelLoadFailures "
+        "alert looks for a failed attempt in the last 15 minutes.",
+    )
     model_repository: str = Field(
         "",
         description="A folder or s3://bucket/prefix laid out as TF Serving's model base paths "

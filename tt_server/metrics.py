@@ -55,6 +55,12 @@ RPC_SECONDS = Histogram(
 # --- model lifecycle ----------------------------------------------------------------------------------------
 MODEL_LOADS = Counter("tt_model_loads_total", "Successful loads of a model version.", MV)
 MODEL_LOAD_FAILURES = Counter("tt_model_load_failures_total", "Failed loads of a model version.", MV)
+MODEL_LOAD_BACKOFF_REFUSALS = Counter(
+    "tt_model_load_backoff_refusals_total",
+    "Calls for a model version refused at once, without loading, because its last load failed and the retry "
+    "backoff has not passed.",
+    MV,
+)
 MODEL_LOAD_SECONDS = Histogram(
     "tt_model_load_duration_seconds", "Time to download, load and warm up a model version.", MV, buckets=_LOAD_BUCKETS
 )
@@ -90,6 +96,7 @@ TRAINING_SESSIONS_ENDED = Counter(
 PER_MODEL: tuple[MetricWrapperBase, ...] = (
     MODEL_LOADS,
     MODEL_LOAD_FAILURES,
+    MODEL_LOAD_BACKOFF_REFUSALS,
     MODEL_LOAD_SECONDS,
     MODEL_UNLOADS,
     JOBS_FINISHED,

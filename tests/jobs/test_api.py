@@ -161,7 +161,9 @@ async def test_skip_bad_rows_reports_them(jobs, mlp, job_artifacts) -> None:
     )
 
 
-async def test_spec_errors_name_the_field(jobs, mlp) -> None:
+async def test_spec_errors_name_the_field(jobs, mlp, job_server: JobServer) -> None:
+    jobs_dir = job_server.settings.blob_dir / "jobs"  # embedded mode: the blob folder
+    folders_before = set(jobs_dir.iterdir()) if jobs_dir.is_dir() else set()
     data = csv_bytes(features(5))
     cases = [
         (pb.CsvOptions(has_header=True, feature_columns=["a", "b", "c", "nope"]), "spec.csv.feature_columns[3]"),
@@ -183,6 +185,8 @@ async def test_spec_errors_name_the_field(jobs, mlp) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await create_job(jobs, spec(mlp), b"")
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    # The refused jobs' inputs were stored, then discarded: their folders went with them.
+    assert (set(jobs_dir.iterdir()) if jobs_dir.is_dir() else set()) <= folders_before
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await jobs.GetJob(pb.GetJobRequest(id="nope"))
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Executor
 from pathlib import Path
@@ -51,14 +52,17 @@ async def make_manager(
     made: list[ModelManager] = []
 
     def make(
-        executor: Executor | None = None, factory: LoaderFactory | None = None, **settings: object
+        executor: Executor | None = None,
+        factory: LoaderFactory | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        **settings: object,
     ) -> ModelManager:
-        """``factory``: the loader factory (default: the server's)."""
+        """``factory``: the loader factory (default: the server's); ``clock``: what backoffs and TTLs run on."""
         # No gc.freeze() in the test process unless a test asks for it (test_the_collector_is_settled...).
         values: dict = {"data_dir": tmp_path, "log_json": False, "gc_freeze": False, **settings}
         s = Settings(**values)
         manager = ModelManager(
-            metadata, blobs, tmp_path / "model-cache", s, executor, loader_factory=factory or loader_factory(s)
+            metadata, blobs, tmp_path / "model-cache", s, executor, clock, loader_factory=factory or loader_factory(s)
         )
         made.append(manager)
         return manager

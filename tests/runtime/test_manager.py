@@ -16,13 +16,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.clock import FakeClock
 from tests.runtime.helpers import LIMITS, publish
 from tt_server.errors import FailedPrecondition, NotFound
 from tt_server.events import LocalEventBus
 from tt_server.runtime import manager as manager_module
 from tt_server.runtime import memory
 from tt_server.runtime.loader import Loader, loader_factory
-from tt_server.runtime.manager import ModelManager, parse_model_ref
+from tt_server.runtime.manager import LOAD_RETRY_FIRST_SECONDS, ModelManager, parse_model_ref
 from tt_server.storage.local import LocalBlobStore
 from tt_server.storage.sqlite import SqliteMetadataStore
 from tt_server.types import EventKind, ModelRef, RegistryEvent
@@ -87,7 +88,7 @@ async def test_a_thousand_concurrent_first_requests_share_one_load(
         await manager.close()
 
 
-async def test_a_failed_load_fails_every_waiter_and_the_next_request_retries(
+async def test_a_failed_load_fails_every_waiter_and_a_request_after_its_backoff_retries(
     make_manager: MakeManager,
     metadata: SqliteMetadataStore,
     blobs: LocalBlobStore,
@@ -102,10 +103,12 @@ async def test_a_failed_load_fails_every_waiter_and_the_next_request_retries(
                 raise failures.pop()
             return super().load()
 
-    manager = make_manager(factory=functools.partial(FlakyLoader, limits=LIMITS))
+    clock = FakeClock()
+    manager = make_manager(factory=functools.partial(FlakyLoader, limits=LIMITS), clock=clock)
     results = await asyncio.gather(*[manager.get(ModelRef("m", version=1)) for _ in range(50)], return_exceptions=True)
     assert all(isinstance(r, FailedPrecondition) for r in results)
     assert manager.loads_started == 1 and manager.loaded_versions == []
+    clock.advance(LOAD_RETRY_FIRST_SECONDS)  # the backoff after one failure (tests/runtime/test_load_backoff.py)
     assert await answer(manager, ModelRef("m", version=1)) == (1, 1.0)
     assert manager.loads_started == 2
 

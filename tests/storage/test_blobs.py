@@ -180,6 +180,31 @@ async def test_local_write_is_durable_and_atomic(tmp_path: Path) -> None:
     assert sorted(os.listdir(tmp_path / "blobs" / "models" / "m")) == ["k"]
 
 
+async def test_local_delete_removes_the_folders_it_empties(tmp_path: Path) -> None:
+    """As S3 has no folders: a folder goes with its last key (a refused job's ``jobs/<id>/``), the root stays."""
+    root = tmp_path / "blobs"
+    store = LocalBlobStore(root)
+    await store.open()
+
+    def tree() -> list[str]:
+        return sorted(path.relative_to(root).as_posix() for path in root.rglob("*"))
+
+    for key in ("jobs/a/input.csv", "jobs/b/input.csv", "jobs/b/attempt-1/results.csv"):
+        await store.put_stream(key, chunked(b"x", 1))
+    await store.delete("jobs/b/attempt-1/results.csv")
+    assert tree() == ["jobs", "jobs/a", "jobs/a/input.csv", "jobs/b", "jobs/b/input.csv"]
+    await store.delete("jobs/a/input.csv")
+    await store.delete("jobs/b/input.csv")
+    assert tree() == [] and root.is_dir()
+    # A failed write leaves its folders; deleting its key (as the blob outbox's discard does) removes them.
+    with pytest.raises(RuntimeError, match="source broke"):
+        await store.put_stream("jobs/c/input.csv", failing_after(b"xy", 1))
+    await store.delete("jobs/c/input.csv")
+    assert tree() == []
+    await store.put_stream("jobs/c/input.csv", chunked(b"again", 2))  # the folders are made again
+    assert await read_all(store, "jobs/c/input.csv") == b"again"
+
+
 async def test_open_is_idempotent(blob_store: BlobStore, make_blob_store: Callable[[], BlobStore]) -> None:
     await blob_store.put_stream("k", chunked(b"x", 1))
     again = make_blob_store()

@@ -9,8 +9,13 @@
 * **Loading.** The first request for a version downloads its artifact into ``cache_dir``, loads and warms
   it up on the loader thread (never the event loop) with a loader from the ``loader_factory`` it was given
   (TF Serving's source adapter: the composition root passes ``runtime.loader.loader_factory``), and creates
-  its batcher. Concurrent first requests share
-  one load; if it fails they all get the error and the next request tries again.
+  its batcher. Concurrent first requests share one load; if it fails they all get the error.
+* **Load backoff.** A failed load is remembered per version: until its backoff passes (1 s after the first
+  failure, doubling per consecutive failure up to ``model_load_retry_max_seconds``), calls for that version
+  fail at once with the same error, plus when the next attempt may start, instead of downloading a big
+  artifact again per call. The first call after the backoff tries again (its concurrent callers share that
+  load). A successful load, or any registry event for the model (a new version may be the fix, a deletion
+  makes it moot), forgets the failure.
 * **Aspired versions.** When a label that requests use moves, or an event may change what the serving policy
   selects (new version, label moved, policy changed, promotion), the new target is resolved and loaded in the
   background straight away, so requests rarely wait for the swap.
@@ -24,7 +29,9 @@ All methods run on the event loop; the manager is not thread-safe.
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
+import math
 import re
 import shutil
 import time
@@ -58,6 +65,8 @@ V = TypeVar("V")
 VersionKey = tuple[str, int]  # (model name, version)
 ResolutionKey = tuple[str, str | None]  # (model name, label); None = what the serving policy selects
 
+LOAD_RETRY_FIRST_SECONDS = 1.0  # the backoff after a version's first failed load; doubled per failure since
+
 _REF = re.compile(r"^(?P<name>[^:@]+)(?::(?P<version>\d+)|@(?P<label>.+))?$")
 
 
@@ -68,6 +77,15 @@ def parse_model_ref(text: str) -> ModelRef:
         raise ValueError(f"not a model reference: {text!r} (use name, name:version or name@label)")
     version = match["version"]
     return ModelRef(match["name"], version=int(version) if version else None, label=match["label"])
+
+
+@dataclass(slots=True)
+class _LoadFailure:
+    """The last failed load of a version: what it raised, and when the next one may start."""
+
+    error: Exception  # a copy of a domain error (no traceback), or a RuntimeError standing for an unexpected one
+    failures: int  # consecutive failed loads
+    retry_at: float  # on the manager's clock
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -103,7 +121,8 @@ class ModelManager:
     ) -> None:
         """``executor`` runs model calls (the inference thread, shared by every batcher unless
         ``inference_thread_per_model``); None = the manager makes and owns a one-thread executor.
-        ``clock``: the seconds resolutions expire on (tests advance a fake one instead of waiting a TTL).
+        ``clock``: the seconds resolutions expire and load backoffs pass on (tests advance a fake one instead
+        of waiting).
         ``loader_factory`` makes the loader of each version the manager loads."""
         configure_threads(settings.inference_intra_op_threads, settings.inference_inter_op_threads)
         self._metadata = metadata_store
@@ -119,12 +138,13 @@ class ModelManager:
         self._loaded: OrderedDict[VersionKey, ServableHandle] = OrderedDict()  # LRU first
         self._loaded_bytes = 0
         self._loads: dict[VersionKey, asyncio.Task[ServableHandle]] = {}
+        self._load_failures: dict[VersionKey, _LoadFailure] = {}  # versions in load backoff
         self._resolved: dict[ResolutionKey, tuple[ModelVersion, float]] = {}  # -> (version, expires)
         self._resolving: dict[ResolutionKey, asyncio.Task[ModelVersion]] = {}
         # Resolutions served stale because the metadata store was unavailable at their last refresh.
         self._stale: set[ResolutionKey] = set()
-        # Bumped per model by every event (resolutions) / by deletions (loads), so a query or load that was
-        # in flight when the event arrived does not cache what the event made stale.
+        # Bumped per model by every event (resolutions, load backoffs) / by deletions (loads), so a query or
+        # load that was in flight when the event arrived does not cache what the event made stale.
         self._resolution_epoch: dict[str, int] = {}
         self._load_epoch: dict[str, int] = {}
         self._background: set[asyncio.Task[None]] = set()
@@ -196,6 +216,8 @@ class ModelManager:
         if handle is not None:
             self._loaded.move_to_end(key)
             return handle
+        if key not in self._loads:  # a load in flight is joined, even one that started when a backoff ended
+            self._check_backoff(key)
         return await _single_flight(self._loads, key, lambda: self._load(key, known))
 
     async def current_version(self, ref: ModelRef) -> ModelVersion:
@@ -263,9 +285,43 @@ class ModelManager:
                 log.info("metadata store reachable again; resolution refreshed", extra={"model": name, "label": label})
         return version
 
+    def _check_backoff(self, key: VersionKey) -> None:
+        """Raise the last load's error again if ``key`` failed to load and its backoff has not passed."""
+        failure = self._load_failures.get(key)
+        if failure is None:
+            return
+        wait = failure.retry_at - self._clock()
+        if wait <= 0:
+            return
+        metrics.MODEL_LOAD_BACKOFF_REFUSALS.labels(key[0], str(key[1])).inc()
+        raise _refusal(failure.error, wait)
+
+    def _remember_failure(self, key: VersionKey, error: Exception, events_seen: int) -> float:
+        """Start (or lengthen) ``key``'s load backoff; the seconds it lasts (0: none). ``events_seen``: the
+        model's event count when the load started; a registry event since may have fixed the cause."""
+        limit = self._settings.model_load_retry_max_seconds
+        if limit <= 0 or self._resolution_epoch.get(key[0], 0) != events_seen or self._closed:
+            return 0.0
+        now = self._clock()
+        # Forget backoffs long over (versions nobody asked for since), so the table holds only recent failures.
+        for old in [k for k, f in self._load_failures.items() if f.retry_at + limit < now]:
+            del self._load_failures[old]
+        previous = self._load_failures.get(key)
+        failures = previous.failures + 1 if previous is not None else 1
+        seconds = min(limit, LOAD_RETRY_FIRST_SECONDS * 2.0 ** min(failures - 1, 30))
+        # Kept without its traceback, whose frames may hold what the failed load had built.
+        kept = (
+            copy.copy(error)
+            if isinstance(error, TensorTriggerError)
+            else RuntimeError(f"the last load failed unexpectedly ({type(error).__name__})")
+        )
+        self._load_failures[key] = _LoadFailure(kept, failures, now + seconds)
+        return seconds
+
     async def _load(self, key: VersionKey, known: ModelVersion | None) -> ServableHandle:
         name, number = key
         epoch = self._load_epoch.get(name, 0)
+        events_seen = self._resolution_epoch.get(name, 0)
         version = known if known is not None else await self._metadata.get_version(name, number)
         self.loads_started += 1
         started = time.perf_counter()
@@ -284,16 +340,22 @@ class ModelManager:
             servable = await loop.run_in_executor(self._load_executor, loader.load)
         except TensorTriggerError as e:
             metrics.MODEL_LOAD_FAILURES.labels(name, str(number)).inc()
-            log.warning("model load failed", extra={"model": name, "version": number, "error": e.message})
+            backoff = self._remember_failure(key, e, events_seen)
+            log.warning(
+                "model load failed",
+                extra={"model": name, "version": number, "error": e.message, "retry_in_seconds": backoff},
+            )
             raise
         except asyncio.CancelledError:
             raise
-        except Exception:
+        except Exception as e:
             metrics.MODEL_LOAD_FAILURES.labels(name, str(number)).inc()
-            log.exception("model load failed", extra={"model": name, "version": number})
+            backoff = self._remember_failure(key, e, events_seen)
+            log.exception("model load failed", extra={"model": name, "version": number, "retry_in_seconds": backoff})
             raise
         finally:
             await asyncio.to_thread(shutil.rmtree, work, True)
+        self._load_failures.pop(key, None)
         handle = self._make_handle(version, servable)
         metrics.MODEL_LOADS.labels(name, str(number)).inc()
         metrics.MODEL_LOAD_SECONDS.labels(name, str(number)).observe(time.perf_counter() - started)
@@ -368,8 +430,9 @@ class ModelManager:
 
     # --- registry events ----------------------------------------------------------------------------------
     async def handle_event(self, event: RegistryEvent) -> None:
-        """Apply a registry change (an ``EventBus`` subscriber): drop the model's cached resolutions, unload
-        deleted versions, and start loading a moved label's new target if that label is in use."""
+        """Apply a registry change (an ``EventBus`` subscriber): drop the model's cached resolutions and load
+        backoffs, unload deleted versions, and start loading a moved label's new target if that label is in
+        use."""
         name = event.model_name
         # Resolutions requests use that the event may change: a moved label's, and the serving policy's (which
         # may follow that label, a new upload or a promotion).
@@ -384,6 +447,8 @@ class ModelManager:
             self._stale.discard(rkey)
         for rkey in [k for k in self._resolving if k[0] == name]:
             del self._resolving[rkey]  # the query in flight may be stale: later callers start a fresh one
+        for vkey in [k for k in self._load_failures if k[0] == name]:
+            del self._load_failures[vkey]  # the change may be the fix: the next call tries again
 
         if event.kind is EventKind.VERSION_DELETED and event.version is not None:
             self._load_epoch[name] = self._load_epoch.get(name, 0) + 1
@@ -427,6 +492,19 @@ class ModelManager:
         task = asyncio.ensure_future(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+
+
+def _refusal(error: Exception, wait: float) -> Exception:
+    """What a call refused during a load backoff raises: the failed load's error (same class, so the same
+    status), its message followed by when the next attempt may start."""
+    note = f"next load attempt in {math.ceil(wait)} s"
+    if isinstance(error, TensorTriggerError):
+        refused = copy.copy(error)
+        refused.message = f"{error.message}; {note}"
+        refused.args = (refused.message,)
+        return refused
+    # An unexpected error: the client sees INTERNAL with a generic message, as for the load itself.
+    return RuntimeError(f"{error}; {note}")
 
 
 async def _single_flight(flights: dict[K, asyncio.Task[V]], key: K, start: Callable[[], Awaitable[V]]) -> V:

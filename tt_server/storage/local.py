@@ -2,6 +2,8 @@
 
 Keys are ``/``-separated relative paths. A write goes to a hidden temporary file next to its target, is
 fsynced and then renamed over the target, so readers see the old object or the whole new one, never a part.
+A delete also removes the folders it leaves empty, up to the root (as S3 has no folders, a key's folders
+exist only while keys are under them): ``jobs/<id>/`` does not outlive its job's blobs.
 File I/O runs in worker threads (``asyncio.to_thread``) so the event loop never waits on the disk.
 """
 
@@ -86,11 +88,10 @@ class LocalBlobStore:
 
     async def put_stream(self, key: str, chunks: AsyncIterator[bytes]) -> BlobInfo:
         path = self._path(key)
-        await asyncio.to_thread(path.parent.mkdir, parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
         digest = hashlib.sha256()
         size = 0
-        f = tmp.open("xb")  # on the loop: see the comment above read_file_chunks
+        f = await self._create(tmp)
         try:
             async for chunk in chunks:
                 # Hashing in the same thread hop as the write; hashlib releases the GIL for large buffers.
@@ -106,6 +107,17 @@ class LocalBlobStore:
                 os.unlink(tmp)
             raise
         return BlobInfo(key=key, size=size, sha256=digest.hexdigest())
+
+    async def _create(self, tmp: Path) -> BinaryIO:
+        """Open ``tmp`` for writing, making its folders. A delete of the folder's last key may remove the folder
+        between the two (its empty-folder clean-up): then make it again."""
+        for _ in range(100):
+            await asyncio.to_thread(tmp.parent.mkdir, parents=True, exist_ok=True)
+            try:
+                return tmp.open("xb")  # on the loop: see the comment above read_file_chunks
+            except FileNotFoundError:
+                continue
+        raise OSError(f"could not create {tmp.parent}: its folder keeps being removed")
 
     async def put_file(self, key: str, path: Path) -> BlobInfo:
         return await self.put_stream(key, read_file_chunks(path))
@@ -154,9 +166,23 @@ class LocalBlobStore:
         return await asyncio.to_thread(self._path(key).is_file)
 
     async def delete(self, key: str) -> None:
-        path = self._path(key)
+        await asyncio.to_thread(self._delete, self._path(key))
+
+    def _delete(self, path: Path) -> None:
         with contextlib.suppress(*_MISSING):
-            await asyncio.to_thread(path.unlink)
+            path.unlink()
+        # Also when the key was never written: a failed write may have made its folders.
+        self._remove_empty_folders(path.parent)
+
+    def _remove_empty_folders(self, folder: Path) -> None:
+        """Remove ``folder`` and its parents, below the root, while they are empty."""
+        while folder != self._root:
+            try:
+                folder.rmdir()
+            except OSError:  # not empty (another key, a write in progress), or gone already
+                if folder.exists():
+                    return
+            folder = folder.parent
 
     async def list_keys(self, prefix: str) -> list[str]:
         return await asyncio.to_thread(self._list_keys, prefix)
@@ -190,6 +216,7 @@ class LocalBlobStore:
                         if path.stat().st_mtime < cutoff:
                             path.unlink()
                             removed += 1
+                            self._remove_empty_folders(path.parent)
         return removed
 
 
