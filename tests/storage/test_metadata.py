@@ -397,5 +397,8 @@ async def test_a_write_cancelled_at_any_point_leaves_the_store_usable(metadata_s
             await task
         assert (await publish(metadata_store, f"other-{steps}")).version == 1
     # Each cancelled write happened whole or not at all: the version numbers have no gap.
-    numbers = sorted(v.version for v in (await metadata_store.list_versions("m", 0, "")).items)
+    try:
+        numbers = sorted(v.version for v in (await metadata_store.list_versions("m", 0, "")).items)
+    except NotFound:
+        numbers = []  # every cancelled write was rolled back (how far each got depends on the machine's speed)
     assert numbers == list(range(1, len(numbers) + 1))
