@@ -41,7 +41,7 @@ from tt_server.api.middleware import AccessLog, Middleware
 from tt_server.api.reflection import V1_SERVICE_NAME as REFLECTION_V1
 from tt_server.api.reflection import DocumentedReflectionServicer, add_reflection_to_server, documented_files
 from tt_server.api.registry import RegistryServicer
-from tt_server.cli import mask_url
+from tt_server.cli import stores_in_use
 from tt_server.config import Settings
 from tt_server.events import EventBus
 from tt_server.jobs.objects import JobBlobs
@@ -288,15 +288,7 @@ class Application:
                 "http_address": s.http_address or None,
                 "http_port": self.http_port or None,
                 "metrics_address": s.metrics_address or None,
-                "database": "postgresql" if s.database_url else "sqlite",
-                "database_url": mask_url(s.database_url) if s.database_url else str(s.sqlite_path),
-                "blobs": "s3" if s.s3_bucket else "local",
-                "blobs_at": (
-                    f"s3://{s.s3_bucket}/{s.s3_prefix}" + (f" at {s.s3_endpoint_url}" if s.s3_endpoint_url else "")
-                    if s.s3_bucket
-                    else str(s.blob_dir)
-                ),
-                "jobs": f"rabbitmq {mask_url(s.amqp_url)}" if s.amqp_url else "in-process",
+                **stores_in_use(s),
                 "startup_seconds": round(time.perf_counter() - started, 3),
             },
         )

@@ -220,6 +220,22 @@ def mask_url(url: str) -> str:
         return MASK
 
 
+def stores_in_use(s: Settings) -> dict[str, str]:
+    """Which stores ``s`` selects, as the start-up lines of tt-server and tt-worker report them (an operator
+    checking a deployment reads them there); passwords in URLs are masked."""
+    if s.s3_bucket:
+        blobs_at = f"s3://{s.s3_bucket}/{s.s3_prefix}" + (f" at {s.s3_endpoint_url}" if s.s3_endpoint_url else "")
+    else:
+        blobs_at = str(s.blob_dir)
+    return {
+        "database": "postgresql" if s.database_url else "sqlite",
+        "database_url": mask_url(s.database_url) if s.database_url else str(s.sqlite_path),
+        "blobs": "s3" if s.s3_bucket else "local",
+        "blobs_at": blobs_at,
+        "jobs": f"rabbitmq {mask_url(s.amqp_url)}" if s.amqp_url else "in-process",
+    }
+
+
 # pydantic's error types for a number out of its bounds, and how an operator reads them.
 _BOUNDS = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}
 

@@ -16,7 +16,7 @@ import logging
 import signal
 import sys
 
-from tt_server.cli import WORKER_FLAGS, parse_settings, warn_unknown_variables
+from tt_server.cli import WORKER_FLAGS, parse_settings, stores_in_use, warn_unknown_variables
 from tt_server.config import Settings
 from tt_server.logs import configure_process_logging, exit_now, log_startup_failure
 
@@ -79,7 +79,15 @@ async def run(settings: Settings) -> int:
 
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, on_signal, signum)
-        log.info("worker started", extra={"owner": owner, "queue": settings.amqp_jobs_queue})
+        log.info(
+            "worker started",
+            extra={
+                "owner": owner,
+                "queue": settings.amqp_jobs_queue,
+                "metrics_address": settings.metrics_address or None,
+                **stores_in_use(settings),
+            },
+        )
         await worker.run()
         if stopping:
             await stopping[0]

@@ -242,6 +242,11 @@ async def test_sigterm_hands_the_job_back_uncharged(
 ) -> None:
     jobs, slow = bare_jobs, bare_models[1]
     (first,) = await start_workers()
+    # Its start-up line names the stores it uses, as the server's does (it named only the queue).
+    (started,) = [line for line in first.lines() if line.get("message") == "worker started"]
+    s = bare_server.settings
+    assert (started["database"], started["blobs"]) == ("postgresql", "s3")
+    assert str(started["blobs_at"]).startswith(f"s3://{s.s3_bucket}/") and str(started["jobs"]).startswith("rabbitmq ")
     job = await create_job(jobs, spec(slow), csv_bytes(features(ROWS, seed=22)))
     await wait_for(jobs, job.id, lambda j: j.rows_done > 0)
     first.process.send_signal(signal.SIGTERM)
