@@ -184,6 +184,111 @@ async def test_predict_exit_codes(app: Application, mlp: str, tmp_path: Path) ->
     assert (await tt_cli("predict", mlp, "--npy", str(tmp_path / "missing.npy"), address=a)).code == 2
 
 
+def _csv(path: Path, header: list[str], columns: list[list[str]]) -> Path:
+    """A CSV of ``columns`` (lists of text, one per column) under ``header`` (none when empty)."""
+    lines = [",".join(header)] if header else []
+    lines += [",".join(row) for row in zip(*columns, strict=True)]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@embedded_only
+async def test_predict_csv_picks_the_feature_names_columns_by_name(
+    app: Application, model_files: dict[str, Path], tmp_path: Path
+) -> None:
+    """With a header and a version that declares feature_names, the columns are chosen by name in any order,
+    like a batch job's; the other columns (an id) are copied to the output rows."""
+    a = app.address
+    name = unique_name("cli-named")
+    features = ["age", "income", "tenure", "visits"]
+    uploaded = await tt_cli(
+        "models", "upload", name, str(model_files["keras"]), *(f"--feature-name={f}" for f in features), address=a
+    )
+    assert uploaded.code == 0, uploaded.err
+    shown = await tt_cli("--json", "models", "show", name, address=a)
+    assert shown.json()["versions"][0]["feature_names"] == features
+
+    x = np.random.default_rng(5).normal(size=(6, 4)).astype(np.float32)
+    expected = np.asarray(keras_reference(model_files["keras"])(x))
+    text = {f: [repr(float(v)) for v in x[:, i]] for i, f in enumerate(features)}
+    ids = [f"cust-{i}" for i in range(len(x))]
+    ordered = _csv(tmp_path / "ordered.csv", features, [text[f] for f in features])
+    shuffled_order = ["tenure", "id", "visits", "age", "region", "income"]
+    columns = {**text, "id": ids, "region": ["north"] * len(x)}
+    shuffled = _csv(tmp_path / "shuffled.csv", shuffled_order, [columns[c] for c in shuffled_order])
+
+    plain = await tt_cli("--json", "predict", name, "--csv", str(ordered), address=a)
+    assert plain.code == 0, plain.err
+    assert "passthrough" not in plain.json()
+    picked = await tt_cli("--json", "predict", name, "--csv", str(shuffled), address=a)
+    assert picked.code == 0, picked.err
+    scores = np.asarray(picked.json()["outputs"]["score"])
+    np.testing.assert_allclose(scores, np.asarray(plain.json()["outputs"]["score"]), atol=1e-6)
+    np.testing.assert_allclose(scores, expected, atol=1e-5)
+    assert picked.json()["passthrough"] == {"id": ids, "region": ["north"] * len(x)}
+
+    human = await tt_cli("predict", name, "--csv", str(shuffled), address=a)
+    assert human.code == 0, human.err
+    assert human.out.split()[:4] == ["ROW", "id", "region", "score"]
+    first_row = next(line for line in human.out.splitlines() if line.split()[:1] == ["0"])
+    assert first_row.split()[1:3] == ["cust-0", "north"]
+
+    missing_order = ["id", "visits", "age", "income"]
+    missing = _csv(tmp_path / "missing.csv", missing_order, [columns[c] for c in missing_order])
+    refused = await tt_cli("predict", name, "--csv", str(missing), address=a)
+    assert refused.code == 2, refused.err
+    assert "no column 'tenure' in the header" in refused.err
+    assert "'id', 'visits', 'age', 'income'" in refused.err  # the columns the file has
+
+    twice = _csv(tmp_path / "twice.csv", [*features, "age"], [*(text[f] for f in features), text["age"]])
+    refused = await tt_cli("predict", name, "--csv", str(twice), address=a)
+    assert refused.code == 2 and "the header has 2 columns named 'age'" in refused.err
+
+    bad_order = ["id", *features]
+    bad = columns | {"visits": ["1", "2", "x", "4", "5", "6"]}
+    refused = await tt_cli(
+        "predict", name, "--csv", str(_csv(tmp_path / "bad.csv", bad_order, [bad[c] for c in bad_order])), address=a
+    )
+    assert refused.code == 2 and "row 3: column 'visits': 'x' is not a valid number" in refused.err
+
+
+@embedded_only
+async def test_predict_csv_without_feature_names_is_positional(
+    app: Application, mlp: str, model_files: dict[str, Path], tmp_path: Path
+) -> None:
+    """No feature_names (or no header): the columns in file order, as before; a column count the model's
+    input does not take is refused before any prediction, naming both counts."""
+    a = app.address
+    x = np.random.default_rng(6).normal(size=(3, 4)).astype(np.float32)
+    expected = np.asarray(keras_reference(model_files["keras"])(x))
+    text = [[repr(float(v)) for v in x[:, i]] for i in range(4)]
+    cases = [
+        _csv(tmp_path / "names.csv", ["w", "x", "y", "z"], text),  # names the model does not declare
+        _csv(tmp_path / "bare.csv", [], text),  # no header
+    ]
+    for path in cases:
+        run = await tt_cli("--json", "predict", mlp, "--csv", str(path), address=a)
+        assert run.code == 0, (path.name, run.err)
+        np.testing.assert_allclose(np.asarray(run.json()["outputs"]["score"]), expected, atol=1e-5)
+        assert "passthrough" not in run.json()
+
+    with_id = _csv(tmp_path / "id.csv", ["id", "a", "b", "c", "d"], [["1", "2", "3"], *text])
+    refused = await tt_cli("predict", mlp, "--csv", str(with_id), address=a)
+    assert refused.code == 2, refused.err
+    assert "5 feature columns (its columns), but the model's inputs take 4 ('features' 4)" in refused.err
+    assert "INVALID_ARGUMENT" not in refused.err  # refused here, not by the server
+
+    # A feature-named version still reads a headerless file by position.
+    name = unique_name("cli-named")
+    uploaded = await tt_cli(
+        "models", "upload", name, str(model_files["keras"]), *(f"--feature-name={f}" for f in "abcd"), address=a
+    )
+    assert uploaded.code == 0, uploaded.err
+    run = await tt_cli("--json", "predict", name, "--csv", str(cases[1]), address=a)
+    assert run.code == 0, run.err
+    np.testing.assert_allclose(np.asarray(run.json()["outputs"]["score"]), expected, atol=1e-5)
+
+
 def test_job_progress_text() -> None:
     """What `tt jobs watch` and `tt jobs list` show of a job's progress."""
     job = jobs_service_pb2.Job(

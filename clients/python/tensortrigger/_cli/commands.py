@@ -18,6 +18,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn
 
 from tensortrigger import __version__
+from tensortrigger._cli import csvinput
 from tensortrigger._cli import output as out
 from tensortrigger._client import Client
 from tensortrigger._errors import TensorTriggerError
@@ -509,34 +510,22 @@ def models_retention(
 # --- predict ---------------------------------------------------------------------------------------------
 
 
-def _read_csv(path: Path, delimiter: str = ",") -> tuple[list[str] | None, np.ndarray]:
-    """A numeric CSV as float rows; a first row that is not all numbers is taken as the header."""
-    with path.open(newline="") as f:
-        rows = [row for row in csv.reader(f, delimiter=delimiter) if row]
-    header = None
-    if rows:
-        try:
-            [float(v) for v in rows[0]]
-        except ValueError:
-            header, rows = rows[0], rows[1:]
+def _read_csv(path: Path) -> tuple[list[str] | None, np.ndarray]:
+    """A numeric CSV as float rows, and its header (the first row, when it is not all numbers)."""
+    header, rows = csvinput.read_rows(path)
     try:
         return header, np.asarray(rows, dtype=np.float64)
     except ValueError as error:
         raise click.BadParameter(f"{path}: not a numeric CSV ({error})") from None
 
 
-def _load_inputs(json_text: str | None, csv_path: Path | None, npy_path: Path | None) -> Any:
-    given = [v for v in (json_text, csv_path, npy_path) if v is not None]
-    if len(given) != 1:
-        raise click.UsageError("give exactly one of --json, --csv or --npy")
+def _load_inputs(json_text: str | None, npy_path: Path | None) -> Any:
     if json_text is not None:
         try:
             value = json.loads(sys.stdin.read() if json_text == "-" else json_text)
         except json.JSONDecodeError as error:
             raise click.BadParameter(str(error), param_hint="--json") from None
         return value if isinstance(value, dict) else np.asarray(value)
-    if csv_path is not None:
-        return _read_csv(csv_path)[1]
     assert npy_path is not None
     loaded = np.load(npy_path, allow_pickle=False)  # never unpickle a file: it could run code
     if isinstance(loaded, np.lib.npyio.NpzFile):
@@ -554,7 +543,8 @@ def _load_inputs(json_text: str | None, csv_path: Path | None, npy_path: Path | 
     "--csv",
     "csv_path",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="Rows of numbers for a single-input model (a header row is skipped).",
+    help="Rows of numbers; with a header row, the columns the version's feature_names name are picked by name "
+    "and the others (an id) are copied to the output rows.",
 )
 @click.option(
     "--npy",
@@ -590,14 +580,22 @@ def predict(
 ) -> None:
     """Run MODEL (NAME, NAME:3, NAME@stable) on inputs from --json, --csv, --npy or --image files."""
     client = settings.client()
+    passthrough: dict[str, list[str]] = {}
+    if sum(v is not None for v in (json_text, csv_path, npy_path)) + bool(images) != 1:
+        raise click.UsageError("give exactly one of --json, --csv, --npy or --image files")
     if images:
-        if any(v is not None for v in (json_text, csv_path, npy_path)):
-            raise click.UsageError("give --image files or one of --json, --csv, --npy, not both")
         inputs: Any = read_images(images)
         if top_k is None and client.get_version(model).class_names:
             top_k = 5
+    elif csv_path is not None:
+        # The columns are chosen by this version's feature names: pin it, so a version promoted meanwhile
+        # cannot get columns meant for another.
+        version = client.get_version(model)
+        model = f"{version.model_name}:{version.version}"
+        read = csvinput.read_inputs(csv_path, version)
+        inputs, passthrough = read.inputs, read.passthrough
     else:
-        inputs = _load_inputs(json_text, csv_path, npy_path)
+        inputs = _load_inputs(json_text, npy_path)
     if top_k is not None:
         if outputs:
             raise click.UsageError("--top-k prints classes, not outputs: drop --output")
@@ -606,12 +604,23 @@ def predict(
         return
     result = client.predict(model, inputs, outputs or None)
     if settings.json:
-        out.emit_json({"outputs": {name: out.array_json(array) for name, array in result.items()}})
+        body: dict[str, Any] = {"outputs": {name: out.array_json(array) for name, array in result.items()}}
+        if passthrough:
+            body["passthrough"] = passthrough
+        out.emit_json(body)
         return
     rows = min(len(array) if array.ndim else 1 for array in result.values()) if result else 0
-    grid = out.table("ROW", *(f"{name} {tuple(array.shape[1:]) or ''}".rstrip() for name, array in result.items()))
+    grid = out.table(
+        "ROW",
+        *passthrough,
+        *(f"{name} {tuple(array.shape[1:]) or ''}".rstrip() for name, array in result.items()),
+    )
     for i in range(min(rows, PREVIEW_ROWS)):
-        grid.add_row(str(i), *(out.cell(array[i] if array.ndim else array) for array in result.values()))
+        grid.add_row(
+            str(i),
+            *(values[i] for values in passthrough.values()),
+            *(out.cell(array[i] if array.ndim else array) for array in result.values()),
+        )
     out.stdout.print(grid)
     if rows > PREVIEW_ROWS:
         out.stdout.print(f"... {rows - PREVIEW_ROWS} more rows (use --json for all)")
