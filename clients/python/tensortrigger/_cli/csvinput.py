@@ -82,7 +82,8 @@ def _by_name(path: Path, header: list[str], wanted: list[str]) -> list[int]:
     for name in wanted:
         found = positions.get(name, [])
         if not found:
-            shown = ", ".join(repr(n) for n in header[:SHOWN_COLUMNS]) + (", ..." if len(header) > SHOWN_COLUMNS else "")
+            more = ", ..." if len(header) > SHOWN_COLUMNS else ""
+            shown = ", ".join(repr(n) for n in header[:SHOWN_COLUMNS]) + more
             raise _refuse(
                 path,
                 f"no column {name!r} in the header (columns: {shown}); the model's features are "
