@@ -373,6 +373,59 @@ async def test_the_access_log_names_the_model_a_failed_predict_asked_for(
     assert (line.__dict__["model"], line.__dict__["version"], line.__dict__["status"]) == ("ghost", None, "NOT_FOUND")
 
 
+async def test_the_access_log_names_the_model_and_version_of_registry_jobs_and_train_calls(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Registry, jobs and Train calls were logged with "model": null and no caller, so the log could not say
+    who deleted mlp:1 or who moved "stable". Each names its model, the version it concerned or produced, and the
+    token's name."""
+    import tensortrigger as tt
+
+    tokens = tmp_path / "tokens"
+    tokens.write_text("admin admin-token-0123456789 alice\n")
+    application = Application(server_settings(tmp_path / "data", access_log="all", auth_tokens_file=tokens))
+    await application.start()
+    model = models.build_mlp()
+    model.compile(loss="binary_crossentropy", optimizer="adam")
+    path = tmp_path / "mlp.keras"
+    model.save(path)
+    rows = tmp_path / "rows.csv"
+    rows.write_text("a,b,c,d\n1,2,3,4\n")
+    x = np.random.default_rng(0).normal(size=(8, 4)).astype(np.float32)
+    y = (x.sum(axis=1, keepdims=True) > 0).astype(np.float32)
+
+    def work() -> None:
+        with tt.Client(application.address, token="admin-token-0123456789") as client:
+            client.upload("audited", path)  # version 1
+            client.upload("audited", path)  # version 2
+            client.set_label("audited", "stable", 2)
+            client.submit_job("audited@stable", rows)
+            client.train("audited:1", [(x, y)], micro_batch_size=8)  # publishes version 3
+            client.delete_version("audited", 1)
+            client.delete_label("audited", "stable")
+            client.delete_model("audited")
+
+    try:
+        caplog.set_level(logging.INFO, logger="tt_server.access")
+        await asyncio.to_thread(work)
+    finally:
+        await application.stop(grace=1.0)
+    lines = [r.__dict__ for r in caplog.records if r.name == "tt_server.access"]
+    logged = [(line["method"].rsplit("/", 1)[1], line["model"], line["version"], line["status"]) for line in lines]
+    for expected in [
+        ("UploadModelVersion", "audited", 1, "OK"),
+        ("UploadModelVersion", "audited", 2, "OK"),
+        ("SetLabel", "audited", 2, "OK"),
+        ("CreateJob", "audited", 2, "OK"),
+        ("Train", "audited", 1, "OK"),
+        ("DeleteModelVersion", "audited", 1, "OK"),
+        ("DeleteLabel", "audited", 2, "OK"),
+        ("DeleteModel", "audited", None, "OK"),
+    ]:
+        assert expected in logged, logged
+    assert {line["caller"] for line in lines} == {"alice"}
+
+
 async def test_every_line_the_process_writes_is_json(tmp_path: Path) -> None:
     """Start-up (TensorFlow's import and its native logging), an upload, a model load and a Predict, SIGTERM:
     stdout and stderr hold JSON objects only; the access log names the model and version; a host without a GPU
