@@ -352,6 +352,30 @@ async def test_no_authentication_on_a_reachable_address_is_warned_about(
         assert warnings[0].__dict__["addresses"] == address
 
 
+async def test_supervised_workers_warn_about_no_authentication_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With TT_WORKERS=N every worker has the same settings, and each one logged the warning: N copies. Worker 0
+    alone logs it. Two workers' applications, each with its link to a (real) pipe, as supervised.py builds them."""
+    from tt_server.supervised import WorkerLink
+
+    caplog.set_level(logging.WARNING, logger="tt_server.app")
+    loop = asyncio.get_running_loop()
+    for index in (0, 1):
+        read_fd, write_fd = os.pipe()
+        transport, protocol = await loop.connect_write_pipe(asyncio.Protocol, os.fdopen(write_fd, "wb", 0))
+        link = WorkerLink(index, index == 0, asyncio.StreamWriter(transport, protocol, None, loop))
+        application = Application(server_settings(tmp_path / str(index), grpc_address="0.0.0.0:0"), link=link)
+        try:
+            await application.start()
+        finally:
+            await application.stop()
+            transport.close()
+            os.close(read_fd)
+    warnings = [r for r in caplog.records if r.getMessage().startswith("authentication is off")]
+    assert len(warnings) == 1, caplog.text
+
+
 async def test_the_access_log_names_the_model_a_failed_predict_asked_for(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
