@@ -293,7 +293,8 @@ class Application:
             },
         )
         exposed = [a for a in (s.grpc_address, s.http_address) if a and not _is_loopback(a)]
-        if auth is None and exposed:
+        # Under the supervisor every worker has the same settings: worker 0 alone says it, not each of TT_WORKERS.
+        if auth is None and exposed and (self.link is None or self.link.index == 0):
             log.warning(
                 "authentication is off on an address other hosts can reach: any caller may upload, delete and "
                 "train (set TT_AUTH_TOKENS_FILE)",

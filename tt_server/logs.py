@@ -41,6 +41,8 @@ request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("tt_requ
 served_model: contextvars.ContextVar[tuple[str, int | None] | None] = contextvars.ContextVar(
     "tt_served_model", default=None
 )
+# The name of the token a call authenticated with (None with authentication off), for the access log.
+caller: contextvars.ContextVar[str | None] = contextvars.ContextVar("tt_caller", default=None)
 
 # Loggers of the dependencies' client libraries and of our storage adapters: their warnings repeat for as long as
 # an outage lasts (one per reconnect attempt, per connection), so they are throttled.

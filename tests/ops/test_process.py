@@ -352,6 +352,30 @@ async def test_no_authentication_on_a_reachable_address_is_warned_about(
         assert warnings[0].__dict__["addresses"] == address
 
 
+async def test_supervised_workers_warn_about_no_authentication_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With TT_WORKERS=N every worker has the same settings, and each one logged the warning: N copies. Worker 0
+    alone logs it. Two workers' applications, each with its link to a (real) pipe, as supervised.py builds them."""
+    from tt_server.supervised import WorkerLink
+
+    caplog.set_level(logging.WARNING, logger="tt_server.app")
+    loop = asyncio.get_running_loop()
+    for index in (0, 1):
+        read_fd, write_fd = os.pipe()
+        transport, protocol = await loop.connect_write_pipe(asyncio.Protocol, os.fdopen(write_fd, "wb", 0))
+        link = WorkerLink(index, index == 0, asyncio.StreamWriter(transport, protocol, None, loop))
+        application = Application(server_settings(tmp_path / str(index), grpc_address="0.0.0.0:0"), link=link)
+        try:
+            await application.start()
+        finally:
+            await application.stop()
+            transport.close()
+            os.close(read_fd)
+    warnings = [r for r in caplog.records if r.getMessage().startswith("authentication is off")]
+    assert len(warnings) == 1, caplog.text
+
+
 async def test_the_access_log_names_the_model_a_failed_predict_asked_for(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -371,6 +395,59 @@ async def test_the_access_log_names_the_model_a_failed_predict_asked_for(
         await application.stop()
     (line,) = [r for r in caplog.records if r.name == "tt_server.access" and r.__dict__["method"].endswith("Predict")]
     assert (line.__dict__["model"], line.__dict__["version"], line.__dict__["status"]) == ("ghost", None, "NOT_FOUND")
+
+
+async def test_the_access_log_names_the_model_and_version_of_registry_jobs_and_train_calls(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Registry, jobs and Train calls were logged with "model": null and no caller, so the log could not say
+    who deleted mlp:1 or who moved "stable". Each names its model, the version it concerned or produced, and the
+    token's name."""
+    import tensortrigger as tt
+
+    tokens = tmp_path / "tokens"
+    tokens.write_text("admin admin-token-0123456789 alice\n")
+    application = Application(server_settings(tmp_path / "data", access_log="all", auth_tokens_file=tokens))
+    await application.start()
+    model = models.build_mlp()
+    model.compile(loss="binary_crossentropy", optimizer="adam")
+    path = tmp_path / "mlp.keras"
+    model.save(path)
+    rows = tmp_path / "rows.csv"
+    rows.write_text("a,b,c,d\n1,2,3,4\n")
+    x = np.random.default_rng(0).normal(size=(8, 4)).astype(np.float32)
+    y = (x.sum(axis=1, keepdims=True) > 0).astype(np.float32)
+
+    def work() -> None:
+        with tt.Client(application.address, token="admin-token-0123456789") as client:
+            client.upload("audited", path)  # version 1
+            client.upload("audited", path)  # version 2
+            client.set_label("audited", "stable", 2)
+            client.submit_job("audited@stable", rows)
+            client.train("audited:1", [(x, y)], micro_batch_size=8)  # publishes version 3
+            client.delete_version("audited", 1)
+            client.delete_label("audited", "stable")
+            client.delete_model("audited")
+
+    try:
+        caplog.set_level(logging.INFO, logger="tt_server.access")
+        await asyncio.to_thread(work)
+    finally:
+        await application.stop(grace=1.0)
+    lines = [r.__dict__ for r in caplog.records if r.name == "tt_server.access"]
+    logged = [(line["method"].rsplit("/", 1)[1], line["model"], line["version"], line["status"]) for line in lines]
+    for expected in [
+        ("UploadModelVersion", "audited", 1, "OK"),
+        ("UploadModelVersion", "audited", 2, "OK"),
+        ("SetLabel", "audited", 2, "OK"),
+        ("CreateJob", "audited", 2, "OK"),
+        ("Train", "audited", 1, "OK"),
+        ("DeleteModelVersion", "audited", 1, "OK"),
+        ("DeleteLabel", "audited", 2, "OK"),
+        ("DeleteModel", "audited", None, "OK"),
+    ]:
+        assert expected in logged, logged
+    assert {line["caller"] for line in lines} == {"alice"}
 
 
 async def test_every_line_the_process_writes_is_json(tmp_path: Path) -> None:

@@ -105,7 +105,9 @@ async def test_access_log_has_a_line_per_http_request(
     tmp_path: Path, compat_model_files, caplog: pytest.LogCaptureFixture
 ) -> None:
     """TT_ACCESS_LOG=all: an HTTP request gets the same line as a gRPC call (route template, model, version
-    served, status), failures included; a keep-alive connection's next request does not inherit the model."""
+    served or concerned, status), failures included; a keep-alive connection's next request does not inherit the
+    model. Registry routes name the model and version they touched (an upload's new version, a label's target, a
+    deleted version), as their gRPC methods do."""
     application = Application(server_settings(tmp_path, http_address="127.0.0.1:0", access_log="all"))
     await application.start()
     try:
@@ -118,6 +120,14 @@ async def test_access_log_has_a_line_per_http_request(
                 assert response.status == 200, await response.text()
             async with http.get("/v1/models/nothing-here") as response:
                 assert response.status == 404
+            async with http.get("/api/v1/models") as response:  # concerns no one model
+                assert response.status == 200
+            async with http.post("/api/v1/models/logged/versions", data=artifact) as response:
+                assert response.status == 200, await response.text()
+            async with http.put("/api/v1/models/logged/labels/stable", json={"version": 2}) as response:
+                assert response.status == 200, await response.text()
+            async with http.delete("/api/v1/models/logged/versions/1") as response:
+                assert response.status == 200, await response.text()
     finally:
         await application.stop(grace=1.0)
     lines = {r.method: r for r in caplog.records if r.name == "tt_server.access"}  # type: ignore[attr-defined]
@@ -125,7 +135,16 @@ async def test_access_log_has_a_line_per_http_request(
     assert (predict.model, predict.version, predict.status) == ("logged", 1, "OK")  # type: ignore[attr-defined]
     assert predict.duration_ms > 0  # type: ignore[attr-defined]
     missing = lines["HTTP GET /v1/models/{model}"]
-    assert (missing.model, missing.status) == (None, "NOT_FOUND")  # type: ignore[attr-defined]
+    assert (missing.model, missing.version, missing.status) == ("nothing-here", None, "NOT_FOUND")  # type: ignore[attr-defined]
+    listed = lines["HTTP GET /api/v1/models"]
+    assert (listed.model, listed.version, listed.status) == (None, None, "OK")  # type: ignore[attr-defined]
+    for method, version in [
+        ("HTTP POST /api/v1/models/{name}/versions", 2),  # the later upload's line
+        ("HTTP PUT /api/v1/models/{name}/labels/{label}", 2),
+        ("HTTP DELETE /api/v1/models/{name}/versions/{version}", 1),
+    ]:
+        line = lines[method]
+        assert (line.model, line.version, line.status) == ("logged", version, "OK"), method  # type: ignore[attr-defined]
 
 
 async def test_a_client_that_goes_away_cancels_its_request(

@@ -11,8 +11,9 @@ and the call's total time in the handler.
 Authentication (when a token file is configured) runs before the method does anything, for every service
 (health and reflection can be public); a stream is refused before any request message is read. For our own
 services the wrapper also applies the per-client rate limit, times the call, counts the outcome by status code and,
-when ``TT_ACCESS_LOG`` asks, writes an access log line (method, model and version served, status, duration, request
-id); for every service it turns exceptions into statuses (``api.errors.status_for``).
+when ``TT_ACCESS_LOG`` asks, writes an access log line (method, the model and version the call concerned, the
+caller's token name, status, duration, request id); for every service it turns exceptions into statuses
+(``api.errors.status_for``).
 
 Requests arrive as bytes (every method is registered with an identity deserializer) and are parsed here, after
 authentication: a message that does not parse, on any method of any service (first message or mid-stream), ends
@@ -47,6 +48,7 @@ from tt_server import metrics
 from tt_server.api.auth import AuthError, RateLimiter, TokenAuthenticator
 from tt_server.api.errors import status_for
 from tt_server.errors import InvalidArgument, ResourceExhausted
+from tt_server.logs import caller as caller_name
 from tt_server.logs import request_id, served_model
 from tt_server.runtime.observe import ServerTiming, timing_sink
 
@@ -168,6 +170,7 @@ class AccessLog:
                 "method": method,
                 "model": model[0] if model else None,
                 "version": model[1] if model else None,
+                "caller": caller_name.get(),
                 "status": code.name if code is not None else "OK",
                 "duration_ms": round(seconds * 1000, 3),
             },
@@ -236,6 +239,7 @@ class _Call:
             authorization = _metadata_value(context.invocation_metadata(), "authorization")
             try:
                 caller = self.auth.authorize(self.method, authorization).name
+                caller_name.set(caller)
             except AuthError as e:
                 code = grpc.StatusCode.PERMISSION_DENIED if e.permission else grpc.StatusCode.UNAUTHENTICATED
                 metrics.RPCS.labels(self.method, code.name).inc()

@@ -42,6 +42,7 @@ from tt_server.jobs.tables import (
     parquet_metadata,
     plan_table,
 )
+from tt_server.logs import served_model
 from tt_server.registry.names import check_model_name
 from tt_server.registry.service import Registry
 from tt_server.storage.blobs import BlobStore
@@ -98,7 +99,7 @@ class JobsService:
         annotations = sum(len(k) + len(v) for k, v in spec.annotations.items())
         if annotations > MAX_ANNOTATION_BYTES:
             raise InvalidArgument.field("spec.annotations", f"over {MAX_ANNOTATION_BYTES} bytes")
-        version = await self._registry.select_version(spec.model)
+        version = await self._registry.select_version(spec.model)  # names model and pinned version for the access log
         check_spec(spec, version)
         job_id = uuid.uuid4().hex
         if spec.input_uri and spec.input_blob_key:
@@ -230,11 +231,12 @@ class JobsService:
     # --- reads ----------------------------------------------------------------------------------------------
     async def get(self, job_id: str) -> Job:
         check_job_id(job_id)
-        return await self._store.get_job(job_id)
+        return _concerning(await self._store.get_job(job_id))
 
     async def list_jobs(self, model_name: str, state: JobState | None, page_size: int, page_token: str) -> Page[Job]:
         if model_name:
             check_model_name(model_name, "model_name")
+            served_model.set((model_name, None))
         return await self._store.list_jobs(model_name or None, state, page_size, page_token)
 
     async def watch(self, job_id: str) -> AsyncIterator[Job]:
@@ -242,7 +244,7 @@ class JobsService:
         check_job_id(job_id)
         seen: tuple[object, ...] | None = None
         while True:
-            job = await self._store.get_job(job_id)
+            job = _concerning(await self._store.get_job(job_id))
             key = (job.state, job.rows_done, job.rows_skipped, job.rows_total, job.attempts, job.error)
             if key != seen:
                 seen = key
@@ -254,7 +256,7 @@ class JobsService:
     async def cancel(self, job_id: str) -> Job:
         """CANCELLED now; a running attempt notices at its next progress write and stops between chunks."""
         check_job_id(job_id)
-        job = await self._store.cancel_job(job_id)
+        job = _concerning(await self._store.cancel_job(job_id))
         self.notifier.notify(job_id)
         log.info("job cancelled", extra={"job": job_id})
         return job
@@ -262,12 +264,18 @@ class JobsService:
     async def results(self, job_id: str, offset: int) -> tuple[int, AsyncIterator[bytes]]:
         """The result file's size and its bytes from ``offset``."""
         check_job_id(job_id)
-        job = await self._store.get_job(job_id)
+        job = _concerning(await self._store.get_job(job_id))
         if job.state is not JobState.SUCCEEDED or job.result_blob_key is None:
             raise FailedPrecondition(f"job {job_id!r} has no results: it is {job.state.value}")
         if not 0 <= offset <= job.result_size:
             raise InvalidArgument.field("offset", f"must be between 0 and the result size, {job.result_size}")
         return job.result_size, self._blobs.get_stream(job.result_blob_key, offset, RESULT_CHUNK_BYTES)
+
+
+def _concerning(job: Job) -> Job:
+    """``job``, its model and pinned version named for the access log (as inference names what it served)."""
+    served_model.set((job.model_name, job.model_version))
+    return job
 
 
 def _now_us() -> int:

@@ -7,6 +7,9 @@ fresh key that is first recorded in the blob GC table -> one metadata transactio
 that GC entry. A crash or cancellation anywhere before the commit leaves at most a GC entry, which the sweeper
 (``sweeper.Sweeper.collect_garbage``) deletes later; so no version row ever points at a missing blob and no blob
 outlives its row. The header's rules live in ``header``, the naming rules in ``names``.
+
+Each call that concerns one model sets ``logs.served_model`` to it (and to the version it names, selected or
+created), as inference does, so the access log says which model a registry call touched whatever the transport.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from tt_server.errors import InvalidArgument, NotFound, ResourceExhausted
 from tt_server.events import EventBus
 from tt_server.formats.artifacts import ArchiveLimits, detect_format
 from tt_server.formats.inspect import inspect_artifact
+from tt_server.logs import served_model
 from tt_server.registry.header import MAX_METADATA_BYTES, UploadSpec, check_against_signature, check_upload_spec
 from tt_server.registry.names import check_label, check_model_name, check_serving_policy
 from tt_server.storage import scratch
@@ -90,6 +94,7 @@ class Registry:
         and whether the model was created. Violations name ``spec.*`` (its attributes) and ``artifact`` (the
         bytes); each transport moves them onto its request's fields."""
         check_upload_spec(spec, self._settings.max_upload_bytes)
+        served_model.set((spec.model_name, None))  # the access log names the model, then the new version
         loop = asyncio.get_running_loop()
         claimed = scratch.claim(self._settings.scratch_dir / f"{scratch.UPLOAD_PREFIX}{uuid.uuid4().hex}")
         work = claimed.path
@@ -113,6 +118,7 @@ class Registry:
             fmt, signature = await asyncio.wrap_future(inspecting)
             check_against_signature(spec, signature)
             version = await self._publish(spec, artifact, fmt, size, sha256, signature, source=source)
+            served_model.set((version.model_name, version.version))
         finally:
             # Shielded: a call cancelled (again) while cleaning up must not stop the clean-up, and an inspection
             # still running in its thread (cancelling the call cannot stop it) is waited for before the removal.
@@ -288,21 +294,27 @@ class Registry:
 
     async def get_model(self, name: str) -> Model:
         check_model_name(name)
+        served_model.set((name, None))
         return await self._metadata.get_model(name)
 
     async def list_versions(self, name: str, page_size: int, page_token: str) -> Page[ModelVersion]:
         check_model_name(name)
+        served_model.set((name, None))
         await self._metadata.get_model(name)  # NOT_FOUND for an unknown model, not an empty page
         return await self._metadata.list_versions(name, page_size, page_token)
 
     async def select_version(self, ref: ModelRef) -> ModelVersion:
         """The version a reference selects: explicit version, label, or what the model's serving policy says."""
         check_model_name(ref.name, "ref.name")
+        served_model.set((ref.name, None))  # the access log names the model, then the version selected
         if ref.version is not None:
-            return await self._metadata.get_version(ref.name, ref.version)
-        if ref.label is not None:
-            return await self._metadata.get_labelled_version(ref.name, ref.label)
-        return await self._metadata.get_served_version(ref.name)
+            selected = await self._metadata.get_version(ref.name, ref.version)
+        elif ref.label is not None:
+            selected = await self._metadata.get_labelled_version(ref.name, ref.label)
+        else:
+            selected = await self._metadata.get_served_version(ref.name)
+        served_model.set((selected.model_name, selected.version))
+        return selected
 
     async def served_version(self, name: str) -> int | None:
         """The version the serving policy selects now, None when none does."""
@@ -317,6 +329,7 @@ class Registry:
         """Replace the model's serving policy; returns the previous one and the version now served."""
         check_model_name(name)
         check_serving_policy(policy)
+        served_model.set((name, None))
         previous = await self._metadata.set_serving_policy(name, policy)
         await self._events.publish(RegistryEvent(EventKind.POLICY_CHANGED, name))
         log.info("serving policy set", extra={"model": name, "policy": str(policy), "previous": str(previous)})
@@ -327,6 +340,7 @@ class Registry:
         check_model_name(name)
         if version <= 0:
             raise InvalidArgument.field("version", "versions are numbered from 1")
+        served_model.set((name, version))
         promoted = await self._metadata.promote_version(name, version)
         await self._events.publish(RegistryEvent(EventKind.POLICY_CHANGED, name, version))
         return promoted, await self.served_version(name)
@@ -340,12 +354,14 @@ class Registry:
         check_model_name(name)
         if len(description) > MAX_METADATA_BYTES:
             raise InvalidArgument.field("description", f"over {MAX_METADATA_BYTES} characters")
+        served_model.set((name, None))
         await self._metadata.set_description(name, description)
         return await self._metadata.get_model(name)
 
     async def set_retention(self, name: str, retention: RetentionPolicy) -> tuple[RetentionPolicy, list[int]]:
         """Replace how many versions are kept and prune now; returns the policy and the pruned versions."""
         check_model_name(name)
+        served_model.set((name, None))
         await self._metadata.set_retention(name, retention)
         return retention, await self.prune(name)
 
@@ -374,6 +390,7 @@ class Registry:
     # --- deletes and labels ------------------------------------------------------------------------------
     async def delete_model(self, name: str) -> int:
         check_model_name(name)
+        served_model.set((name, None))
         blob_keys = await self._metadata.delete_model(name)
         for key in blob_keys:
             await self._outbox.discard(key)
@@ -384,6 +401,7 @@ class Registry:
         check_model_name(name)
         if version <= 0:
             raise InvalidArgument.field("version", "versions are numbered from 1")
+        served_model.set((name, version))
         labels = list((await self._metadata.get_version(name, version)).labels)
         blob_key = await self._metadata.delete_version(name, version, force)
         await self._outbox.discard(blob_key)
@@ -397,6 +415,7 @@ class Registry:
         check_label(label)
         if version <= 0:
             raise InvalidArgument.field("version", "versions are numbered from 1")
+        served_model.set((name, version))  # the label's new target
         previous = await self._metadata.set_label(name, label, version)
         await self._events.publish(RegistryEvent(EventKind.LABEL_MOVED, name, version, label))
         return previous
@@ -404,7 +423,9 @@ class Registry:
     async def delete_label(self, name: str, label: str) -> int:
         check_model_name(name)
         check_label(label)
+        served_model.set((name, None))
         previous = await self._metadata.delete_label(name, label)
+        served_model.set((name, previous))  # the version the label pointed at
         await self._events.publish(RegistryEvent(EventKind.LABEL_DELETED, name, previous, label))
         return previous
 

@@ -32,6 +32,7 @@ from tt_server.api.auth import AuthError, RateLimiter, TokenAuthenticator
 from tt_server.api.errors import status_for
 from tt_server.api.middleware import REQUEST_ID_KEY, AccessLog, request_id_for
 from tt_server.errors import InvalidArgument, ResourceExhausted
+from tt_server.logs import caller as caller_name
 from tt_server.logs import request_id, served_model
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -177,12 +178,14 @@ class Front:
             rid = request_id_for(request.headers.get(REQUEST_ID_KEY))
             request_id.set(rid)
             served_model.set(None)  # a keep-alive connection's earlier request must not name this one's model
+            caller_name.set(None)  # nor its caller
             self.in_flight += 1
             self.idle.clear()
             try:
                 caller = None
                 if auth is not None:
                     caller = auth.authorize(rpc, request.headers.get("Authorization")).name
+                    caller_name.set(caller)
                 if limiter is not None and not limiter.allow(caller or peer_key(request.remote)):
                     raise ResourceExhausted("rate limit exceeded for this client; slow down and retry")
                 if self._max_in_flight is not None and self.in_flight > self._max_in_flight:

@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator
 
 from tt_server.config import Settings
 from tt_server.errors import ResourceExhausted, Unavailable
+from tt_server.logs import served_model
 from tt_server.registry.service import Registry
 from tt_server.storage.blobs import BlobStore
 from tt_server.storage.leases import LeaseManager
@@ -60,6 +61,9 @@ class TrainingService:
             async for event in session.events:
                 yield event
         finally:
+            # For the access log, as inference names what it served: the session runs in a task of its own,
+            # whose context the call's does not see.
+            served_model.set(session.model)
             await session.stop(StopReason.CANCELLED)
 
     async def close(self) -> None:

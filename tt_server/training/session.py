@@ -172,6 +172,13 @@ class TrainingSession:
         self._dropped = 0  # examples dropped for holding NaN/Inf (drop_non_finite)
         self._pins: list[str] = []  # the base version's and the newest checkpoint's: retention keeps them
 
+    @property
+    def model(self) -> tuple[str, int | None] | None:
+        """The model the session trains and its base version, once known (the spec's name before that)."""
+        if self._base is not None:
+            return self._base.model_name, self._base.version
+        return (self._spec.model.name, None) if self._spec is not None else None
+
     def start(self) -> asyncio.Task[None]:
         self.task = asyncio.create_task(self._run(), name=f"tt-train-{self.session_id}")
         return self.task
