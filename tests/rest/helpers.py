@@ -55,3 +55,15 @@ def half_plus_two_tar_gz(out_dir: Path) -> Path:
     target = out_dir / "half_plus_two"
     tf.saved_model.save(module, str(target), signatures={"serving_default": module.serve})
     return models.pack_tar_gz(target, out_dir / "half_plus_two.tar.gz")
+
+
+async def finished_job(http: Any, job_id: str, within: float = 60.0) -> dict[str, Any]:
+    """Poll GET /api/v1/jobs/{id} (``http`` an aiohttp session on the front) until the job has ended; the job."""
+    deadline = asyncio.get_running_loop().time() + within
+    while True:
+        async with http.get(f"/api/v1/jobs/{job_id}") as response:
+            job: dict[str, Any] = (await response.json())["job"]
+        if job["state"] not in ("JOB_STATE_QUEUED", "JOB_STATE_RUNNING"):
+            return job
+        assert asyncio.get_running_loop().time() < deadline, f"job {job_id} still {job['state']} after {within} s"
+        await asyncio.sleep(0.1)

@@ -26,6 +26,7 @@ import pytest
 from yarl import URL
 
 from tests.compat.helpers import Served, keras_outputs
+from tests.rest.helpers import finished_job
 from tests.serving import unique_name
 from tt_server.app import Application
 from tt_server.rest.tfaas import RowMessage
@@ -456,12 +457,7 @@ async def stored(http: aiohttp.ClientSession, served: Served) -> Stored:
     async with http.post("/api/v1/jobs", params={"model": f"{served.mlp}:1"}, data=b"1,2,3,4\n0,0,0,0\n") as response:
         assert response.status == 200, await response.text()
         job = (await response.json())["job"]
-    for _ in range(600):
-        async with http.get(f"/api/v1/jobs/{job['id']}") as response:
-            job = (await response.json())["job"]
-        if job["state"] not in ("JOB_STATE_QUEUED", "JOB_STATE_RUNNING"):
-            break
-        await asyncio.sleep(0.1)
+    job = await finished_job(http, job["id"])
     assert job["state"] == "JOB_STATE_SUCCEEDED", job
     return Stored(served.mlp, named, served.vocab, job["id"])
 

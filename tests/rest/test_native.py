@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 from collections.abc import AsyncIterator
 
@@ -10,6 +9,7 @@ import aiohttp
 import numpy as np
 
 from tests.compat.helpers import Served, keras_outputs
+from tests.rest.helpers import finished_job
 from tests.serving import unique_name
 
 
@@ -101,12 +101,7 @@ async def test_job_from_a_streamed_csv(http: aiohttp.ClientSession, served: Serv
         assert response.status == 200, await response.text()
         job = (await response.json())["job"]
     assert job["model"] == {"name": served.mlp, "version": "1"}
-    for _ in range(300):
-        async with http.get(f"/api/v1/jobs/{job['id']}") as response:
-            job = (await response.json())["job"]
-        if job["state"] not in ("JOB_STATE_QUEUED", "JOB_STATE_RUNNING"):
-            break
-        await asyncio.sleep(0.1)
+    job = await finished_job(http, job["id"])
     assert job["state"] == "JOB_STATE_SUCCEEDED", job
     async with http.get(f"/api/v1/jobs/{job['id']}/results") as response:
         assert response.headers["Content-Type"].startswith("text/csv")
