@@ -250,7 +250,8 @@ class TrainingSession:
         metrics.TRAINING_SESSIONS.labels(base.model_name, str(base.version)).inc()
         # The second pin moves to each checkpoint as it is published (so retention never prunes the newest).
         self._pins = [await registry.pins.pin(base.model_name, base.version) for _ in range(2)]
-        self._claimed = await asyncio.to_thread(scratch.claim, self._scratch)
+        # On the loop, not in a thread: a cancellation while a thread claimed it would drop the claim unreleased.
+        self._claimed = scratch.claim(self._scratch)
         artifact = self._scratch / f"base{ARTIFACT_SUFFIX[base.format]}"
         try:
             await self._deps.blobs.get_file(base.blob_key, artifact)
